@@ -1,0 +1,212 @@
+//! Config: TOML text → [`raw::RawConfig`] (serde, unknown fields rejected) → [`validate`] →
+//! [`Config`]. Validation collects every error with its path before failing. This module knows
+//! nothing of routing or HTTP serving.
+
+pub mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::Authority;
+
+pub use validate::{is_token, parse_duration, validate};
+
+/// One problem found in a config or registry, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where the problem is, such as `routes[1].upstream`.
+    pub path: String,
+    /// What is wrong, such as `invalid address "x:y"`.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every error found, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} error(s):\n{}", .0.len(), join_errors(.0))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+fn join_errors(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Parse TOML text into the raw structs; syntax errors carry line and column.
+pub fn parse(text: &str, origin: &str) -> Result<raw::RawConfig, ConfigErrors> {
+    toml::from_str(text).map_err(|e| {
+        let span = e
+            .span()
+            .map(|s| {
+                let (line, col) = line_col(text, s.start);
+                format!(":{line}:{col}")
+            })
+            .unwrap_or_default();
+        ConfigErrors(vec![ConfigError::new(
+            format!("{origin}{span}"),
+            e.message().to_string(),
+        )])
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+/// A validated, immutable config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data-plane listen address.
+    pub listen: SocketAddr,
+    /// Admin listen address (loopback by default).
+    pub admin_listen: SocketAddr,
+    /// How long SIGTERM waits for in-flight requests and streams.
+    pub drain_grace: Duration,
+    /// Stamp header names.
+    pub headers: HeaderNames,
+    /// Upstream defaults.
+    pub upstream: UpstreamSettings,
+    /// Size limits.
+    pub limits: Limits,
+    /// Access log target.
+    pub access_log: AccessLogTarget,
+    /// Access log queue capacity (lines); beyond it lines are dropped and counted.
+    pub access_log_queue: usize,
+    /// Registry source.
+    pub registry: RegistrySource,
+    /// How often config and registry files are checked for changes.
+    pub reload_poll_interval: Duration,
+    /// Routes, matched in order.
+    pub routes: Vec<Route>,
+}
+
+/// Names of the headers modelstamp writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderNames {
+    /// Model name header (`x-model-name`).
+    pub model: HeaderName,
+    /// Model version header (`x-model-version`).
+    pub version: HeaderName,
+    /// Lineage ID header (`x-lineage-id`).
+    pub lineage: HeaderName,
+    /// Request ID header (`x-request-id`).
+    pub request_id: HeaderName,
+}
+
+/// Upstream connection settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers arrive.
+    pub response_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+}
+
+/// Size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body accepted (413 beyond it).
+    pub max_request_body_bytes: u64,
+    /// Most response bytes copied per message to read the reported version.
+    pub max_inspect_bytes: usize,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// One JSON line per request on stdout.
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Not written.
+    Off,
+}
+
+/// Where registry records come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrySource {
+    /// A YAML file (path resolved against the config file's folder).
+    File(PathBuf),
+}
+
+/// Which HTTP version is spoken to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// The same as the downstream request (HTTP/2 in, h2c out).
+    Auto,
+    /// Always HTTP/1.1.
+    Http1,
+    /// Always HTTP/2 cleartext with prior knowledge.
+    Http2,
+}
+
+/// What version a route's upstream serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serves {
+    /// A fixed registry version.
+    Version(String),
+    /// A registry alias, resolved when the snapshot is built.
+    Alias(String),
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique name (used as a metric label and in `/versions`).
+    pub name: String,
+    /// When the route applies.
+    pub matcher: RouteMatch,
+    /// The model; `None` takes it from the Open Inference path.
+    pub model: Option<String>,
+    /// The model server, `host:port`.
+    pub upstream: Authority,
+    /// The version the upstream serves when the path names none.
+    pub serves: Option<Serves>,
+    /// Whether callers may send their own stamp headers.
+    pub trusted: bool,
+    /// A response header in which the model server reports its version.
+    pub version_header: Option<HeaderName>,
+    /// HTTP version towards the upstream.
+    pub upstream_protocol: UpstreamProtocol,
+    /// Response timeout for this route.
+    pub response_timeout: Duration,
+}
+
+/// A route's conditions; all given ones must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    /// The path starts with this.
+    pub path_prefix: Option<String>,
+    /// The path is an Open Inference model path (for the route's model, if it names one).
+    pub open_inference: bool,
+    /// The header is present (and equals the value, if given).
+    pub header: Option<(HeaderName, Option<String>)>,
+}

@@ -1,0 +1,528 @@
+//! Raw → validated config. Every check pushes onto one error list so that a user sees all
+//! problems at once, each with its path.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::Authority;
+
+use super::raw::{RawConfig, RawRoute};
+use super::{
+    AccessLogTarget, Config, ConfigError, ConfigErrors, HeaderNames, Limits, RegistrySource, Route,
+    RouteMatch, Serves, UpstreamProtocol, UpstreamSettings,
+};
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+const DEFAULT_MAX_BODY: u64 = 64 * 1024 * 1024;
+const DEFAULT_MAX_INSPECT: u64 = 64 * 1024;
+const MAX_NAME_LEN: usize = 128;
+
+/// Validate a raw config. `base_dir` resolves relative file paths (the config file's folder).
+pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let mut errs = Vec::new();
+    let listen = addr(
+        &mut errs,
+        "server.listen",
+        raw.server.listen.as_deref(),
+        DEFAULT_LISTEN,
+    );
+    let admin_listen = addr(
+        &mut errs,
+        "admin.listen",
+        raw.admin.listen.as_deref(),
+        DEFAULT_ADMIN_LISTEN,
+    );
+    if listen.port() != 0 && listen == admin_listen {
+        errs.push(ConfigError::new(
+            "admin.listen",
+            "must differ from server.listen",
+        ));
+    }
+    let drain_grace = dur(
+        &mut errs,
+        "server.drain_grace",
+        &raw.server.drain_grace,
+        30_000,
+    );
+    let h = &raw.headers;
+    let headers = HeaderNames {
+        model: header(
+            &mut errs,
+            "headers.model",
+            h.model.as_deref(),
+            "x-model-name",
+        ),
+        version: header(
+            &mut errs,
+            "headers.version",
+            h.version.as_deref(),
+            "x-model-version",
+        ),
+        lineage: header(
+            &mut errs,
+            "headers.lineage",
+            h.lineage.as_deref(),
+            "x-lineage-id",
+        ),
+        request_id: header(
+            &mut errs,
+            "headers.request_id",
+            h.request_id.as_deref(),
+            "x-request-id",
+        ),
+    };
+    let stamp_names = [
+        &headers.model,
+        &headers.version,
+        &headers.lineage,
+        &headers.request_id,
+    ];
+    if stamp_names.iter().collect::<HashSet<_>>().len() != stamp_names.len() {
+        errs.push(ConfigError::new(
+            "headers",
+            "stamp header names must be distinct",
+        ));
+    }
+    let u = &raw.upstream;
+    let upstream = UpstreamSettings {
+        connect_timeout: dur(
+            &mut errs,
+            "upstream.connect_timeout",
+            &u.connect_timeout,
+            1_000,
+        ),
+        response_timeout: dur(
+            &mut errs,
+            "upstream.response_timeout",
+            &u.response_timeout,
+            60_000,
+        ),
+        pool_idle_timeout: dur(
+            &mut errs,
+            "upstream.pool_idle_timeout",
+            &u.pool_idle_timeout,
+            90_000,
+        ),
+    };
+    let limits = limits(&mut errs, raw);
+    let access_log = match raw.access_log.target.as_deref().unwrap_or("stdout") {
+        "stdout" => AccessLogTarget::Stdout,
+        "off" => AccessLogTarget::Off,
+        "" => {
+            errs.push(ConfigError::new(
+                "access_log.target",
+                "must be stdout, off or a file path",
+            ));
+            AccessLogTarget::Off
+        }
+        path => AccessLogTarget::File(base_dir.join(path)),
+    };
+    let access_log_queue = raw.access_log.queue.unwrap_or(16_384);
+    if access_log_queue == 0 {
+        errs.push(ConfigError::new("access_log.queue", "must be at least 1"));
+    }
+    let registry = registry(&mut errs, raw, base_dir);
+    let reload_poll_interval = dur(
+        &mut errs,
+        "reload.poll_interval",
+        &raw.reload.poll_interval,
+        2_000,
+    );
+    if reload_poll_interval.is_zero() {
+        errs.push(ConfigError::new(
+            "reload.poll_interval",
+            "must be greater than 0",
+        ));
+    }
+    let routes = routes(&mut errs, raw, upstream.response_timeout, &headers);
+    if errs.is_empty() {
+        Ok(Config {
+            listen,
+            admin_listen,
+            drain_grace,
+            headers,
+            upstream,
+            limits,
+            access_log,
+            access_log_queue,
+            registry,
+            reload_poll_interval,
+            routes,
+        })
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+fn limits(errs: &mut Vec<ConfigError>, raw: &RawConfig) -> Limits {
+    let max_body = raw
+        .limits
+        .max_request_body_bytes
+        .unwrap_or(DEFAULT_MAX_BODY);
+    if max_body == 0 {
+        errs.push(ConfigError::new(
+            "limits.max_request_body_bytes",
+            "must be at least 1",
+        ));
+    }
+    let inspect = raw.limits.max_inspect_bytes.unwrap_or(DEFAULT_MAX_INSPECT);
+    if inspect > 16 * 1024 * 1024 {
+        errs.push(ConfigError::new(
+            "limits.max_inspect_bytes",
+            "must be at most 16777216",
+        ));
+    }
+    Limits {
+        max_request_body_bytes: max_body,
+        max_inspect_bytes: usize::try_from(inspect).unwrap_or(usize::MAX),
+    }
+}
+
+fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> RegistrySource {
+    let path = raw.registry.path.as_deref().unwrap_or("registry.yaml");
+    match raw.registry.backend.as_deref().unwrap_or("file") {
+        "file" => {}
+        other => errs.push(ConfigError::new(
+            "registry.backend",
+            format!("unknown backend \"{other}\" (expected \"file\")"),
+        )),
+    }
+    RegistrySource::File(base_dir.join(path))
+}
+
+fn routes(
+    errs: &mut Vec<ConfigError>,
+    raw: &RawConfig,
+    default_timeout: Duration,
+    headers: &HeaderNames,
+) -> Vec<Route> {
+    if raw.routes.is_empty() {
+        errs.push(ConfigError::new("routes", "at least one route is required"));
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.iter().enumerate() {
+        let at = |field: &str| format!("routes[{i}].{field}");
+        let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
+        if !is_token(&name) {
+            errs.push(ConfigError::new(at("name"), format!("invalid name \"{name}\" (visible ASCII, no spaces, at most {MAX_NAME_LEN} chars)")));
+        } else if !names.insert(name.clone()) {
+            errs.push(ConfigError::new(
+                at("name"),
+                format!("duplicate route name \"{name}\""),
+            ));
+        }
+        if let Some(route) = route(errs, r, &at, name, default_timeout, headers) {
+            out.push(route);
+        }
+    }
+    out
+}
+
+fn route(
+    errs: &mut Vec<ConfigError>,
+    r: &RawRoute,
+    at: &dyn Fn(&str) -> String,
+    name: String,
+    default_timeout: Duration,
+    headers: &HeaderNames,
+) -> Option<Route> {
+    let before = errs.len();
+    let upstream = match r.upstream.as_deref() {
+        None => {
+            errs.push(ConfigError::new(
+                at("upstream"),
+                "missing (host:port of the model server)",
+            ));
+            None
+        }
+        Some(s) => match s.parse::<Authority>() {
+            Ok(a) if a.port_u16().is_some() && !s.contains('@') => Some(a),
+            _ => {
+                errs.push(ConfigError::new(
+                    at("upstream"),
+                    format!("invalid address \"{s}\" (expected host:port)"),
+                ));
+                None
+            }
+        },
+    };
+    if let Some(m) = &r.model {
+        if !is_token(m) {
+            errs.push(ConfigError::new(
+                at("model"),
+                format!("invalid model name \"{m}\""),
+            ));
+        }
+    }
+    let open_inference = r.matcher.open_inference.unwrap_or(false);
+    if r.model.is_none() && !open_inference {
+        errs.push(ConfigError::new(
+            at("model"),
+            "required unless match.open_inference = true",
+        ));
+    }
+    let serves = r.serves.as_deref().map(|s| match s.strip_prefix('@') {
+        Some(alias) => Serves::Alias(alias.to_string()),
+        None => Serves::Version(s.to_string()),
+    });
+    if let Some(Serves::Version(v) | Serves::Alias(v)) = &serves {
+        if !is_token(v) {
+            errs.push(ConfigError::new(
+                at("serves"),
+                format!("invalid version or alias \"{v}\""),
+            ));
+        }
+    }
+    let path_prefix = r.matcher.path_prefix.clone();
+    if let Some(p) = &path_prefix {
+        if !p.starts_with('/') {
+            errs.push(ConfigError::new(
+                at("match.path_prefix"),
+                format!("must start with '/': \"{p}\""),
+            ));
+        }
+    }
+    let header = match (&r.matcher.header, &r.matcher.header_value) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            errs.push(ConfigError::new(
+                at("match.header_value"),
+                "needs match.header",
+            ));
+            None
+        }
+        (Some(h), v) => match HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) => Some((n, v.clone())),
+            Err(_) => {
+                errs.push(ConfigError::new(
+                    at("match.header"),
+                    format!("invalid header name \"{h}\""),
+                ));
+                None
+            }
+        },
+    };
+    let version_header = r.version_header.as_deref().and_then(|h| {
+        let parsed = HeaderName::from_bytes(h.as_bytes()).ok();
+        if parsed.is_none() {
+            errs.push(ConfigError::new(
+                at("version_header"),
+                format!("invalid header name \"{h}\""),
+            ));
+        }
+        parsed
+    });
+    if version_header.as_ref() == Some(&headers.version) {
+        errs.push(ConfigError::new(
+            at("version_header"),
+            "must differ from the stamp header (which is replaced)",
+        ));
+    }
+    let upstream_protocol = match r.upstream_protocol.as_deref().unwrap_or("auto") {
+        "auto" => UpstreamProtocol::Auto,
+        "http1" => UpstreamProtocol::Http1,
+        "http2" => UpstreamProtocol::Http2,
+        other => {
+            errs.push(ConfigError::new(
+                at("upstream_protocol"),
+                format!("unknown \"{other}\" (auto, http1 or http2)"),
+            ));
+            UpstreamProtocol::Auto
+        }
+    };
+    let ms = u64::try_from(default_timeout.as_millis()).unwrap_or(u64::MAX);
+    let response_timeout = dur(errs, &at("response_timeout"), &r.response_timeout, ms);
+    if errs.len() != before {
+        return None;
+    }
+    Some(Route {
+        name,
+        matcher: RouteMatch {
+            path_prefix,
+            open_inference,
+            header,
+        },
+        model: r.model.clone(),
+        upstream: upstream?,
+        serves,
+        trusted: r.trusted.unwrap_or(false),
+        version_header,
+        upstream_protocol,
+        response_timeout,
+    })
+}
+
+/// A name that may go into a header value and a metric label: visible ASCII, no spaces, bounded.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAME_LEN && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn addr(errs: &mut Vec<ConfigError>, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
+    let s = value.unwrap_or(default);
+    s.parse().unwrap_or_else(|_| {
+        errs.push(ConfigError::new(
+            path,
+            format!("invalid address \"{s}\" (expected ip:port)"),
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+fn header(
+    errs: &mut Vec<ConfigError>,
+    path: &str,
+    value: Option<&str>,
+    default: &'static str,
+) -> HeaderName {
+    match value {
+        None => HeaderName::from_static(default),
+        Some(s) => HeaderName::from_bytes(s.as_bytes()).unwrap_or_else(|_| {
+            errs.push(ConfigError::new(
+                path,
+                format!("invalid header name \"{s}\""),
+            ));
+            HeaderName::from_static(default)
+        }),
+    }
+}
+
+fn dur(
+    errs: &mut Vec<ConfigError>,
+    path: &str,
+    value: &Option<String>,
+    default_ms: u64,
+) -> Duration {
+    match value {
+        None => Duration::from_millis(default_ms),
+        Some(s) => parse_duration(s).unwrap_or_else(|e| {
+            errs.push(ConfigError::new(path, e));
+            Duration::from_millis(default_ms)
+        }),
+    }
+}
+
+/// Parse `250ms`, `5s`, `2m` or `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration \"{s}\" (expected e.g. 250ms, 5s, 2m)"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("invalid duration \"{s}\" (units: ms, s, m, h)")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("duration \"{s}\" is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    fn check(text: &str) -> Result<Config, Vec<String>> {
+        let raw = parse(text, "test.toml")
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        validate(&raw, Path::new("/etc/ms"))
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = check("[[routes]]\nmodel = \"churn\"\nupstream = \"127.0.0.1:8081\"\nserves = \"@champion\"\n")
+            .unwrap_or_else(|e| unreachable!("{e:?}"));
+        assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.headers.version.as_str(), "x-model-version");
+        assert_eq!(c.routes[0].serves, Some(Serves::Alias("champion".into())));
+        assert_eq!(c.routes[0].name, "route0");
+        assert_eq!(
+            c.registry,
+            RegistrySource::File("/etc/ms/registry.yaml".into())
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let errs = check(
+            "[server]\nlisten = \"nope\"\n[upstream]\nconnect_timeout = \"3 parsecs\"\n\
+             [[routes]]\nmodel = \"a\"\nupstream = \"127.0.0.1:1\"\n\
+             [[routes]]\nmodel = \"b c\"\nupstream = \"x:y\"\n",
+        )
+        .err()
+        .unwrap_or_default();
+        assert_eq!(
+            errs,
+            vec![
+                "server.listen: invalid address \"nope\" (expected ip:port)".to_string(),
+                "upstream.connect_timeout: invalid duration \"3 parsecs\" (units: ms, s, m, h)"
+                    .into(),
+                "routes[1].upstream: invalid address \"x:y\" (expected host:port)".into(),
+                "routes[1].model: invalid model name \"b c\"".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_location() {
+        let errs = check("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n")
+            .err()
+            .unwrap_or_default();
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("test.toml:3:1: unknown field `listne`"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_route_names_and_missing_routes() {
+        let errs = check("").err().unwrap_or_default();
+        assert_eq!(
+            errs,
+            vec!["routes: at least one route is required".to_string()]
+        );
+        let errs = check(
+            "[[routes]]\nname=\"a\"\nmodel=\"m\"\nupstream=\"h:1\"\n[[routes]]\nname=\"a\"\nmodel=\"m\"\nupstream=\"h:2\"\n",
+        )
+        .err()
+        .unwrap_or_default();
+        assert_eq!(
+            errs,
+            vec!["routes[1].name: duplicate route name \"a\"".to_string()]
+        );
+    }
+
+    #[test]
+    fn open_inference_route_may_omit_model() {
+        let c =
+            check("[[routes]]\nupstream = \"localhost:8081\"\nmatch = { open_inference = true }\n");
+        assert!(c.is_ok(), "{c:?}");
+        let errs = check("[[routes]]\nupstream = \"localhost:8081\"\n")
+            .err()
+            .unwrap_or_default();
+        assert_eq!(
+            errs,
+            vec!["routes[0].model: required unless match.open_inference = true".to_string()]
+        );
+    }
+}

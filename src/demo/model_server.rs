@@ -1,0 +1,202 @@
+//! An embedded Open Inference Protocol v2 (REST) model server hosting two versions of a `churn`
+//! model that predict differently. Shapes follow MLServer 1.7: `model_version` in the body, 404
+//! `{"error": "Model churn with version 9 not found"}` for an unknown version.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::proxy::server::serve;
+use crate::routing::parse_open_inference;
+
+/// The features the demo model reads, in order.
+pub const FEATURES: [&str; 4] = ["tenure", "monthly_charges", "support_calls", "usage_gb"];
+
+/// Versions the demo server hosts.
+const VERSIONS: [&str; 2] = ["1", "2"];
+
+/// Logistic-regression weights per version: bias, then one per feature.
+fn weights(version: &str) -> Option<[f64; 5]> {
+    match version {
+        "1" => Some([-1.0, -0.8, 0.6, 0.9, -0.2]),
+        // Version 2 leans harder on support calls and charges: it predicts more churn.
+        "2" => Some([-0.4, -0.5, 0.9, 1.2, -0.1]),
+        _ => None,
+    }
+}
+
+/// Start the server on `addr`; unversioned paths are answered by `default_version`.
+pub async fn start(
+    addr: SocketAddr,
+    default_version: &'static str,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let svc = tower::service_fn(move |req: Request<Incoming>| handle(req, default_version));
+    tokio::spawn(serve(
+        listener,
+        move |_| svc,
+        shutdown,
+        || std::time::Duration::from_secs(1),
+        "demo-model",
+    ));
+    Ok(local)
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    default_version: &'static str,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/v2/health/ready" || path == "/v2/health/live" {
+        return Ok(reply(StatusCode::OK, &json!({})));
+    }
+    let Some(oi) = parse_open_inference(&path).filter(|p| p.name == "churn") else {
+        return Ok(reply(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("Model {path} not found") }),
+        ));
+    };
+    let version = oi.version.unwrap_or(default_version);
+    let Some(w) = weights(version) else {
+        return Ok(reply(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("Model churn with version {version} not found") }),
+        ));
+    };
+    if !oi.infer {
+        return Ok(reply(StatusCode::OK, &metadata(version)));
+    }
+    if req.method() != Method::POST {
+        return Ok(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({ "error": "use POST" }),
+        ));
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Ok(reply(
+                StatusCode::BAD_REQUEST,
+                &json!({ "error": format!("invalid JSON: {e}") }),
+            ));
+        }
+    };
+    Ok(match infer(&request, version, &w) {
+        Ok(v) => reply(StatusCode::OK, &v),
+        Err((status, msg)) => reply(status, &json!({ "error": msg })),
+    })
+}
+
+fn metadata(version: &str) -> Value {
+    let inputs: Vec<Value> = FEATURES
+        .iter()
+        .map(|f| json!({ "name": f, "datatype": "FP64", "shape": [-1, 1] }))
+        .collect();
+    json!({
+        "name": "churn",
+        "versions": VERSIONS,
+        "platform": "modelstamp-demo",
+        "inputs": inputs,
+        "outputs": [{ "name": "churn_probability", "datatype": "FP64", "shape": [-1, 1] }],
+        "parameters": { "version": version },
+    })
+}
+
+fn column<'a>(request: &'a Value, name: &str) -> Option<&'a Vec<Value>> {
+    request["inputs"]
+        .as_array()?
+        .iter()
+        .find(|i| i["name"] == name)?["data"]
+        .as_array()
+}
+
+fn infer(request: &Value, version: &str, w: &[f64; 5]) -> Result<Value, (StatusCode, String)> {
+    let cols: Vec<&Vec<Value>> = FEATURES
+        .iter()
+        .map(|f| column(request, f).ok_or((StatusCode::BAD_REQUEST, format!("missing input {f}"))))
+        .collect::<Result<_, _>>()?;
+    let rows = cols[0].len();
+    let mut out = Vec::with_capacity(rows);
+    for row in 0..rows {
+        let mut z = w[0];
+        for (i, col) in cols.iter().enumerate() {
+            let x = col.get(row).and_then(Value::as_f64).ok_or((
+                StatusCode::BAD_REQUEST,
+                format!("input {} row {row} is not a number", FEATURES[i]),
+            ))?;
+            // Version 2 has a bug the demo makes visible: it rejects very high support-call counts.
+            if version == "2" && i == 2 && x > 2.0 {
+                return Err((
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "support_calls out of supported range".into(),
+                ));
+            }
+            z += w[i + 1] * x;
+        }
+        out.push(1.0 / (1.0 + (-z).exp()));
+    }
+    Ok(json!({
+        "model_name": "churn",
+        "model_version": version,
+        "id": request["id"],
+        "parameters": { "content_type": "np" },
+        "outputs": [{ "name": "churn_probability", "shape": [rows, 1], "datatype": "FP64", "data": out }],
+    }))
+}
+
+fn reply(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(support_calls: f64) -> Value {
+        let inputs: Vec<Value> = FEATURES
+            .iter()
+            .map(|f| json!({ "name": f, "datatype": "FP64", "shape": [1, 1], "data": [if *f == "support_calls" { support_calls } else { 0.5 }] }))
+            .collect();
+        json!({ "id": "r1", "inputs": inputs })
+    }
+
+    #[test]
+    fn versions_predict_differently() {
+        let p = |v: &str| {
+            infer(&request(0.0), v, &weights(v).unwrap_or_default())
+                .map(|r| r["outputs"][0]["data"][0].as_f64())
+        };
+        let (p1, p2) = (p("1"), p("2"));
+        assert!(
+            matches!((p1.clone(), p2.clone()), (Ok(Some(a)), Ok(Some(b))) if b > a),
+            "{p1:?} {p2:?}"
+        );
+    }
+
+    #[test]
+    fn version_two_fails_on_extreme_input() {
+        assert!(infer(&request(3.0), "2", &weights("2").unwrap_or_default()).is_err());
+        assert!(infer(&request(3.0), "1", &weights("1").unwrap_or_default()).is_ok());
+    }
+}

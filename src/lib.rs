@@ -1,0 +1,24 @@
+//! modelstamp: an inference-side sidecar that stamps every request with the model version that
+//! served it and the lineage ID of the registry record behind that version.
+//!
+//! ```text
+//! client ─▶ proxy::server (h1 + h2c)
+//!             └▶ resolve ─▶ stamp ─▶ tee ─▶ forward ─▶ model server
+//!                  │          │       │        (pooled hyper-util client)
+//!      routing::Snapshot      │       └▶ observe: metrics, access log (once per request)
+//!      (ArcSwap, hot reload)  └▶ x-model-name / x-model-version / x-lineage-id / x-request-id
+//! admin ─▶ /metrics /healthz /readyz /versions /lineage/{id}
+//! ```
+//!
+//! Data flows down this list and never back up.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod observe;
+pub mod proxy;
+pub mod registry;
+pub mod routing;
+pub mod sidecar;
+
+pub use sidecar::{Sidecar, StartError};

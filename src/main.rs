@@ -1,0 +1,207 @@
+//! The `modelstamp` command line: `run` (the default), `check`, `demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use modelstamp::config::RegistrySource;
+use modelstamp::registry::{FileRegistry, Registry};
+use modelstamp::routing::{Snapshot, Source};
+use modelstamp::{Sidecar, StartError, demo};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+
+/// Inference-side sidecar: stamps every request with model version and lineage ID.
+#[derive(Parser)]
+#[command(name = "modelstamp", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar (the default).
+    Run(RunArgs),
+    /// Validate a config and its registry; print every error with its path.
+    Check(RunArgs),
+    /// Start an embedded model server and the sidecar, send traffic, print a per-version table.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Config file (TOML).
+    #[arg(
+        long,
+        short,
+        env = "MODELSTAMP_CONFIG",
+        default_value = "/etc/modelstamp/modelstamp.toml"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Requests to send.
+    #[arg(long, default_value_t = 300)]
+    requests: usize,
+    /// Leave the model server and sidecar running until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
+    /// Where to write the access log.
+    #[arg(long)]
+    access_log: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => run(cli.run).await,
+            Some(Command::Run(args)) => run(args).await,
+            Some(Command::Check(args)) => check(args).await,
+            Some(Command::Demo(args)) => run_demo(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MODELSTAMP_LOG")
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn print_config_errors(e: &StartError) -> bool {
+    if let StartError::Config(errors) = e {
+        for err in &errors.0 {
+            eprintln!("{err}");
+        }
+        true
+    } else {
+        false
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let sidecar = match Sidecar::start(Source::File(args.config.clone())).await {
+        Ok(s) => s,
+        Err(e) => {
+            if print_config_errors(&e) {
+                return Ok(ExitCode::FAILURE);
+            }
+            return Err(e).context(format!("starting with {}", args.config.display()));
+        }
+    };
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => sidecar.trigger_reload(),
+        }
+    }
+    info!("Shutting down: draining in-flight requests.");
+    sidecar.shutdown();
+    sidecar.wait().await;
+    info!("Stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let (metrics, _) = modelstamp::observe::metrics::Metrics::new();
+    let loaded = Source::File(args.config.clone()).load().await;
+    let result = loaded.and_then(|(config, registry)| {
+        let RegistrySource::File(path) = &config.registry;
+        let describe = FileRegistry::new(path.clone()).describe();
+        let routes = config.routes.len();
+        let snap = Snapshot::build(1, config, registry, &metrics)?;
+        Ok((
+            describe,
+            routes,
+            snap.registry.models.len(),
+            snap.registry.version_count(),
+        ))
+    });
+    match result {
+        Ok((registry, routes, models, versions)) => {
+            println!(
+                "{}: ok ({routes} routes; registry {registry}: {models} models, {versions} versions)",
+                args.config.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s)", args.config.display(), errors.0.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let access_log = args.access_log.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("modelstamp-demo-{}.log", std::process::id()))
+    });
+    let opts = demo::DemoOptions {
+        requests: args.requests,
+        access_log: access_log.clone(),
+    };
+    let running = match demo::start(&opts).await {
+        Ok(d) => d,
+        Err(e) => {
+            if print_config_errors(&e) {
+                error!("The embedded demo config is invalid.");
+                return Ok(ExitCode::FAILURE);
+            }
+            return Err(e).context("starting the demo");
+        }
+    };
+    let rows = demo::run_traffic(&running, opts.requests).await;
+    running
+        .sidecar
+        .telemetry
+        .access_log
+        .flush(Duration::from_secs(5));
+    println!(
+        "\nmodelstamp demo: {} requests through the sidecar, grouped by the version stamped on each response\n",
+        opts.requests
+    );
+    println!("{}", demo::render_table(&rows));
+    println!("{}", demo::render_urls(&running, &rows, &access_log));
+    if args.keep_running {
+        println!("Running until Ctrl-C.");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    running.stop().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,225 @@
+//! The access log: exactly one JSON line per request, written by a dedicated thread from a
+//! bounded queue. A full queue or a failed write drops the line and counts it; the request
+//! never waits for the log.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tracing::warn;
+
+use super::metrics::{Metrics, ObserveDrop};
+use crate::config::AccessLogTarget;
+
+/// One access-log line.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessLine {
+    /// When the request started (RFC 3339, UTC).
+    #[serde(serialize_with = "ser_time")]
+    pub time: SystemTime,
+    /// Request ID.
+    pub request_id: String,
+    /// W3C trace ID, when a `traceparent` came in.
+    pub trace_id: Option<String>,
+    /// W3C parent span ID, when a `traceparent` came in.
+    pub span_id: Option<String>,
+    /// Matched route.
+    pub route: Option<String>,
+    /// Model.
+    pub model: Arc<str>,
+    /// Version.
+    pub version: Arc<str>,
+    /// Lineage ID.
+    pub lineage_id: Arc<str>,
+    /// Version the model server reported, when it differs or was read.
+    pub reported_version: Option<String>,
+    /// Client address.
+    pub client: String,
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// HTTP version of the client.
+    pub protocol: &'static str,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Status the model server sent.
+    pub upstream_status: Option<u16>,
+    /// Total latency in milliseconds.
+    pub duration_ms: f64,
+    /// Upstream latency to response headers in milliseconds.
+    pub upstream_ms: Option<f64>,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+    /// What went wrong, if anything.
+    pub error: Option<&'static str>,
+}
+
+fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
+/// Format a time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), after Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+enum Msg {
+    Line(Box<AccessLine>),
+    Flush(SyncSender<()>),
+}
+
+/// Sends lines to the writer thread.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: Option<SyncSender<Msg>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("enabled", &self.tx.is_some())
+            .finish()
+    }
+}
+
+impl AccessLog {
+    /// Start the writer thread for a target.
+    pub fn start(
+        target: &AccessLogTarget,
+        queue: usize,
+        metrics: Metrics,
+    ) -> std::io::Result<Self> {
+        let out: Box<dyn Write + Send> = match target {
+            AccessLogTarget::Off => return Ok(Self { tx: None, metrics }),
+            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
+            AccessLogTarget::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = sync_channel(queue);
+        let m = metrics.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_loop(rx, out, m))?;
+        Ok(Self {
+            tx: Some(tx),
+            metrics,
+        })
+    }
+
+    /// Queue a line; never blocks.
+    pub fn send(&self, line: AccessLine) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(Msg::Line(Box::new(line))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self
+                .metrics
+                .observe_dropped(ObserveDrop::AccessLogQueueFull),
+            Err(TrySendError::Disconnected(_)) => {
+                self.metrics.observe_dropped(ObserveDrop::AccessLogWrite)
+            }
+        }
+    }
+
+    /// Wait until every line queued so far is written and flushed (shutdown, tests).
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let Some(tx) = &self.tx else { return true };
+        let (ack_tx, ack_rx) = sync_channel(1);
+        tx.send(Msg::Flush(ack_tx)).is_ok() && ack_rx.recv_timeout(timeout).is_ok()
+    }
+}
+
+fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, metrics: Metrics) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut failures: u64 = 0;
+    let mut buf = Vec::with_capacity(512);
+    let mut acks = Vec::new();
+    while let Ok(mut msg) = rx.recv() {
+        loop {
+            let line = match msg {
+                Msg::Line(line) => line,
+                Msg::Flush(ack) => {
+                    acks.push(ack);
+                    match rx.try_recv() {
+                        Ok(next) => {
+                            msg = next;
+                            continue;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            };
+            buf.clear();
+            if serde_json::to_writer(&mut buf, &*line).is_ok() {
+                buf.push(b'\n');
+                if let Err(e) = out.write_all(&buf) {
+                    failures += 1;
+                    metrics.observe_dropped(ObserveDrop::AccessLogWrite);
+                    // One warning per power of two keeps a full disk from flooding the log.
+                    if failures.is_power_of_two() {
+                        warn!(error = %e, failures, "Access log write failed.");
+                    }
+                }
+            }
+            match rx.try_recv() {
+                Ok(next) => msg = next,
+                Err(_) => break,
+            }
+        }
+        // Flush whenever the queue runs dry, so lines appear promptly at low rates.
+        if out.flush().is_err() {
+            metrics.observe_dropped(ObserveDrop::AccessLogWrite);
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_673_127_853);
+        assert_eq!(rfc3339(t), "2026-11-26T06:05:27.853Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

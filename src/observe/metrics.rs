@@ -1,0 +1,419 @@
+//! Metric families and the per-version handles resolved when a snapshot is built, so the hot
+//! path only touches atomics. Label values come from config and registry, never from requests.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Metric name prefix.
+pub const PREFIX: &str = "modelstamp";
+
+/// Latency buckets in seconds: sub-millisecond proxy overhead up to slow batch inference.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// `{model, version}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    model: String,
+    version: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    model: String,
+    version: String,
+    kind: &'static str,
+}
+
+/// `model_version_info` labels: joins any series to its lineage record.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: String,
+    /// Lineage ID.
+    pub lineage_id: String,
+    /// Git commit (empty when unknown).
+    pub git_commit: String,
+    /// Training dataset digest (empty when unknown).
+    pub dataset_digest: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MismatchLabels {
+    model: String,
+    expected: String,
+    reported: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnresolvedLabels {
+    route: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Why an upstream exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamErrorKind {
+    /// Connection refused or unreachable.
+    Connect,
+    /// Connect or response timeout.
+    Timeout,
+    /// Connection reset or body cut mid-stream.
+    Reset,
+    /// The upstream answered 5xx.
+    Status5xx,
+}
+
+impl UpstreamErrorKind {
+    const ALL: [Self; 4] = [Self::Connect, Self::Timeout, Self::Reset, Self::Status5xx];
+
+    /// The `kind` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Status5xx => "5xx",
+        }
+    }
+}
+
+/// Why observation skipped or lost something (never affects the proxied request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObserveDrop {
+    /// The access-log queue was full.
+    AccessLogQueueFull,
+    /// Writing the access log failed.
+    AccessLogWrite,
+    /// The response body was larger than the inspect cap.
+    InspectOverCap,
+    /// The response body could not be parsed.
+    InspectUnparseable,
+}
+
+impl ObserveDrop {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::AccessLogQueueFull => "access_log_queue_full",
+            Self::AccessLogWrite => "access_log_write_failed",
+            Self::InspectOverCap => "inspect_over_cap",
+            Self::InspectUnparseable => "inspect_unparseable",
+        }
+    }
+}
+
+/// All metric families, cheaply clonable (each is an `Arc` inside).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    requests: Family<StatusLabels, Counter>,
+    duration: Family<VersionLabels, Histogram>,
+    upstream_duration: Family<VersionLabels, Histogram>,
+    upstream_errors: Family<KindLabels, Counter>,
+    request_errors: Family<KindLabels, Counter>,
+    in_flight: Family<VersionLabels, Gauge>,
+    request_bytes: Family<VersionLabels, Counter>,
+    response_bytes: Family<VersionLabels, Counter>,
+    info: Family<InfoLabels, Gauge>,
+    mismatch: Family<MismatchLabels, Counter>,
+    unresolved: Family<UnresolvedLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    observe_dropped: Family<ReasonLabels, Counter>,
+    generation: Gauge,
+    /// The info series set last, so a swap can retire the ones that are gone.
+    info_set: Arc<Mutex<Vec<InfoLabels>>>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+impl Metrics {
+    /// Create every family and register it.
+    pub fn new() -> (Self, Registry) {
+        let mut reg = Registry::with_prefix(PREFIX);
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            upstream_duration: Family::new_with_constructor(latency_histogram),
+            upstream_errors: Family::default(),
+            request_errors: Family::default(),
+            in_flight: Family::default(),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
+            info: Family::default(),
+            mismatch: Family::default(),
+            unresolved: Family::default(),
+            reloads: Family::default(),
+            observe_dropped: Family::default(),
+            generation: Gauge::default(),
+            info_set: Arc::default(),
+        };
+        reg.register(
+            "requests",
+            "Requests proxied, by model version and status class",
+            m.requests.clone(),
+        );
+        reg.register(
+            "request_duration_seconds",
+            "Total request latency seen by the client",
+            m.duration.clone(),
+        );
+        reg.register(
+            "upstream_duration_seconds",
+            "Time until the model server's response headers",
+            m.upstream_duration.clone(),
+        );
+        reg.register(
+            "upstream_errors",
+            "Upstream failures by kind: connect, timeout, reset, 5xx",
+            m.upstream_errors.clone(),
+        );
+        reg.register(
+            "request_errors",
+            "Downstream-side failures by kind: body_too_large, client_abort",
+            m.request_errors.clone(),
+        );
+        reg.register(
+            "in_flight_requests",
+            "Requests being proxied now",
+            m.in_flight.clone(),
+        );
+        reg.register(
+            "request_bytes",
+            "Request body bytes forwarded to the model server",
+            m.request_bytes.clone(),
+        );
+        reg.register(
+            "response_bytes",
+            "Response body bytes sent to clients",
+            m.response_bytes.clone(),
+        );
+        reg.register(
+            "model_version_info",
+            "Lineage of each registry version (value 1); join on model, version",
+            m.info.clone(),
+        );
+        reg.register(
+            "version_mismatch",
+            "Responses whose model server reported another version than resolved",
+            m.mismatch.clone(),
+        );
+        reg.register(
+            "unresolved_requests",
+            "Requests for a model or version the registry does not know",
+            m.unresolved.clone(),
+        );
+        reg.register(
+            "config_reloads",
+            "Config and registry reloads by result",
+            m.reloads.clone(),
+        );
+        reg.register(
+            "observe_dropped",
+            "Telemetry skipped or lost (the request itself was unaffected)",
+            m.observe_dropped.clone(),
+        );
+        reg.register(
+            "snapshot_generation",
+            "Generation of the config snapshot serving requests",
+            m.generation.clone(),
+        );
+        (m, reg)
+    }
+
+    /// Resolve every handle for one model version (done when a snapshot is built).
+    pub fn version(&self, model: &str, version: &str) -> VersionMetrics {
+        let vl = VersionLabels {
+            model: model.into(),
+            version: version.into(),
+        };
+        let status = |c: &'static str| {
+            self.requests.get_or_create_owned(&StatusLabels {
+                model: model.into(),
+                version: version.into(),
+                status_class: c,
+            })
+        };
+        let kind = |f: &Family<KindLabels, Counter>, k: &'static str| {
+            f.get_or_create_owned(&KindLabels {
+                model: model.into(),
+                version: version.into(),
+                kind: k,
+            })
+        };
+        VersionMetrics {
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(status),
+            duration: self.duration.get_or_create_owned(&vl),
+            upstream_duration: self.upstream_duration.get_or_create_owned(&vl),
+            upstream_errors: UpstreamErrorKind::ALL
+                .map(|k| kind(&self.upstream_errors, k.as_str())),
+            request_errors: RequestErrorKind::ALL.map(|k| kind(&self.request_errors, k.as_str())),
+            in_flight: self.in_flight.get_or_create_owned(&vl),
+            request_bytes: self.request_bytes.get_or_create_owned(&vl),
+            response_bytes: self.response_bytes.get_or_create_owned(&vl),
+        }
+    }
+
+    /// Make `model_version_info` hold exactly these series, retiring those no longer current.
+    pub fn set_version_info(&self, current: &[InfoLabels]) {
+        for labels in current {
+            self.info.get_or_create(labels).set(1);
+        }
+        let mut previous = self
+            .info_set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keep: HashSet<&InfoLabels> = current.iter().collect();
+        for old in previous.iter().filter(|old| !keep.contains(old)) {
+            self.info.remove(old);
+        }
+        *previous = current.to_vec();
+    }
+
+    /// Count a version reported by the model server that differs from the resolved one.
+    pub fn version_mismatch(&self, model: &str, expected: &str, reported: &str) {
+        self.mismatch
+            .get_or_create(&MismatchLabels {
+                model: model.into(),
+                expected: expected.into(),
+                reported: reported.into(),
+            })
+            .inc();
+    }
+
+    /// Count a request whose model or version the registry does not know.
+    pub fn unresolved(&self, route: &str, reason: &'static str) -> Counter {
+        self.unresolved.get_or_create_owned(&UnresolvedLabels {
+            route: route.into(),
+            reason,
+        })
+    }
+
+    /// Count a reload attempt.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// Count lost telemetry.
+    pub fn observe_dropped(&self, why: ObserveDrop) {
+        self.observe_dropped
+            .get_or_create(&ReasonLabels {
+                reason: why.as_str(),
+            })
+            .inc();
+    }
+
+    /// Record the generation now serving.
+    pub fn set_generation(&self, generation: u64) {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    }
+}
+
+/// Downstream-side failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestErrorKind {
+    /// The request body exceeded the limit.
+    BodyTooLarge,
+    /// The client went away before the response ended.
+    ClientAbort,
+}
+
+impl RequestErrorKind {
+    const ALL: [Self; 2] = [Self::BodyTooLarge, Self::ClientAbort];
+
+    /// The `kind` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BodyTooLarge => "body_too_large",
+            Self::ClientAbort => "client_abort",
+        }
+    }
+}
+
+/// Handles for one model version; recording touches only atomics.
+#[derive(Clone, Debug)]
+pub struct VersionMetrics {
+    requests: [Counter; 5],
+    duration: Histogram,
+    upstream_duration: Histogram,
+    upstream_errors: [Counter; 4],
+    request_errors: [Counter; 2],
+    /// Requests being proxied now.
+    pub in_flight: Gauge,
+    request_bytes: Counter,
+    response_bytes: Counter,
+}
+
+impl VersionMetrics {
+    /// Record one finished request.
+    pub fn record(&self, r: &Recorded) {
+        let class = usize::from(r.status / 100).clamp(1, 5) - 1;
+        self.requests[class].inc();
+        self.duration.observe(r.total_seconds);
+        if let Some(s) = r.upstream_seconds {
+            self.upstream_duration.observe(s);
+        }
+        if let Some(k) = r.upstream_error {
+            self.upstream_errors[k as usize].inc();
+        }
+        if let Some(k) = r.request_error {
+            self.request_errors[k as usize].inc();
+        }
+        self.request_bytes.inc_by(r.bytes_in);
+        self.response_bytes.inc_by(r.bytes_out);
+    }
+}
+
+/// What a finished request contributes to metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded {
+    /// Status sent to the client.
+    pub status: u16,
+    /// Total latency.
+    pub total_seconds: f64,
+    /// Upstream latency to headers, when the upstream answered.
+    pub upstream_seconds: Option<f64>,
+    /// Upstream failure.
+    pub upstream_error: Option<UpstreamErrorKind>,
+    /// Downstream failure.
+    pub request_error: Option<RequestErrorKind>,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+}

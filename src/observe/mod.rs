@@ -1,0 +1,36 @@
+//! Observation: metrics, the access log and trace context. Everything per request is emitted
+//! once, through [`RequestOutcome::emit`], when the response body ends or is dropped. Nothing
+//! here can fail a request: lost telemetry is counted in `modelstamp_observe_dropped_total`.
+
+pub mod access_log;
+pub mod metrics;
+pub mod trace;
+
+use access_log::{AccessLine, AccessLog};
+use metrics::{Metrics, Recorded, VersionMetrics};
+
+/// Where telemetry goes.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// Metric families.
+    pub metrics: Metrics,
+    /// Access-log writer.
+    pub access_log: AccessLog,
+}
+
+/// Everything one finished request contributes.
+#[derive(Debug)]
+pub struct RequestOutcome {
+    /// The access-log line.
+    pub line: AccessLine,
+    /// The metric observations.
+    pub recorded: Recorded,
+}
+
+impl RequestOutcome {
+    /// Record metrics and queue the access-log line (the only per-request INFO-level output).
+    pub fn emit(self, version_metrics: &VersionMetrics, telemetry: &Telemetry) {
+        version_metrics.record(&self.recorded);
+        telemetry.access_log.send(self.line);
+    }
+}

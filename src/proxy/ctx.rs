@@ -1,0 +1,65 @@
+//! What the layers share about one request: the snapshot it started with, what it resolved to,
+//! and counters the request body updates as it streams.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderValue, Method, Request, Version};
+use hyper::body::Incoming;
+
+use crate::observe::trace::TraceParent;
+use crate::routing::{Resolved, RouteState, Snapshot};
+
+/// One request's context, shared by every layer (one allocation per request).
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The snapshot this request uses from start to end.
+    pub snapshot: Arc<Snapshot>,
+    /// Route, model and version.
+    pub resolved: Resolved,
+    /// The request ID stamped up and down.
+    pub request_id: HeaderValue,
+    /// Incoming W3C trace context.
+    pub trace: Option<TraceParent>,
+    /// Method.
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    /// Client HTTP version.
+    pub version: Version,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Monotonic start.
+    pub start: Instant,
+    /// Wall-clock start.
+    pub time: SystemTime,
+    /// Whether this is a gRPC call (errors are reported as grpc-status).
+    pub grpc: bool,
+    /// Request body bytes forwarded so far.
+    pub bytes_in: AtomicU64,
+    /// Set when the request body went over the limit.
+    pub body_too_large: AtomicBool,
+}
+
+impl RequestCtx {
+    /// The matched route.
+    pub fn route(&self) -> Option<&RouteState> {
+        self.snapshot.routes.get(self.resolved.route?)
+    }
+
+    /// Bytes of request body seen.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+}
+
+/// A request travelling down the stack with its context.
+#[derive(Debug)]
+pub struct ProxyRequest {
+    /// The request as it will be forwarded.
+    pub req: Request<Incoming>,
+    /// Its context.
+    pub ctx: Arc<RequestCtx>,
+}

@@ -1,0 +1,168 @@
+//! Proxy errors and the one function that maps each to the response the client gets.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ProxyBody;
+use crate::observe::metrics::{RequestErrorKind, UpstreamErrorKind};
+
+/// Why the proxy answered instead of the model server.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route matches the request.
+    #[error("no route matches the request")]
+    NoRoute,
+    /// The request body is over the limit.
+    #[error("request body exceeds {0} bytes")]
+    BodyTooLarge(u64),
+    /// The upstream exchange failed.
+    #[error("upstream {}: {source}", .kind.as_str())]
+    Upstream {
+        /// What kind of failure.
+        kind: UpstreamErrorKind,
+        /// The underlying error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ProxyError {
+    /// The `error` field of the access log.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::Upstream { kind, .. } => match kind {
+                UpstreamErrorKind::Connect => "upstream_connect",
+                UpstreamErrorKind::Timeout => "upstream_timeout",
+                UpstreamErrorKind::Reset => "upstream_reset",
+                UpstreamErrorKind::Status5xx => "upstream_5xx",
+            },
+        }
+    }
+
+    /// The upstream error kind, if any.
+    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+        match self {
+            Self::Upstream { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
+    /// The downstream error kind, if any.
+    pub fn request_kind(&self) -> Option<RequestErrorKind> {
+        matches!(self, Self::BodyTooLarge(_)).then_some(RequestErrorKind::BodyTooLarge)
+    }
+
+    fn status_and_grpc(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::NoRoute => (StatusCode::NOT_FOUND, "12"),
+            Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "8"),
+            Self::Upstream {
+                kind: UpstreamErrorKind::Timeout,
+                ..
+            } => (StatusCode::GATEWAY_TIMEOUT, "4"),
+            Self::Upstream { .. } => (StatusCode::BAD_GATEWAY, "14"),
+        }
+    }
+}
+
+/// The response for an error: JSON for HTTP clients; a trailers-only response with
+/// `grpc-status` for gRPC clients (refused/reset → 14 UNAVAILABLE, timeout → 4).
+pub fn error_response(
+    err: &ProxyError,
+    grpc: bool,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let (status, grpc_status) = err.status_and_grpc();
+    let message = err.to_string();
+    let mut resp = if grpc {
+        let mut r = Response::new(ProxyBody::full(Bytes::new()));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static(grpc_status));
+        if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
+            h.insert("grpc-message", v);
+        }
+        r
+    } else {
+        let body = serde_json::json!({
+            "error": message,
+            "kind": err.kind_str(),
+            "request_id": request_id.to_str().unwrap_or_default(),
+        });
+        let mut r = Response::new(ProxyBody::full(body.to_string()));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// gRPC's grpc-message is percent-encoded outside printable ASCII.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(kind: UpstreamErrorKind) -> ProxyError {
+        ProxyError::Upstream {
+            kind,
+            source: "x".into(),
+        }
+    }
+
+    #[test]
+    fn statuses_per_error() {
+        let id = HeaderValue::from_static("r1");
+        assert_eq!(
+            error_response(&ProxyError::NoRoute, false, &id).status(),
+            404
+        );
+        assert_eq!(
+            error_response(&ProxyError::BodyTooLarge(1), false, &id).status(),
+            413
+        );
+        assert_eq!(
+            error_response(&upstream(UpstreamErrorKind::Connect), false, &id).status(),
+            502
+        );
+        assert_eq!(
+            error_response(&upstream(UpstreamErrorKind::Reset), false, &id).status(),
+            502
+        );
+        assert_eq!(
+            error_response(&upstream(UpstreamErrorKind::Timeout), false, &id).status(),
+            504
+        );
+    }
+
+    #[test]
+    fn grpc_errors_carry_grpc_status() {
+        let id = HeaderValue::from_static("r1");
+        let r = error_response(&upstream(UpstreamErrorKind::Connect), true, &id);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["grpc-status"], "14");
+        let r = error_response(&upstream(UpstreamErrorKind::Timeout), true, &id);
+        assert_eq!(r.headers()["grpc-status"], "4");
+        assert_eq!(percent_encode("a%b\n"), "a%25b%0A");
+    }
+}

@@ -1,0 +1,173 @@
+//! `upstream_peer` phase: send the request to the route's model server over a pooled
+//! hyper-util client (HTTP/1.1, or h2c with prior knowledge), with connect and response
+//! timeouts, and classify failures.
+
+use std::error::Error as StdError;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
+
+use super::body::LimitedBody;
+use super::ctx::ProxyRequest;
+use super::error::ProxyError;
+use super::headers::{add_forwarded, remove_hop_by_hop};
+use super::resolve::BoxFuture;
+use crate::config::{UpstreamProtocol, UpstreamSettings};
+use crate::observe::metrics::UpstreamErrorKind;
+
+type HttpClient = Client<HttpConnector, LimitedBody>;
+
+/// The upstream's response and how long its headers took.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The response, body still streaming.
+    pub response: Response<Incoming>,
+    /// Time until response headers.
+    pub upstream_latency: Duration,
+}
+
+/// Forwards requests over pooled connections.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    http1: HttpClient,
+    http2: HttpClient,
+}
+
+impl Forward {
+    /// Build the two pooled clients.
+    pub fn new(settings: &UpstreamSettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        let build = |h2: bool| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(settings.pool_idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .http2_only(h2)
+                .build(connector.clone())
+        };
+        Self {
+            http1: build(false),
+            http2: build(true),
+        }
+    }
+}
+
+impl Service<ProxyRequest> for Forward {
+    type Response = Forwarded;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Forwarded, ProxyError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, pr: ProxyRequest) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.forward(pr).await })
+    }
+}
+
+impl Forward {
+    async fn forward(&self, pr: ProxyRequest) -> Result<Forwarded, ProxyError> {
+        let ProxyRequest { req, ctx } = pr;
+        let Some(route) = ctx.route() else {
+            return Err(ProxyError::NoRoute);
+        };
+        let route = &route.route;
+        let limit = ctx.snapshot.config.limits.max_request_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ProxyError::BodyTooLarge(limit));
+        }
+        let h2 = match route.upstream_protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Auto => req.version() == Version::HTTP_2,
+        };
+        let (mut parts, body) = req.into_parts();
+        parts.uri = upstream_uri(&route.upstream, parts.uri.path_and_query())?;
+        parts.version = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        remove_hop_by_hop(&mut parts.headers);
+        add_forwarded(&mut parts.headers, ctx.client, route.trusted);
+        let req = Request::from_parts(parts, LimitedBody::new(body, ctx.clone(), limit));
+        let client = if h2 { &self.http2 } else { &self.http1 };
+        let start = Instant::now();
+        let result = tokio::time::timeout(route.response_timeout, client.request(req)).await;
+        let upstream_latency = start.elapsed();
+        match result {
+            Ok(Ok(mut response)) => {
+                remove_hop_by_hop(response.headers_mut());
+                Ok(Forwarded {
+                    response,
+                    upstream_latency,
+                })
+            }
+            Ok(Err(e)) if ctx.body_too_large.load(Ordering::Relaxed) => {
+                tracing::debug!(error = %e, "Request body over the limit.");
+                Err(ProxyError::BodyTooLarge(limit))
+            }
+            Ok(Err(e)) => Err(ProxyError::Upstream {
+                kind: classify(&e),
+                source: Box::new(e),
+            }),
+            Err(elapsed) => Err(ProxyError::Upstream {
+                kind: UpstreamErrorKind::Timeout,
+                source: Box::new(elapsed),
+            }),
+        }
+    }
+}
+
+fn upstream_uri(authority: &Authority, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(
+            pq.cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        )
+        .build()
+        .map_err(|e| ProxyError::Upstream {
+            kind: UpstreamErrorKind::Connect,
+            source: Box::new(e),
+        })
+}
+
+/// Connect failures are `connect` unless they timed out; everything after connecting that
+/// fails before response headers is a `reset`.
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+    let timed_out = chain(e).any(|s| {
+        s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || s.to_string().contains("timed out")
+    });
+    match (e.is_connect(), timed_out) {
+        (_, true) => UpstreamErrorKind::Timeout,
+        (true, false) => UpstreamErrorKind::Connect,
+        (false, false) => UpstreamErrorKind::Reset,
+    }
+}
+
+fn chain<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(e), |e: &&'a (dyn StdError + 'static)| (*e).source())
+}

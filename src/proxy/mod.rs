@@ -1,0 +1,80 @@
+//! The data plane: a hyper server (HTTP/1.1 and h2c on one port) in front of a tower stack whose
+//! phases are named after pingora's:
+//!
+//! ```text
+//! resolve (request_filter) → stamp (upstream_request_filter / response_filter)
+//!   → tee (logging: timing, errors → responses, one outcome per request) → forward (upstream_peer)
+//! ```
+
+mod body;
+mod ctx;
+mod error;
+mod forward;
+mod headers;
+mod resolve;
+pub mod server;
+mod stamp;
+mod tee;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::{Layer, Service};
+
+pub use error::{ProxyError, error_response};
+pub use forward::Forward;
+pub use headers::{add_forwarded, remove_hop_by_hop};
+pub use resolve::new_request_id;
+pub use stamp::{stamp, strip_stamps};
+pub use tee::ObservedBody;
+
+use crate::observe::Telemetry;
+use crate::routing::Snapshot;
+
+/// What every connection's stack is built from.
+#[derive(Clone)]
+pub struct Proxy {
+    snapshots: Arc<ArcSwap<Snapshot>>,
+    telemetry: Arc<Telemetry>,
+    forward: Forward,
+}
+
+impl Proxy {
+    /// A proxy reading snapshots from `snapshots`.
+    pub fn new(
+        snapshots: Arc<ArcSwap<Snapshot>>,
+        telemetry: Arc<Telemetry>,
+        forward: Forward,
+    ) -> Self {
+        Self {
+            snapshots,
+            telemetry,
+            forward,
+        }
+    }
+
+    /// The service for one client connection.
+    pub fn service(
+        &self,
+        client: SocketAddr,
+    ) -> impl Service<
+        Request<Incoming>,
+        Response = Response<ObservedBody>,
+        Error = Infallible,
+        Future: Send,
+    >
+    + Clone
+    + Send
+    + 'static
+    + use<> {
+        // Outermost first: resolve once, stamp both ways, observe everything, then forward.
+        let forward = self.forward.clone();
+        let tee = tee::TeeLayer::new(self.telemetry.clone()).layer(forward);
+        let stamp = stamp::StampLayer.layer(tee);
+        resolve::ResolveLayer::new(self.snapshots.clone(), client).layer(stamp)
+    }
+}

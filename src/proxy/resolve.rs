@@ -1,0 +1,165 @@
+//! `request_filter` phase: load the snapshot once, resolve route, model and version, assign the
+//! request ID, and hand a [`ProxyRequest`] down the stack.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use tower::{Layer, Service};
+
+use super::ctx::{ProxyRequest, RequestCtx};
+use crate::observe::trace::parse_traceparent;
+use crate::routing::{Snapshot, resolve};
+
+const TRACEPARENT: &str = "traceparent";
+
+/// Builds [`Resolve`] for each connection.
+#[derive(Clone)]
+pub struct ResolveLayer {
+    snapshots: Arc<ArcSwap<Snapshot>>,
+    client: SocketAddr,
+}
+
+impl ResolveLayer {
+    /// A layer for one client connection.
+    pub fn new(snapshots: Arc<ArcSwap<Snapshot>>, client: SocketAddr) -> Self {
+        Self { snapshots, client }
+    }
+}
+
+impl<S> Layer<S> for ResolveLayer {
+    type Service = Resolve<S>;
+    fn layer(&self, inner: S) -> Resolve<S> {
+        Resolve {
+            snapshots: self.snapshots.clone(),
+            client: self.client,
+            inner,
+        }
+    }
+}
+
+/// Resolves each request against the current snapshot.
+#[derive(Clone)]
+pub struct Resolve<S> {
+    snapshots: Arc<ArcSwap<Snapshot>>,
+    client: SocketAddr,
+    inner: S,
+}
+
+impl<S, B> Service<Request<Incoming>> for Resolve<S>
+where
+    S: Service<ProxyRequest, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let snapshot = self.snapshots.load_full();
+        let resolved = resolve(&snapshot, req.uri().path(), req.headers());
+        let trusted = resolved
+            .route
+            .and_then(|i| snapshot.routes.get(i))
+            .is_some_and(|r| r.route.trusted);
+        let request_id = if trusted {
+            req.headers()
+                .get(&snapshot.config.headers.request_id)
+                .filter(|v| valid_request_id(v))
+                .cloned()
+                .unwrap_or_else(new_request_id)
+        } else {
+            new_request_id()
+        };
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let ctx = RequestCtx {
+            trace: req
+                .headers()
+                .get(TRACEPARENT)
+                .and_then(|v| parse_traceparent(v.as_bytes())),
+            request_id,
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_string(), ToString::to_string),
+            version: req.version(),
+            client: self.client,
+            start: Instant::now(),
+            time: SystemTime::now(),
+            grpc,
+            bytes_in: AtomicU64::new(0),
+            body_too_large: AtomicBool::new(false),
+            snapshot,
+            resolved,
+        };
+        self.inner.call(ProxyRequest {
+            req,
+            ctx: Arc::new(ctx),
+        })
+    }
+}
+
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
+}
+
+/// A unique, unguessable-enough 32-hex-char request ID: a per-process random half and a
+/// counter mixed through splitmix64 (a bijection, so IDs never repeat within a process).
+pub fn new_request_id() -> HeaderValue {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    let (hi, salt) = *SEED.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        let a = h.finish();
+        (splitmix64(a), splitmix64(a ^ 0x9e37_79b9_7f4a_7c15))
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{hi:016x}{:016x}", splitmix64(n.wrapping_add(salt)));
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The future type the outer layers return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_well_formed() {
+        let ids: std::collections::HashSet<_> = (0..10_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|v| v.len() == 32 && valid_request_id(v)));
+    }
+}

@@ -1,0 +1,364 @@
+//! `logging` phase: times the exchange, turns errors into responses, copies a bounded prefix of
+//! the response (to read the version the model server reports), and emits the request's
+//! telemetry exactly once, when the response body ends or is dropped, success or failure.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Response, header};
+use http_body::{Body, Frame, SizeHint};
+use serde::Deserialize;
+use tower::{Layer, Service};
+use tracing::{debug, warn};
+
+use super::body::{BoxError, ProxyBody};
+use super::ctx::{ProxyRequest, RequestCtx};
+use super::error::{ProxyError, error_response};
+use super::forward::Forwarded;
+use super::resolve::BoxFuture;
+use crate::observe::access_log::AccessLine;
+use crate::observe::metrics::{ObserveDrop, Recorded, RequestErrorKind, UpstreamErrorKind};
+use crate::observe::{RequestOutcome, Telemetry};
+
+/// Status logged when the client left before a response was sent (nginx's convention).
+const CLIENT_CLOSED: u16 = 499;
+
+/// Adds [`Tee`].
+#[derive(Clone)]
+pub struct TeeLayer {
+    telemetry: Arc<Telemetry>,
+}
+
+impl TeeLayer {
+    /// Emit into these sinks.
+    pub fn new(telemetry: Arc<Telemetry>) -> Self {
+        Self { telemetry }
+    }
+}
+
+impl<S> Layer<S> for TeeLayer {
+    type Service = Tee<S>;
+    fn layer(&self, inner: S) -> Tee<S> {
+        Tee {
+            telemetry: self.telemetry.clone(),
+            inner,
+        }
+    }
+}
+
+/// Observes each exchange.
+#[derive(Clone)]
+pub struct Tee<S> {
+    telemetry: Arc<Telemetry>,
+    inner: S,
+}
+
+impl<S> Service<ProxyRequest> for Tee<S>
+where
+    S: Service<ProxyRequest, Response = Forwarded, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ObservedBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ObservedBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The forward service is always ready (a pooled client); map its error type away.
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, pr: ProxyRequest) -> Self::Future {
+        let mut pending = Pending::new(pr.ctx.clone(), self.telemetry.clone());
+        let fut = self.inner.call(pr);
+        Box::pin(async move {
+            let resp = match fut.await {
+                Ok(fwd) => {
+                    pending.upstream(&fwd);
+                    fwd.response.map(ProxyBody::Upstream)
+                }
+                Err(err) => {
+                    pending.failed(&err);
+                    error_response(&err, pending.ctx.grpc, &pending.ctx.request_id)
+                }
+            };
+            pending.status = resp.status().as_u16();
+            Ok(resp.map(|inner| ObservedBody {
+                inner,
+                pending: Some(pending),
+            }))
+        })
+    }
+}
+
+/// Everything known about an exchange until it is emitted; emitting on drop guarantees one
+/// outcome per request even when the client goes away mid-flight.
+struct Pending {
+    ctx: Arc<RequestCtx>,
+    telemetry: Arc<Telemetry>,
+    status: u16,
+    upstream_status: Option<u16>,
+    upstream_latency: Option<Duration>,
+    upstream_error: Option<UpstreamErrorKind>,
+    request_error: Option<RequestErrorKind>,
+    error: Option<&'static str>,
+    reported: Option<String>,
+    bytes_out: u64,
+    tee: Option<BytesMut>,
+    finished: bool,
+}
+
+impl Pending {
+    fn new(ctx: Arc<RequestCtx>, telemetry: Arc<Telemetry>) -> Self {
+        ctx.resolved.served.metrics.in_flight.inc();
+        Self {
+            ctx,
+            telemetry,
+            status: 0,
+            upstream_status: None,
+            upstream_latency: None,
+            upstream_error: None,
+            request_error: None,
+            error: None,
+            reported: None,
+            bytes_out: 0,
+            tee: None,
+            finished: false,
+        }
+    }
+
+    fn upstream(&mut self, fwd: &Forwarded) {
+        let status = fwd.response.status();
+        self.upstream_status = Some(status.as_u16());
+        self.upstream_latency = Some(fwd.upstream_latency);
+        if status.is_server_error() {
+            self.upstream_error = Some(UpstreamErrorKind::Status5xx);
+            self.error = Some("upstream_5xx");
+        }
+        let headers = fwd.response.headers();
+        if let Some(name) = self
+            .ctx
+            .route()
+            .and_then(|r| r.route.version_header.as_ref())
+        {
+            self.reported = headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+        }
+        let json = headers.get(header::CONTENT_TYPE).is_none_or(|v| {
+            v.as_bytes()
+                .windows(4)
+                .any(|w| w.eq_ignore_ascii_case(b"json"))
+        });
+        // Open Inference responses carry `model_version` in the body: keep a bounded copy.
+        if self.reported.is_none()
+            && self.ctx.resolved.open_inference_infer
+            && status.is_success()
+            && json
+        {
+            self.tee = Some(BytesMut::new());
+        }
+    }
+
+    fn failed(&mut self, err: &ProxyError) {
+        self.upstream_error = err.upstream_kind();
+        self.request_error = err.request_kind();
+        self.error = Some(err.kind_str());
+    }
+
+    fn data(&mut self, data: &Bytes) {
+        self.bytes_out += data.len() as u64;
+        if let Some(buf) = &mut self.tee {
+            if buf.len() + data.len() > self.ctx.snapshot.config.limits.max_inspect_bytes {
+                self.tee = None;
+                self.telemetry
+                    .metrics
+                    .observe_dropped(ObserveDrop::InspectOverCap);
+            } else {
+                buf.extend_from_slice(data);
+            }
+        }
+    }
+
+    fn emit(&mut self) {
+        let ctx = &self.ctx;
+        let served = &ctx.resolved.served;
+        if self.status == 0 {
+            self.status = CLIENT_CLOSED;
+        }
+        if !self.finished && self.error.is_none() {
+            self.request_error = Some(RequestErrorKind::ClientAbort);
+            self.error = Some("client_abort");
+        }
+        if let Some(buf) = self.tee.take().filter(|_| self.finished) {
+            self.reported = reported_version(&buf, &self.telemetry);
+        }
+        if let Some(reported) = &self.reported {
+            self.check_mismatch(reported);
+        }
+        served.metrics.in_flight.dec();
+        let total = ctx.start.elapsed();
+        let line = AccessLine {
+            time: ctx.time,
+            request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
+            trace_id: ctx.trace.as_ref().map(|t| t.trace_id.clone()),
+            span_id: ctx.trace.as_ref().map(|t| t.span_id.clone()),
+            route: ctx.route().map(|r| r.route.name.clone()),
+            model: served.model.clone(),
+            version: served.version.clone(),
+            lineage_id: served.lineage_id.clone(),
+            reported_version: self.reported.take(),
+            client: ctx.client.to_string(),
+            method: ctx.method.to_string(),
+            path: ctx.path.clone(),
+            protocol: protocol(ctx.version),
+            status: self.status,
+            upstream_status: self.upstream_status,
+            duration_ms: total.as_secs_f64() * 1e3,
+            upstream_ms: self.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
+            bytes_in: ctx.bytes_in(),
+            bytes_out: self.bytes_out,
+            error: self.error,
+        };
+        let recorded = Recorded {
+            status: self.status,
+            total_seconds: total.as_secs_f64(),
+            upstream_seconds: self.upstream_latency.map(|d| d.as_secs_f64()),
+            upstream_error: self.upstream_error,
+            request_error: self.request_error,
+            bytes_in: line.bytes_in,
+            bytes_out: self.bytes_out,
+        };
+        RequestOutcome { line, recorded }.emit(&served.metrics, &self.telemetry);
+    }
+
+    fn check_mismatch(&self, reported: &str) {
+        let served = &self.ctx.resolved.served;
+        if !served.is_known() || reported == &*served.version {
+            return;
+        }
+        // Label values must be bounded: a version the registry does not know becomes `other`.
+        let known = self
+            .ctx
+            .snapshot
+            .models
+            .get(&*served.model)
+            .is_some_and(|m| m.versions.contains_key(reported));
+        let label = if known { reported } else { "other" };
+        self.telemetry
+            .metrics
+            .version_mismatch(&served.model, &served.version, label);
+        warn!(model = %served.model, expected = %served.version, reported, request_id = ?self.ctx.request_id, "Model server reported another version than resolved.");
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}
+
+#[derive(Deserialize)]
+struct ReportedVersion {
+    model_version: Option<serde_json::Value>,
+}
+
+fn reported_version(body: &[u8], telemetry: &Telemetry) -> Option<String> {
+    match serde_json::from_slice::<ReportedVersion>(body) {
+        Ok(r) => match r.model_version? {
+            serde_json::Value::String(s) => Some(s),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        },
+        Err(e) => {
+            debug!(error = %e, "Response body is not Open Inference JSON.");
+            telemetry
+                .metrics
+                .observe_dropped(ObserveDrop::InspectUnparseable);
+            None
+        }
+    }
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The response body as sent to the client: forwarded frame by frame, unchanged.
+pub struct ObservedBody {
+    inner: ProxyBody,
+    pending: Option<Pending>,
+}
+
+impl ObservedBody {
+    fn finish(&mut self, error: Option<(&'static str, UpstreamErrorKind)>) {
+        if let Some(mut p) = self.pending.take() {
+            p.finished = error.is_none();
+            if let Some((kind, upstream)) = error {
+                p.error = Some(kind);
+                p.upstream_error = Some(upstream);
+            }
+            drop(p);
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(p)) = (frame.data_ref(), this.pending.as_mut()) {
+                    p.data(data);
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(None);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                debug!(error = %e, "Upstream body failed mid-stream; aborting the response.");
+                this.finish(Some(("upstream_reset", UpstreamErrorKind::Reset)));
+            }
+            Poll::Ready(None) => this.finish(None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // Bodies hyper never polls (HEAD, 204, empty errors) end here, complete.
+        if self.inner.is_end_stream() {
+            self.finish(None);
+        }
+    }
+}

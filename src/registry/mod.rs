@@ -1,0 +1,77 @@
+//! Registry: where lineage records come from. A [`Registry`] backend yields [`RegistryData`]
+//! (models → aliases and versions → lineage records with their lineage IDs); the file backend
+//! is the embedded default, and other backends (MLflow) plug in behind the same trait.
+
+mod file;
+mod record;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use file::{FileRegistry, parse_registry};
+pub use record::{Code, Environment, Feature, LineageRecord, Promotion, TrainingData};
+
+use crate::config::ConfigErrors;
+
+/// A registry backend.
+pub trait Registry: Send + Sync {
+    /// A short description for logs, such as `file:/etc/modelstamp/registry.yaml`.
+    fn describe(&self) -> String;
+    /// Read every model, alias and version record.
+    fn fetch(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<RegistryData, ConfigErrors>> + Send + '_>>;
+}
+
+/// Everything a registry holds, validated.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryData {
+    /// Models by name.
+    pub models: BTreeMap<String, ModelRecord>,
+}
+
+/// One model: its aliases and versions.
+#[derive(Debug, Clone, Default)]
+pub struct ModelRecord {
+    /// Alias → version.
+    pub aliases: BTreeMap<String, String>,
+    /// Version → record.
+    pub versions: BTreeMap<String, VersionRecord>,
+}
+
+/// One version's lineage record with its ID.
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    /// `ln_…` content hash of the record.
+    pub lineage_id: String,
+    /// The record.
+    pub record: Arc<LineageRecord>,
+}
+
+impl RegistryData {
+    /// The record with this lineage ID.
+    pub fn by_lineage_id(&self, id: &str) -> Option<&VersionRecord> {
+        self.models
+            .values()
+            .flat_map(|m| m.versions.values())
+            .find(|v| v.lineage_id == id)
+    }
+
+    /// Resolve an alias or version to a version that exists.
+    pub fn resolve(&self, model: &str, version_or_alias: &str, is_alias: bool) -> Option<&str> {
+        let m = self.models.get(model)?;
+        let version = if is_alias {
+            m.aliases.get(version_or_alias)?.as_str()
+        } else {
+            version_or_alias
+        };
+        m.versions.get_key_value(version).map(|(k, _)| k.as_str())
+    }
+
+    /// How many versions in all.
+    pub fn version_count(&self) -> usize {
+        self.models.values().map(|m| m.versions.len()).sum()
+    }
+}

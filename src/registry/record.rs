@@ -1,0 +1,250 @@
+//! The lineage record of one model version and its lineage ID: a content hash of the canonical
+//! record, so the same record always has the same ID and any change gives a new one.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Where the code came from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Code {
+    /// Repository URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Git commit the model was trained from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Git branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+}
+
+/// The training data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingData {
+    /// Dataset name.
+    pub name: String,
+    /// Where it was read from (URI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Content digest of the dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Upstream tables the dataset was built from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream_tables: Vec<String>,
+}
+
+/// The training and serving environment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Python version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
+    /// Serving runtime and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Digest of the package lock file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_digest: Option<String>,
+    /// Container image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// One input feature of the training schema.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feature {
+    /// Feature name.
+    pub name: String,
+    /// Type: `double`, `long`, `string`, `boolean`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Allowed categories for categorical features.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+    /// Smallest value seen in training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Largest value seen in training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// Whether the feature may be null.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nullable: bool,
+}
+
+/// Who promoted the version, when and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    /// Who promoted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// When (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Change ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+}
+
+/// Everything the registry knows about how one model version was made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineageRecord {
+    /// Model name (filled from the registry key).
+    #[serde(default)]
+    pub model: String,
+    /// Model version (filled from the registry key).
+    #[serde(default)]
+    pub version: String,
+    /// Source code.
+    #[serde(default)]
+    pub code: Code,
+    /// Training data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_data: Option<TrainingData>,
+    /// Environment.
+    #[serde(default)]
+    pub environment: Environment,
+    /// Training run ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_run: Option<String>,
+    /// Who created the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// When (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// Promotion.
+    #[serde(default)]
+    pub promotion: Promotion,
+    /// Input schema: the features the model was trained on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_schema: Vec<Feature>,
+    /// Evaluation metrics at promotion.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl LineageRecord {
+    /// The lineage ID: `ln_` + the first 16 hex chars of SHA-256 over the canonical JSON.
+    ///
+    /// Canonical JSON: object keys sorted (serde_json's map is ordered), no whitespace, empty
+    /// optional fields left out, so adding an empty field to the file does not change the ID.
+    pub fn lineage_id(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        let canonical = canonical_json(&value);
+        let digest = Sha256::digest(canonical.as_bytes());
+        let mut id = String::with_capacity(19);
+        id.push_str("ln_");
+        for b in &digest[..8] {
+            id.push_str(&format!("{b:02x}"));
+        }
+        id
+    }
+
+    /// The dataset digest, if any.
+    pub fn dataset_digest(&self) -> Option<&str> {
+        self.training_data.as_ref()?.digest.as_deref()
+    }
+}
+
+/// JSON with object keys sorted at every level, independent of serde_json's map features.
+fn canonical_json(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        Value::String((*k).clone()),
+                        canonical_json(&map[*k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(canonical_json).collect();
+            format!("[{}]", parts.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> LineageRecord {
+        LineageRecord {
+            model: "churn".into(),
+            version: "1".into(),
+            code: Code {
+                commit: Some("97f447d".into()),
+                ..Code::default()
+            },
+            training_data: Some(TrainingData {
+                name: "churn-train".into(),
+                digest: Some("e5d39153".into()),
+                ..TrainingData::default()
+            }),
+            ..LineageRecord::default()
+        }
+    }
+
+    #[test]
+    fn lineage_id_is_stable_and_shaped() {
+        let id = record().lineage_id();
+        assert_eq!(id, record().lineage_id());
+        assert_eq!(id.len(), 19);
+        assert!(id.starts_with("ln_"));
+        assert!(
+            id[3..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    }
+
+    #[test]
+    fn any_change_gives_a_new_id() {
+        let base = record().lineage_id();
+        let mut r = record();
+        r.training_data = Some(TrainingData {
+            digest: Some("9a41".into()),
+            ..r.training_data.clone().unwrap_or_default()
+        });
+        assert_ne!(r.lineage_id(), base);
+        let mut r = record();
+        r.version = "2".into();
+        assert_ne!(r.lineage_id(), base);
+        let mut r = record();
+        r.metrics.insert("auc".into(), 0.91);
+        assert_ne!(r.lineage_id(), base);
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"b":{"y":1,"x":[{"d":1,"c":2}]},"a":"s"}"#)
+                .unwrap_or_default();
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":"s","b":{"x":[{"c":2,"d":1}],"y":1}}"#
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! The immutable snapshot every request reads: routes, registry, per-version stamp values and
+//! metric handles, all resolved when the snapshot is built so the hot path only looks things up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::config::{Config, ConfigError, ConfigErrors, Route, Serves};
+use crate::observe::metrics::{InfoLabels, Metrics, VersionMetrics};
+use crate::registry::{LineageRecord, RegistryData};
+
+/// The label and header value for anything the registry does not know.
+pub const UNKNOWN: &str = "unknown";
+
+/// One model version as it is stamped and counted.
+#[derive(Debug)]
+pub struct Served {
+    /// Model name (or `unknown`).
+    pub model: Arc<str>,
+    /// Version (or `unknown`).
+    pub version: Arc<str>,
+    /// Lineage ID (or `unknown`).
+    pub lineage_id: Arc<str>,
+    /// Pre-built header values: model, version, lineage ID.
+    pub header_values: [HeaderValue; 3],
+    /// Metric handles.
+    pub metrics: VersionMetrics,
+    /// The lineage record, when known.
+    pub record: Option<Arc<LineageRecord>>,
+}
+
+impl Served {
+    fn new(
+        model: &str,
+        version: &str,
+        lineage_id: &str,
+        metrics: &Metrics,
+        record: Option<Arc<LineageRecord>>,
+    ) -> Self {
+        // Registry values are validated as visible ASCII at load, so these never fail; fall
+        // back to `unknown` rather than panic if that invariant is ever broken.
+        let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(UNKNOWN));
+        Self {
+            model: model.into(),
+            version: version.into(),
+            lineage_id: lineage_id.into(),
+            header_values: [hv(model), hv(version), hv(lineage_id)],
+            metrics: metrics.version(model, version),
+            record,
+        }
+    }
+
+    /// Whether the registry knows this version.
+    pub fn is_known(&self) -> bool {
+        self.record.is_some()
+    }
+}
+
+/// A model's versions plus its `unknown` version.
+#[derive(Debug)]
+pub struct ModelState {
+    /// Version → served.
+    pub versions: HashMap<String, Arc<Served>>,
+    /// Used for versions the registry does not know.
+    pub unknown_version: Arc<Served>,
+}
+
+/// A route with what was resolved for it.
+#[derive(Debug)]
+pub struct RouteState {
+    /// The configured route.
+    pub route: Route,
+    /// The version its upstream serves when the path names none (route with a fixed model).
+    pub default_version: Option<String>,
+    /// Counts requests for models the registry does not know.
+    pub unknown_model: Counter,
+    /// Counts requests for versions the registry does not know.
+    pub unknown_version: Counter,
+}
+
+/// Everything a request needs, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every swap.
+    pub generation: u64,
+    /// The config.
+    pub config: Arc<Config>,
+    /// The registry data.
+    pub registry: Arc<RegistryData>,
+    /// Routes in match order.
+    pub routes: Vec<RouteState>,
+    /// Models by name.
+    pub models: HashMap<String, ModelState>,
+    /// Used for models the registry does not know.
+    pub unknown_model: Arc<Served>,
+    /// Counts requests no route matched.
+    pub no_route: Counter,
+}
+
+impl Snapshot {
+    /// Build a snapshot; fails with every route that names something the registry lacks.
+    pub fn build(
+        generation: u64,
+        config: Config,
+        registry: RegistryData,
+        metrics: &Metrics,
+    ) -> Result<Self, ConfigErrors> {
+        let mut errs = Vec::new();
+        let mut models = HashMap::new();
+        for (name, m) in &registry.models {
+            let versions = m
+                .versions
+                .iter()
+                .map(|(v, rec)| {
+                    let served =
+                        Served::new(name, v, &rec.lineage_id, metrics, Some(rec.record.clone()));
+                    (v.clone(), Arc::new(served))
+                })
+                .collect();
+            let unknown_version = Arc::new(Served::new(name, UNKNOWN, UNKNOWN, metrics, None));
+            models.insert(
+                name.clone(),
+                ModelState {
+                    versions,
+                    unknown_version,
+                },
+            );
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, route) in config.routes.iter().enumerate() {
+            let default_version = route_default(&mut errs, i, route, &registry);
+            routes.push(RouteState {
+                route: route.clone(),
+                default_version,
+                unknown_model: metrics.unresolved(&route.name, "unknown_model"),
+                unknown_version: metrics.unresolved(&route.name, "unknown_version"),
+            });
+        }
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
+        Ok(Self {
+            generation,
+            config: Arc::new(config),
+            registry: Arc::new(registry),
+            routes,
+            models,
+            unknown_model: Arc::new(Served::new(UNKNOWN, UNKNOWN, UNKNOWN, metrics, None)),
+            no_route: metrics.unresolved("none", "no_route"),
+        })
+    }
+
+    /// The `model_version_info` series for this snapshot.
+    pub fn info_labels(&self) -> Vec<InfoLabels> {
+        self.registry
+            .models
+            .iter()
+            .flat_map(|(model, m)| {
+                m.versions.iter().map(move |(version, v)| InfoLabels {
+                    model: model.clone(),
+                    version: version.clone(),
+                    lineage_id: v.lineage_id.clone(),
+                    git_commit: v.record.code.commit.clone().unwrap_or_default(),
+                    dataset_digest: v.record.dataset_digest().unwrap_or_default().to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The served version for a model and version, or the matching `unknown`.
+    pub fn served(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> (Arc<Served>, Option<&'static str>) {
+        let Some(m) = self.models.get(model) else {
+            return (self.unknown_model.clone(), Some("unknown_model"));
+        };
+        match version.and_then(|v| m.versions.get(v)) {
+            Some(s) => (s.clone(), None),
+            None => (m.unknown_version.clone(), Some("unknown_version")),
+        }
+    }
+}
+
+fn route_default(
+    errs: &mut Vec<ConfigError>,
+    i: usize,
+    route: &Route,
+    registry: &RegistryData,
+) -> Option<String> {
+    let model = route.model.as_deref()?;
+    let Some(m) = registry.models.get(model) else {
+        errs.push(ConfigError::new(
+            format!("routes[{i}].model"),
+            format!("\"{model}\" is not in the registry"),
+        ));
+        return None;
+    };
+    let resolved = match route.serves.as_ref()? {
+        Serves::Version(v) => m.versions.get_key_value(v).map(|(k, _)| k.clone()),
+        Serves::Alias(a) => m.aliases.get(a).cloned(),
+    };
+    if resolved.is_none() {
+        let what = match route.serves.as_ref() {
+            Some(Serves::Alias(a)) => format!("alias \"{a}\""),
+            Some(Serves::Version(v)) => format!("version \"{v}\""),
+            None => String::new(),
+        };
+        errs.push(ConfigError::new(
+            format!("routes[{i}].serves"),
+            format!("{what} of model \"{model}\" is not in the registry"),
+        ));
+    }
+    resolved
+}

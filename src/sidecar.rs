@@ -1,0 +1,160 @@
+//! A running sidecar: loads the first snapshot, binds both listeners, starts the reload watcher,
+//! and shuts down in order (readiness off → proxy drains → admin stops). Used by `run`, `demo`
+//! and the in-process integration tests alike.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::admin::{Admin, AdminState};
+use crate::config::ConfigErrors;
+use crate::observe::Telemetry;
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Metrics;
+use crate::proxy::server::serve;
+use crate::proxy::{Forward, Proxy};
+use crate::routing::{Reloader, Source};
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Config or registry is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigErrors),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The access log could not be opened.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// A started sidecar.
+pub struct Sidecar {
+    /// Where the data plane listens.
+    pub proxy_addr: SocketAddr,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// Owns and swaps snapshots.
+    pub reloader: Arc<Reloader>,
+    /// Telemetry sinks.
+    pub telemetry: Arc<Telemetry>,
+    admin_state: Arc<AdminState>,
+    shutdown: watch::Sender<bool>,
+    admin_shutdown: watch::Sender<bool>,
+    hup: watch::Sender<u64>,
+    proxy_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+impl Sidecar {
+    /// Load config and registry, bind, and start serving.
+    pub async fn start(source: Source) -> Result<Self, StartError> {
+        let (metrics, registry) = Metrics::new();
+        let reloader = Reloader::start(source, metrics.clone()).await?;
+        let snapshots = reloader.current();
+        let config = snapshots.load().config.clone();
+        let access_log =
+            AccessLog::start(&config.access_log, config.access_log_queue, metrics.clone())
+                .map_err(StartError::AccessLog)?;
+        let telemetry = Arc::new(Telemetry {
+            metrics,
+            access_log,
+        });
+        let proxy_listener = bind(config.listen).await?;
+        let admin_listener = bind(config.admin_listen).await?;
+        let proxy_addr = proxy_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
+        let (hup, hup_rx) = watch::channel(0u64);
+        let proxy = Proxy::new(
+            snapshots.clone(),
+            telemetry.clone(),
+            Forward::new(&config.upstream),
+        );
+        let grace_source = snapshots.clone();
+        let proxy_task = tokio::spawn(serve(
+            proxy_listener,
+            move |peer| proxy.service(peer),
+            shutdown_rx.clone(),
+            move || grace_source.load().config.drain_grace,
+            "proxy",
+        ));
+        let admin_state = Arc::new(AdminState {
+            snapshots,
+            metrics: registry,
+            draining: AtomicBool::new(false),
+        });
+        let admin = Admin::new(admin_state.clone());
+        let admin_task = tokio::spawn(serve(
+            admin_listener,
+            move |_| admin.clone(),
+            admin_shutdown_rx,
+            || Duration::from_secs(1),
+            "admin",
+        ));
+        tokio::spawn(reloader.clone().watch(hup_rx, shutdown_rx));
+        info!(%proxy_addr, %admin_addr, "modelstamp started.");
+        Ok(Self {
+            proxy_addr,
+            admin_addr,
+            reloader,
+            telemetry,
+            admin_state,
+            shutdown,
+            admin_shutdown,
+            hup,
+            proxy_task,
+            admin_task,
+        })
+    }
+
+    /// Ask for a reload, as SIGHUP does.
+    pub fn trigger_reload(&self) {
+        self.hup.send_modify(|n| *n += 1);
+    }
+
+    /// Stop accepting, turn readiness off, and start draining.
+    pub fn shutdown(&self) {
+        self.admin_state.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Wait until the proxy has drained, then stop the admin listener and flush the log.
+    pub async fn wait(self) {
+        let _ = self.proxy_task.await;
+        let _ = self.admin_shutdown.send(true);
+        let _ = self.admin_task.await;
+        let log = self.telemetry.access_log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(5))).await;
+    }
+}
