@@ -1,1 +1,99 @@
-fn main() {}
+//! Per-request hot-path functions, each measured alone and together.
+//!
+//! What a regression here means:
+//! - `resolve`: route matching or version lookup got slower; every request pays it.
+//! - `stamp`: header writes allocate or copy where they should share pre-built values.
+//! - `record`: metric recording took a lock or a label lookup (handles must be pre-resolved).
+//! - `request_path`: the sum a request pays before and after forwarding, minus I/O.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue};
+use modelstamp::config;
+use modelstamp::demo::{DEMO_CONFIG, DEMO_REGISTRY};
+use modelstamp::observe::metrics::{Metrics, Recorded};
+use modelstamp::proxy::{new_request_id, stamp};
+use modelstamp::registry::parse_registry;
+use modelstamp::routing::{Snapshot, resolve};
+
+fn snapshot() -> Snapshot {
+    let raw = config::parse(DEMO_CONFIG, "demo.toml").unwrap();
+    let cfg = config::validate(&raw, Path::new("config")).unwrap();
+    let reg = parse_registry(DEMO_REGISTRY, "registry.yaml").unwrap();
+    Snapshot::build(1, cfg, reg, &Metrics::new().0).unwrap()
+}
+
+fn client_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert("user-agent", HeaderValue::from_static("bench"));
+    h.insert(
+        "traceparent",
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    h
+}
+
+fn recorded() -> Recorded {
+    Recorded {
+        status: 200,
+        total_seconds: 0.0012,
+        upstream_seconds: Some(0.001),
+        upstream_error: None,
+        request_error: None,
+        bytes_in: 300,
+        bytes_out: 200,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let snap = snapshot();
+    let headers = client_headers();
+    c.bench_function("resolve/explicit_version", |b| {
+        b.iter(|| {
+            resolve(
+                &snap,
+                black_box("/v2/models/churn/versions/2/infer"),
+                &headers,
+            )
+        })
+    });
+    c.bench_function("resolve/route_alias", |b| {
+        b.iter(|| resolve(&snap, black_box("/v2/models/churn/infer"), &headers))
+    });
+    let served = resolve(&snap, "/v2/models/churn/infer", &headers).served;
+    let names = &snap.config.headers;
+    let rid = new_request_id();
+    c.bench_function("stamp", |b| {
+        b.iter_batched_ref(
+            client_headers,
+            |h| stamp(h, names, &served, &rid),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    c.bench_function("request_id", |b| b.iter(new_request_id));
+    let r = recorded();
+    c.bench_function("record", |b| {
+        b.iter(|| served.metrics.record(black_box(&r)))
+    });
+    c.bench_function("request_path", |b| {
+        b.iter_batched_ref(
+            client_headers,
+            |h| {
+                let resolved = resolve(&snap, "/v2/models/churn/infer", h);
+                let id = new_request_id();
+                stamp(h, names, &resolved.served, &id);
+                resolved.served.metrics.in_flight.inc();
+                resolved.served.metrics.record(&r);
+                resolved.served.metrics.in_flight.dec();
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(hot_path, benches);
+criterion_main!(hot_path);

@@ -29,7 +29,7 @@ pub use error::{ProxyError, error_response};
 pub use forward::Forward;
 pub use headers::{add_forwarded, remove_hop_by_hop};
 pub use resolve::new_request_id;
-pub use stamp::{stamp, strip_stamps};
+pub use stamp::stamp;
 pub use tee::ObservedBody;
 
 use crate::observe::Telemetry;

@@ -1,4 +1,4 @@
-//! `upstream_request_filter` / `response_filter` phase: remove spoofed stamp headers, stamp
+//! `upstream_request_filter` / `response_filter` phase: replace spoofed stamp headers; stamp
 //! model, version, lineage ID and request ID on the upstream request and on the response.
 
 use std::convert::Infallible;
@@ -12,19 +12,8 @@ use super::resolve::BoxFuture;
 use crate::config::HeaderNames;
 use crate::routing::Served;
 
-/// Remove every copy of every stamp header (the header map is case-insensitive).
-pub fn strip_stamps(headers: &mut HeaderMap, names: &HeaderNames) {
-    for name in [
-        &names.model,
-        &names.version,
-        &names.lineage,
-        &names.request_id,
-    ] {
-        headers.remove(name);
-    }
-}
-
-/// Write the stamp headers, replacing any present.
+/// Write the stamp headers. `insert` replaces every copy already present, whatever its case
+/// (header names are normalised to lowercase on parse), so spoofed copies never survive.
 pub fn stamp(
     headers: &mut HeaderMap,
     names: &HeaderNames,
@@ -94,7 +83,6 @@ where
         if ctx.route().is_some_and(|r| r.route.trusted) {
             stamp_missing(pr.req.headers_mut(), names, served, &ctx.request_id);
         } else {
-            strip_stamps(pr.req.headers_mut(), names);
             stamp(pr.req.headers_mut(), names, served, &ctx.request_id);
         }
         let fut = self.inner.call(pr);
@@ -130,7 +118,7 @@ mod tests {
     }
 
     #[test]
-    fn spoofed_copies_are_all_removed_then_stamped_once() {
+    fn spoofed_copies_are_all_replaced_by_one_stamp() {
         let reg =
             parse_registry("models:\n  churn:\n    versions: { 2: {} }\n", "r").unwrap_or_default();
         let raw = crate::config::parse(
@@ -155,8 +143,6 @@ mod tests {
                 HeaderValue::from_static(v),
             );
         }
-        strip_stamps(&mut h, &names());
-        assert!(h.is_empty());
         stamp(&mut h, &names(), &served, &HeaderValue::from_static("rid"));
         assert_eq!(
             h.get_all("x-model-version").iter().collect::<Vec<_>>(),

@@ -1,0 +1,255 @@
+//! The real binary: `check`, `run` with SIGTERM drain and SIGHUP reload, `demo`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Response;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_modelstamp");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Kills the child if a test fails before it exits.
+struct Guard(Option<Child>);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn check_accepts_the_shipped_demo_config() {
+    let out = Command::new(BIN)
+        .args(["check", "--config", "config/demo.toml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok (1 routes; registry file:config/registry.yaml: 1 models, 2 versions)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_prints_every_error_with_its_path_and_exits_1() {
+    let dir = temp_dir("check");
+    std::fs::write(dir.join("registry.yaml"), REGISTRY).unwrap();
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[upstream]\nresponse_timeout = \"soon\"\n[[routes]]\nmodel = \"churn\"\nupstream = \"127.0.0.1:1\"\n\
+         [[routes]]\nmodel = \"churn\"\nupstream = \"x:y\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("upstream.response_timeout: invalid duration \"soon\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("routes[1].upstream: invalid address \"x:y\" (expected host:port)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 error(s)"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let slow: Handler = Arc::new(|_req| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            Response::new(full("done"))
+        })
+    });
+    let up = Upstream::start(slow).await;
+    let dir = temp_dir("drain");
+    std::fs::write(dir.join("registry.yaml"), REGISTRY).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = dir.join("m.toml");
+    let text = config_text(&dir, &churn_route(up.addr, "1", ""), "")
+        .replace(
+            "listen = \"127.0.0.1:0\"\ndrain",
+            &format!("listen = \"127.0.0.1:{port}\"\ndrain"),
+        )
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(Some(child));
+    let ready = format!("http://127.0.0.1:{admin}/readyz");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let ready = ready.clone();
+            async move {
+                h1_client()
+                    .request(http::Request::get(ready).body(full("")).unwrap())
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await
+    );
+    let url = format!("http://127.0.0.1:{port}/v2/models/churn/infer");
+    let in_flight = tokio::spawn(async move { send(post(&url, "{}")).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let child = guard.0.as_mut().unwrap();
+    signal(child, "TERM");
+    let started = Instant::now();
+    let (resp, body) = in_flight.await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), &body[..]),
+        (200, &b"done"[..]),
+        "the in-flight request completed"
+    );
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "exits within the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "no longer accepting"
+    );
+    guard.0 = None;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_registry() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let dir = temp_dir("hup");
+    std::fs::write(dir.join("registry.yaml"), REGISTRY).unwrap();
+    let admin = free_port();
+    let cfg = dir.join("m.toml");
+    let text = config_text(&dir, &churn_route(up.addr, "1", ""), "")
+        .replace("poll_interval = \"100ms\"", "poll_interval = \"1h\"")
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = Guard(Some(child));
+    let versions = format!("http://127.0.0.1:{admin}/versions");
+    let generation = |want: u64| {
+        let versions = versions.clone();
+        async move {
+            let Ok(resp) = h1_client()
+                .request(http::Request::get(versions).body(full("")).unwrap())
+                .await
+            else {
+                return false;
+            };
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["generation"] == want
+        }
+    };
+    assert!(eventually(Duration::from_secs(10), || generation(1)).await);
+    std::fs::write(
+        dir.join("registry.yaml"),
+        REGISTRY.replace("97f447d", "0000001"),
+    )
+    .unwrap();
+    signal(guard.0.as_ref().unwrap(), "HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || generation(2)).await,
+        "SIGHUP reloaded"
+    );
+}
+
+#[test]
+fn demo_prints_a_table_per_version() {
+    let log = temp_dir("demo").join("access.log");
+    let out = Command::new(BIN)
+        .args(["demo", "--requests", "100", "--access-log"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("version  lineage_id"), "{stdout}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("1 ") || l.starts_with("2 ") || l.starts_with("unknown "))
+        .collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    let count = |row: &str| {
+        row.split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert_eq!(rows.iter().map(|r| count(r)).sum::<usize>(), 100);
+    assert!(
+        rows[0]
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .starts_with("ln_")
+    );
+    assert!(stdout.contains("admin:      http://127.0.0.1:"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap().lines().count(),
+        100,
+        "one access-log line per request"
+    );
+}

@@ -1,0 +1,164 @@
+//! Hot reload: swaps under load, rejected reloads, registry edits, file watching.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::*;
+
+const BODY: &str = r#"{"inputs":[]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_swaps_under_load_fail_nothing_and_misattribute_nothing() {
+    let a = Upstream::start(oi_handler("1")).await;
+    let b = Upstream::start(oi_handler("2")).await;
+    let h = Harness::start_manual(&churn_route(a.addr, "1", "")).await;
+    let url = h.url("/v2/models/churn/infer");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen_v2 = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (url, stop, ok, bad, seen_v2) = (
+            url.clone(),
+            stop.clone(),
+            ok.clone(),
+            bad.clone(),
+            seen_v2.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let client = h1_client();
+            while !stop.load(Ordering::Relaxed) {
+                let resp = client.request(post(&url, BODY)).await.unwrap();
+                let status = resp.status();
+                let stamped = resp.headers()["x-model-version"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let served: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                if status == 200 && served["model_version"] == stamped.as_str() {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                }
+                if stamped == "2" {
+                    seen_v2.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (up, version) = if i % 2 == 0 {
+            (b.addr, "2")
+        } else {
+            (a.addr, "1")
+        };
+        std::fs::write(
+            &h.config,
+            config_text_polling(&h.dir, &churn_route(up, version, ""), "", "1h"),
+        )
+        .unwrap();
+        h.sidecar.reloader.reload().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (ok, bad) = (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    assert_eq!(bad, 0, "{bad} failed or misattributed of {}", ok + bad);
+    assert!(ok > 100, "only {ok} requests");
+    assert!(seen_v2.load(Ordering::Relaxed) > 0 && a.hits.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        h.metric(r#"modelstamp_config_reloads_total{result="success"}"#)
+            .await,
+        10.0
+    );
+    assert_eq!(h.metric("modelstamp_snapshot_generation").await, 11.0);
+}
+
+#[tokio::test]
+async fn invalid_reloads_are_rejected_and_the_old_snapshot_keeps_serving() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let h = Harness::start_manual(&churn_route(up.addr, "1", "")).await;
+    let text = |route: String| config_text_polling(&h.dir, &route, "", "1h");
+    let cases = [
+        text(churn_route(up.addr, "1", "")).replace("[[routes]]", "[[routez]]"),
+        text(churn_route(up.addr, "7", "")),
+        text(churn_route(up.addr, "1", "upstream_protocol = \"h3\"")),
+        text(churn_route(up.addr, "1", "")).replace(
+            "listen = \"127.0.0.1:0\"\ndrain",
+            "listen = \"127.0.0.1:1\"\ndrain",
+        ),
+    ];
+    let expected = [
+        "unknown field `routez`",
+        "routes[0].serves: version \"7\" of model \"churn\" is not in the registry",
+        "routes[0].upstream_protocol: unknown \"h3\" (auto, http1 or http2)",
+        "server.listen: cannot change on reload; restart modelstamp",
+    ];
+    for (text, want) in cases.iter().zip(expected) {
+        std::fs::write(&h.config, text).unwrap();
+        let errs = h.sidecar.reloader.reload().await.unwrap_err();
+        let all = errs
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(all.contains(want), "{all}");
+        let (resp, _) = send(post(&h.url("/v2/models/churn/infer"), BODY)).await;
+        assert_eq!(
+            (
+                resp.status().as_u16(),
+                resp.headers()["x-model-version"].to_str().unwrap()
+            ),
+            (200, "1")
+        );
+    }
+    std::fs::write(h.dir.join("registry.yaml"), "models: [not, a, map]").unwrap();
+    std::fs::write(&h.config, text(churn_route(up.addr, "1", ""))).unwrap();
+    assert!(h.sidecar.reloader.reload().await.is_err());
+    assert_eq!(
+        h.metric(r#"modelstamp_config_reloads_total{result="failure"}"#)
+            .await,
+        5.0
+    );
+    assert_eq!(h.metric("modelstamp_snapshot_generation").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_registry_edit_is_picked_up_by_the_file_watch_and_retires_old_info_series() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let h = Harness::start(&churn_route(up.addr, "1", ""), "").await;
+    let old = h.lineage_id("1");
+    let edited = REGISTRY.replace("commit: \"97f447d\"", "commit: \"abcdef0\"");
+    std::fs::write(h.dir.join("registry.yaml"), edited).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.lineage_id("1") != old
+        })
+        .await,
+        "the watcher reloaded"
+    );
+    let new = h.lineage_id("1");
+    let (resp, _) = send(post(&h.url("/v2/models/churn/infer"), BODY)).await;
+    assert_eq!(resp.headers()["x-lineage-id"], new.as_str());
+    let text = h.metrics().await;
+    assert!(
+        text.contains(&format!("lineage_id=\"{new}\",git_commit=\"abcdef0\"")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&old),
+        "the old lineage's info series is retired:\n{text}"
+    );
+}

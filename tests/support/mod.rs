@@ -1,0 +1,305 @@
+//! Shared fixtures: fake model servers on 127.0.0.1:0, an in-process sidecar over temp config
+//! files, clients for HTTP/1.1 and h2c, metric scraping, and polling with a deadline.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use modelstamp::Sidecar;
+use modelstamp::routing::Source;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type TestBody = BoxBody<Bytes, BoxError>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+pub fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A body fed frame by frame from a channel (SSE events, trailers, slow drips).
+pub struct ChannelBody(pub mpsc::Receiver<Frame<Bytes>>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+pub fn channel_body(cap: usize) -> (mpsc::Sender<Frame<Bytes>>, TestBody) {
+    let (tx, rx) = mpsc::channel(cap);
+    (tx, ChannelBody(rx).boxed())
+}
+
+/// What a fake upstream saw.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: http::Method,
+    pub path: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+}
+
+/// A fake model server (HTTP/1.1 and h2c on one port).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub async fn start(handler: Handler) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (s, h) = (seen.clone(), hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (handler, seen, hits) = (handler.clone(), s.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        seen.lock().unwrap().push(Seen {
+                            method: req.method().clone(),
+                            path: req.uri().path().to_string(),
+                            version: req.version(),
+                            headers: req.headers().clone(),
+                        });
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen, hits }
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw a request")
+    }
+}
+
+/// An Open Inference server answering every infer with `model_version` = `version`.
+pub fn oi_handler(version: &'static str) -> Handler {
+    Arc::new(move |req: Request<Incoming>| {
+        Box::pin(async move {
+            let path = req.uri().path().to_string();
+            let _ = req.into_body().collect().await;
+            let body = format!(
+                r#"{{"model_name":"churn","model_version":"{version}","id":"1","outputs":[{{"name":"p","shape":[1,1],"datatype":"FP64","data":[0.5]}}],"served_path":"{path}"}}"#
+            );
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("x-served-by", version)
+                .body(full(body))
+                .unwrap()
+        })
+    })
+}
+
+/// Unique temp directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "modelstamp-test-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub const REGISTRY: &str = r#"
+models:
+  churn:
+    aliases: { champion: "1", challenger: "2" }
+    versions:
+      "1":
+        code: { repo: "https://git.example/churn", commit: "97f447d" }
+        training_data: { name: churn-train, digest: e5d39153, upstream_tables: [crm.accounts] }
+      "2":
+        code: { commit: "1c2b8e0" }
+        training_data: { name: churn-train, digest: 9a41c07e }
+"#;
+
+/// A route block for `churn` pointing at `upstream`.
+pub fn churn_route(upstream: SocketAddr, serves: &str, extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"churn\"\nmodel = \"churn\"\nupstream = \"{upstream}\"\nserves = \"{serves}\"\nmatch = {{ open_inference = true }}\n{extra}\n"
+    )
+}
+
+/// A test config: ephemeral ports, access log to a file in `dir`, fast reload polling.
+pub fn config_text(dir: &Path, routes: &str, extra: &str) -> String {
+    config_text_polling(dir, routes, extra, "100ms")
+}
+
+/// As [`config_text`] with another reload poll interval ("1h" to rely on explicit reloads).
+pub fn config_text_polling(dir: &Path, routes: &str, extra: &str, poll: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [access_log]\ntarget = \"{}\"\n[reload]\npoll_interval = \"{poll}\"\n{extra}\n{routes}",
+        dir.join("access.log").display()
+    )
+}
+
+pub struct Harness {
+    pub sidecar: Sidecar,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Harness {
+    pub async fn start(routes: &str, extra: &str) -> Self {
+        Self::start_with_registry(routes, extra, REGISTRY).await
+    }
+
+    /// Reloads only when the test asks (no file polling).
+    pub async fn start_manual(routes: &str) -> Self {
+        Self::start_full(routes, "", REGISTRY, "1h").await
+    }
+
+    pub async fn start_with_registry(routes: &str, extra: &str, registry: &str) -> Self {
+        Self::start_full(routes, extra, registry, "100ms").await
+    }
+
+    async fn start_full(routes: &str, extra: &str, registry: &str, poll: &str) -> Self {
+        let dir = temp_dir("h");
+        std::fs::write(dir.join("registry.yaml"), registry).unwrap();
+        let config = dir.join("modelstamp.toml");
+        std::fs::write(&config, config_text_polling(&dir, routes, extra, poll)).unwrap();
+        let sidecar = Sidecar::start(Source::File(config.clone())).await.unwrap();
+        Self {
+            sidecar,
+            dir,
+            config,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.sidecar.proxy_addr)
+    }
+
+    pub async fn metrics(&self) -> String {
+        get_text(&format!("http://{}/metrics", self.sidecar.admin_addr)).await
+    }
+
+    /// The value of one exact series line (name plus labels as printed), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        self.sidecar
+            .telemetry
+            .access_log
+            .flush(Duration::from_secs(5));
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn lineage_id(&self, version: &str) -> String {
+        let snap = self.sidecar.reloader.current().load_full();
+        snap.registry.models["churn"].versions[version]
+            .lineage_id
+            .clone()
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+pub fn h1_client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub async fn send(req: Request<TestBody>) -> (Response<()>, Bytes) {
+    let resp = h1_client().request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (Response::from_parts(parts, ()), bytes)
+}
+
+pub async fn get_text(url: &str) -> String {
+    let (_, body) = send(Request::get(url).body(full(Bytes::new())).unwrap()).await;
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+pub fn post(url: &str, body: &str) -> Request<TestBody> {
+    Request::post(url)
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
