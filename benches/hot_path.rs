@@ -14,10 +14,12 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use modelstamp::config;
 use modelstamp::demo::{DEMO_CONFIG, DEMO_REGISTRY};
+use modelstamp::observe::exemplar::TraceExemplar;
 use modelstamp::observe::metrics::{Metrics, Recorded};
 use modelstamp::proxy::{new_request_id, stamp};
 use modelstamp::registry::parse_registry;
 use modelstamp::routing::{Snapshot, resolve};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 fn snapshot() -> Snapshot {
     let raw = config::parse(DEMO_CONFIG, "demo.toml").unwrap();
@@ -37,6 +39,18 @@ fn client_headers() -> HeaderMap {
     h
 }
 
+fn exemplar() -> Option<TraceExemplar> {
+    let t = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+    let s = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+    TraceExemplar::of(&SpanContext::new(
+        t,
+        s,
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    ))
+}
+
 fn recorded() -> Recorded {
     Recorded {
         status: 200,
@@ -46,6 +60,8 @@ fn recorded() -> Recorded {
         request_error: None,
         bytes_in: 300,
         bytes_out: 200,
+        exemplar: None,
+        upstream_exemplar: None,
     }
 }
 
@@ -78,6 +94,14 @@ fn benches(c: &mut Criterion) {
     let r = recorded();
     c.bench_function("record", |b| {
         b.iter(|| served.metrics.record(black_box(&r)))
+    });
+    let with_exemplar = Recorded {
+        exemplar: exemplar(),
+        upstream_exemplar: exemplar(),
+        ..r
+    };
+    c.bench_function("record_with_exemplars", |b| {
+        b.iter(|| served.metrics.record(black_box(&with_exemplar)))
     });
     c.bench_function("request_path", |b| {
         b.iter_batched_ref(

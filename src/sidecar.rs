@@ -17,6 +17,7 @@ use crate::config::ConfigErrors;
 use crate::observe::Telemetry;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
+use crate::observe::spans::{Tracing, TracingError};
 use crate::proxy::server::serve;
 use crate::proxy::{Forward, Proxy};
 use crate::routing::{Reloader, Source};
@@ -38,6 +39,9 @@ pub enum StartError {
     /// The access log could not be opened.
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
+    /// The span exporter could not start.
+    #[error(transparent)]
+    Tracing(#[from] TracingError),
 }
 
 /// A started sidecar.
@@ -74,9 +78,11 @@ impl Sidecar {
         let access_log =
             AccessLog::start(&config.access_log, config.access_log_queue, metrics.clone())
                 .map_err(StartError::AccessLog)?;
+        let tracing = Tracing::start(&config.traces, &metrics).map_err(StartError::Tracing)?;
         let telemetry = Arc::new(Telemetry {
             metrics,
             access_log,
+            tracing: tracing.clone(),
         });
         let proxy_listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
@@ -99,7 +105,7 @@ impl Sidecar {
         let proxy = Proxy::new(
             snapshots.clone(),
             telemetry.clone(),
-            Forward::new(&config.upstream),
+            Forward::new(&config.upstream, tracing),
         );
         let grace_source = snapshots.clone();
         let proxy_task = tokio::spawn(serve(
@@ -154,7 +160,11 @@ impl Sidecar {
         let _ = self.proxy_task.await;
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin_task.await;
-        let log = self.telemetry.access_log.clone();
-        let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(5))).await;
+        let telemetry = self.telemetry.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            telemetry.access_log.flush(Duration::from_secs(5));
+            telemetry.tracing.flush();
+        })
+        .await;
     }
 }

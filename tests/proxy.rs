@@ -578,10 +578,17 @@ async fn one_access_log_line_per_request_with_trace_ids() {
         .body(full(INFER_BODY))
         .unwrap();
     let (resp, _) = send(req).await;
-    assert_eq!(
-        up.last().headers["traceparent"],
-        tp,
-        "passed through unchanged"
+    let upstream_tp = up.last().headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        upstream_tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "same trace: {upstream_tp}"
+    );
+    assert!(
+        !upstream_tp.contains("00f067aa0ba902b7"),
+        "the upstream's parent is our client span"
     );
     send(post(
         &h.url("/v2/models/churn/versions/2/infer"),
@@ -592,7 +599,12 @@ async fn one_access_log_line_per_request_with_trace_ids() {
     assert_eq!(lines.len(), 2);
     let l = &lines[0];
     assert_eq!(l["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(l["span_id"], "00f067aa0ba902b7");
+    let span_id = l["span_id"].as_str().unwrap();
+    assert_eq!(span_id.len(), 16);
+    assert_ne!(
+        span_id, "00f067aa0ba902b7",
+        "our server span, child of the caller's"
+    );
     assert_eq!(
         l["request_id"],
         resp.headers()["x-request-id"].to_str().unwrap()
@@ -609,6 +621,10 @@ async fn one_access_log_line_per_request_with_trace_ids() {
     assert_eq!(l["bytes_in"].as_u64(), Some(INFER_BODY.len() as u64));
     assert!(l["duration_ms"].as_f64().unwrap() >= l["upstream_ms"].as_f64().unwrap());
     assert!(l["error"].is_null());
-    assert!(lines[1]["trace_id"].is_null());
+    assert_eq!(
+        lines[1]["trace_id"].as_str().unwrap().len(),
+        32,
+        "a new trace when none came in"
+    );
     assert_eq!(lines[1]["version"], "2");
 }

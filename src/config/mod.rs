@@ -102,8 +102,66 @@ pub struct Config {
     pub registry: RegistrySource,
     /// How often config and registry files are checked for changes.
     pub reload_poll_interval: Duration,
+    /// Spans and the trace → lineage index.
+    pub traces: Traces,
     /// Routes, matched in order.
     pub routes: Vec<Route>,
+}
+
+/// How spans are sampled and exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traces {
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Sampling decision for new and continued traces.
+    pub sampler: Sampler,
+    /// Where spans go; `None` keeps trace context and IDs but exports nothing.
+    pub export: Option<OtlpExport>,
+    /// Spans buffered for export; more are dropped and counted.
+    pub queue: usize,
+    /// Spans per export call.
+    pub batch: usize,
+    /// `ml.lineage.url` template; `{lineage_id}` is replaced.
+    pub lineage_url: String,
+    /// How many recent requests the trace → lineage index keeps.
+    pub recent_requests: usize,
+}
+
+/// Sampler, named as in `OTEL_TRACES_SAMPLER`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio`.
+    Ratio(f64),
+    /// `parentbased_always_on`.
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`.
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio` (the default, ratio 1.0).
+    ParentBasedRatio(f64),
+}
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// gRPC (port 4317 by convention).
+    Grpc,
+    /// HTTP with protobuf bodies (port 4318, `/v1/traces`).
+    HttpProtobuf,
+}
+
+/// Where and how spans are exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpExport {
+    /// Collector URL (for HTTP, the full `/v1/traces` URL).
+    pub endpoint: String,
+    /// Transport.
+    pub protocol: OtlpProtocol,
+    /// Per-export timeout.
+    pub timeout: Duration,
 }
 
 /// Names of the headers modelstamp writes.

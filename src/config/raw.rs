@@ -24,7 +24,54 @@ pub struct RawConfig {
     #[serde(default)]
     pub reload: RawReload,
     #[serde(default)]
+    pub traces: RawTraces,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// `[traces]`: OpenTelemetry spans and the trace → lineage index. Unset fields fall back to the
+/// standard `OTEL_*` environment variables (see [`RawTraces::apply_env`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraces {
+    pub service_name: Option<String>,
+    pub sampler: Option<String>,
+    pub sampler_ratio: Option<f64>,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<String>,
+    pub export_timeout: Option<String>,
+    pub queue: Option<usize>,
+    pub batch: Option<usize>,
+    pub lineage_url: Option<String>,
+    pub recent_requests: Option<usize>,
+}
+
+impl RawTraces {
+    /// Fill unset fields from `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER(_ARG)`,
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` and `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`.
+    /// The config file wins, as programmatic settings do in the OpenTelemetry SDKs.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        if self.service_name.is_none() {
+            self.service_name = env("OTEL_SERVICE_NAME");
+        }
+        if self.sampler.is_none() {
+            self.sampler = env("OTEL_TRACES_SAMPLER");
+        }
+        if self.sampler_ratio.is_none() {
+            self.sampler_ratio = env("OTEL_TRACES_SAMPLER_ARG").and_then(|v| v.trim().parse().ok());
+        }
+        if self.otlp_protocol.is_none() {
+            self.otlp_protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        }
+        if self.otlp_endpoint.is_none() {
+            // The signal-specific variable is used as is; the generic one gets `/v1/traces`
+            // appended for HTTP (the spec's rule), which validation applies.
+            self.otlp_endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        }
+    }
 }
 
 /// `[server]`: the data-plane listener.

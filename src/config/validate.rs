@@ -11,8 +11,9 @@ use http::uri::Authority;
 
 use super::raw::{RawConfig, RawRoute};
 use super::{
-    AccessLogTarget, Config, ConfigError, ConfigErrors, HeaderNames, Limits, RegistrySource, Route,
-    RouteMatch, Serves, UpstreamProtocol, UpstreamSettings,
+    AccessLogTarget, Config, ConfigError, ConfigErrors, HeaderNames, Limits, OtlpExport,
+    OtlpProtocol, RegistrySource, Route, RouteMatch, Sampler, Serves, Traces, UpstreamProtocol,
+    UpstreamSettings,
 };
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -138,6 +139,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             "must be greater than 0",
         ));
     }
+    let traces = traces(&mut errs, raw, admin_listen);
     let routes = routes(&mut errs, raw, upstream.response_timeout, &headers);
     if errs.is_empty() {
         Ok(Config {
@@ -151,6 +153,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             access_log_queue,
             registry,
             reload_poll_interval,
+            traces,
             routes,
         })
     } else {
@@ -179,6 +182,82 @@ fn limits(errs: &mut Vec<ConfigError>, raw: &RawConfig) -> Limits {
     Limits {
         max_request_body_bytes: max_body,
         max_inspect_bytes: usize::try_from(inspect).unwrap_or(usize::MAX),
+    }
+}
+
+fn traces(errs: &mut Vec<ConfigError>, raw: &RawConfig, admin: SocketAddr) -> Traces {
+    let t = &raw.traces;
+    let ratio = t.sampler_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&ratio) {
+        errs.push(ConfigError::new(
+            "traces.sampler_ratio",
+            format!("must be within 0..=1, got {ratio}"),
+        ));
+    }
+    let sampler = match t.sampler.as_deref().unwrap_or("parentbased_traceidratio") {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::Ratio(ratio),
+        "parentbased_always_on" => Sampler::ParentBasedAlwaysOn,
+        "parentbased_always_off" => Sampler::ParentBasedAlwaysOff,
+        "parentbased_traceidratio" => Sampler::ParentBasedRatio(ratio),
+        other => {
+            errs.push(ConfigError::new("traces.sampler", format!("unknown sampler \"{other}\" (always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio)")));
+            Sampler::ParentBasedRatio(ratio)
+        }
+    };
+    let protocol = match t.otlp_protocol.as_deref().unwrap_or("grpc") {
+        "grpc" => OtlpProtocol::Grpc,
+        "http/protobuf" => OtlpProtocol::HttpProtobuf,
+        other => {
+            errs.push(ConfigError::new(
+                "traces.otlp_protocol",
+                format!("unsupported \"{other}\" (grpc or http/protobuf)"),
+            ));
+            OtlpProtocol::Grpc
+        }
+    };
+    let timeout = dur(errs, "traces.export_timeout", &t.export_timeout, 5_000);
+    let export = t.otlp_endpoint.as_deref().map(|e| {
+        let uri = e.parse::<http::Uri>();
+        if !matches!(&uri, Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()) {
+            errs.push(ConfigError::new("traces.otlp_endpoint", format!("invalid URL \"{e}\" (expected http://host:port)")));
+        }
+        let mut endpoint = e.trim_end_matches('/').to_string();
+        if protocol == OtlpProtocol::HttpProtobuf && !endpoint.ends_with("/v1/traces") {
+            endpoint.push_str("/v1/traces");
+        }
+        OtlpExport { endpoint, protocol, timeout }
+    });
+    let queue = t.queue.unwrap_or(4096);
+    let batch = t.batch.unwrap_or(512);
+    if queue == 0 || batch == 0 || batch > queue {
+        errs.push(ConfigError::new(
+            "traces.batch",
+            format!("need 1 <= batch ({batch}) <= queue ({queue})"),
+        ));
+    }
+    let lineage_url = t
+        .lineage_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{admin}/lineage/{{lineage_id}}"));
+    if !lineage_url.contains("{lineage_id}") {
+        errs.push(ConfigError::new(
+            "traces.lineage_url",
+            "must contain {lineage_id}",
+        ));
+    }
+    Traces {
+        service_name: t
+            .service_name
+            .clone()
+            .unwrap_or_else(|| "modelstamp".to_string()),
+        sampler,
+        export,
+        queue,
+        batch,
+        lineage_url,
+        recent_requests: t.recent_requests.unwrap_or(10_000),
     }
 }
 
@@ -251,13 +330,13 @@ fn route(
             }
         },
     };
-    if let Some(m) = &r.model {
-        if !is_token(m) {
-            errs.push(ConfigError::new(
-                at("model"),
-                format!("invalid model name \"{m}\""),
-            ));
-        }
+    if let Some(m) = &r.model
+        && !is_token(m)
+    {
+        errs.push(ConfigError::new(
+            at("model"),
+            format!("invalid model name \"{m}\""),
+        ));
     }
     let open_inference = r.matcher.open_inference.unwrap_or(false);
     if r.model.is_none() && !open_inference {
@@ -270,22 +349,22 @@ fn route(
         Some(alias) => Serves::Alias(alias.to_string()),
         None => Serves::Version(s.to_string()),
     });
-    if let Some(Serves::Version(v) | Serves::Alias(v)) = &serves {
-        if !is_token(v) {
-            errs.push(ConfigError::new(
-                at("serves"),
-                format!("invalid version or alias \"{v}\""),
-            ));
-        }
+    if let Some(Serves::Version(v) | Serves::Alias(v)) = &serves
+        && !is_token(v)
+    {
+        errs.push(ConfigError::new(
+            at("serves"),
+            format!("invalid version or alias \"{v}\""),
+        ));
     }
     let path_prefix = r.matcher.path_prefix.clone();
-    if let Some(p) = &path_prefix {
-        if !p.starts_with('/') {
-            errs.push(ConfigError::new(
-                at("match.path_prefix"),
-                format!("must start with '/': \"{p}\""),
-            ));
-        }
+    if let Some(p) = &path_prefix
+        && !p.starts_with('/')
+    {
+        errs.push(ConfigError::new(
+            at("match.path_prefix"),
+            format!("must start with '/': \"{p}\""),
+        ));
     }
     let header = match (&r.matcher.header, &r.matcher.header_value) {
         (None, None) => None,
@@ -509,6 +588,43 @@ mod tests {
         assert_eq!(
             errs,
             vec!["routes[1].name: duplicate route name \"a\"".to_string()]
+        );
+    }
+
+    #[test]
+    fn traces_fall_back_to_otel_env_and_the_file_wins() {
+        let env = |k: &str| match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4318/".to_string()),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".to_string()),
+            "OTEL_SERVICE_NAME" => Some("from-env".to_string()),
+            "OTEL_TRACES_SAMPLER" => Some("traceidratio".to_string()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some("0.25".to_string()),
+            _ => None,
+        };
+        let text = "[traces]\nservice_name = \"from-file\"\n[[routes]]\nmodel = \"m\"\nupstream = \"h:1\"\n";
+        let mut raw = parse(text, "t").unwrap_or_default();
+        raw.traces.apply_env(env);
+        let c = validate(&raw, Path::new("/")).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(c.traces.service_name, "from-file");
+        assert_eq!(c.traces.sampler, Sampler::Ratio(0.25));
+        let export = c.traces.export.unwrap_or_else(|| unreachable!());
+        assert_eq!(export.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(export.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(
+            c.traces.lineage_url,
+            "http://127.0.0.1:9901/lineage/{lineage_id}"
+        );
+    }
+
+    #[test]
+    fn bad_trace_settings_are_reported() {
+        let errs = check("[traces]\nsampler = \"sometimes\"\nsampler_ratio = 2.0\notlp_endpoint = \"collector\"\notlp_protocol = \"http/json\"\n[[routes]]\nmodel = \"m\"\nupstream = \"h:1\"\n")
+            .err()
+            .unwrap_or_default();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(
+            errs[3].starts_with("traces.otlp_endpoint: invalid URL \"collector\""),
+            "{errs:?}"
         );
     }
 

@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use super::exemplar::TraceExemplar;
 
 /// Metric name prefix.
 pub const PREFIX: &str = "modelstamp";
@@ -108,6 +110,24 @@ impl UpstreamErrorKind {
     }
 }
 
+/// Why spans were not exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanDrop {
+    /// The export queue was full.
+    QueueFull,
+    /// The collector did not accept the batch (down, refused, timed out).
+    ExportFailed,
+}
+
+impl SpanDrop {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::ExportFailed => "export_failed",
+        }
+    }
+}
+
 /// Why observation skipped or lost something (never affects the proxied request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObserveDrop {
@@ -135,9 +155,9 @@ impl ObserveDrop {
 /// All metric families, cheaply clonable (each is an `Arc` inside).
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    requests: Family<StatusLabels, Counter>,
-    duration: Family<VersionLabels, Histogram>,
-    upstream_duration: Family<VersionLabels, Histogram>,
+    requests: Family<StatusLabels, CounterWithExemplar<TraceExemplar>>,
+    duration: Family<VersionLabels, HistogramWithExemplars<TraceExemplar>>,
+    upstream_duration: Family<VersionLabels, HistogramWithExemplars<TraceExemplar>>,
     upstream_errors: Family<KindLabels, Counter>,
     request_errors: Family<KindLabels, Counter>,
     in_flight: Family<VersionLabels, Gauge>,
@@ -148,13 +168,15 @@ pub struct Metrics {
     unresolved: Family<UnresolvedLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     observe_dropped: Family<ReasonLabels, Counter>,
+    spans_dropped: Family<ReasonLabels, Counter>,
+    spans_exported: Counter,
     generation: Gauge,
     /// The info series set last, so a swap can retire the ones that are gone.
     info_set: Arc<Mutex<Vec<InfoLabels>>>,
 }
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
+fn latency_histogram() -> HistogramWithExemplars<TraceExemplar> {
+    HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter())
 }
 
 impl Metrics {
@@ -175,6 +197,8 @@ impl Metrics {
             unresolved: Family::default(),
             reloads: Family::default(),
             observe_dropped: Family::default(),
+            spans_dropped: Family::default(),
+            spans_exported: Counter::default(),
             generation: Gauge::default(),
             info_set: Arc::default(),
         };
@@ -337,6 +361,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Count spans that were not exported.
+    pub fn spans_dropped(&self, why: SpanDrop, n: u64) {
+        self.spans_dropped
+            .get_or_create(&ReasonLabels {
+                reason: why.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    /// Count spans the collector accepted.
+    pub fn spans_exported(&self, n: u64) {
+        self.spans_exported.inc_by(n);
+    }
+
     /// Record the generation now serving.
     pub fn set_generation(&self, generation: u64) {
         self.generation
@@ -368,9 +406,9 @@ impl RequestErrorKind {
 /// Handles for one model version; recording touches only atomics.
 #[derive(Clone, Debug)]
 pub struct VersionMetrics {
-    requests: [Counter; 5],
-    duration: Histogram,
-    upstream_duration: Histogram,
+    requests: [CounterWithExemplar<TraceExemplar>; 5],
+    duration: HistogramWithExemplars<TraceExemplar>,
+    upstream_duration: HistogramWithExemplars<TraceExemplar>,
     upstream_errors: [Counter; 4],
     request_errors: [Counter; 2],
     /// Requests being proxied now.
@@ -383,10 +421,10 @@ impl VersionMetrics {
     /// Record one finished request.
     pub fn record(&self, r: &Recorded) {
         let class = usize::from(r.status / 100).clamp(1, 5) - 1;
-        self.requests[class].inc();
-        self.duration.observe(r.total_seconds);
+        self.requests[class].inc_by(1, r.exemplar, None);
+        self.duration.observe(r.total_seconds, r.exemplar, None);
         if let Some(s) = r.upstream_seconds {
-            self.upstream_duration.observe(s);
+            self.upstream_duration.observe(s, r.upstream_exemplar, None);
         }
         if let Some(k) = r.upstream_error {
             self.upstream_errors[k as usize].inc();
@@ -416,4 +454,8 @@ pub struct Recorded {
     pub bytes_in: u64,
     /// Response body bytes.
     pub bytes_out: u64,
+    /// The server span, when sampled.
+    pub exemplar: Option<TraceExemplar>,
+    /// The upstream client span, when sampled.
+    pub upstream_exemplar: Option<TraceExemplar>,
 }

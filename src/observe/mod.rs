@@ -3,11 +3,14 @@
 //! here can fail a request: lost telemetry is counted in `modelstamp_observe_dropped_total`.
 
 pub mod access_log;
+pub mod exemplar;
 pub mod metrics;
+pub mod spans;
 pub mod trace;
 
 use access_log::{AccessLine, AccessLog};
 use metrics::{Metrics, Recorded, VersionMetrics};
+use spans::Tracing;
 
 /// Where telemetry goes.
 #[derive(Debug, Clone)]
@@ -16,6 +19,8 @@ pub struct Telemetry {
     pub metrics: Metrics,
     /// Access-log writer.
     pub access_log: AccessLog,
+    /// Span builder and exporter.
+    pub tracing: Tracing,
 }
 
 /// Everything one finished request contributes.

@@ -9,7 +9,6 @@ use std::time::{Instant, SystemTime};
 use http::{HeaderValue, Method, Request, Version};
 use hyper::body::Incoming;
 
-use crate::observe::trace::TraceParent;
 use crate::routing::{Resolved, RouteState, Snapshot};
 
 /// One request's context, shared by every layer (one allocation per request).
@@ -21,8 +20,8 @@ pub struct RequestCtx {
     pub resolved: Resolved,
     /// The request ID stamped up and down.
     pub request_id: HeaderValue,
-    /// Incoming W3C trace context.
-    pub trace: Option<TraceParent>,
+    /// The server span (continuing the caller's trace, if any).
+    pub span: opentelemetry::Context,
     /// Method.
     pub method: Method,
     /// Path and query.

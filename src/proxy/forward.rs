@@ -4,7 +4,7 @@
 
 use std::error::Error as StdError;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -19,19 +19,28 @@ use super::body::LimitedBody;
 use super::ctx::ProxyRequest;
 use super::error::ProxyError;
 use super::headers::{add_forwarded, remove_hop_by_hop};
-use super::resolve::BoxFuture;
+use super::resolve::{BoxFuture, protocol_version};
+use crate::observe::spans::{Tracing, propagation_headers};
+use http::HeaderValue;
+use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 use crate::config::{UpstreamProtocol, UpstreamSettings};
 use crate::observe::metrics::UpstreamErrorKind;
 
 type HttpClient = Client<HttpConnector, LimitedBody>;
 
-/// The upstream's response and how long its headers took.
+/// The upstream's response, how long its headers took, and the client span (ended with the body).
 #[derive(Debug)]
 pub struct Forwarded {
     /// The response, body still streaming.
     pub response: Response<Incoming>,
     /// Time until response headers.
     pub upstream_latency: Duration,
+    /// The client span of the upstream call.
+    pub span: Context,
 }
 
 /// Forwards requests over pooled connections.
@@ -39,11 +48,12 @@ pub struct Forwarded {
 pub struct Forward {
     http1: HttpClient,
     http2: HttpClient,
+    tracing: Tracing,
 }
 
 impl Forward {
     /// Build the two pooled clients.
-    pub fn new(settings: &UpstreamSettings) -> Self {
+    pub fn new(settings: &UpstreamSettings, tracing: Tracing) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
@@ -58,6 +68,7 @@ impl Forward {
         Self {
             http1: build(false),
             http2: build(true),
+            tracing,
         }
     }
 }
@@ -67,7 +78,7 @@ impl Service<ProxyRequest> for Forward {
     type Error = ProxyError;
     type Future = BoxFuture<Result<Forwarded, ProxyError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
@@ -107,33 +118,89 @@ impl Forward {
         };
         remove_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, ctx.client, route.trusted);
+        let span = self.client_span(&ctx.span, &parts);
+        inject(&mut parts.headers, &span);
         let req = Request::from_parts(parts, LimitedBody::new(body, ctx.clone(), limit));
         let client = if h2 { &self.http2 } else { &self.http1 };
         let start = Instant::now();
         let result = tokio::time::timeout(route.response_timeout, client.request(req)).await;
         let upstream_latency = start.elapsed();
-        match result {
+        let err = match result {
             Ok(Ok(mut response)) => {
                 remove_hop_by_hop(response.headers_mut());
-                Ok(Forwarded {
+                return Ok(Forwarded {
                     response,
                     upstream_latency,
-                })
+                    span,
+                });
             }
             Ok(Err(e)) if ctx.body_too_large.load(Ordering::Relaxed) => {
                 tracing::debug!(error = %e, "Request body over the limit.");
-                Err(ProxyError::BodyTooLarge(limit))
+                ProxyError::BodyTooLarge(limit)
             }
-            Ok(Err(e)) => Err(ProxyError::Upstream {
+            Ok(Err(e)) => ProxyError::Upstream {
                 kind: classify(&e),
                 source: Box::new(e),
-            }),
-            Err(elapsed) => Err(ProxyError::Upstream {
+            },
+            Err(elapsed) => ProxyError::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 source: Box::new(elapsed),
-            }),
-        }
+            },
+        };
+        end_span(&span, None, Some(err.kind_str()));
+        Err(err)
     }
+
+    fn client_span(&self, server: &Context, parts: &http::request::Parts) -> Context {
+        let attrs = vec![
+            KeyValue::new("http.request.method", parts.method.to_string()),
+            KeyValue::new(
+                "server.address",
+                parts.uri.host().unwrap_or_default().to_string(),
+            ),
+            KeyValue::new("server.port", i64::from(parts.uri.port_u16().unwrap_or(80))),
+            KeyValue::new("url.full", parts.uri.to_string()),
+            KeyValue::new("network.protocol.version", protocol_version(parts.version)),
+        ];
+        self.tracing
+            .client_span(server, parts.method.to_string(), attrs)
+    }
+}
+
+/// Replace the caller's trace context with the client span's, so the model server's own spans
+/// nest under the upstream call.
+fn inject(headers: &mut http::HeaderMap, span: &Context) {
+    let (traceparent, tracestate) = propagation_headers(span.span().span_context());
+    if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        headers.insert(TRACEPARENT, v);
+    }
+    headers.remove(TRACESTATE);
+    if !tracestate.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&tracestate)
+    {
+        headers.insert(TRACESTATE, v);
+    }
+}
+
+/// End a span with its HTTP status and error, per the semantic conventions: 5xx and transport
+/// errors mark the span as an error.
+pub fn end_span(span: &Context, status: Option<u16>, error: Option<&'static str>) {
+    let s = span.span();
+    if let Some(code) = status {
+        s.set_attribute(KeyValue::new("http.response.status_code", i64::from(code)));
+    }
+    match (error, status) {
+        (Some(e), _) => {
+            s.set_attribute(KeyValue::new("error.type", e));
+            s.set_status(Status::error(e));
+        }
+        (None, Some(code)) if code >= 500 => {
+            s.set_attribute(KeyValue::new("error.type", code.to_string()));
+            s.set_status(Status::error(code.to_string()));
+        }
+        _ => {}
+    }
+    s.end();
 }
 
 fn upstream_uri(authority: &Authority, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {

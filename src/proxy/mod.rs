@@ -28,7 +28,7 @@ use tower::{Layer, Service};
 pub use error::{ProxyError, error_response};
 pub use forward::Forward;
 pub use headers::{add_forwarded, remove_hop_by_hop};
-pub use resolve::new_request_id;
+pub use resolve::{new_request_id, protocol_version};
 pub use stamp::stamp;
 pub use tee::ObservedBody;
 
@@ -75,6 +75,7 @@ impl Proxy {
         let forward = self.forward.clone();
         let tee = tee::TeeLayer::new(self.telemetry.clone()).layer(forward);
         let stamp = stamp::StampLayer.layer(tee);
-        resolve::ResolveLayer::new(self.snapshots.clone(), client).layer(stamp)
+        resolve::ResolveLayer::new(self.snapshots.clone(), self.telemetry.clone(), client)
+            .layer(stamp)
     }
 }

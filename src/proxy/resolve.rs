@@ -16,22 +16,36 @@ use hyper::body::Incoming;
 use tower::{Layer, Service};
 
 use super::ctx::{ProxyRequest, RequestCtx};
+use opentelemetry::KeyValue;
+
+use crate::observe::Telemetry;
+use crate::observe::spans::remote_parent;
 use crate::observe::trace::parse_traceparent;
-use crate::routing::{Snapshot, resolve};
+use crate::routing::{Resolved, Snapshot, resolve};
 
 const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
 /// Builds [`Resolve`] for each connection.
 #[derive(Clone)]
 pub struct ResolveLayer {
     snapshots: Arc<ArcSwap<Snapshot>>,
+    telemetry: Arc<Telemetry>,
     client: SocketAddr,
 }
 
 impl ResolveLayer {
     /// A layer for one client connection.
-    pub fn new(snapshots: Arc<ArcSwap<Snapshot>>, client: SocketAddr) -> Self {
-        Self { snapshots, client }
+    pub fn new(
+        snapshots: Arc<ArcSwap<Snapshot>>,
+        telemetry: Arc<Telemetry>,
+        client: SocketAddr,
+    ) -> Self {
+        Self {
+            snapshots,
+            telemetry,
+            client,
+        }
     }
 }
 
@@ -40,6 +54,7 @@ impl<S> Layer<S> for ResolveLayer {
     fn layer(&self, inner: S) -> Resolve<S> {
         Resolve {
             snapshots: self.snapshots.clone(),
+            telemetry: self.telemetry.clone(),
             client: self.client,
             inner,
         }
@@ -50,6 +65,7 @@ impl<S> Layer<S> for ResolveLayer {
 #[derive(Clone)]
 pub struct Resolve<S> {
     snapshots: Arc<ArcSwap<Snapshot>>,
+    telemetry: Arc<Telemetry>,
     client: SocketAddr,
     inner: S,
 }
@@ -86,11 +102,9 @@ where
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let span = self.server_span(&req, &snapshot, &resolved, &request_id);
         let ctx = RequestCtx {
-            trace: req
-                .headers()
-                .get(TRACEPARENT)
-                .and_then(|v| parse_traceparent(v.as_bytes())),
+            span,
             request_id,
             method: req.method().clone(),
             path: req
@@ -111,6 +125,76 @@ where
             req,
             ctx: Arc::new(ctx),
         })
+    }
+}
+
+impl<S> Resolve<S> {
+    /// The server span, with what resolution found as `ml.*` attributes.
+    fn server_span(
+        &self,
+        req: &Request<Incoming>,
+        snap: &Snapshot,
+        resolved: &Resolved,
+        request_id: &HeaderValue,
+    ) -> opentelemetry::Context {
+        let h = req.headers();
+        let parent = h
+            .get(TRACEPARENT)
+            .and_then(|v| parse_traceparent(v.as_bytes()))
+            .and_then(|tp| {
+                let state = h.get(TRACESTATE).and_then(|v| v.to_str().ok());
+                remote_parent(&tp, state)
+            });
+        let route = resolved
+            .route
+            .and_then(|i| snap.routes.get(i))
+            .map_or("unmatched", |r| r.route.name.as_str());
+        let served = &resolved.served;
+        let host = h
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default();
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", req.method().to_string()),
+            KeyValue::new("url.path", req.uri().path().to_string()),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new(
+                "server.address",
+                host.split(':').next().unwrap_or_default().to_string(),
+            ),
+            KeyValue::new("network.protocol.version", protocol_version(req.version())),
+            KeyValue::new("client.address", self.client.ip().to_string()),
+            KeyValue::new("ml.model.name", served.model.to_string()),
+            KeyValue::new("ml.model.version", served.version.to_string()),
+            KeyValue::new("ml.lineage.id", served.lineage_id.to_string()),
+            KeyValue::new("ml.registry.uri", snap.registry_uri.clone()),
+            KeyValue::new("ml.route", route.to_string()),
+            KeyValue::new(
+                "modelstamp.request_id",
+                request_id.to_str().unwrap_or_default().to_string(),
+            ),
+        ];
+        if served.is_known() {
+            attrs.push(KeyValue::new(
+                "ml.lineage.url",
+                self.telemetry.tracing.lineage_url(&served.lineage_id),
+            ));
+        }
+        self.telemetry
+            .tracing
+            .server_span(parent, format!("{} {route}", req.method()), attrs)
+    }
+}
+
+/// `network.protocol.version` values.
+pub fn protocol_version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
     }
 }
 

@@ -18,11 +18,14 @@ use tracing::{debug, warn};
 use super::body::{BoxError, ProxyBody};
 use super::ctx::{ProxyRequest, RequestCtx};
 use super::error::{ProxyError, error_response};
-use super::forward::Forwarded;
+use super::forward::{Forwarded, end_span};
 use super::resolve::BoxFuture;
 use crate::observe::access_log::AccessLine;
+use crate::observe::exemplar::TraceExemplar;
 use crate::observe::metrics::{ObserveDrop, Recorded, RequestErrorKind, UpstreamErrorKind};
 use crate::observe::{RequestOutcome, Telemetry};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TraceContextExt;
 
 /// Status logged when the client left before a response was sent (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
@@ -101,6 +104,7 @@ where
 /// outcome per request even when the client goes away mid-flight.
 struct Pending {
     ctx: Arc<RequestCtx>,
+    client_span: Option<opentelemetry::Context>,
     telemetry: Arc<Telemetry>,
     status: u16,
     upstream_status: Option<u16>,
@@ -119,6 +123,7 @@ impl Pending {
         ctx.resolved.served.metrics.in_flight.inc();
         Self {
             ctx,
+            client_span: None,
             telemetry,
             status: 0,
             upstream_status: None,
@@ -134,6 +139,7 @@ impl Pending {
     }
 
     fn upstream(&mut self, fwd: &Forwarded) {
+        self.client_span = Some(fwd.span.clone());
         let status = fwd.response.status();
         self.upstream_status = Some(status.as_u16());
         self.upstream_latency = Some(fwd.upstream_latency);
@@ -205,11 +211,28 @@ impl Pending {
         }
         served.metrics.in_flight.dec();
         let total = ctx.start.elapsed();
+        let server = ctx.span.span().span_context().clone();
+        let upstream_exemplar = self
+            .client_span
+            .as_ref()
+            .and_then(|cx| TraceExemplar::of(cx.span().span_context()));
+        if let Some(client) = self.client_span.take() {
+            let error = self
+                .upstream_error
+                .map(|_| self.error.unwrap_or("upstream_error"));
+            end_span(&client, self.upstream_status, error);
+        }
+        if let Some(reported) = &self.reported {
+            ctx.span
+                .span()
+                .set_attribute(KeyValue::new("ml.model.reported_version", reported.clone()));
+        }
+        end_span(&ctx.span, Some(self.status), self.error);
         let line = AccessLine {
             time: ctx.time,
             request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
-            trace_id: ctx.trace.as_ref().map(|t| t.trace_id.clone()),
-            span_id: ctx.trace.as_ref().map(|t| t.span_id.clone()),
+            trace_id: Some(server.trace_id().to_string()),
+            span_id: Some(server.span_id().to_string()),
             route: ctx.route().map(|r| r.route.name.clone()),
             model: served.model.clone(),
             version: served.version.clone(),
@@ -235,6 +258,8 @@ impl Pending {
             request_error: self.request_error,
             bytes_in: line.bytes_in,
             bytes_out: self.bytes_out,
+            exemplar: TraceExemplar::of(&server),
+            upstream_exemplar,
         };
         RequestOutcome { line, recorded }.emit(&served.metrics, &self.telemetry);
     }

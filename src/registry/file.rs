@@ -179,23 +179,23 @@ fn check_record(
         ("training_data.digest", r.dataset_digest()),
     ];
     for (field, value) in labelled {
-        if let Some(v) = value {
-            if v.is_empty() || v.len() > MAX_VALUE_LEN || !v.bytes().all(|b| b.is_ascii_graphic()) {
-                errs.push(ConfigError::new(
-                    format!("{at}.{field}"),
-                    format!("must be 1..={MAX_VALUE_LEN} visible ASCII characters, got {v:?}"),
-                ));
-            }
+        if let Some(v) = value
+            && (v.is_empty() || v.len() > MAX_VALUE_LEN || !v.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            errs.push(ConfigError::new(
+                format!("{at}.{field}"),
+                format!("must be 1..={MAX_VALUE_LEN} visible ASCII characters, got {v:?}"),
+            ));
         }
     }
     for (i, f) in r.input_schema.iter().enumerate() {
-        if let (Some(lo), Some(hi)) = (f.min, f.max) {
-            if lo > hi {
-                errs.push(ConfigError::new(
-                    format!("{at}.input_schema[{i}]"),
-                    format!("min {lo} > max {hi}"),
-                ));
-            }
+        if let (Some(lo), Some(hi)) = (f.min, f.max)
+            && lo > hi
+        {
+            errs.push(ConfigError::new(
+                format!("{at}.input_schema[{i}]"),
+                format!("min {lo} > max {hi}"),
+            ));
         }
     }
 }

@@ -39,7 +39,8 @@ impl Source {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigErrors(vec![ConfigError::new(&origin, format!("cannot read: {e}"))])
                 })?;
-                let raw = config::parse(&text, &origin)?;
+                let mut raw = config::parse(&text, &origin)?;
+                raw.traces.apply_env(|k| std::env::var(k).ok());
                 let config = config::validate(&raw, base_dir(path))?;
                 let registry = match &config.registry {
                     RegistrySource::File(p) => FileRegistry::new(p.clone()).fetch().await?,

@@ -58,10 +58,10 @@ fn matches(
     oi: Option<&OpenInferencePath<'_>>,
     headers: &HeaderMap,
 ) -> bool {
-    if let Some(prefix) = &m.path_prefix {
-        if !path.starts_with(prefix.as_str()) {
-            return false;
-        }
+    if let Some(prefix) = &m.path_prefix
+        && !path.starts_with(prefix.as_str())
+    {
+        return false;
     }
     if m.open_inference {
         match (oi, model) {

@@ -97,6 +97,8 @@ pub struct Snapshot {
     pub unknown_model: Arc<Served>,
     /// Counts requests no route matched.
     pub no_route: Counter,
+    /// `ml.registry.uri`: where the records came from.
+    pub registry_uri: String,
 }
 
 impl Snapshot {
@@ -141,6 +143,9 @@ impl Snapshot {
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
+        let registry_uri = match &config.registry {
+            crate::config::RegistrySource::File(p) => format!("file://{}", p.display()),
+        };
         Ok(Self {
             generation,
             config: Arc::new(config),
@@ -149,6 +154,7 @@ impl Snapshot {
             models,
             unknown_model: Arc::new(Served::new(UNKNOWN, UNKNOWN, UNKNOWN, metrics, None)),
             no_route: metrics.unresolved("none", "no_route"),
+            registry_uri,
         })
     }
 
