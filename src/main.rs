@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use modelstamp::admin::client::{AdminClient, render_lineage};
 use modelstamp::config::RegistrySource;
 use modelstamp::registry::{FileRegistry, Registry};
 use modelstamp::routing::{Snapshot, Source};
@@ -31,6 +32,44 @@ enum Command {
     Check(RunArgs),
     /// Start an embedded model server and the sidecar, send traffic, print a per-version table.
     Demo(DemoArgs),
+    /// Show the model version and lineage record behind a trace ID, request ID or lineage ID.
+    Lineage(LineageArgs),
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// Admin API of a running sidecar (default: MODELSTAMP_ADMIN, then the config's admin.listen).
+    #[arg(long, env = "MODELSTAMP_ADMIN")]
+    admin: Option<String>,
+    /// Config whose admin address to use when --admin is not given.
+    #[arg(long, short, env = "MODELSTAMP_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// --admin, else the config's admin address, else the default admin address.
+    async fn url(&self) -> String {
+        if let Some(a) = &self.admin {
+            return a.clone();
+        }
+        if let Some(path) = &self.config
+            && let Ok((config, _)) = Source::File(path.clone()).load().await
+        {
+            return format!("http://{}", config.admin_listen);
+        }
+        "http://127.0.0.1:9901".to_string()
+    }
+}
+
+#[derive(Args)]
+struct LineageArgs {
+    /// A trace ID, request ID or lineage ID (`ln_…`).
+    id: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Args, Clone)]
@@ -77,6 +116,7 @@ fn main() -> ExitCode {
             Some(Command::Run(args)) => run(args).await,
             Some(Command::Check(args)) => check(args).await,
             Some(Command::Demo(args)) => run_demo(args).await,
+            Some(Command::Lineage(args)) => lineage(args).await,
         }
     });
     match result {
@@ -166,6 +206,19 @@ async fn check(args: RunArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+async fn lineage(args: LineageArgs) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(&args.admin.url().await)?;
+    match client.lineage(&args.id).await {
+        Ok(answer) if args.json => println!("{}", serde_json::to_string_pretty(&answer)?),
+        Ok(answer) => print!("{}", render_lineage(&answer)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {

@@ -17,7 +17,11 @@ use crate::config::ConfigErrors;
 use crate::observe::Telemetry;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
+use crate::observe::recent::RecentRequests;
 use crate::observe::spans::{Tracing, TracingError};
+
+/// Memory cap of the trace → lineage index (about 30k entries of typical size).
+const RECENT_MAX_BYTES: usize = 16 * 1024 * 1024;
 use crate::proxy::server::serve;
 use crate::proxy::{Forward, Proxy};
 use crate::routing::{Reloader, Source};
@@ -75,9 +79,16 @@ impl Sidecar {
         let reloader = Reloader::start(source, metrics.clone()).await?;
         let snapshots = reloader.current();
         let config = snapshots.load().config.clone();
-        let access_log =
-            AccessLog::start(&config.access_log, config.access_log_queue, metrics.clone())
-                .map_err(StartError::AccessLog)?;
+        let access_log = AccessLog::start(
+            &config.access_log,
+            config.access_log_queue,
+            metrics.clone(),
+            Arc::new(RecentRequests::new(
+                config.traces.recent_requests,
+                RECENT_MAX_BYTES,
+            )),
+        )
+        .map_err(StartError::AccessLog)?;
         let tracing = Tracing::start(&config.traces, &metrics).map_err(StartError::Tracing)?;
         let telemetry = Arc::new(Telemetry {
             metrics,
@@ -118,6 +129,7 @@ impl Sidecar {
         let admin_state = Arc::new(AdminState {
             snapshots,
             metrics: registry,
+            recent: telemetry.access_log.recent.clone(),
             draining: AtomicBool::new(false),
         });
         let admin = Admin::new(admin_state.clone());

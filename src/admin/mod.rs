@@ -13,6 +13,9 @@ use http_body_util::Full;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use serde_json::{Value, json};
 
+pub mod client;
+
+use crate::observe::recent::RecentRequests;
 use crate::routing::Snapshot;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -24,6 +27,8 @@ pub struct AdminState {
     pub snapshots: Arc<ArcSwap<Snapshot>>,
     /// Metric registry to encode.
     pub metrics: MetricsRegistry,
+    /// The trace → lineage index.
+    pub recent: Arc<RecentRequests>,
     /// Set on SIGTERM: `/readyz` turns 503 so load balancers stop sending.
     pub draining: AtomicBool,
 }
@@ -56,10 +61,15 @@ impl Admin {
             }
             "/readyz" => text(StatusCode::OK, "ready\n"),
             "/versions" => json_response(StatusCode::OK, &versions(&self.state.snapshots.load())),
-            _ => match path.strip_prefix("/lineage/") {
-                Some(id) => self.lineage(id),
-                None => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
-            },
+            _ => {
+                if let Some(id) = path.strip_prefix("/lineage/") {
+                    self.lineage(id)
+                } else if let Some(id) = path.strip_prefix("/requests/") {
+                    self.requests(id)
+                } else {
+                    error(StatusCode::NOT_FOUND, "no such admin endpoint")
+                }
+            }
         }
     }
 
@@ -88,6 +98,28 @@ impl Admin {
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         r
+    }
+
+    /// `/requests/{trace_id | request_id}`: the requests and the lineage records behind them.
+    fn requests(&self, id: &str) -> Response<Full<Bytes>> {
+        let found = self.state.recent.lookup(id);
+        if found.is_empty() {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no recent request with trace ID or request ID {id:?}"),
+            );
+        }
+        let snap = self.state.snapshots.load();
+        let mut lineage = serde_json::Map::new();
+        for r in &found {
+            if let Some(v) = snap.registry.by_lineage_id(&r.lineage_id) {
+                lineage.insert(r.lineage_id.to_string(), json!(&*v.record));
+            }
+        }
+        json_response(
+            StatusCode::OK,
+            &json!({ "requests": found, "lineage": lineage }),
+        )
     }
 
     fn lineage(&self, id: &str) -> Response<Full<Bytes>> {
@@ -215,6 +247,7 @@ mod tests {
         let state = AdminState {
             snapshots: Arc::new(ArcSwap::from_pointee(snap)),
             metrics: registry,
+            recent: Arc::new(RecentRequests::new(10, 1 << 20)),
             draining: AtomicBool::new(false),
         };
         (Admin::new(Arc::new(state)), id)

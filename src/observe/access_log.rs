@@ -11,6 +11,7 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::metrics::{Metrics, ObserveDrop};
+use super::recent::RecentRequests;
 use crate::config::AccessLogTarget;
 
 /// One access-log line.
@@ -97,11 +98,13 @@ enum Msg {
     Flush(SyncSender<()>),
 }
 
-/// Sends lines to the writer thread.
+/// Sends lines to the writer thread, which writes them and feeds the recent-requests index.
 #[derive(Clone)]
 pub struct AccessLog {
     tx: Option<SyncSender<Msg>>,
     metrics: Metrics,
+    /// The trace → lineage index this log feeds.
+    pub recent: Arc<RecentRequests>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -118,25 +121,27 @@ impl AccessLog {
         target: &AccessLogTarget,
         queue: usize,
         metrics: Metrics,
+        recent: Arc<RecentRequests>,
     ) -> std::io::Result<Self> {
-        let out: Box<dyn Write + Send> = match target {
-            AccessLogTarget::Off => return Ok(Self { tx: None, metrics }),
-            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::File(path) => Box::new(
+        let out: Option<Box<dyn Write + Send>> = match target {
+            AccessLogTarget::Off => None,
+            AccessLogTarget::Stdout => Some(Box::new(std::io::stdout())),
+            AccessLogTarget::File(path) => Some(Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)?,
-            ),
+            )),
         };
         let (tx, rx) = sync_channel(queue);
-        let m = metrics.clone();
+        let (m, r) = (metrics.clone(), recent.clone());
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(rx, out, m))?;
+            .spawn(move || write_loop(rx, out, m, r))?;
         Ok(Self {
             tx: Some(tx),
             metrics,
+            recent,
         })
     }
 
@@ -162,8 +167,13 @@ impl AccessLog {
     }
 }
 
-fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, metrics: Metrics) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+fn write_loop(
+    rx: Receiver<Msg>,
+    out: Option<Box<dyn Write + Send>>,
+    metrics: Metrics,
+    recent: Arc<RecentRequests>,
+) {
+    let mut out = out.map(|o| std::io::BufWriter::with_capacity(64 * 1024, o));
     let mut failures: u64 = 0;
     let mut buf = Vec::with_capacity(512);
     let mut acks = Vec::new();
@@ -182,8 +192,11 @@ fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, metrics: Metrics) {
                     }
                 }
             };
+            recent.insert(&line);
             buf.clear();
-            if serde_json::to_writer(&mut buf, &*line).is_ok() {
+            if let Some(out) = out.as_mut()
+                && serde_json::to_writer(&mut buf, &*line).is_ok()
+            {
                 buf.push(b'\n');
                 if let Err(e) = out.write_all(&buf) {
                     failures += 1;
@@ -200,7 +213,9 @@ fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, metrics: Metrics) {
             }
         }
         // Flush whenever the queue runs dry, so lines appear promptly at low rates.
-        if out.flush().is_err() {
+        if let Some(out) = out.as_mut()
+            && out.flush().is_err()
+        {
             metrics.observe_dropped(ObserveDrop::AccessLogWrite);
         }
         for ack in acks.drain(..) {

@@ -268,6 +268,16 @@ impl Metrics {
             m.observe_dropped.clone(),
         );
         reg.register(
+            "spans_dropped",
+            "Sampled spans not exported: queue_full or export_failed",
+            m.spans_dropped.clone(),
+        );
+        reg.register(
+            "spans_exported",
+            "Spans accepted by the OTLP collector",
+            m.spans_exported.clone(),
+        );
+        reg.register(
             "snapshot_generation",
             "Generation of the config snapshot serving requests",
             m.generation.clone(),

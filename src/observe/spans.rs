@@ -329,8 +329,9 @@ fn export_loop(
         if !spans.is_empty() {
             let n = spans.len() as u64;
             let sent = std::mem::replace(&mut spans, Vec::with_capacity(batch));
-            let result =
-                runtime.block_on(tokio::time::timeout(export.timeout, exporter.export(sent)));
+            let result = runtime.block_on(async {
+                tokio::time::timeout(export.timeout, exporter.export(sent)).await
+            });
             match result {
                 Ok(Ok(())) => metrics.spans_exported(n),
                 outcome => {

@@ -76,6 +76,15 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(handler: Handler) -> Self {
+        Self::start_with(handler, true).await
+    }
+
+    /// An upstream that does not keep what it saw (for long runs that measure memory).
+    pub async fn start_quiet(handler: Handler) -> Self {
+        Self::start_with(handler, false).await
+    }
+
+    async fn start_with(handler: Handler, record: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -90,12 +99,14 @@ impl Upstream {
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         hits.fetch_add(1, Ordering::SeqCst);
-                        seen.lock().unwrap().push(Seen {
-                            method: req.method().clone(),
-                            path: req.uri().path().to_string(),
-                            version: req.version(),
-                            headers: req.headers().clone(),
-                        });
+                        if record {
+                            seen.lock().unwrap().push(Seen {
+                                method: req.method().clone(),
+                                path: req.uri().path().to_string(),
+                                version: req.version(),
+                                headers: req.headers().clone(),
+                            });
+                        }
                         let fut = handler(req);
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
@@ -301,5 +312,109 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An in-process OTLP receiver (gRPC and HTTP/protobuf on one port) that decodes the real
+/// protobuf and keeps every span with its resource's service name.
+pub mod otlp {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+    pub use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
+
+    #[derive(Clone, Default)]
+    pub struct Received {
+        pub spans: Arc<Mutex<Vec<(String, Span)>>>,
+        pub requests: Arc<AtomicUsize>,
+    }
+
+    impl Received {
+        pub fn spans(&self) -> Vec<(String, Span)> {
+            self.spans.lock().unwrap().clone()
+        }
+    }
+
+    pub fn attr(span: &Span, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                AnyValue::StringValue(s) => Some(s.clone()),
+                AnyValue::IntValue(i) => Some(i.to_string()),
+                AnyValue::BoolValue(b) => Some(b.to_string()),
+                AnyValue::DoubleValue(d) => Some(d.to_string()),
+                _ => None,
+            })
+    }
+
+    pub fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn store(received: &Received, req: ExportTraceServiceRequest) {
+        received.requests.fetch_add(1, Ordering::SeqCst);
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    AnyValue::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    received.spans.lock().unwrap().push((service.clone(), span));
+                }
+            }
+        }
+    }
+
+    pub async fn start() -> (Upstream, Received) {
+        let received = Received::default();
+        let r = received.clone();
+        let handler: Handler = Arc::new(move |req: Request<Incoming>| {
+            let r = r.clone();
+            Box::pin(async move {
+                let grpc = req
+                    .headers()
+                    .get("content-type")
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                if grpc {
+                    // gRPC framing: 1 byte compression flag, 4 bytes big-endian length, message.
+                    let msg = ExportTraceServiceRequest::decode(&body[5..]).unwrap();
+                    store(&r, msg);
+                    let reply = ExportTraceServiceResponse::default().encode_to_vec();
+                    let mut framed = vec![0u8];
+                    framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+                    framed.extend_from_slice(&reply);
+                    let (tx, body) = channel_body(2);
+                    tokio::spawn(async move {
+                        tx.send(Frame::data(Bytes::from(framed))).await.unwrap();
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        tx.send(Frame::trailers(trailers)).await.unwrap();
+                    });
+                    Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(body)
+                        .unwrap()
+                } else {
+                    store(&r, ExportTraceServiceRequest::decode(&body[..]).unwrap());
+                    let reply = ExportTraceServiceResponse::default().encode_to_vec();
+                    Response::builder()
+                        .header("content-type", "application/x-protobuf")
+                        .body(full(reply))
+                        .unwrap()
+                }
+            })
+        });
+        (Upstream::start(handler).await, received)
     }
 }

@@ -1,0 +1,243 @@
+//! A bounded index of recent requests, by trace ID and request ID, so a responder holding either
+//! gets to the model version and lineage record in one step. Fed by the access-log thread (never
+//! the request path); capped by entry count and by approximate bytes, oldest evicted first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use super::access_log::{AccessLine, rfc3339};
+
+/// Approximate fixed cost of one entry beyond its strings (struct, map slots, deque slot).
+const ENTRY_OVERHEAD: usize = 256;
+
+/// What the index keeps about one request.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RecentRequest {
+    /// When it started (RFC 3339).
+    pub time: String,
+    /// Request ID.
+    pub request_id: String,
+    /// Trace ID.
+    pub trace_id: Option<String>,
+    /// Server span ID.
+    pub span_id: Option<String>,
+    /// Route.
+    pub route: Option<String>,
+    /// Model.
+    pub model: Arc<str>,
+    /// Version.
+    pub version: Arc<str>,
+    /// Lineage ID.
+    pub lineage_id: Arc<str>,
+    /// Method and path.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Status sent.
+    pub status: u16,
+    /// Total latency.
+    pub duration_ms: f64,
+    /// Error kind.
+    pub error: Option<&'static str>,
+}
+
+impl RecentRequest {
+    fn from_line(l: &AccessLine) -> Self {
+        Self {
+            time: rfc3339(l.time),
+            request_id: l.request_id.clone(),
+            trace_id: l.trace_id.clone(),
+            span_id: l.span_id.clone(),
+            route: l.route.clone(),
+            model: l.model.clone(),
+            version: l.version.clone(),
+            lineage_id: l.lineage_id.clone(),
+            method: l.method.clone(),
+            path: l.path.clone(),
+            status: l.status,
+            duration_ms: l.duration_ms,
+            error: l.error,
+        }
+    }
+
+    fn size(&self) -> usize {
+        ENTRY_OVERHEAD
+            + self.time.len()
+            + self.request_id.len() * 2
+            + self.trace_id.as_ref().map_or(0, |t| t.len() * 2)
+            + self.span_id.as_ref().map_or(0, String::len)
+            + self.route.as_ref().map_or(0, String::len)
+            + self.method.len()
+            + self.path.len()
+    }
+}
+
+#[derive(Default)]
+struct Ring {
+    entries: VecDeque<(u64, RecentRequest)>,
+    next_seq: u64,
+    by_request: HashMap<String, u64>,
+    by_trace: HashMap<String, Vec<u64>>,
+    bytes: usize,
+}
+
+impl Ring {
+    fn get(&self, seq: u64) -> Option<&RecentRequest> {
+        let front = self.entries.front()?.0;
+        let i = usize::try_from(seq.checked_sub(front)?).ok()?;
+        self.entries.get(i).map(|(_, r)| r)
+    }
+
+    fn evict_oldest(&mut self) {
+        let Some((seq, old)) = self.entries.pop_front() else {
+            return;
+        };
+        self.bytes = self.bytes.saturating_sub(old.size());
+        if self.by_request.get(&old.request_id) == Some(&seq) {
+            self.by_request.remove(&old.request_id);
+        }
+        if let Some(t) = &old.trace_id
+            && let Some(seqs) = self.by_trace.get_mut(t)
+        {
+            seqs.retain(|s| *s != seq);
+            if seqs.is_empty() {
+                self.by_trace.remove(t);
+            }
+        }
+    }
+}
+
+/// The index.
+pub struct RecentRequests {
+    ring: RwLock<Ring>,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl std::fmt::Debug for RecentRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecentRequests")
+            .field("max_entries", &self.max_entries)
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+impl RecentRequests {
+    /// An index keeping at most `max_entries` requests and about `max_bytes` of memory.
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Self {
+            ring: RwLock::new(Ring::default()),
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// Add a finished request, evicting the oldest beyond either cap.
+    pub fn insert(&self, line: &AccessLine) {
+        if self.max_entries == 0 {
+            return;
+        }
+        let entry = RecentRequest::from_line(line);
+        let mut ring = self
+            .ring
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seq = ring.next_seq;
+        ring.next_seq += 1;
+        ring.bytes += entry.size();
+        ring.by_request.insert(entry.request_id.clone(), seq);
+        if let Some(t) = &entry.trace_id {
+            ring.by_trace.entry(t.clone()).or_default().push(seq);
+        }
+        ring.entries.push_back((seq, entry));
+        while ring.entries.len() > self.max_entries || ring.bytes > self.max_bytes {
+            ring.evict_oldest();
+        }
+    }
+
+    /// Requests with this trace ID (oldest first), or the one with this request ID.
+    pub fn lookup(&self, id: &str) -> Vec<RecentRequest> {
+        let ring = self
+            .ring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(seqs) = ring.by_trace.get(id) {
+            return seqs.iter().filter_map(|s| ring.get(*s).cloned()).collect();
+        }
+        ring.by_request
+            .get(id)
+            .and_then(|s| ring.get(*s).cloned())
+            .into_iter()
+            .collect()
+    }
+
+    /// How many requests and approximately how many bytes are held.
+    pub fn usage(&self) -> (usize, usize) {
+        let ring = self
+            .ring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (ring.entries.len(), ring.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn line(i: usize, trace: &str) -> AccessLine {
+        AccessLine {
+            time: SystemTime::UNIX_EPOCH,
+            request_id: format!("req-{i}"),
+            trace_id: Some(trace.to_string()),
+            span_id: Some(format!("{i:016x}")),
+            route: Some("churn".into()),
+            model: "churn".into(),
+            version: "1".into(),
+            lineage_id: "ln_0123456789abcdef".into(),
+            reported_version: None,
+            client: "127.0.0.1:1".into(),
+            method: "POST".into(),
+            path: "/v2/models/churn/infer".into(),
+            protocol: "HTTP/1.1",
+            status: 200,
+            upstream_status: Some(200),
+            duration_ms: 1.0,
+            upstream_ms: Some(0.5),
+            bytes_in: 1,
+            bytes_out: 1,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn finds_by_trace_and_request_id_and_evicts_oldest() {
+        let idx = RecentRequests::new(3, usize::MAX);
+        idx.insert(&line(0, "t0"));
+        idx.insert(&line(1, "shared"));
+        idx.insert(&line(2, "shared"));
+        assert_eq!(idx.lookup("shared").len(), 2);
+        assert_eq!(idx.lookup("req-0")[0].trace_id.as_deref(), Some("t0"));
+        idx.insert(&line(3, "t3"));
+        assert!(idx.lookup("req-0").is_empty(), "evicted");
+        assert!(idx.lookup("t0").is_empty(), "its trace key too");
+        assert_eq!(idx.lookup("t3")[0].request_id, "req-3");
+        assert_eq!(idx.usage().0, 3);
+    }
+
+    #[test]
+    fn the_byte_cap_bounds_memory() {
+        let one = RecentRequest::from_line(&line(0, "t")).size();
+        let idx = RecentRequests::new(1_000_000, one * 10);
+        for i in 0..10_000 {
+            idx.insert(&line(i, &format!("{i:032x}")));
+        }
+        let (n, bytes) = idx.usage();
+        assert!(n <= 10 && bytes <= one * 10, "{n} entries, {bytes} bytes");
+        assert_eq!(idx.lookup("req-9999").len(), 1);
+    }
+}

@@ -1,0 +1,347 @@
+//! Spans over OTLP (gRPC and HTTP/protobuf) to an in-process receiver, W3C propagation,
+//! sampling, exemplars, and the trace → lineage lookup through the admin API and the CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use http::Request;
+use support::otlp::{self, attr, hex};
+use support::*;
+
+const BODY: &str = r#"{"inputs":[]}"#;
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+fn traces_section(endpoint: &str, protocol: &str, extra: &str) -> String {
+    format!(
+        "[traces]\nservice_name = \"churn-sidecar\"\notlp_endpoint = \"{endpoint}\"\notlp_protocol = \"{protocol}\"\n{extra}\n"
+    )
+}
+
+fn traced(url: &str) -> Request<TestBody> {
+    Request::post(url)
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header("tracestate", "vendor=abc")
+        .body(full(BODY))
+        .unwrap()
+}
+
+async fn wait_spans(r: &otlp::Received, n: usize) -> Vec<(String, otlp::Span)> {
+    assert!(
+        eventually(Duration::from_secs(10), || async { r.spans().len() >= n }).await,
+        "got {} spans",
+        r.spans().len()
+    );
+    r.spans()
+}
+
+#[tokio::test]
+async fn server_and_client_spans_reach_a_grpc_collector_with_lineage_attributes() {
+    let (collector, received) = otlp::start().await;
+    let up = Upstream::start(oi_handler("1")).await;
+    let extra = traces_section(
+        &format!("http://{}", collector.addr),
+        "grpc",
+        "lineage_url = \"https://lineage.example/ui/lineage/{lineage_id}\"",
+    );
+    let h = Harness::start(&churn_route(up.addr, "@champion", ""), &extra).await;
+    let (resp, _) = send(traced(&h.url("/v2/models/churn/infer"))).await;
+    assert_eq!(resp.status(), 200);
+    let spans = wait_spans(&received, 2).await;
+    let server = spans
+        .iter()
+        .find(|(_, s)| s.kind == 2)
+        .map(|(svc, s)| (svc.clone(), s.clone()))
+        .expect("a server span");
+    let client = spans
+        .iter()
+        .find(|(_, s)| s.kind == 3)
+        .map(|(_, s)| s.clone())
+        .expect("a client span");
+    let (service, server) = server;
+    assert_eq!(service, "churn-sidecar");
+    assert_eq!(server.name, "POST churn");
+    assert_eq!(
+        hex(&server.trace_id),
+        CALLER_TRACE,
+        "continues the caller's trace"
+    );
+    assert_eq!(
+        hex(&server.parent_span_id),
+        CALLER_SPAN,
+        "child of the caller's span"
+    );
+    assert_eq!(server.trace_state, "vendor=abc");
+    assert_eq!(
+        hex(&client.parent_span_id),
+        hex(&server.span_id),
+        "client span under the server span"
+    );
+    let lineage = h.lineage_id("1");
+    for (key, want) in [
+        ("ml.model.name", "churn".to_string()),
+        ("ml.model.version", "1".to_string()),
+        ("ml.lineage.id", lineage.clone()),
+        (
+            "ml.lineage.url",
+            format!("https://lineage.example/ui/lineage/{lineage}"),
+        ),
+        ("ml.route", "churn".to_string()),
+        ("http.request.method", "POST".to_string()),
+        ("http.response.status_code", "200".to_string()),
+        ("url.path", "/v2/models/churn/infer".to_string()),
+        ("server.address", "127.0.0.1".to_string()),
+        ("ml.model.reported_version", "1".to_string()),
+    ] {
+        assert_eq!(attr(&server, key).as_deref(), Some(want.as_str()), "{key}");
+    }
+    assert!(
+        attr(&server, "ml.registry.uri")
+            .unwrap()
+            .starts_with("file://")
+    );
+    assert_eq!(
+        attr(&client, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        attr(&client, "server.port").as_deref(),
+        Some(up.addr.port().to_string().as_str())
+    );
+    let seen = up.last().headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        seen,
+        format!("00-{CALLER_TRACE}-{}-01", hex(&client.span_id)),
+        "the upstream saw the client span's context"
+    );
+    assert_eq!(up.last().headers["tracestate"], "vendor=abc");
+    let line = h.access_log().pop().unwrap();
+    assert_eq!(line["trace_id"], CALLER_TRACE);
+    assert_eq!(line["span_id"], hex(&server.span_id));
+}
+
+#[tokio::test]
+async fn http_protobuf_export_and_error_status() {
+    let (collector, received) = otlp::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let extra = traces_section(&format!("http://{}", collector.addr), "http/protobuf", "");
+    let h = Harness::start(&churn_route(closed, "1", ""), &extra).await;
+    let (resp, _) = send(traced(&h.url("/v2/models/churn/infer"))).await;
+    assert_eq!(resp.status(), 502);
+    let spans = wait_spans(&received, 2).await;
+    let server = spans.iter().map(|(_, s)| s).find(|s| s.kind == 2).unwrap();
+    let client = spans.iter().map(|(_, s)| s).find(|s| s.kind == 3).unwrap();
+    assert_eq!(
+        server.status.as_ref().map(|s| s.code),
+        Some(2),
+        "ERROR status"
+    );
+    assert_eq!(
+        attr(server, "error.type").as_deref(),
+        Some("upstream_connect")
+    );
+    assert_eq!(
+        attr(server, "http.response.status_code").as_deref(),
+        Some("502")
+    );
+    assert_eq!(client.status.as_ref().map(|s| s.code), Some(2));
+    assert_eq!(h.metric("modelstamp_spans_exported_total").await, 2.0);
+}
+
+#[tokio::test]
+async fn parent_based_sampling_and_ids_for_unsampled_requests() {
+    let (collector, received) = otlp::start().await;
+    let up = Upstream::start(oi_handler("1")).await;
+    let extra = traces_section(
+        &format!("http://{}", collector.addr),
+        "grpc",
+        "sampler_ratio = 0.0",
+    );
+    let h = Harness::start(&churn_route(up.addr, "1", ""), &extra).await;
+    for _ in 0..5 {
+        send(post(&h.url("/v2/models/churn/infer"), BODY)).await;
+    }
+    let unsampled = Request::post(h.url("/v2/models/churn/infer"))
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-00"))
+        .body(full(BODY))
+        .unwrap();
+    send(unsampled).await;
+    send(traced(&h.url("/v2/models/churn/infer"))).await;
+    let spans = wait_spans(&received, 2).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        received.spans().len(),
+        2,
+        "only the sampled parent's trace is exported: {spans:?}"
+    );
+    let upstream_tp = up.seen.lock().unwrap()[5].headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        upstream_tp.starts_with(&format!("00-{CALLER_TRACE}-")) && upstream_tp.ends_with("-00"),
+        "unsampled flag propagates: {upstream_tp}"
+    );
+    let lines = h.access_log();
+    assert_eq!(lines.len(), 7);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["trace_id"].as_str().is_some_and(|t| t.len() == 32)
+                && l["span_id"].as_str().is_some_and(|s| s.len() == 16))
+    );
+    // Exemplars point only at the sampled trace.
+    let om = get_openmetrics(&h).await;
+    assert!(
+        om.contains(&format!("# {{trace_id=\"{CALLER_TRACE}\",span_id=\"")),
+        "{om}"
+    );
+    assert_eq!(
+        om.matches("trace_id=").count(),
+        om.matches(CALLER_TRACE).count()
+    );
+}
+
+async fn get_openmetrics(h: &Harness) -> String {
+    let req = Request::get(format!("http://{}/metrics", h.sidecar.admin_addr))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .body(full(""))
+        .unwrap();
+    let (_, body) = send(req).await;
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn exemplars_in_openmetrics_only() {
+    let up = Upstream::start(oi_handler("1")).await;
+    // No exporter: spans are still sampled (always_on), so exemplars still point at trace IDs.
+    let h = Harness::start(
+        &churn_route(up.addr, "1", ""),
+        "[traces]\nsampler = \"always_on\"\n",
+    )
+    .await;
+    let (resp, _) = send(traced(&h.url("/v2/models/churn/infer"))).await;
+    assert_eq!(resp.status(), 200);
+    let line = h.access_log().pop().unwrap();
+    let span = line["span_id"].as_str().unwrap().to_string();
+    let om = get_openmetrics(&h).await;
+    let bucket = om
+        .lines()
+        .find(|l| {
+            l.starts_with("modelstamp_request_duration_seconds_bucket{")
+                && l.contains("model=\"churn\",version=\"1\"}")
+                && l.contains(" # {")
+        })
+        .unwrap_or_else(|| panic!("no bucket with an exemplar:\n{om}"));
+    assert!(
+        bucket.contains(&format!(
+            "# {{trace_id=\"{CALLER_TRACE}\",span_id=\"{span}\"}}"
+        )),
+        "{bucket}"
+    );
+    let counter = om
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "modelstamp_requests_total{model=\"churn\",version=\"1\",status_class=\"2xx\"}",
+            )
+        })
+        .unwrap();
+    assert!(counter.contains(CALLER_TRACE), "{counter}");
+    assert!(om.ends_with("# EOF\n"));
+    let classic = h.metrics().await;
+    assert!(
+        !classic.contains("trace_id"),
+        "classic text carries no exemplars"
+    );
+}
+
+#[tokio::test]
+async fn trace_and_request_ids_lead_to_the_lineage_record() {
+    let up = Upstream::start(oi_handler("2")).await;
+    let h = Harness::start(&churn_route(up.addr, "2", ""), "").await;
+    let (resp, _) = send(traced(&h.url("/v2/models/churn/infer"))).await;
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    h.access_log();
+    let admin = format!("http://{}", h.sidecar.admin_addr);
+    let by_trace: serde_json::Value =
+        serde_json::from_str(&get_text(&format!("{admin}/requests/{CALLER_TRACE}")).await).unwrap();
+    assert_eq!(by_trace["requests"][0]["request_id"], request_id.as_str());
+    assert_eq!(by_trace["requests"][0]["version"], "2");
+    let lineage = h.lineage_id("2");
+    assert_eq!(by_trace["lineage"][&lineage]["code"]["commit"], "1c2b8e0");
+    let by_request: serde_json::Value =
+        serde_json::from_str(&get_text(&format!("{admin}/requests/{request_id}")).await).unwrap();
+    assert_eq!(by_request["requests"][0]["trace_id"], CALLER_TRACE);
+
+    // The CLI, as a responder would use it.
+    let bin = env!("CARGO_BIN_EXE_modelstamp");
+    let out = tokio::task::spawn_blocking({
+        let admin = admin.clone();
+        move || {
+            Command::new(bin)
+                .args(["lineage", CALLER_TRACE, "--admin", &admin])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("served by churn version 2  lineage {lineage}")),
+        "{text}"
+    );
+    assert!(text.contains("@ 1c2b8e0"), "{text}");
+    assert!(text.contains("churn-train digest 9a41c07e"), "{text}");
+    let out = tokio::task::spawn_blocking({
+        let (admin, lineage) = (admin.clone(), lineage.clone());
+        move || {
+            Command::new(bin)
+                .args(["lineage", &lineage, "--json"])
+                .env("MODELSTAMP_ADMIN", &admin)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["lineage"][&lineage]["training_data"]["digest"],
+        "9a41c07e"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args([
+                "lineage",
+                "ffffffffffffffffffffffffffffffff",
+                "--admin",
+                &admin,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404: no recent request"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
