@@ -32,8 +32,20 @@ enum Command {
     Check(RunArgs),
     /// Start an embedded model server and the sidecar, send traffic, print a per-version table.
     Demo(DemoArgs),
-    /// Show the model version and lineage record behind a trace ID, request ID or lineage ID.
+        /// Show the model version and lineage record behind a trace ID, request ID or lineage ID.
     Lineage(LineageArgs),
+    /// Serve only the demo's Open Inference v2 model server (an upstream for tests and benches).
+    DemoModel(DemoModelArgs),
+}
+
+#[derive(Args)]
+struct DemoModelArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: std::net::SocketAddr,
+    /// Version that answers paths without `/versions/{v}` (1 or 2).
+    #[arg(long, default_value = "1", value_parser = ["1", "2"])]
+    default_version: String,
 }
 
 #[derive(Args)]
@@ -116,7 +128,8 @@ fn main() -> ExitCode {
             Some(Command::Run(args)) => run(args).await,
             Some(Command::Check(args)) => check(args).await,
             Some(Command::Demo(args)) => run_demo(args).await,
-            Some(Command::Lineage(args)) => lineage(args).await,
+                        Some(Command::Lineage(args)) => lineage(args).await,
+            Some(Command::DemoModel(args)) => demo_model(args).await,
         }
     });
     match result {
@@ -206,6 +219,20 @@ async fn check(args: RunArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+async fn demo_model(args: DemoModelArgs) -> anyhow::Result<ExitCode> {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let version: &'static str = if args.default_version == "2" { "2" } else { "1" };
+    let addr = demo::model_server::start(args.listen, version, stop_rx).await.with_context(|| format!("listening on {}", args.listen))?;
+    info!(%addr, default_version = version, "Demo model server listening.");
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = stop.send(true);
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn lineage(args: LineageArgs) -> anyhow::Result<ExitCode> {
