@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod inspect;
 pub mod observe;
 pub mod proxy;
 pub mod registry;

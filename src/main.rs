@@ -32,7 +32,7 @@ enum Command {
     Check(RunArgs),
     /// Start an embedded model server and the sidecar, send traffic, print a per-version table.
     Demo(DemoArgs),
-        /// Show the model version and lineage record behind a trace ID, request ID or lineage ID.
+    /// Show the model version and lineage record behind a trace ID, request ID or lineage ID.
     Lineage(LineageArgs),
     /// Serve only the demo's Open Inference v2 model server (an upstream for tests and benches).
     DemoModel(DemoModelArgs),
@@ -128,7 +128,7 @@ fn main() -> ExitCode {
             Some(Command::Run(args)) => run(args).await,
             Some(Command::Check(args)) => check(args).await,
             Some(Command::Demo(args)) => run_demo(args).await,
-                        Some(Command::Lineage(args)) => lineage(args).await,
+            Some(Command::Lineage(args)) => lineage(args).await,
             Some(Command::DemoModel(args)) => demo_model(args).await,
         }
     });
@@ -223,8 +223,14 @@ async fn check(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 async fn demo_model(args: DemoModelArgs) -> anyhow::Result<ExitCode> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let version: &'static str = if args.default_version == "2" { "2" } else { "1" };
-    let addr = demo::model_server::start(args.listen, version, stop_rx).await.with_context(|| format!("listening on {}", args.listen))?;
+    let version: &'static str = if args.default_version == "2" {
+        "2"
+    } else {
+        "1"
+    };
+    let addr = demo::model_server::start(args.listen, version, stop_rx)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
     info!(%addr, default_version = version, "Demo model server listening.");
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {

@@ -345,3 +345,104 @@ async fn trace_and_request_ids_lead_to_the_lineage_record() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn openai_routes_carry_gen_ai_models_for_json_and_sse() {
+    use bytes::Bytes;
+    use http::Response;
+    use http_body::Frame;
+    use std::sync::Arc;
+
+    let (collector, received) = otlp::start().await;
+    let handler: Handler = Arc::new(|req: Request<hyper::body::Incoming>| {
+        Box::pin(async move {
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let stream = String::from_utf8_lossy(&body).contains("\"stream\":true");
+            if !stream {
+                let reply = r#"{"id":"c1","object":"chat.completion","model":"gpt-x-2025-01-01","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+                return Response::builder()
+                    .header("content-type", "application/json")
+                    .body(full(reply))
+                    .unwrap();
+            }
+            let (tx, body) = channel_body(4);
+            tokio::spawn(async move {
+                for chunk in [
+                    "data: {\"id\":\"c2\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x-stream\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"h\"}}]}\n\n",
+                    "data: {\"id\":\"c2\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-x-stream\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+                    "data: [DONE]\n\n",
+                ] {
+                    tx.send(Frame::data(Bytes::from(chunk))).await.unwrap();
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap()
+        })
+    });
+    let up = Upstream::start(handler).await;
+    let route = format!(
+        "[[routes]]\nname = \"llm\"\nmodel = \"churn\"\nupstream = \"{}\"\nserves = \"1\"\nmatch = {{ path_prefix = \"/v1/\" }}\n",
+        up.addr
+    );
+    let h = Harness::start(
+        &route,
+        &traces_section(
+            &format!("http://{}", collector.addr),
+            "grpc",
+            "sampler = \"always_on\"",
+        ),
+    )
+    .await;
+    let (resp, body) = send(post(
+        &h.url("/v1/chat/completions"),
+        r#"{"model":"gpt-x","messages":[{"role":"user","content":"hi"}]}"#,
+    ))
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(body.starts_with(b"{\"id\":\"c1\""), "bytes unchanged");
+    let (resp, body) = send(post(
+        &h.url("/v1/chat/completions"),
+        r#"{"model":"gpt-x","stream":true,"messages":[]}"#,
+    ))
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(body.ends_with(b"data: [DONE]\n\n"));
+    let spans = wait_spans(&received, 4).await;
+    let servers: Vec<_> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.kind == 2)
+        .collect();
+    assert_eq!(servers.len(), 2);
+    let models: Vec<(Option<String>, Option<String>, Option<String>)> = servers
+        .iter()
+        .map(|s| {
+            (
+                attr(s, "gen_ai.operation.name"),
+                attr(s, "gen_ai.request.model"),
+                attr(s, "gen_ai.response.model"),
+            )
+        })
+        .collect();
+    assert!(
+        models.contains(&(
+            Some("chat".into()),
+            Some("gpt-x".into()),
+            Some("gpt-x-2025-01-01".into())
+        )),
+        "{models:?}"
+    );
+    assert!(
+        models.contains(&(
+            Some("chat".into()),
+            Some("gpt-x".into()),
+            Some("gpt-x-stream".into())
+        )),
+        "{models:?}"
+    );
+}

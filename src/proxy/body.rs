@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -21,19 +21,38 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct BodyTooLarge(pub u64);
 
 pin_project_lite::pin_project! {
-    /// The client's body on its way upstream: streamed, counted, cut at the limit.
+    /// The client's body on its way upstream: streamed, counted, cut at the limit. On
+    /// OpenAI-compatible routes a bounded copy is kept to read the requested `model`.
     pub struct LimitedBody {
         #[pin]
         inner: Incoming,
         ctx: Arc<RequestCtx>,
         limit: u64,
+        tee: Option<BytesMut>,
     }
 }
 
 impl LimitedBody {
     /// Wrap a request body.
     pub fn new(inner: Incoming, ctx: Arc<RequestCtx>, limit: u64) -> Self {
-        Self { inner, ctx, limit }
+        let tee = ctx.resolved.openai.map(|_| BytesMut::new());
+        Self {
+            inner,
+            ctx,
+            limit,
+            tee,
+        }
+    }
+}
+
+/// Copy `data` into a bounded tee; over `cap` the copy is abandoned (the bytes still flow).
+fn tee_into(tee: &mut Option<BytesMut>, data: &Bytes, cap: usize) {
+    if let Some(buf) = tee {
+        if buf.len() + data.len() > cap {
+            *tee = None;
+        } else {
+            buf.extend_from_slice(data);
+        }
     }
 }
 
@@ -45,8 +64,8 @@ impl Body for LimitedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
@@ -59,11 +78,22 @@ impl Body for LimitedBody {
                         this.ctx.body_too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*this.limit)))));
                     }
+                    tee_into(
+                        this.tee,
+                        data,
+                        this.ctx.snapshot.config.limits.max_inspect_bytes,
+                    );
+                }
+                if this.inner.is_end_stream() {
+                    read_request_model(this.tee.take(), this.ctx);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                read_request_model(this.tee.take(), this.ctx);
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -74,6 +104,12 @@ impl Body for LimitedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+fn read_request_model(tee: Option<BytesMut>, ctx: &RequestCtx) {
+    if let Some(model) = tee.and_then(|b| crate::inspect::openai::json_model(&b)) {
+        let _ = ctx.gen_ai_request_model.set(model);
     }
 }
 

@@ -2,8 +2,8 @@
 //! and counters the request body updates as it streams.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Method, Request, Version};
@@ -40,6 +40,8 @@ pub struct RequestCtx {
     pub bytes_in: AtomicU64,
     /// Set when the request body went over the limit.
     pub body_too_large: AtomicBool,
+    /// The `model` an OpenAI-compatible request asked for (read once the body is complete).
+    pub gen_ai_request_model: OnceLock<String>,
 }
 
 impl RequestCtx {

@@ -118,6 +118,7 @@ where
             grpc,
             bytes_in: AtomicU64::new(0),
             body_too_large: AtomicBool::new(false),
+            gen_ai_request_model: std::sync::OnceLock::new(),
             snapshot,
             resolved,
         };

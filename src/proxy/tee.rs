@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::inspect::{open_inference, openai};
 use bytes::{Bytes, BytesMut};
 use http::{Response, header};
 use http_body::{Body, Frame, SizeHint};
-use serde::Deserialize;
 use tower::{Layer, Service};
 use tracing::{debug, warn};
 
@@ -115,6 +115,9 @@ struct Pending {
     reported: Option<String>,
     bytes_out: u64,
     tee: Option<BytesMut>,
+    /// The tee holds an SSE stream, of which a prefix is enough.
+    tee_sse: bool,
+    gen_ai_response_model: Option<String>,
     finished: bool,
 }
 
@@ -134,6 +137,8 @@ impl Pending {
             reported: None,
             bytes_out: 0,
             tee: None,
+            tee_sse: false,
+            gen_ai_response_model: None,
             finished: false,
         }
     }
@@ -163,13 +168,16 @@ impl Pending {
                 .windows(4)
                 .any(|w| w.eq_ignore_ascii_case(b"json"))
         });
-        // Open Inference responses carry `model_version` in the body: keep a bounded copy.
-        if self.reported.is_none()
-            && self.ctx.resolved.open_inference_infer
-            && status.is_success()
-            && json
-        {
+        let sse = headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        // Open Inference responses carry `model_version` in the body, OpenAI-compatible ones
+        // `model` (JSON, or in each SSE event): keep a bounded copy.
+        let oi = self.reported.is_none() && self.ctx.resolved.open_inference_infer && json;
+        let openai = self.ctx.resolved.openai.is_some() && (json || sse);
+        if status.is_success() && (oi || openai) {
             self.tee = Some(BytesMut::new());
+            self.tee_sse = sse;
         }
     }
 
@@ -181,20 +189,25 @@ impl Pending {
 
     fn data(&mut self, data: &Bytes) {
         self.bytes_out += data.len() as u64;
+        let cap = self.ctx.snapshot.config.limits.max_inspect_bytes;
         if let Some(buf) = &mut self.tee {
-            if buf.len() + data.len() > self.ctx.snapshot.config.limits.max_inspect_bytes {
+            if buf.len() + data.len() <= cap {
+                buf.extend_from_slice(data);
+            } else if self.tee_sse {
+                // The first events are what is read: keep the prefix, stop copying.
+                let room = cap.saturating_sub(buf.len());
+                buf.extend_from_slice(&data[..room.min(data.len())]);
+            } else {
                 self.tee = None;
                 self.telemetry
                     .metrics
                     .observe_dropped(ObserveDrop::InspectOverCap);
-            } else {
-                buf.extend_from_slice(data);
             }
         }
     }
 
     fn emit(&mut self) {
-        let ctx = &self.ctx;
+        let ctx = self.ctx.clone();
         let served = &ctx.resolved.served;
         if self.status == 0 {
             self.status = CLIENT_CLOSED;
@@ -203,8 +216,8 @@ impl Pending {
             self.request_error = Some(RequestErrorKind::ClientAbort);
             self.error = Some("client_abort");
         }
-        if let Some(buf) = self.tee.take().filter(|_| self.finished) {
-            self.reported = reported_version(&buf, &self.telemetry);
+        if let Some(buf) = self.tee.take().filter(|_| self.finished || self.tee_sse) {
+            self.inspect(&buf);
         }
         if let Some(reported) = &self.reported {
             self.check_mismatch(reported);
@@ -222,10 +235,18 @@ impl Pending {
                 .map(|_| self.error.unwrap_or("upstream_error"));
             end_span(&client, self.upstream_status, error);
         }
+        let span = ctx.span.span();
         if let Some(reported) = &self.reported {
-            ctx.span
-                .span()
-                .set_attribute(KeyValue::new("ml.model.reported_version", reported.clone()));
+            span.set_attribute(KeyValue::new("ml.model.reported_version", reported.clone()));
+        }
+        if let Some(op) = ctx.resolved.openai {
+            span.set_attribute(KeyValue::new("gen_ai.operation.name", op));
+            if let Some(m) = ctx.gen_ai_request_model.get() {
+                span.set_attribute(KeyValue::new("gen_ai.request.model", m.clone()));
+            }
+            if let Some(m) = self.gen_ai_response_model.take() {
+                span.set_attribute(KeyValue::new("gen_ai.response.model", m));
+            }
         }
         end_span(&ctx.span, Some(self.status), self.error);
         let line = AccessLine {
@@ -264,6 +285,27 @@ impl Pending {
         RequestOutcome { line, recorded }.emit(&served.metrics, &self.telemetry);
     }
 
+    /// Read what the copied response body says (after the exchange, never on the byte path).
+    fn inspect(&mut self, body: &[u8]) {
+        if self.ctx.resolved.openai.is_some() {
+            self.gen_ai_response_model = if self.tee_sse {
+                openai::sse_model(body)
+            } else {
+                openai::json_model(body)
+            };
+        } else {
+            match open_inference::reported_version(body) {
+                Ok(v) => self.reported = v,
+                Err(e) => {
+                    debug!(error = %e, "Response body is not Open Inference JSON.");
+                    self.telemetry
+                        .metrics
+                        .observe_dropped(ObserveDrop::InspectUnparseable);
+                }
+            }
+        }
+    }
+
     fn check_mismatch(&self, reported: &str) {
         let served = &self.ctx.resolved.served;
         if !served.is_known() || reported == &*served.version {
@@ -287,28 +329,6 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         self.emit();
-    }
-}
-
-#[derive(Deserialize)]
-struct ReportedVersion {
-    model_version: Option<serde_json::Value>,
-}
-
-fn reported_version(body: &[u8], telemetry: &Telemetry) -> Option<String> {
-    match serde_json::from_slice::<ReportedVersion>(body) {
-        Ok(r) => match r.model_version? {
-            serde_json::Value::String(s) => Some(s),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        },
-        Err(e) => {
-            debug!(error = %e, "Response body is not Open Inference JSON.");
-            telemetry
-                .metrics
-                .observe_dropped(ObserveDrop::InspectUnparseable);
-            None
-        }
     }
 }
 

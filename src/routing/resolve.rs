@@ -49,6 +49,8 @@ pub struct Resolved {
     pub unresolved: Option<&'static str>,
     /// Whether the path is an Open Inference `/infer` call.
     pub open_inference_infer: bool,
+    /// The OpenAI-compatible operation (`chat`, `text_completion`, `embeddings`), if any.
+    pub openai: Option<&'static str>,
 }
 
 fn matches(
@@ -84,6 +86,7 @@ fn matches(
 pub fn resolve(snap: &Snapshot, path: &str, headers: &HeaderMap) -> Resolved {
     let oi = parse_open_inference(path);
     let open_inference_infer = oi.is_some_and(|p| p.infer);
+    let openai = crate::inspect::openai::operation(path);
     let found = snap.routes.iter().enumerate().find(|(_, r)| {
         matches(
             &r.route.matcher,
@@ -100,6 +103,7 @@ pub fn resolve(snap: &Snapshot, path: &str, headers: &HeaderMap) -> Resolved {
             served: snap.unknown_model.clone(),
             unresolved: Some("no_route"),
             open_inference_infer,
+            openai,
         };
     };
     let model = match (&state.route.model, &oi) {
@@ -131,6 +135,7 @@ pub fn resolve(snap: &Snapshot, path: &str, headers: &HeaderMap) -> Resolved {
         served,
         unresolved,
         open_inference_infer,
+        openai,
     }
 }
 
