@@ -100,15 +100,14 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     std::fs::write(dir.join("registry.yaml"), REGISTRY).unwrap();
     let (port, admin) = (free_port(), free_port());
     let cfg = dir.join("m.toml");
-    let text = config_text(&dir, &churn_route(up.addr, "1", ""), "")
-        .replace(
-            "listen = \"127.0.0.1:0\"\ndrain",
-            &format!("listen = \"127.0.0.1:{port}\"\ndrain"),
-        )
-        .replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
-        );
+    let text = config_text_on(
+        &dir,
+        &churn_route(up.addr, "1", ""),
+        "",
+        "100ms",
+        port,
+        admin,
+    );
     std::fs::write(&cfg, text).unwrap();
     let child = Command::new(BIN)
         .args(["run", "--config"])
@@ -167,12 +166,7 @@ async fn sighup_reloads_the_registry() {
     std::fs::write(dir.join("registry.yaml"), REGISTRY).unwrap();
     let admin = free_port();
     let cfg = dir.join("m.toml");
-    let text = config_text(&dir, &churn_route(up.addr, "1", ""), "")
-        .replace("poll_interval = \"100ms\"", "poll_interval = \"1h\"")
-        .replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            &format!("[admin]\nlisten = \"127.0.0.1:{admin}\""),
-        );
+    let text = config_text_on(&dir, &churn_route(up.addr, "1", ""), "", "1h", 0, admin);
     std::fs::write(&cfg, text).unwrap();
     let child = Command::new(BIN)
         .args(["run", "--config"])

@@ -192,7 +192,6 @@ fn write_loop(
                     }
                 }
             };
-            recent.insert(&line);
             buf.clear();
             if let Some(out) = out.as_mut()
                 && serde_json::to_writer(&mut buf, &*line).is_ok()
@@ -207,6 +206,7 @@ fn write_loop(
                     }
                 }
             }
+            recent.insert(line);
             match rx.try_recv() {
                 Ok(next) => msg = next,
                 Err(_) => break,

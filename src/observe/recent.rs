@@ -1,82 +1,31 @@
-//! A bounded index of recent requests, by trace ID and request ID, so a responder holding either
+//! A bounded index of recent requests (their access-log lines), by trace ID and request ID, so a responder holding either
 //! gets to the model version and lineage record in one step. Fed by the access-log thread (never
 //! the request path); capped by entry count and by approximate bytes, oldest evicted first.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
-use serde::Serialize;
-
-use super::access_log::{AccessLine, rfc3339};
+use super::access_log::AccessLine;
 
 /// Approximate fixed cost of one entry beyond its strings (struct, map slots, deque slot).
 const ENTRY_OVERHEAD: usize = 256;
 
-/// What the index keeps about one request.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct RecentRequest {
-    /// When it started (RFC 3339).
-    pub time: String,
-    /// Request ID.
-    pub request_id: String,
-    /// Trace ID.
-    pub trace_id: Option<String>,
-    /// Server span ID.
-    pub span_id: Option<String>,
-    /// Route.
-    pub route: Option<String>,
-    /// Model.
-    pub model: Arc<str>,
-    /// Version.
-    pub version: Arc<str>,
-    /// Lineage ID.
-    pub lineage_id: Arc<str>,
-    /// Method and path.
-    pub method: String,
-    /// Path and query.
-    pub path: String,
-    /// Status sent.
-    pub status: u16,
-    /// Total latency.
-    pub duration_ms: f64,
-    /// Error kind.
-    pub error: Option<&'static str>,
-}
-
-impl RecentRequest {
-    fn from_line(l: &AccessLine) -> Self {
-        Self {
-            time: rfc3339(l.time),
-            request_id: l.request_id.clone(),
-            trace_id: l.trace_id.clone(),
-            span_id: l.span_id.clone(),
-            route: l.route.clone(),
-            model: l.model.clone(),
-            version: l.version.clone(),
-            lineage_id: l.lineage_id.clone(),
-            method: l.method.clone(),
-            path: l.path.clone(),
-            status: l.status,
-            duration_ms: l.duration_ms,
-            error: l.error,
-        }
-    }
-
-    fn size(&self) -> usize {
-        ENTRY_OVERHEAD
-            + self.time.len()
-            + self.request_id.len() * 2
-            + self.trace_id.as_ref().map_or(0, |t| t.len() * 2)
-            + self.span_id.as_ref().map_or(0, String::len)
-            + self.route.as_ref().map_or(0, String::len)
-            + self.method.len()
-            + self.path.len()
-    }
+/// Memory an entry holds beyond its fixed size.
+fn size(l: &AccessLine) -> usize {
+    ENTRY_OVERHEAD
+        + l.request_id.len() * 2
+        + l.trace_id.as_ref().map_or(0, |t| t.len() * 2)
+        + l.span_id.as_ref().map_or(0, String::len)
+        + l.route.as_ref().map_or(0, String::len)
+        + l.reported_version.as_ref().map_or(0, String::len)
+        + l.client.len()
+        + l.method.len()
+        + l.path.len()
 }
 
 #[derive(Default)]
 struct Ring {
-    entries: VecDeque<(u64, RecentRequest)>,
+    entries: VecDeque<(u64, Box<AccessLine>)>,
     next_seq: u64,
     by_request: HashMap<String, u64>,
     by_trace: HashMap<String, Vec<u64>>,
@@ -84,17 +33,17 @@ struct Ring {
 }
 
 impl Ring {
-    fn get(&self, seq: u64) -> Option<&RecentRequest> {
+    fn get(&self, seq: u64) -> Option<&AccessLine> {
         let front = self.entries.front()?.0;
         let i = usize::try_from(seq.checked_sub(front)?).ok()?;
-        self.entries.get(i).map(|(_, r)| r)
+        self.entries.get(i).map(|(_, r)| &**r)
     }
 
     fn evict_oldest(&mut self) {
         let Some((seq, old)) = self.entries.pop_front() else {
             return;
         };
-        self.bytes = self.bytes.saturating_sub(old.size());
+        self.bytes = self.bytes.saturating_sub(size(&old));
         if self.by_request.get(&old.request_id) == Some(&seq) {
             self.by_request.remove(&old.request_id);
         }
@@ -136,18 +85,17 @@ impl RecentRequests {
     }
 
     /// Add a finished request, evicting the oldest beyond either cap.
-    pub fn insert(&self, line: &AccessLine) {
+    pub fn insert(&self, entry: Box<AccessLine>) {
         if self.max_entries == 0 {
             return;
         }
-        let entry = RecentRequest::from_line(line);
         let mut ring = self
             .ring
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let seq = ring.next_seq;
         ring.next_seq += 1;
-        ring.bytes += entry.size();
+        ring.bytes += size(&entry);
         ring.by_request.insert(entry.request_id.clone(), seq);
         if let Some(t) = &entry.trace_id {
             ring.by_trace.entry(t.clone()).or_default().push(seq);
@@ -159,7 +107,7 @@ impl RecentRequests {
     }
 
     /// Requests with this trace ID (oldest first), or the one with this request ID.
-    pub fn lookup(&self, id: &str) -> Vec<RecentRequest> {
+    pub fn lookup(&self, id: &str) -> Vec<AccessLine> {
         let ring = self
             .ring
             .read()
@@ -189,8 +137,8 @@ mod tests {
     use super::*;
     use std::time::SystemTime;
 
-    fn line(i: usize, trace: &str) -> AccessLine {
-        AccessLine {
+    fn line(i: usize, trace: &str) -> Box<AccessLine> {
+        Box::new(AccessLine {
             time: SystemTime::UNIX_EPOCH,
             request_id: format!("req-{i}"),
             trace_id: Some(trace.to_string()),
@@ -211,18 +159,18 @@ mod tests {
             bytes_in: 1,
             bytes_out: 1,
             error: None,
-        }
+        })
     }
 
     #[test]
     fn finds_by_trace_and_request_id_and_evicts_oldest() {
         let idx = RecentRequests::new(3, usize::MAX);
-        idx.insert(&line(0, "t0"));
-        idx.insert(&line(1, "shared"));
-        idx.insert(&line(2, "shared"));
+        idx.insert(line(0, "t0"));
+        idx.insert(line(1, "shared"));
+        idx.insert(line(2, "shared"));
         assert_eq!(idx.lookup("shared").len(), 2);
         assert_eq!(idx.lookup("req-0")[0].trace_id.as_deref(), Some("t0"));
-        idx.insert(&line(3, "t3"));
+        idx.insert(line(3, "t3"));
         assert!(idx.lookup("req-0").is_empty(), "evicted");
         assert!(idx.lookup("t0").is_empty(), "its trace key too");
         assert_eq!(idx.lookup("t3")[0].request_id, "req-3");
@@ -231,10 +179,10 @@ mod tests {
 
     #[test]
     fn the_byte_cap_bounds_memory() {
-        let one = RecentRequest::from_line(&line(0, "t")).size();
+        let one = size(&line(0, "t"));
         let idx = RecentRequests::new(1_000_000, one * 10);
         for i in 0..10_000 {
-            idx.insert(&line(i, &format!("{i:032x}")));
+            idx.insert(line(i, &format!("{i:032x}")));
         }
         let (n, bytes) = idx.usage();
         assert!(n <= 10 && bytes <= one * 10, "{n} entries, {bytes} bytes");

@@ -186,8 +186,20 @@ pub fn config_text(dir: &Path, routes: &str, extra: &str) -> String {
 
 /// As [`config_text`] with another reload poll interval ("1h" to rely on explicit reloads).
 pub fn config_text_polling(dir: &Path, routes: &str, extra: &str, poll: &str) -> String {
+    config_text_on(dir, routes, extra, poll, 0, 0)
+}
+
+/// As [`config_text_polling`] on fixed ports (for the real binary, whose ports a test must know).
+pub fn config_text_on(
+    dir: &Path,
+    routes: &str,
+    extra: &str,
+    poll: &str,
+    port: u16,
+    admin: u16,
+) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ndrain_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_grace = \"5s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
          [access_log]\ntarget = \"{}\"\n[reload]\npoll_interval = \"{poll}\"\n{extra}\n{routes}",
         dir.join("access.log").display()
     )
