@@ -192,10 +192,12 @@ async fn check(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (metrics, _) = modelstamp::observe::metrics::Metrics::new();
     let loaded = Source::File(args.config.clone()).load().await;
     let result = loaded.and_then(|(config, registry)| {
-        let RegistrySource::File(path) = &config.registry;
-        let describe = FileRegistry::new(path.clone()).describe();
+        let describe = match &config.registry {
+            RegistrySource::File(path) => FileRegistry::new(path.clone()).describe(),
+            RegistrySource::Mlflow(m) => format!("mlflow:{}", m.uri),
+        };
         let routes = config.routes.len();
-        let snap = Snapshot::build(1, config, registry, &metrics)?;
+        let snap = Snapshot::build(1, config, registry, &Default::default(), &metrics)?;
         Ok((
             describe,
             routes,

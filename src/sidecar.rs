@@ -127,7 +127,7 @@ impl Sidecar {
             "proxy",
         ));
         let admin_state = Arc::new(AdminState {
-            snapshots,
+            reloader: reloader.clone(),
             metrics: registry,
             recent: telemetry.access_log.recent.clone(),
             draining: AtomicBool::new(false),

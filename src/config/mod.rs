@@ -86,6 +86,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listen address (loopback by default).
     pub admin_listen: SocketAddr,
+    /// Bearer token required by mutating admin calls, when set.
+    pub admin_token: Option<Secret>,
     /// How long SIGTERM waits for in-flight requests and streams.
     pub drain_grace: Duration,
     /// Stamp header names.
@@ -175,6 +177,8 @@ pub struct HeaderNames {
     pub lineage: HeaderName,
     /// Request ID header (`x-request-id`).
     pub request_id: HeaderName,
+    /// Set to `true` on responses from a version whose lineage is stale (`x-lineage-stale`).
+    pub stale: HeaderName,
 }
 
 /// Upstream connection settings.
@@ -213,6 +217,47 @@ pub enum AccessLogTarget {
 pub enum RegistrySource {
     /// A YAML file (path resolved against the config file's folder).
     File(PathBuf),
+    /// An MLflow tracking server.
+    Mlflow(MlflowSettings),
+}
+
+/// How the MLflow registry is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MlflowSettings {
+    /// Tracking server URL, without a trailing slash.
+    pub uri: String,
+    /// How often records and aliases are refreshed.
+    pub poll_interval: Duration,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    /// Retries per call (transport errors, 5xx, 429), with exponential back-off.
+    pub retries: u32,
+    /// Refuse to start while MLflow is unreachable (default: start with lineage `unknown`).
+    pub fail_fast: bool,
+    /// Registered models to read (default: the models the routes name).
+    pub models: Vec<String>,
+    /// Shared secret of MLflow webhooks (`X-MLflow-Signature`), when set.
+    pub webhook_secret: Option<Secret>,
+}
+
+/// A secret from config or environment: compared, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+impl RegistrySource {
+    /// `ml.registry.uri` and log form.
+    pub fn uri(&self) -> String {
+        match self {
+            Self::File(p) => format!("file://{}", p.display()),
+            Self::Mlflow(m) => m.uri.clone(),
+        }
+    }
 }
 
 /// Which HTTP version is spoken to the upstream.

@@ -46,6 +46,21 @@ pub struct RawTraces {
     pub recent_requests: Option<usize>,
 }
 
+impl RawConfig {
+    /// Fill secrets left out of the file from `MODELSTAMP_ADMIN_TOKEN` and
+    /// `MODELSTAMP_WEBHOOK_SECRET`, and `[traces]` from the `OTEL_*` variables.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        if self.admin.token.is_none() {
+            self.admin.token = env("MODELSTAMP_ADMIN_TOKEN");
+        }
+        if self.registry.webhook_secret.is_none() {
+            self.registry.webhook_secret = env("MODELSTAMP_WEBHOOK_SECRET");
+        }
+        self.traces.apply_env(env);
+    }
+}
+
 impl RawTraces {
     /// Fill unset fields from `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER(_ARG)`,
     /// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` and `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`.
@@ -87,6 +102,7 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub token: Option<String>,
 }
 
 /// `[headers]`: names of the stamp headers.
@@ -97,6 +113,7 @@ pub struct RawHeaders {
     pub version: Option<String>,
     pub lineage: Option<String>,
     pub request_id: Option<String>,
+    pub stale: Option<String>,
 }
 
 /// `[upstream]`: defaults for every route's upstream.
@@ -131,6 +148,13 @@ pub struct RawAccessLog {
 pub struct RawRegistry {
     pub backend: Option<String>,
     pub path: Option<String>,
+    pub uri: Option<String>,
+    pub poll_interval: Option<String>,
+    pub timeout: Option<String>,
+    pub retries: Option<u32>,
+    pub fail_fast: Option<bool>,
+    pub models: Option<Vec<String>>,
+    pub webhook_secret: Option<String>,
 }
 
 /// `[reload]`: how config and registry files are watched.

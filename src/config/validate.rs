@@ -11,9 +11,9 @@ use http::uri::Authority;
 
 use super::raw::{RawConfig, RawRoute};
 use super::{
-    AccessLogTarget, Config, ConfigError, ConfigErrors, HeaderNames, Limits, OtlpExport,
-    OtlpProtocol, RegistrySource, Route, RouteMatch, Sampler, Serves, Traces, UpstreamProtocol,
-    UpstreamSettings,
+    AccessLogTarget, Config, ConfigError, ConfigErrors, HeaderNames, Limits, MlflowSettings,
+    OtlpExport, OtlpProtocol, RegistrySource, Route, RouteMatch, Sampler, Secret, Serves, Traces,
+    UpstreamProtocol, UpstreamSettings,
 };
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -75,12 +75,19 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             h.request_id.as_deref(),
             "x-request-id",
         ),
+        stale: header(
+            &mut errs,
+            "headers.stale",
+            h.stale.as_deref(),
+            "x-lineage-stale",
+        ),
     };
     let stamp_names = [
         &headers.model,
         &headers.version,
         &headers.lineage,
         &headers.request_id,
+        &headers.stale,
     ];
     if stamp_names.iter().collect::<HashSet<_>>().len() != stamp_names.len() {
         errs.push(ConfigError::new(
@@ -145,6 +152,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
         Ok(Config {
             listen,
             admin_listen,
+            admin_token: secret(&mut errs, "admin.token", raw.admin.token.as_deref()),
             drain_grace,
             headers,
             upstream,
@@ -262,15 +270,75 @@ fn traces(errs: &mut Vec<ConfigError>, raw: &RawConfig, admin: SocketAddr) -> Tr
 }
 
 fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> RegistrySource {
-    let path = raw.registry.path.as_deref().unwrap_or("registry.yaml");
-    match raw.registry.backend.as_deref().unwrap_or("file") {
-        "file" => {}
-        other => errs.push(ConfigError::new(
-            "registry.backend",
-            format!("unknown backend \"{other}\" (expected \"file\")"),
-        )),
+    let r = &raw.registry;
+    match r.backend.as_deref().unwrap_or("file") {
+        "file" => {
+            for (set, field) in [
+                (r.uri.is_some(), "uri"),
+                (r.models.is_some(), "models"),
+                (r.fail_fast.is_some(), "fail_fast"),
+            ] {
+                if set {
+                    errs.push(ConfigError::new(
+                        format!("registry.{field}"),
+                        "only for backend = \"mlflow\"",
+                    ));
+                }
+            }
+            RegistrySource::File(base_dir.join(r.path.as_deref().unwrap_or("registry.yaml")))
+        }
+        "mlflow" => {
+            let uri = r
+                .uri
+                .clone()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_string();
+            if !uri
+                .parse::<http::Uri>()
+                .is_ok_and(|u| matches!(u.scheme_str(), Some("http")) && u.host().is_some())
+            {
+                errs.push(ConfigError::new(
+                    "registry.uri",
+                    format!("invalid MLflow URL \"{uri}\" (expected http://host:port)"),
+                ));
+            }
+            let mut models: Vec<String> = r.models.clone().unwrap_or_else(|| {
+                raw.routes
+                    .iter()
+                    .filter_map(|rt| rt.model.clone())
+                    .collect()
+            });
+            models.sort();
+            models.dedup();
+            if models.is_empty() {
+                errs.push(ConfigError::new(
+                    "registry.models",
+                    "no models to read (name them here or in routes)",
+                ));
+            }
+            RegistrySource::Mlflow(MlflowSettings {
+                uri,
+                poll_interval: dur(errs, "registry.poll_interval", &r.poll_interval, 10_000),
+                timeout: dur(errs, "registry.timeout", &r.timeout, 5_000),
+                retries: r.retries.unwrap_or(2),
+                fail_fast: r.fail_fast.unwrap_or(false),
+                models,
+                webhook_secret: secret(
+                    errs,
+                    "registry.webhook_secret",
+                    r.webhook_secret.as_deref(),
+                ),
+            })
+        }
+        other => {
+            errs.push(ConfigError::new(
+                "registry.backend",
+                format!("unknown backend \"{other}\" (file or mlflow)"),
+            ));
+            RegistrySource::File(base_dir.join("registry.yaml"))
+        }
     }
-    RegistrySource::File(base_dir.join(path))
 }
 
 fn routes(
@@ -434,6 +502,17 @@ fn route(
         upstream_protocol,
         response_timeout,
     })
+}
+
+fn secret(errs: &mut Vec<ConfigError>, path: &str, value: Option<&str>) -> Option<Secret> {
+    let v = value?;
+    if v.len() < 16 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        errs.push(ConfigError::new(
+            path,
+            "must be at least 16 visible ASCII characters",
+        ));
+    }
+    Some(Secret(v.to_string()))
 }
 
 /// A name that may go into a header value and a metric label: visible ASCII, no spaces, bounded.

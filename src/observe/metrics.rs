@@ -170,6 +170,11 @@ pub struct Metrics {
     observe_dropped: Family<ReasonLabels, Counter>,
     spans_dropped: Family<ReasonLabels, Counter>,
     spans_exported: Counter,
+    registry_up: Gauge,
+    registry_staleness: Gauge<f64, std::sync::atomic::AtomicU64>,
+    registry_refreshes: Family<ResultLabels, Counter>,
+    stale: Family<VersionLabels, Gauge>,
+    stale_set: Arc<Mutex<Vec<VersionLabels>>>,
     generation: Gauge,
     /// The info series set last, so a swap can retire the ones that are gone.
     info_set: Arc<Mutex<Vec<InfoLabels>>>,
@@ -199,6 +204,11 @@ impl Metrics {
             observe_dropped: Family::default(),
             spans_dropped: Family::default(),
             spans_exported: Counter::default(),
+            registry_up: Gauge::default(),
+            registry_staleness: Gauge::default(),
+            registry_refreshes: Family::default(),
+            stale: Family::default(),
+            stale_set: Arc::default(),
             generation: Gauge::default(),
             info_set: Arc::default(),
         };
@@ -266,6 +276,26 @@ impl Metrics {
             "observe_dropped",
             "Telemetry skipped or lost (the request itself was unaffected)",
             m.observe_dropped.clone(),
+        );
+        reg.register(
+            "registry_up",
+            "1 when the last registry read succeeded",
+            m.registry_up.clone(),
+        );
+        reg.register(
+            "registry_staleness_seconds",
+            "Age of the registry records being served (since the last successful read)",
+            m.registry_staleness.clone(),
+        );
+        reg.register(
+            "registry_refreshes",
+            "Remote registry reads by result",
+            m.registry_refreshes.clone(),
+        );
+        reg.register(
+            "model_version_stale",
+            "1 when the dataset a version was trained on has a newer digest",
+            m.stale.clone(),
         );
         reg.register(
             "spans_dropped",
@@ -369,6 +399,35 @@ impl Metrics {
                 reason: why.as_str(),
             })
             .inc();
+    }
+
+    /// Record a registry read: up or down, and the age of what is served (`None`: never read).
+    pub fn registry_result(&self, ok: bool, age_seconds: Option<f64>) {
+        self.registry_up.set(i64::from(ok));
+        self.registry_refreshes
+            .get_or_create(&ResultLabels {
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+        if let Some(age) = age_seconds {
+            self.registry_staleness.set(age);
+        }
+    }
+
+    /// Make `model_version_stale` hold exactly these versions (1 = stale).
+    pub fn set_stale(&self, versions: &[(VersionLabels, bool)]) {
+        for (labels, stale) in versions {
+            self.stale.get_or_create(labels).set(i64::from(*stale));
+        }
+        let mut previous = self
+            .stale_set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keep: HashSet<&VersionLabels> = versions.iter().map(|(l, _)| l).collect();
+        for old in previous.iter().filter(|old| !keep.contains(old)) {
+            self.stale.remove(old);
+        }
+        *previous = versions.iter().map(|(l, _)| l.clone()).collect();
     }
 
     /// Count spans that were not exported.

@@ -96,6 +96,12 @@ where
                 &ctx.resolved.served,
                 &ctx.request_id,
             );
+            // Only the sidecar says whether lineage is stale; an upstream's copy never passes.
+            resp.headers_mut().remove(&names.stale);
+            if ctx.resolved.served.stale.is_some() {
+                resp.headers_mut()
+                    .insert(names.stale.clone(), HeaderValue::from_static("true"));
+            }
             Ok(resp)
         })
     }
@@ -114,6 +120,7 @@ mod tests {
             version: http::HeaderName::from_static("x-model-version"),
             lineage: http::HeaderName::from_static("x-lineage-id"),
             request_id: http::HeaderName::from_static("x-request-id"),
+            stale: http::HeaderName::from_static("x-lineage-stale"),
         }
     }
 
@@ -128,8 +135,8 @@ mod tests {
         .unwrap_or_default();
         let cfg = crate::config::validate(&raw, std::path::Path::new("/"))
             .unwrap_or_else(|e| unreachable!("{e}"));
-        let snap =
-            Snapshot::build(1, cfg, reg, &Metrics::new().0).unwrap_or_else(|e| unreachable!("{e}"));
+        let snap = Snapshot::build(1, cfg, reg, &Default::default(), &Metrics::new().0)
+            .unwrap_or_else(|e| unreachable!("{e}"));
         let served = snap.served("churn", Some("2")).0;
         let mut h = HeaderMap::new();
         for (k, v) in [

@@ -142,7 +142,10 @@ pub fn parse_registry(text: &str, origin: &str) -> Result<RegistryData, ConfigEr
         models.insert(model, ModelRecord { aliases, versions });
     }
     if errs.is_empty() {
-        Ok(RegistryData { models })
+        Ok(RegistryData {
+            models,
+            datasets: BTreeMap::new(),
+        })
     } else {
         Err(ConfigErrors(errs))
     }

@@ -3,6 +3,7 @@
 //! is the embedded default, and other backends (MLflow) plug in behind the same trait.
 
 mod file;
+pub mod mlflow;
 mod record;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,20 @@ pub trait Registry: Send + Sync {
 pub struct RegistryData {
     /// Models by name.
     pub models: BTreeMap<String, ModelRecord>,
+    /// The newest digest seen per dataset (for stale-lineage detection), with when (ms since
+    /// the epoch) and where it was seen.
+    pub datasets: BTreeMap<DatasetKey, (i64, String, String)>,
+}
+
+/// A dataset as lineage records name it: its name and where it is read from.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct DatasetKey {
+    /// Dataset name.
+    pub name: String,
+    /// Source URI.
+    pub source: Option<String>,
 }
 
 /// One model: its aliases and versions.

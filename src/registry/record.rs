@@ -36,6 +36,9 @@ pub struct TrainingData {
     /// Upstream tables the dataset was built from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstream_tables: Vec<String>,
+    /// How the run used it (`training`, `evaluation`, ...), as MLflow records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
 }
 
 /// The training and serving environment.
@@ -116,9 +119,15 @@ pub struct LineageRecord {
     /// Environment.
     #[serde(default)]
     pub environment: Environment,
+    /// Other datasets the run logged (evaluation, test, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_datasets: Vec<TrainingData>,
     /// Training run ID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_run: Option<String>,
+    /// Link to the training run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_run_url: Option<String>,
     /// Who created the version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
@@ -134,6 +143,9 @@ pub struct LineageRecord {
     /// Evaluation metrics at promotion.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
+    /// Training parameters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
 }
 
 impl LineageRecord {

@@ -8,4 +8,4 @@ mod snapshot;
 
 pub use reload::{Reloader, Source};
 pub use resolve::{OpenInferencePath, Resolved, parse_open_inference, resolve};
-pub use snapshot::{ModelState, RouteState, Served, Snapshot, UNKNOWN};
+pub use snapshot::{ModelState, RouteState, Served, Snapshot, Stale, UNKNOWN};

@@ -1,25 +1,34 @@
 //! Loading and hot reload: read → validate → build a snapshot (fallible, off the hot path) →
 //! swap it in with arc-swap (infallible). An invalid file logs its errors and changes nothing.
+//!
+//! Three things trigger a new snapshot: the config or file registry changing (polled, or
+//! SIGHUP), an MLflow refresh that returns different records (polled, or a webhook), and a
+//! dataset-changed event. A failed MLflow refresh keeps the last known good records.
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, Notify, watch};
 use tracing::{info, warn};
 
 use super::snapshot::Snapshot;
-use crate::config::{self, Config, ConfigError, ConfigErrors, RegistrySource, raw::RawConfig};
-use crate::observe::metrics::Metrics;
-use crate::registry::{FileRegistry, Registry, RegistryData, parse_registry};
+use crate::config::{
+    self, Config, ConfigError, ConfigErrors, MlflowSettings, RegistrySource, raw::RawConfig,
+};
+use crate::observe::metrics::{Metrics, VersionLabels};
+use crate::registry::mlflow::MlflowRegistry;
+use crate::registry::{DatasetKey, FileRegistry, Registry, RegistryData, parse_registry};
 
 /// Where config and registry come from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// A config file on disk (and the registry file it names); watched for changes.
+    /// A config file on disk (and the registry it names); watched for changes.
     File(PathBuf),
     /// A config and registry held in memory (the demo); never changes.
     Embedded {
@@ -31,8 +40,8 @@ pub enum Source {
 }
 
 impl Source {
-    /// Read and validate config and registry.
-    pub async fn load(&self) -> Result<(Config, RegistryData), ConfigErrors> {
+    /// Read and validate the config.
+    pub fn load_config(&self) -> Result<Config, ConfigErrors> {
         match self {
             Source::File(path) => {
                 let origin = path.display().to_string();
@@ -40,36 +49,33 @@ impl Source {
                     ConfigErrors(vec![ConfigError::new(&origin, format!("cannot read: {e}"))])
                 })?;
                 let mut raw = config::parse(&text, &origin)?;
-                raw.traces.apply_env(|k| std::env::var(k).ok());
-                let config = config::validate(&raw, base_dir(path))?;
-                let registry = match &config.registry {
-                    RegistrySource::File(p) => FileRegistry::new(p.clone()).fetch().await?,
-                };
-                Ok((config, registry))
+                raw.apply_env(|k| std::env::var(k).ok());
+                config::validate(&raw, base_dir(path))
             }
-            Source::Embedded {
-                config,
-                registry_yaml,
-            } => {
-                let config = config::validate(config, Path::new("."))?;
-                let registry = parse_registry(registry_yaml, "embedded registry")?;
-                Ok((config, registry))
-            }
+            Source::Embedded { config, .. } => config::validate(config, Path::new(".")),
         }
     }
 
-    /// A hash of everything the source reads, to notice changes cheaply.
+    /// Read and validate config and a file registry (the form `check` uses); an MLflow
+    /// registry is fetched once.
+    pub async fn load(&self) -> Result<(Config, RegistryData), ConfigErrors> {
+        let config = self.load_config()?;
+        let registry = match (&config.registry, self) {
+            (_, Source::Embedded { registry_yaml, .. }) => {
+                parse_registry(registry_yaml, "embedded registry")?
+            }
+            (RegistrySource::File(p), _) => FileRegistry::new(p.clone()).fetch().await?,
+            (RegistrySource::Mlflow(m), _) => MlflowRegistry::new(m.clone())?.fetch().await?,
+        };
+        Ok((config, registry))
+    }
+
+    /// A hash of every file the source reads, to notice changes cheaply.
     fn fingerprint(&self) -> u64 {
         let mut h = DefaultHasher::new();
         if let Source::File(path) = self {
             hash_file(&mut h, path);
-            // The registry path is in the config; re-read it only if the config parses.
-            let registry = std::fs::read_to_string(path)
-                .ok()
-                .and_then(|t| config::parse(&t, "").ok())
-                .and_then(|raw| config::validate(&raw, base_dir(path)).ok())
-                .map(|c| c.registry);
-            if let Some(RegistrySource::File(p)) = registry {
+            if let Ok(RegistrySource::File(p)) = self.load_config().map(|c| c.registry) {
                 hash_file(&mut h, &p);
             }
         }
@@ -90,33 +96,89 @@ fn hash_file(h: &mut DefaultHasher, path: &Path) {
     }
 }
 
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A live MLflow client and its settings (rebuilt when a reload changes them).
+struct Remote {
+    settings: MlflowSettings,
+    client: Arc<MlflowRegistry>,
+    last_success: Option<Instant>,
+}
+
+/// What rebuilds read besides config and registry; guarded so rebuilds never race.
+#[derive(Default)]
+struct State {
+    remote: Option<Remote>,
+    /// Dataset digests announced by `POST /events/dataset-changed`.
+    events: BTreeMap<DatasetKey, (i64, String, String)>,
+}
+
 /// Owns the current snapshot and replaces it.
-#[derive(Debug)]
 pub struct Reloader {
     source: Source,
     current: Arc<ArcSwap<Snapshot>>,
     metrics: Metrics,
     generation: AtomicU64,
     fingerprint: AtomicU64,
-    /// Serialises reloads so two triggers never race to swap.
-    lock: Mutex<()>,
+    state: Mutex<State>,
+    refresh_now: Notify,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("source", &self.source)
+            .finish()
+    }
 }
 
 impl Reloader {
-    /// Load the first snapshot; errors here stop start-up.
+    /// Load the first snapshot. A file registry must be valid; an unreachable MLflow starts
+    /// with lineage `unknown` and keeps retrying, unless `fail_fast` is set.
     pub async fn start(source: Source, metrics: Metrics) -> Result<Arc<Self>, ConfigErrors> {
         let fingerprint = source.fingerprint();
-        let (config, registry) = source.load().await?;
-        let snapshot = Snapshot::build(1, config, registry, &metrics)?;
-        metrics.set_version_info(&snapshot.info_labels());
-        metrics.set_generation(1);
+        let config = source.load_config()?;
+        let mut state = State::default();
+        let registry = match (&config.registry, &source) {
+            (RegistrySource::Mlflow(settings), Source::File(_)) => {
+                let client = Arc::new(MlflowRegistry::new(settings.clone())?);
+                let mut remote = Remote {
+                    settings: settings.clone(),
+                    client: client.clone(),
+                    last_success: None,
+                };
+                let data = match client.fetch().await {
+                    Ok(d) => {
+                        remote.last_success = Some(Instant::now());
+                        metrics.registry_result(true, Some(0.0));
+                        d
+                    }
+                    Err(e) if settings.fail_fast => return Err(e),
+                    Err(e) => {
+                        warn!(error = %e, "MLflow is unreachable at start; serving with lineage unknown and retrying.");
+                        metrics.registry_result(false, None);
+                        RegistryData::default()
+                    }
+                };
+                state.remote = Some(remote);
+                data
+            }
+            _ => source.load().await?.1,
+        };
+        let snapshot = Snapshot::build(1, config, registry, &state.events, &metrics)?;
+        publish(&metrics, &snapshot, None);
         Ok(Arc::new(Self {
             source,
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics,
             generation: AtomicU64::new(1),
             fingerprint: AtomicU64::new(fingerprint),
-            lock: Mutex::new(()),
+            state: Mutex::new(state),
+            refresh_now: Notify::new(),
         }))
     }
 
@@ -125,20 +187,26 @@ impl Reloader {
         self.current.clone()
     }
 
-    /// Prepare a new snapshot and swap it in; on any error the old one keeps serving.
+    fn swap(&self, snapshot: Snapshot) -> u64 {
+        let generation = snapshot.generation;
+        self.generation.store(generation, Ordering::Relaxed);
+        let old = self.current.load_full();
+        publish(&self.metrics, &snapshot, Some(&old));
+        self.current.store(Arc::new(snapshot));
+        generation
+    }
+
+    /// Re-read config (and a file registry), build a snapshot and swap it in; on any error the
+    /// old one keeps serving.
     pub async fn reload(&self) -> Result<u64, ConfigErrors> {
-        let _guard = self.lock.lock().await;
+        let mut state = self.state.lock().await;
         self.fingerprint
             .store(self.source.fingerprint(), Ordering::Relaxed);
-        let result = self.prepare().await;
+        let result = self.prepare(&mut state).await;
         self.metrics.reload(result.is_ok());
         match result {
             Ok(snapshot) => {
-                let generation = snapshot.generation;
-                self.generation.store(generation, Ordering::Relaxed);
-                self.metrics.set_version_info(&snapshot.info_labels());
-                self.current.store(Arc::new(snapshot));
-                self.metrics.set_generation(generation);
+                let generation = self.swap(snapshot);
                 info!(generation, "Config reloaded.");
                 Ok(generation)
             }
@@ -151,44 +219,234 @@ impl Reloader {
         }
     }
 
-    async fn prepare(&self) -> Result<Snapshot, ConfigErrors> {
-        let (config, registry) = self.source.load().await?;
-        let old = self.current.load();
+    async fn prepare(&self, state: &mut State) -> Result<Snapshot, ConfigErrors> {
+        let config = self.source.load_config()?;
+        let old = self.current.load_full();
         let errs = restart_required(&old.config, &config);
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
+        let registry = match &config.registry {
+            RegistrySource::Mlflow(settings)
+                if state
+                    .remote
+                    .as_ref()
+                    .is_some_and(|r| &r.settings == settings) =>
+            {
+                // Records come from the refresher; a config reload never waits on MLflow.
+                (*old.registry).clone()
+            }
+            RegistrySource::Mlflow(settings) => {
+                let client = Arc::new(MlflowRegistry::new(settings.clone())?);
+                let data = client.fetch().await?;
+                state.remote = Some(Remote {
+                    settings: settings.clone(),
+                    client,
+                    last_success: Some(Instant::now()),
+                });
+                data
+            }
+            RegistrySource::File(_) => {
+                state.remote = None;
+                self.source.load().await?.1
+            }
+        };
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        Snapshot::build(generation, config, registry, &self.metrics)
+        Snapshot::build(generation, config, registry, &state.events, &self.metrics)
     }
 
-    /// Reload when a watched file changes or on SIGHUP, until `shutdown` fires.
+    /// Fetch MLflow now; swap a new snapshot in if anything changed. Failures keep the last
+    /// known good records and flip `modelstamp_registry_up` to 0.
+    pub async fn refresh(&self) {
+        let mut state = self.state.lock().await;
+        let Some(remote) = state.remote.as_mut() else {
+            return;
+        };
+        let result = remote.client.fetch().await;
+        let age = |r: &Remote| r.last_success.map(|t| t.elapsed().as_secs_f64());
+        match result {
+            Ok(data) => {
+                remote.last_success = Some(Instant::now());
+                self.metrics.registry_result(true, Some(0.0));
+                let old = self.current.load_full();
+                if same_records(&old.registry, &data) {
+                    return;
+                }
+                let generation = self.generation.load(Ordering::Relaxed) + 1;
+                match Snapshot::build(
+                    generation,
+                    (*old.config).clone(),
+                    data,
+                    &state.events,
+                    &self.metrics,
+                ) {
+                    Ok(s) => {
+                        let g = self.swap(s);
+                        info!(
+                            generation = g,
+                            "Registry records changed; new snapshot serving."
+                        );
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "Registry records rejected; previous records keep serving.")
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.registry_result(false, age(remote));
+                warn!(error = %e, "MLflow refresh failed; serving the last known good records.");
+            }
+        }
+    }
+
+    /// Ask the refresher to fetch now (an MLflow webhook).
+    pub fn refresh_soon(&self) {
+        self.refresh_now.notify_one();
+    }
+
+    /// A dataset got a new digest: versions trained on another digest of it become stale.
+    /// Returns `(model, version)` of every version now stale because of it.
+    pub async fn dataset_changed(&self, key: DatasetKey, digest: String) -> Vec<(String, String)> {
+        let mut state = self.state.lock().await;
+        state.events.insert(
+            key.clone(),
+            (now_ms(), digest, "dataset-changed event".to_string()),
+        );
+        let old = self.current.load_full();
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        match Snapshot::build(
+            generation,
+            (*old.config).clone(),
+            (*old.registry).clone(),
+            &state.events,
+            &self.metrics,
+        ) {
+            Ok(s) => {
+                let flagged = s
+                    .stale_versions()
+                    .filter(|(_, st)| st.dataset == key)
+                    .map(|(served, _)| (served.model.to_string(), served.version.to_string()))
+                    .collect();
+                self.swap(s);
+                flagged
+            }
+            Err(e) => {
+                warn!(error = %e, "Dataset event could not be applied.");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Reload when a watched file changes or on SIGHUP, and refresh MLflow on its interval or
+    /// on a webhook, until `shutdown` fires.
     pub async fn watch(
         self: Arc<Self>,
         mut hup: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        if !matches!(self.source, Source::File(_)) {
-            return;
-        }
+        let mut next_refresh = Instant::now();
         loop {
-            let interval = self.current.load().config.reload_poll_interval;
+            let snap = self.current.load_full();
+            let files = matches!(self.source, Source::File(_));
+            let mlflow = match &snap.config.registry {
+                RegistrySource::Mlflow(m) => Some(m.poll_interval),
+                RegistrySource::File(_) => None,
+            };
+            let poll = if files {
+                snap.config.reload_poll_interval
+            } else {
+                Duration::from_secs(3600)
+            };
+            let until_refresh = mlflow.map_or(Duration::from_secs(3600), |_| {
+                next_refresh.saturating_duration_since(Instant::now())
+            });
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {
-                    if self.source.fingerprint() == self.fingerprint.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    info!("Config or registry file changed.");
-                }
+                _ = tokio::time::sleep(poll.min(until_refresh)) => {}
                 changed = hup.changed() => {
                     if changed.is_err() { return; }
                     info!("SIGHUP received.");
+                    let _ = self.reload().await;
+                    continue;
                 }
-                _ = shutdown.changed() => return,
+                _ = self.refresh_now.notified() => next_refresh = Instant::now(),
+                _ = crate::proxy::server::stopped(&mut shutdown) => return,
             }
-            let _ = self.reload().await;
+            if let Some(interval) = mlflow
+                && Instant::now() >= next_refresh
+            {
+                self.refresh().await;
+                next_refresh = Instant::now() + interval;
+            }
+            if files && self.source.fingerprint() != self.fingerprint.load(Ordering::Relaxed) {
+                info!("Config or registry file changed.");
+                let _ = self.reload().await;
+            }
         }
     }
+}
+
+/// After a swap: info series, generation, stale gauges, and one warning per newly stale version.
+fn publish(metrics: &Metrics, new: &Snapshot, old: Option<&Snapshot>) {
+    metrics.set_version_info(&new.info_labels());
+    metrics.set_generation(new.generation);
+    let versions: Vec<(VersionLabels, bool)> = new
+        .models
+        .values()
+        .flat_map(|m| m.versions.values())
+        .map(|s| {
+            (
+                VersionLabels {
+                    model: s.model.to_string(),
+                    version: s.version.to_string(),
+                },
+                s.stale.is_some(),
+            )
+        })
+        .collect();
+    metrics.set_stale(&versions);
+    for (served, st) in new.stale_versions() {
+        let before = old
+            .and_then(|o| o.models.get(&*served.model))
+            .and_then(|m| m.versions.get(&*served.version))
+            .and_then(|s| s.stale.as_ref());
+        if before != Some(st) {
+            warn!(
+                model = %served.model,
+                version = %served.version,
+                lineage_id = %served.lineage_id,
+                dataset = %st.dataset.name,
+                source = st.dataset.source.as_deref().unwrap_or("-"),
+                trained_on = %st.trained_on,
+                latest = %st.latest,
+                seen_in = %st.seen_in,
+                "Lineage is stale: the training dataset has a newer digest."
+            );
+        }
+    }
+}
+
+/// Whether two fetches describe the same records, aliases and dataset digests.
+fn same_records(a: &RegistryData, b: &RegistryData) -> bool {
+    let digest = |d: &RegistryData| {
+        d.models
+            .iter()
+            .map(|(name, m)| {
+                (
+                    name.clone(),
+                    m.aliases.clone(),
+                    m.versions
+                        .iter()
+                        .map(|(v, r)| (v.clone(), r.lineage_id.clone()))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    digest(a) == digest(b)
+        && a.datasets
+            .iter()
+            .map(|(k, v)| (k, &v.1))
+            .eq(b.datasets.iter().map(|(k, v)| (k, &v.1)))
 }
 
 /// Settings a running process cannot change: a reload that changes them is refused.
@@ -217,5 +475,6 @@ fn restart_required(old: &Config, new: &Config) -> Vec<ConfigError> {
         old.access_log_queue != new.access_log_queue,
         "access_log.queue",
     );
+    check(old.traces != new.traces, "traces");
     errs
 }

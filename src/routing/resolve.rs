@@ -214,7 +214,8 @@ match = { open_inference = true }
             validate(&raw, std::path::Path::new("/")).unwrap_or_else(|e| unreachable!("{e}"));
         let registry = parse_registry(reg, "r").unwrap_or_else(|e| unreachable!("{e}"));
         let (metrics, _) = Metrics::new();
-        Snapshot::build(1, config, registry, &metrics).unwrap_or_else(|e| unreachable!("{e}"))
+        Snapshot::build(1, config, registry, &Default::default(), &metrics)
+            .unwrap_or_else(|e| unreachable!("{e}"))
     }
 
     fn at(
@@ -300,7 +301,7 @@ match = { open_inference = true }
             validate(&raw, std::path::Path::new("/")).unwrap_or_else(|e| unreachable!("{e}"));
         let registry = parse_registry("models:\n  churn:\n    versions: { 1: {} }\n", "r")
             .unwrap_or_else(|e| unreachable!("{e}"));
-        let errs = Snapshot::build(1, config, registry, &Metrics::new().0)
+        let errs = Snapshot::build(1, config, registry, &Default::default(), &Metrics::new().0)
             .err()
             .map(|e| e.0)
             .unwrap_or_default();

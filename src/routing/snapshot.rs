@@ -7,9 +7,11 @@ use std::sync::Arc;
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::config::{Config, ConfigError, ConfigErrors, Route, Serves};
+use std::collections::BTreeMap;
+
+use crate::config::{Config, ConfigError, ConfigErrors, RegistrySource, Route, Serves};
 use crate::observe::metrics::{InfoLabels, Metrics, VersionMetrics};
-use crate::registry::{LineageRecord, RegistryData};
+use crate::registry::{DatasetKey, LineageRecord, RegistryData};
 
 /// The label and header value for anything the registry does not know.
 pub const UNKNOWN: &str = "unknown";
@@ -29,6 +31,21 @@ pub struct Served {
     pub metrics: VersionMetrics,
     /// The lineage record, when known.
     pub record: Option<Arc<LineageRecord>>,
+    /// Set when the dataset the version was trained on has a newer digest.
+    pub stale: Option<Stale>,
+}
+
+/// Why a version's lineage is stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale {
+    /// The dataset.
+    pub dataset: DatasetKey,
+    /// The digest the version was trained on.
+    pub trained_on: String,
+    /// The newer digest.
+    pub latest: String,
+    /// Where the newer digest was seen (an MLflow run, a dataset-changed event).
+    pub seen_in: String,
 }
 
 impl Served {
@@ -38,6 +55,7 @@ impl Served {
         lineage_id: &str,
         metrics: &Metrics,
         record: Option<Arc<LineageRecord>>,
+        stale: Option<Stale>,
     ) -> Self {
         // Registry values are validated as visible ASCII at load, so these never fail; fall
         // back to `unknown` rather than panic if that invariant is ever broken.
@@ -49,6 +67,7 @@ impl Served {
             header_values: [hv(model), hv(version), hv(lineage_id)],
             metrics: metrics.version(model, version),
             record,
+            stale,
         }
     }
 
@@ -102,13 +121,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Build a snapshot; fails with every route that names something the registry lacks.
+    /// Build a snapshot. With a file registry, a route naming a model or alias the registry
+    /// lacks is an error (a config mistake); with a remote registry it resolves to `unknown`
+    /// (the record may not be there yet). `events` are dataset digests announced to the admin
+    /// API, which flag versions trained on an older digest as stale.
     pub fn build(
         generation: u64,
         config: Config,
         registry: RegistryData,
+        events: &BTreeMap<DatasetKey, (i64, String, String)>,
         metrics: &Metrics,
     ) -> Result<Self, ConfigErrors> {
+        let strict = matches!(config.registry, RegistrySource::File(_));
         let mut errs = Vec::new();
         let mut models = HashMap::new();
         for (name, m) in &registry.models {
@@ -116,12 +140,20 @@ impl Snapshot {
                 .versions
                 .iter()
                 .map(|(v, rec)| {
-                    let served =
-                        Served::new(name, v, &rec.lineage_id, metrics, Some(rec.record.clone()));
+                    let stale = stale(&rec.record, &registry, events);
+                    let served = Served::new(
+                        name,
+                        v,
+                        &rec.lineage_id,
+                        metrics,
+                        Some(rec.record.clone()),
+                        stale,
+                    );
                     (v.clone(), Arc::new(served))
                 })
                 .collect();
-            let unknown_version = Arc::new(Served::new(name, UNKNOWN, UNKNOWN, metrics, None));
+            let unknown_version =
+                Arc::new(Served::new(name, UNKNOWN, UNKNOWN, metrics, None, None));
             models.insert(
                 name.clone(),
                 ModelState {
@@ -132,7 +164,15 @@ impl Snapshot {
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, route) in config.routes.iter().enumerate() {
-            let default_version = route_default(&mut errs, i, route, &registry);
+            let mut route_errs = Vec::new();
+            let default_version = route_default(&mut route_errs, i, route, &registry);
+            if strict {
+                errs.extend(route_errs);
+            } else {
+                for e in route_errs {
+                    tracing::debug!(path = %e.path, error = %e.message, "Not in the registry (yet); resolving to unknown.");
+                }
+            }
             routes.push(RouteState {
                 route: route.clone(),
                 default_version,
@@ -143,16 +183,14 @@ impl Snapshot {
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
-        let registry_uri = match &config.registry {
-            crate::config::RegistrySource::File(p) => format!("file://{}", p.display()),
-        };
+        let registry_uri = config.registry.uri();
         Ok(Self {
             generation,
             config: Arc::new(config),
             registry: Arc::new(registry),
             routes,
             models,
-            unknown_model: Arc::new(Served::new(UNKNOWN, UNKNOWN, UNKNOWN, metrics, None)),
+            unknown_model: Arc::new(Served::new(UNKNOWN, UNKNOWN, UNKNOWN, metrics, None, None)),
             no_route: metrics.unresolved("none", "no_route"),
             registry_uri,
         })
@@ -175,6 +213,14 @@ impl Snapshot {
             .collect()
     }
 
+    /// Every known version with stale lineage, and why.
+    pub fn stale_versions(&self) -> impl Iterator<Item = (&Arc<Served>, &Stale)> {
+        self.models
+            .values()
+            .flat_map(|m| m.versions.values())
+            .filter_map(|s| s.stale.as_ref().map(|st| (s, st)))
+    }
+
     /// The served version for a model and version, or the matching `unknown`.
     pub fn served(
         &self,
@@ -189,6 +235,31 @@ impl Snapshot {
             None => (m.unknown_version.clone(), Some("unknown_version")),
         }
     }
+}
+
+/// The newest digest known for the version's training dataset, from the registry's own runs or
+/// from events, when it differs from the one the version was trained on.
+fn stale(
+    record: &LineageRecord,
+    registry: &RegistryData,
+    events: &BTreeMap<DatasetKey, (i64, String, String)>,
+) -> Option<Stale> {
+    let data = record.training_data.as_ref()?;
+    let trained_on = data.digest.clone()?;
+    let key = DatasetKey {
+        name: data.name.clone(),
+        source: data.source.clone(),
+    };
+    let newest = [registry.datasets.get(&key), events.get(&key)]
+        .into_iter()
+        .flatten()
+        .max_by_key(|(t, _, _)| *t)?;
+    (newest.1 != trained_on).then(|| Stale {
+        dataset: key,
+        trained_on,
+        latest: newest.1.clone(),
+        seen_in: newest.2.clone(),
+    })
 }
 
 fn route_default(
