@@ -40,7 +40,11 @@ def wait_until(check, timeout=20.0, what="condition"):
 
 def http(method, url, body=None, headers=None, timeout=10):
     data = body.encode() if isinstance(body, str) else body
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    headers = dict(headers or {})
+    if data is not None:
+        # urllib would send a form content type; inference bodies are JSON.
+        headers.setdefault("content-type", "application/json")
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, dict(r.headers), r.read()
@@ -60,12 +64,23 @@ class Procs:
         self.tmp = Path(tmp)
         self.procs = []
 
-    def start(self, name, args, env=None):
+    def start(self, name, args, env=None, cwd=None):
         log = open(self.tmp / f"{name}.log", "wb")
         p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                             start_new_session=True)
+                             start_new_session=True, cwd=cwd)
         self.procs.append((name, p))
         return p
+
+    def stop(self, name):
+        """Stop one process group (e.g. to simulate an outage) and wait for it."""
+        for n, p in self.procs:
+            if n == name and p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
 
     def log(self, name):
         return (self.tmp / f"{name}.log").read_text(errors="replace")
@@ -84,6 +99,17 @@ class Procs:
 
 @pytest.fixture
 def procs():
+    with tempfile.TemporaryDirectory(prefix="modelstamp-e2e-") as tmp:
+        p = Procs(tmp)
+        try:
+            yield p
+        finally:
+            p.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_procs():
+    """Processes shared by a whole test module (a stack that is slow to build)."""
     with tempfile.TemporaryDirectory(prefix="modelstamp-e2e-") as tmp:
         p = Procs(tmp)
         try:

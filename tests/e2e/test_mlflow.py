@@ -1,0 +1,227 @@
+"""[mlflow-e2e] on the real stack: an MLflow server (sqlite) holding two versions trained from a
+throwaway git repo, MLServer (mlserver-mlflow runtime) serving both, modelstamp with the mlflow
+registry backend in front, tritonclient driving traffic, and Prometheus scraping modelstamp."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from conftest import BIN, ROOT, free_port, http, infer_body, wait_until
+from test_traces import prom_get, prometheus
+
+HERE = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+FEATURES = ["tenure", "monthly_charges", "support_calls", "usage_gb"]
+
+
+class MlflowStack:
+    def __init__(self, procs):
+        self.procs = procs
+        tmp = procs.tmp
+        self.mlflow_port = free_port()
+        self.mlflow = f"http://127.0.0.1:{self.mlflow_port}"
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        procs.start("mlflow", [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+                               "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1",
+                               "--port", str(self.mlflow_port)], env=env)
+        wait_until(lambda: http("GET", f"{self.mlflow}/health")[0] == 200, timeout=120, what="mlflow server")
+        # A throwaway repo, so MLflow records a real git commit for each run.
+        self.repo = tmp / "repo"
+        self.repo.mkdir()
+        (self.repo / "train.py").write_text((HERE / "stack" / "train.py").read_text())
+        git = ["git", "-c", "user.email=e2e@example.com", "-c", "user.name=e2e"]
+        subprocess.run(["git", "init", "-q"], cwd=self.repo, check=True)
+        subprocess.run(git + ["add", "."], cwd=self.repo, check=True)
+        subprocess.run(git + ["commit", "-qm", "train churn"], cwd=self.repo, check=True)
+        self.commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=self.repo, check=True, capture_output=True, text=True).stdout.strip()
+        # Same data (same digest), different regularisation: two versions of one lineage of data.
+        assert self.train("--c", "1.0") == "1"
+        assert self.train("--c", "0.1") == "2"
+        self.client().set_registered_model_alias("churn", "champion", "2")
+        self.client().set_registered_model_alias("churn", "challenger", "1")
+        self.start_mlserver()
+        self.start_modelstamp()
+        self.prometheus = prometheus(procs, f"127.0.0.1:{self.admin_port}")
+
+    def client(self):
+        from mlflow import MlflowClient
+        return MlflowClient(tracking_uri=self.mlflow)
+
+    def train(self, *args):
+        out = subprocess.run([sys.executable, "train.py", *args], cwd=self.repo, capture_output=True, text=True,
+                             env={**os.environ, "MLFLOW_TRACKING_URI": self.mlflow, "GIT_PYTHON_REFRESH": "quiet"})
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    def start_mlserver(self):
+        models = self.procs.tmp / "models"
+        for v in ("1", "2"):
+            d = models / f"churn-{v}"
+            d.mkdir(parents=True)
+            (d / "model-settings.json").write_text(json.dumps({
+                "name": "churn", "implementation": "mlserver_mlflow.MLflowRuntime",
+                "parameters": {"uri": f"models:/churn/{v}", "version": v}}))
+        self.mlserver_port = free_port()
+        env = {"MLFLOW_TRACKING_URI": self.mlflow, "MLSERVER_HTTP_PORT": str(self.mlserver_port),
+               "MLSERVER_GRPC_PORT": str(free_port()), "MLSERVER_METRICS_ENDPOINT": "", "MLSERVER_PARALLEL_WORKERS": "0",
+               "MLSERVER_HOST": "127.0.0.1", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+        self.procs.start("mlserver", [str(VENV_BIN / "mlserver"), "start", str(models)], env=env)
+        for v in ("1", "2"):
+            wait_until(lambda: http("GET", f"http://127.0.0.1:{self.mlserver_port}/v2/models/churn/versions/{v}/ready")[0] == 200,
+                       timeout=120, what=f"mlserver churn v{v}")
+
+    def start_modelstamp(self):
+        self.port, self.admin_port = free_port(), free_port()
+        cfg = self.procs.tmp / "modelstamp.toml"
+        cfg.write_text(f"""
+[server]
+listen = "127.0.0.1:{self.port}"
+[admin]
+listen = "127.0.0.1:{self.admin_port}"
+[access_log]
+target = "{self.procs.tmp / 'access.log'}"
+[registry]
+backend = "mlflow"
+uri = "{self.mlflow}"
+poll_interval = "1s"
+timeout = "2s"
+retries = 0
+[[routes]]
+name = "churn"
+model = "churn"
+upstream = "127.0.0.1:{self.mlserver_port}"
+serves = "@champion"
+match = {{ open_inference = true }}
+""")
+        self.procs.start("modelstamp", [BIN, "run", "--config", str(cfg)])
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        wait_until(lambda: http("GET", f"{self.admin}/readyz")[0] == 200, what="modelstamp ready")
+
+    def triton(self):
+        return triton.InferenceServerClient(url=f"127.0.0.1:{self.port}", network_timeout=10.0)
+
+    def infer(self, client, version="", i=0):
+        """One Open Inference call made the way a real V2 client makes it (no Content-Type)."""
+        inputs = []
+        for k, name in enumerate(FEATURES):
+            x = triton.InferInput(name, [1, 1], "FP64")
+            x.set_data_from_numpy(np.array([[((i * 7 + k) % 10) / 10 - 0.5]], dtype=np.float64), binary_data=False)
+            inputs.append(x)
+        return client.infer("churn", inputs, model_version=version).get_response()
+
+    def metric(self, series):
+        _, _, text = http("GET", f"{self.admin}/metrics")
+        for line in text.decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def versions(self):
+        return json.loads(http("GET", f"{self.admin}/versions")[2])
+
+
+@pytest.fixture(scope="module")
+def stack(module_procs):
+    return MlflowStack(module_procs)
+
+
+def test_responses_carry_the_mlflow_version_and_real_lineage(stack):
+    client = stack.triton()
+    for i in range(10):
+        assert stack.infer(client, i=i)["model_version"] == "2"
+        assert stack.infer(client, version="1", i=i)["model_version"] == "1"
+    status, headers, body = http("POST", f"http://127.0.0.1:{stack.port}/v2/models/churn/versions/1/infer", infer_body(1))
+    assert status == 200, body
+    assert headers["x-model-version"] == "1"
+    lineage = headers["x-lineage-id"]
+    record = json.loads(http("GET", f"{stack.admin}/lineage/{lineage}")[2])["record"]
+    assert record["code"]["commit"] == stack.commit, "the git commit of the training repo"
+    run = stack.client().get_run(record["training_run"])
+    digest = run.inputs.dataset_inputs[0].dataset.digest
+    assert record["training_data"] == {"name": "churn-train", "source": "file:///data/churn.parquet", "digest": digest,
+                                       "context": "training"}
+    assert [f["name"] for f in record["input_schema"]] == FEATURES, "the MLmodel signature"
+    assert record["params"] == {"C": "1.0"}
+    assert record["environment"]["python"].count(".") == 2
+    versions = stack.versions()
+    assert versions["routes"][0]["version"] == "2" and versions["models"][0]["aliases"] == {"champion": "2", "challenger": "1"}
+    lines = [json.loads(l) for l in (stack.procs.tmp / "access.log").read_text().splitlines()]
+    assert sum(1 for l in lines if l["version"] == "2" and l["reported_version"] == "2") >= 10
+
+
+def test_promql_slices_by_version_and_joins_lineage(stack):
+    base = stack.prometheus
+    query = 'sum by (version) (modelstamp_requests_total{model="churn"})'
+    result = wait_until(lambda: (lambda r: r if {"1", "2"} <= {x["metric"]["version"] for x in r if float(x["value"][1]) > 0} else None)(
+        prom_get(base, "/api/v1/query", query=query)["result"]), what="both versions in Prometheus")
+    assert {x["metric"]["version"] for x in result} >= {"1", "2"}
+    joined = prom_get(base, "/api/v1/query", query=(
+        'sum by (version, lineage_id, git_commit) (modelstamp_requests_total{model="churn"} '
+        '* on (model, version) group_left (lineage_id, git_commit) modelstamp_model_version_info)'))["result"]
+    commits = {r["metric"]["version"]: r["metric"]["git_commit"] for r in joined}
+    assert commits["1"] == commits["2"] == stack.commit
+
+
+def test_an_alias_move_is_followed_with_zero_failed_requests(stack):
+    failures, seen, stop = [], [], threading.Event()
+
+    def drive():
+        client = stack.triton()
+        i = 0
+        while not stop.is_set():
+            try:
+                stack.infer(client, i=i)
+                seen.append(i)
+            except Exception as e:  # noqa: BLE001 - every failure is a test failure
+                failures.append(repr(e))
+            i += 1
+
+    threads = [threading.Thread(target=drive) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    before = stack.metric('modelstamp_version_mismatch_total{model="churn",expected="1",reported="2"}')
+    stack.client().set_registered_model_alias("churn", "champion", "1")
+    moved = wait_until(lambda: stack.versions()["routes"][0]["version"] == "1", timeout=10, what="the alias move followed")
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert moved and not failures, failures[:5]
+    assert len(seen) > 20
+    _, headers, _ = http("POST", f"http://127.0.0.1:{stack.port}/v2/models/churn/infer", infer_body(0))
+    assert headers["x-model-version"] == "1", "stamps follow the alias"
+    # MLServer still answers unversioned calls with its newest version: the sidecar says so.
+    assert stack.metric('modelstamp_version_mismatch_total{model="churn",expected="1",reported="2"}') > before
+
+
+def test_a_new_dataset_digest_flags_the_dependent_versions_stale(stack):
+    assert stack.metric('modelstamp_model_version_stale{model="churn",version="1"}') == 0
+    # A newer run logs the same dataset (name and source) with different content.
+    stack.train("--c", "1.0", "--shift", "0.5", "--register", "")
+    wait_until(lambda: stack.metric('modelstamp_model_version_stale{model="churn",version="1"}') == 1, timeout=15,
+               what="version 1 flagged stale")
+    assert stack.metric('modelstamp_model_version_stale{model="churn",version="2"}') == 1
+    _, headers, _ = http("POST", f"http://127.0.0.1:{stack.port}/v2/models/churn/versions/1/infer", infer_body(0))
+    assert headers.get("x-lineage-stale") == "true"
+    assert "Lineage is stale" in stack.procs.log("modelstamp")
+
+
+def test_an_mlflow_outage_keeps_traffic_flowing(stack):
+    assert stack.metric("modelstamp_registry_up") == 1
+    stack.procs.stop("mlflow")
+    wait_until(lambda: stack.metric("modelstamp_registry_up") == 0, timeout=15, what="registry_up 0")
+    client = stack.triton()
+    for i in range(20):
+        assert stack.infer(client, version="2", i=i)["model_version"] == "2"
+    _, headers, _ = http("POST", f"http://127.0.0.1:{stack.port}/v2/models/churn/infer", infer_body(0))
+    assert headers["x-model-version"] == "1" and headers["x-lineage-id"].startswith("ln_"), "last known good records"
+    assert stack.metric("modelstamp_registry_staleness_seconds") > 0
