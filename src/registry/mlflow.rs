@@ -236,77 +236,20 @@ impl MlflowRegistry {
         Ok(Self { settings, http })
     }
 
-    async fn get_once(&self, path: &str) -> Result<bytes::Bytes, MlflowError> {
-        let url = format!("{}{path}", self.settings.uri);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| MlflowError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|source| MlflowError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        if !status.is_success() {
-            let body = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-            return Err(MlflowError::Status {
-                url,
-                status: status.as_u16(),
-                body,
-            });
-        }
-        Ok(body)
-    }
-
-    /// GET with retries and exponential back-off for transport errors, 5xx and 429.
-    async fn get(&self, path: &str) -> Result<bytes::Bytes, MlflowError> {
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 0;
-        loop {
-            match self.get_once(path).await {
-                Err(e) if e.retryable() && attempt < self.settings.retries => {
-                    debug!(error = %e, attempt, "MLflow call failed; retrying.");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, MlflowError> {
-        let body = self.get(path).await?;
-        serde_json::from_slice(&body).map_err(|source| MlflowError::Decode {
-            url: format!("{}{path}", self.settings.uri),
-            source,
-        })
-    }
-
-    async fn post_json<T: serde::de::DeserializeOwned>(
+    async fn send_once(
         &self,
         path: &str,
-        body: &serde_json::Value,
-    ) -> Result<T, MlflowError> {
+        body: Option<&serde_json::Value>,
+    ) -> Result<bytes::Bytes, MlflowError> {
         let url = format!("{}{path}", self.settings.uri);
-        let resp = self
-            .http
-            .post(&url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|source| MlflowError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+        let req = match body {
+            Some(b) => self.http.post(&url).json(b),
+            None => self.http.get(&url),
+        };
+        let resp = req.send().await.map_err(|source| MlflowError::Transport {
+            url: url.clone(),
+            source,
+        })?;
         let status = resp.status();
         let bytes = resp
             .bytes()
@@ -323,14 +266,75 @@ impl MlflowRegistry {
                 body,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|source| MlflowError::Decode { url, source })
+        Ok(bytes)
+    }
+
+    /// One call, retried with exponential back-off on transport errors, 5xx and 429 (every
+    /// call here is a read, so a retry is always safe).
+    async fn send(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<bytes::Bytes, MlflowError> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            match self.send_once(path, body).await {
+                Err(e) if e.retryable() && attempt < self.settings.retries => {
+                    debug!(error = %e, attempt, "MLflow call failed; retrying.");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<bytes::Bytes, MlflowError> {
+        self.send(path, None).await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, MlflowError> {
+        self.decode(path, &self.get(path).await?)
+    }
+
+    async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, MlflowError> {
+        self.decode(path, &self.send(path, Some(body)).await?)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &[u8],
+    ) -> Result<T, MlflowError> {
+        serde_json::from_slice(body).map_err(|source| MlflowError::Decode {
+            url: format!("{}{path}", self.settings.uri),
+            source,
+        })
     }
 
     async fn fetch_model(&self, name: &str, data: &mut RegistryData) -> Result<(), MlflowError> {
         let q = encode(name);
-        let registered: RegisteredModelAnswer = self
+        let registered: RegisteredModelAnswer = match self
             .get_json(&format!("/api/2.0/mlflow/registered-models/get?name={q}"))
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            // Not registered (yet): no records for it, which resolves to `unknown`, not an outage.
+            Err(MlflowError::Status { status: 404, .. }) => {
+                warn!(
+                    model = name,
+                    "Model is not registered in MLflow; its requests resolve to unknown."
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let mut versions = Vec::new();
         let mut page: Option<String> = None;
         loop {

@@ -1,0 +1,222 @@
+//! The MLflow backend against an in-process fake MLflow that answers with the real MLflow 3.17
+//! captures: start-up while MLflow is down, recovery, fail_fast, alias moves, unknown models.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use modelstamp::Sidecar;
+use modelstamp::routing::Source;
+use support::*;
+
+const FIX: &str = "tests/fixtures/mlflow-3.17";
+
+#[derive(Default)]
+struct Fake {
+    down: AtomicBool,
+    champion: Mutex<String>,
+    calls: AtomicUsize,
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{FIX}/{name}")).unwrap()
+}
+
+async fn fake_mlflow(state: Arc<Fake>) -> Upstream {
+    *state.champion.lock().unwrap() = "1".into();
+    let handler: Handler = Arc::new(move |req: Request<Incoming>| {
+        let state = state.clone();
+        Box::pin(async move {
+            state.calls.fetch_add(1, Ordering::SeqCst);
+            if state.down.load(Ordering::SeqCst) {
+                return Response::builder().status(503).body(full("down")).unwrap();
+            }
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or_default().to_string();
+            let json = |s: String| {
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(full(s))
+                    .unwrap()
+            };
+            match path.as_str() {
+                "/api/2.0/mlflow/registered-models/get" if query.contains("name=churn") => {
+                    let champion = state.champion.lock().unwrap().clone();
+                    json(format!(r#"{{"registered_model":{{"name":"churn","aliases":[{{"alias":"champion","version":"{champion}"}}]}}}}"#))
+                }
+                "/api/2.0/mlflow/registered-models/get" => Response::builder()
+                    .status(404)
+                    .body(full(r#"{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"Registered Model with name=ghost not found"}"#))
+                    .unwrap(),
+                "/api/2.0/mlflow/model-versions/search" => {
+                    let v1 = serde_json::from_str::<serde_json::Value>(&fixture("rest-alias.json")).unwrap()["model_version"].clone();
+                    let v2 = serde_json::from_str::<serde_json::Value>(&fixture("rest-mv.json")).unwrap()["model_version"].clone();
+                    json(serde_json::json!({ "model_versions": [v1, v2] }).to_string())
+                }
+                "/api/2.0/mlflow/runs/get" => json(fixture("rest-run.json")),
+                "/api/2.0/mlflow/runs/search" => json(r#"{"runs": []}"#.into()),
+                p if p.starts_with("/api/2.0/mlflow/logged-models/") => json(fixture("rest-logged-model.json")),
+                p if p.ends_with("/artifacts/MLmodel") => Response::new(full(fixture("MLmodel"))),
+                p if p.ends_with("/artifacts/requirements.txt") => Response::new(full("scikit-learn==1.9.1\n")),
+                _ => Response::builder().status(404).body(full("{}")).unwrap(),
+            }
+        })
+    });
+    Upstream::start_quiet(handler).await
+}
+
+async fn start(
+    mlflow: &Upstream,
+    model_server: &Upstream,
+    retries: u32,
+    extra: &str,
+) -> Result<(Sidecar, std::path::PathBuf), modelstamp::StartError> {
+    let dir = temp_dir("mlflow");
+    let registry = format!(
+        "[registry]\nbackend = \"mlflow\"\nuri = \"http://{}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nretries = {retries}\n{extra}\n",
+        mlflow.addr
+    );
+    let routes = format!(
+        "{}[[routes]]\nname = \"ghost\"\nmodel = \"ghost\"\nupstream = \"{}\"\nserves = \"@champion\"\nmatch = {{ path_prefix = \"/ghost\" }}\n",
+        churn_route(model_server.addr, "@champion", ""),
+        model_server.addr
+    );
+    let cfg = dir.join("m.toml");
+    std::fs::write(&cfg, config_text_polling(&dir, &routes, &registry, "1h")).unwrap();
+    Sidecar::start(Source::File(cfg)).await.map(|s| (s, dir))
+}
+
+async fn stamped(s: &Sidecar, path: &str) -> (String, String) {
+    let (resp, _) = send(post(&format!("http://{}{path}", s.proxy_addr), "{}")).await;
+    let h = |n: &str| resp.headers()[n].to_str().unwrap().to_string();
+    (h("x-model-version"), h("x-lineage-id"))
+}
+
+async fn metric(s: &Sidecar, series: &str) -> f64 {
+    metric_value(
+        &get_text(&format!("http://{}/metrics", s.admin_addr)).await,
+        series,
+    )
+}
+
+#[tokio::test]
+async fn records_come_from_mlflow_and_alias_moves_are_followed() {
+    let state = Arc::new(Fake::default());
+    let mlflow = fake_mlflow(state.clone()).await;
+    let up = Upstream::start(oi_handler("1")).await;
+    let (s, _) = start(&mlflow, &up, 0, "").await.unwrap();
+    let (version, lineage) = stamped(&s, "/v2/models/churn/infer").await;
+    assert_eq!(version, "1");
+    let record: serde_json::Value = serde_json::from_str(
+        &get_text(&format!("http://{}/lineage/{lineage}", s.admin_addr)).await,
+    )
+    .unwrap();
+    assert_eq!(
+        record["record"]["code"]["commit"],
+        "97f447d6223f68cae5edd43a0b1c522b1caa9515"
+    );
+    assert_eq!(record["record"]["training_data"]["digest"], "e5d39153");
+    assert_eq!(
+        record["record"]["environment"]["lock_digest"]
+            .as_str()
+            .unwrap()
+            .len(),
+        "sha256:".len() + 64
+    );
+    *state.champion.lock().unwrap() = "2".into();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            stamped(&s, "/v2/models/churn/infer").await.0 == "2"
+        })
+        .await,
+        "alias move followed"
+    );
+    // A model MLflow does not know resolves to unknown; it is not an outage.
+    assert_eq!(stamped(&s, "/ghost").await.0, "unknown");
+    assert_eq!(metric(&s, "modelstamp_registry_up").await, 1.0);
+}
+
+#[tokio::test]
+async fn starts_while_mlflow_is_down_then_picks_records_up() {
+    let state = Arc::new(Fake::default());
+    state.down.store(true, Ordering::SeqCst);
+    let mlflow = fake_mlflow(state.clone()).await;
+    let up = Upstream::start(oi_handler("1")).await;
+    let (s, _) = start(&mlflow, &up, 0, "").await.unwrap();
+    let (version, lineage) = stamped(&s, "/v2/models/churn/infer").await;
+    assert_eq!(
+        (version.as_str(), lineage.as_str()),
+        ("unknown", "unknown"),
+        "serving, lineage unknown"
+    );
+    assert_eq!(metric(&s, "modelstamp_registry_up").await, 0.0);
+    state.down.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            stamped(&s, "/v2/models/churn/infer").await.0 == "1"
+        })
+        .await
+    );
+    assert_eq!(metric(&s, "modelstamp_registry_up").await, 1.0);
+    // Down again: the last known good records keep serving.
+    state.down.store(true, Ordering::SeqCst);
+    let failures = r#"modelstamp_registry_refreshes_total{result="failure"}"#;
+    let before = metric(&s, failures).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&s, failures).await > before
+        })
+        .await
+    );
+    assert_eq!(metric(&s, "modelstamp_registry_up").await, 0.0);
+    assert_eq!(stamped(&s, "/v2/models/churn/infer").await.0, "1");
+}
+
+#[tokio::test]
+async fn fail_fast_refuses_to_start_while_mlflow_is_down() {
+    let state = Arc::new(Fake::default());
+    state.down.store(true, Ordering::SeqCst);
+    let mlflow = fake_mlflow(state).await;
+    let up = Upstream::start(oi_handler("1")).await;
+    let err = start(&mlflow, &up, 0, "fail_fast = true")
+        .await
+        .err()
+        .expect("refused to start");
+    assert!(err.to_string().contains("HTTP 503"), "{err}");
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried() {
+    let state = Arc::new(Fake::default());
+    let mlflow = fake_mlflow(state.clone()).await;
+    let flaky = Arc::new(AtomicUsize::new(0));
+    // A proxy in front of the fake that fails every other call with 502.
+    let target = mlflow.addr;
+    let f = flaky.clone();
+    let handler: Handler = Arc::new(move |req: Request<Incoming>| {
+        let f = f.clone();
+        Box::pin(async move {
+            if f.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+                return Response::builder().status(502).body(full("flaky")).unwrap();
+            }
+            let url = format!("http://{target}{}", req.uri().path_and_query().unwrap());
+            let (resp, body) = send(Request::get(url).body(full("")).unwrap()).await;
+            Response::builder()
+                .status(resp.status())
+                .body(full(body))
+                .unwrap()
+        })
+    });
+    let flaky_mlflow = Upstream::start_quiet(handler).await;
+    let up = Upstream::start(oi_handler("1")).await;
+    let (s, _) = start(&flaky_mlflow, &up, 2, "fail_fast = true")
+        .await
+        .map_err(|e| e.to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stamped(&s, "/v2/models/churn/infer").await.0, "1");
+}
