@@ -46,6 +46,9 @@ struct DemoModelArgs {
     /// Version that answers paths without `/versions/{v}` (1 or 2).
     #[arg(long, default_value = "1", value_parser = ["1", "2"])]
     default_version: String,
+    /// Answer every request with one fixed response (a fast stub for load tests).
+    #[arg(long)]
+    fixed: bool,
 }
 
 #[derive(Args)]
@@ -230,9 +233,12 @@ async fn demo_model(args: DemoModelArgs) -> anyhow::Result<ExitCode> {
     } else {
         "1"
     };
-    let addr = demo::model_server::start(args.listen, version, stop_rx)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = if args.fixed {
+        demo::model_server::start_fixed(args.listen, stop_rx).await
+    } else {
+        demo::model_server::start(args.listen, version, stop_rx).await
+    }
+    .with_context(|| format!("listening on {}", args.listen))?;
     info!(%addr, default_version = version, "Demo model server listening.");
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {

@@ -32,6 +32,41 @@ fn weights(version: &str) -> Option<[f64; 5]> {
     }
 }
 
+/// The fixed answer of [`start_fixed`]: a small Open Inference v2 response.
+pub const FIXED_RESPONSE: &str = r#"{"model_name":"churn","model_version":"1","id":"bench","parameters":{"content_type":"np"},"outputs":[{"name":"churn_probability","shape":[1,1],"datatype":"FP64","data":[0.42]}]}"#;
+
+/// Start a stub that answers every request with [`FIXED_RESPONSE`] without reading the body
+/// beyond draining it: the fast upstream of the load comparison.
+pub async fn start_fixed(
+    addr: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let svc = tower::service_fn(|req: Request<Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        Ok::<_, Infallible>(reply_text(StatusCode::OK, FIXED_RESPONSE))
+    });
+    tokio::spawn(serve(
+        listener,
+        move |_| svc,
+        shutdown,
+        || std::time::Duration::from_secs(1),
+        "stub-model",
+    ));
+    Ok(local)
+}
+
+fn reply_text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 /// Start the server on `addr`; unversioned paths are answered by `default_version`.
 pub async fn start(
     addr: SocketAddr,
