@@ -5,6 +5,10 @@
 //! - `stamp`: header writes allocate or copy where they should share pre-built values.
 //! - `record`: metric recording took a lock or a label lookup (handles must be pre-resolved).
 //! - `request_path`: the sum a request pays before and after forwarding, minus I/O.
+//! - `span/*`: building and ending the server and client spans (sampled: the full cost; a
+//!   dropped span should cost next to nothing).
+//! - `inspect/*`: the codecs that read the copied bodies after the response (off the byte path,
+//!   but on a worker thread's budget).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -119,5 +123,65 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_path, benches);
+fn span_benches(c: &mut Criterion) {
+    use modelstamp::config::{Sampler, Traces};
+    use modelstamp::observe::spans::Tracing;
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::TraceContextExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let metrics = Metrics::new().0;
+    for (name, sampler) in [
+        ("sampled", Sampler::AlwaysOn),
+        ("dropped", Sampler::AlwaysOff),
+    ] {
+        let cfg = Traces {
+            service_name: "bench".into(),
+            sampler,
+            export: None,
+            queue: 1024,
+            batch: 512,
+            lineage_url: "http://x/lineage/{lineage_id}".into(),
+            recent_requests: 0,
+        };
+        let tracing = Tracing::start(&cfg, &metrics).unwrap();
+        c.bench_function(&format!("span/server_and_client_{name}"), |b| {
+            b.iter(|| {
+                let attrs = vec![
+                    KeyValue::new("http.request.method", "POST"),
+                    KeyValue::new("url.path", "/v2/models/churn/infer"),
+                    KeyValue::new("ml.model.name", "churn"),
+                    KeyValue::new("ml.model.version", "1"),
+                    KeyValue::new("ml.lineage.id", "ln_526204c212f0100a"),
+                    KeyValue::new("ml.lineage.url", tracing.lineage_url("ln_526204c212f0100a")),
+                ];
+                let server = tracing.server_span(None, "POST churn".to_string(), attrs);
+                let client = tracing.client_span(
+                    &server,
+                    "POST".to_string(),
+                    vec![KeyValue::new("server.port", 8081i64)],
+                );
+                client.span().end();
+                server.span().end();
+            })
+        });
+    }
+}
+
+fn inspect_benches(c: &mut Criterion) {
+    use modelstamp::inspect::{open_inference, openai};
+    let mlserver = br#"{"model_name":"churn","model_version":"2","id":"req-1","parameters":{"content_type":"np"},"outputs":[{"name":"output-1","shape":[2,1],"datatype":"INT64","parameters":{"content_type":"np"},"data":[0,0]}]}"#;
+    c.bench_function("inspect/open_inference_reported_version", |b| {
+        b.iter(|| open_inference::reported_version(black_box(mlserver)))
+    });
+    let sse = b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
+    c.bench_function("inspect/openai_sse_model", |b| {
+        b.iter(|| openai::sse_model(black_box(sse)))
+    });
+}
+
+criterion_group!(hot_path, benches, span_benches, inspect_benches);
 criterion_main!(hot_path);

@@ -14,6 +14,11 @@ use modelstamp::{Sidecar, StartError, demo};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
+// A proxy allocates small objects on worker threads and frees some on the log and export
+// threads; mimalloc handles that pattern far better than glibc's arenas (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Inference-side sidecar: stamps every request with model version and lineage ID.
 #[derive(Parser)]
 #[command(name = "modelstamp", version, args_conflicts_with_subcommands = true)]

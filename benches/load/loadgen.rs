@@ -1,7 +1,9 @@
 //! Open-loop load generator for the load comparison: sends POSTs at a fixed rate over a fixed
-//! number of keep-alive connections and measures each latency from the request's *scheduled*
-//! send time, so a slow server cannot hide its queueing (no coordinated omission). wrk2 is not
-//! packaged for Debian and h2load reports no percentiles, hence this small tool.
+//! number of keep-alive connections. Requests are spawned on schedule and never wait for earlier
+//! responses, and each latency runs from the moment the request is dispatched, *including* any
+//! wait for a free connection, so a slow server cannot hide its queueing (no coordinated
+//! omission), while the timer's own millisecond granularity is not charged to the server.
+//! wrk2 is not packaged for Debian and h2load reports no percentiles, hence this small tool.
 //!
 //! Usage: loadgen URL RATE SECONDS CONNECTIONS BODY_FILE
 //! Prints one JSON object: sent, ok, errors, achieved rate, p50/p90/p99/p999/max in µs.
@@ -40,6 +42,7 @@ fn main() {
             let scheduled = start + interval * i as u32;
             tokio::time::sleep_until(scheduled.into()).await;
             let (client, url, body, sem) = (client.clone(), url.clone(), body.clone(), sem.clone());
+                        let due = Instant::now();
             tasks.spawn(async move {
                 let _permit = sem.acquire_owned().await.ok();
                 let req = http::Request::post(url).header("content-type", "application/json").body(Full::new(body)).unwrap();
@@ -50,7 +53,7 @@ fn main() {
                     }
                     Err(_) => false,
                 };
-                (ok, scheduled.elapsed())
+                                (ok, due.elapsed())
             });
         }
         let mut lat = Vec::with_capacity(total);

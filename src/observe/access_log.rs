@@ -7,6 +7,11 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::net::SocketAddr;
+
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method};
+use opentelemetry::trace::{SpanId, TraceId};
 use serde::Serialize;
 use tracing::warn;
 
@@ -21,13 +26,16 @@ pub struct AccessLine {
     #[serde(serialize_with = "ser_time")]
     pub time: SystemTime,
     /// Request ID.
-    pub request_id: String,
-    /// W3C trace ID, when a `traceparent` came in.
-    pub trace_id: Option<String>,
-    /// W3C parent span ID, when a `traceparent` came in.
-    pub span_id: Option<String>,
+    #[serde(serialize_with = "ser_header")]
+    pub request_id: HeaderValue,
+    /// Trace ID of the server span.
+    #[serde(serialize_with = "ser_opt_display")]
+    pub trace_id: Option<TraceId>,
+    /// Span ID of the server span.
+    #[serde(serialize_with = "ser_opt_display")]
+    pub span_id: Option<SpanId>,
     /// Matched route.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// Model.
     pub model: Arc<str>,
     /// Version.
@@ -37,11 +45,14 @@ pub struct AccessLine {
     /// Version the model server reported, when it differs or was read.
     pub reported_version: Option<String>,
     /// Client address.
-    pub client: String,
+    #[serde(serialize_with = "ser_display")]
+    pub client: SocketAddr,
     /// Method.
-    pub method: String,
+    #[serde(serialize_with = "ser_method")]
+    pub method: Method,
     /// Path and query.
-    pub path: String,
+    #[serde(serialize_with = "ser_display")]
+    pub path: PathAndQuery,
     /// HTTP version of the client.
     pub protocol: &'static str,
     /// Status sent to the client.
@@ -62,6 +73,30 @@ pub struct AccessLine {
 
 fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339(*t))
+}
+
+// The line is built on the request path from cheap (refcounted or Copy) values and formatted
+// here, on the log thread.
+fn ser_header<S: serde::Serializer>(v: &HeaderValue, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.to_str().unwrap_or_default())
+}
+
+fn ser_method<S: serde::Serializer>(m: &Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(m.as_str())
+}
+
+fn ser_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn ser_opt_display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 /// Format a time as RFC 3339 UTC with milliseconds.
@@ -177,8 +212,16 @@ fn write_loop(
     let mut failures: u64 = 0;
     let mut buf = Vec::with_capacity(512);
     let mut acks = Vec::new();
+    let mut busy = false;
     while let Ok(mut msg) = rx.recv() {
+        // Under load, sleep a moment before draining: senders only wake a thread blocked in
+        // `recv`, so this turns one wake-up per request into one per few milliseconds.
+        if busy {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let mut drained = 0usize;
         loop {
+            drained += 1;
             let line = match msg {
                 Msg::Line(line) => line,
                 Msg::Flush(ack) => {
@@ -221,6 +264,7 @@ fn write_loop(
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
+        busy = drained > 1;
     }
 }
 

@@ -14,13 +14,13 @@ const ENTRY_OVERHEAD: usize = 256;
 fn size(l: &AccessLine) -> usize {
     ENTRY_OVERHEAD
         + l.request_id.len() * 2
-        + l.trace_id.as_ref().map_or(0, |t| t.len() * 2)
-        + l.span_id.as_ref().map_or(0, String::len)
-        + l.route.as_ref().map_or(0, String::len)
+        + l.trace_id.map_or(0, |_| 32 * 2)
         + l.reported_version.as_ref().map_or(0, String::len)
-        + l.client.len()
-        + l.method.len()
-        + l.path.len()
+        + l.path.as_str().len()
+}
+
+fn request_key(l: &AccessLine) -> String {
+    l.request_id.to_str().unwrap_or_default().to_string()
 }
 
 #[derive(Default)]
@@ -44,15 +44,16 @@ impl Ring {
             return;
         };
         self.bytes = self.bytes.saturating_sub(size(&old));
-        if self.by_request.get(&old.request_id) == Some(&seq) {
-            self.by_request.remove(&old.request_id);
+        let key = request_key(&old);
+        if self.by_request.get(&key) == Some(&seq) {
+            self.by_request.remove(&key);
         }
-        if let Some(t) = &old.trace_id
-            && let Some(seqs) = self.by_trace.get_mut(t)
+        if let Some(t) = old.trace_id.map(|t| t.to_string())
+            && let Some(seqs) = self.by_trace.get_mut(&t)
         {
             seqs.retain(|s| *s != seq);
             if seqs.is_empty() {
-                self.by_trace.remove(t);
+                self.by_trace.remove(&t);
             }
         }
     }
@@ -96,9 +97,9 @@ impl RecentRequests {
         let seq = ring.next_seq;
         ring.next_seq += 1;
         ring.bytes += size(&entry);
-        ring.by_request.insert(entry.request_id.clone(), seq);
-        if let Some(t) = &entry.trace_id {
-            ring.by_trace.entry(t.clone()).or_default().push(seq);
+        ring.by_request.insert(request_key(&entry), seq);
+        if let Some(t) = entry.trace_id {
+            ring.by_trace.entry(t.to_string()).or_default().push(seq);
         }
         ring.entries.push_back((seq, entry));
         while ring.entries.len() > self.max_entries || ring.bytes > self.max_bytes {
@@ -137,20 +138,21 @@ mod tests {
     use super::*;
     use std::time::SystemTime;
 
-    fn line(i: usize, trace: &str) -> Box<AccessLine> {
+    fn line(i: usize, trace: u128) -> Box<AccessLine> {
         Box::new(AccessLine {
             time: SystemTime::UNIX_EPOCH,
-            request_id: format!("req-{i}"),
-            trace_id: Some(trace.to_string()),
-            span_id: Some(format!("{i:016x}")),
+            request_id: http::HeaderValue::from_str(&format!("req-{i}"))
+                .unwrap_or(http::HeaderValue::from_static("x")),
+            trace_id: Some(opentelemetry::trace::TraceId::from(trace)),
+            span_id: Some(opentelemetry::trace::SpanId::from(i as u64 + 1)),
             route: Some("churn".into()),
             model: "churn".into(),
             version: "1".into(),
             lineage_id: "ln_0123456789abcdef".into(),
             reported_version: None,
-            client: "127.0.0.1:1".into(),
-            method: "POST".into(),
-            path: "/v2/models/churn/infer".into(),
+            client: "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()),
+            method: http::Method::POST,
+            path: http::uri::PathAndQuery::from_static("/v2/models/churn/infer"),
             protocol: "HTTP/1.1",
             status: 200,
             upstream_status: Some(200),
@@ -165,24 +167,28 @@ mod tests {
     #[test]
     fn finds_by_trace_and_request_id_and_evicts_oldest() {
         let idx = RecentRequests::new(3, usize::MAX);
-        idx.insert(line(0, "t0"));
-        idx.insert(line(1, "shared"));
-        idx.insert(line(2, "shared"));
-        assert_eq!(idx.lookup("shared").len(), 2);
-        assert_eq!(idx.lookup("req-0")[0].trace_id.as_deref(), Some("t0"));
-        idx.insert(line(3, "t3"));
+        let hex = |t: u128| format!("{t:032x}");
+        idx.insert(line(0, 0xa0));
+        idx.insert(line(1, 0xbb));
+        idx.insert(line(2, 0xbb));
+        assert_eq!(idx.lookup(&hex(0xbb)).len(), 2);
+        assert_eq!(
+            idx.lookup("req-0")[0].trace_id.map(|t| t.to_string()),
+            Some(hex(0xa0))
+        );
+        idx.insert(line(3, 0xc3));
         assert!(idx.lookup("req-0").is_empty(), "evicted");
-        assert!(idx.lookup("t0").is_empty(), "its trace key too");
-        assert_eq!(idx.lookup("t3")[0].request_id, "req-3");
+        assert!(idx.lookup(&hex(0xa0)).is_empty(), "its trace key too");
+        assert_eq!(idx.lookup(&hex(0xc3))[0].request_id, "req-3");
         assert_eq!(idx.usage().0, 3);
     }
 
     #[test]
     fn the_byte_cap_bounds_memory() {
-        let one = size(&line(0, "t"));
+        let one = size(&line(0, 1));
         let idx = RecentRequests::new(1_000_000, one * 10);
         for i in 0..10_000 {
-            idx.insert(line(i, &format!("{i:032x}")));
+            idx.insert(line(i, i as u128 + 1));
         }
         let (n, bytes) = idx.usage();
         assert!(n <= 10 && bytes <= one * 10, "{n} entries, {bytes} bytes");

@@ -24,8 +24,8 @@ pub struct RequestCtx {
     pub span: opentelemetry::Context,
     /// Method.
     pub method: Method,
-    /// Path and query.
-    pub path: String,
+    /// Path and query (refcounted, from the request URI).
+    pub path: http::uri::PathAndQuery,
     /// Client HTTP version.
     pub version: Version,
     /// Client address.

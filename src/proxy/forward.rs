@@ -19,7 +19,7 @@ use super::body::LimitedBody;
 use super::ctx::ProxyRequest;
 use super::error::ProxyError;
 use super::headers::{add_forwarded, remove_hop_by_hop};
-use super::resolve::{BoxFuture, protocol_version};
+use super::resolve::{BoxFuture, method_value, protocol_version};
 use crate::observe::spans::{Tracing, propagation_headers};
 use http::HeaderValue;
 use opentelemetry::trace::{Status, TraceContextExt};
@@ -153,7 +153,7 @@ impl Forward {
 
     fn client_span(&self, server: &Context, parts: &http::request::Parts) -> Context {
         let attrs = vec![
-            KeyValue::new("http.request.method", parts.method.to_string()),
+            KeyValue::new("http.request.method", method_value(&parts.method)),
             KeyValue::new(
                 "server.address",
                 parts.uri.host().unwrap_or_default().to_string(),

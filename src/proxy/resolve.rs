@@ -110,7 +110,8 @@ where
             path: req
                 .uri()
                 .path_and_query()
-                .map_or_else(|| req.uri().path().to_string(), ToString::to_string),
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
             version: req.version(),
             client: self.client,
             start: Instant::now(),
@@ -146,18 +147,17 @@ impl<S> Resolve<S> {
                 let state = h.get(TRACESTATE).and_then(|v| v.to_str().ok());
                 remote_parent(&tp, state)
             });
-        let route = resolved
-            .route
-            .and_then(|i| snap.routes.get(i))
-            .map_or("unmatched", |r| r.route.name.as_str());
+        let route = resolved.route.and_then(|i| snap.routes.get(i));
         let served = &resolved.served;
         let host = h
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
             .unwrap_or_default();
-        let mut attrs = vec![
-            KeyValue::new("http.request.method", req.method().to_string()),
+        let mut attrs = Vec::with_capacity(16);
+        attrs.extend_from_slice(&served.span_attrs);
+        attrs.extend([
+            KeyValue::new("http.request.method", method_value(req.method())),
             KeyValue::new("url.path", req.uri().path().to_string()),
             KeyValue::new("url.scheme", "http"),
             KeyValue::new(
@@ -166,26 +166,38 @@ impl<S> Resolve<S> {
             ),
             KeyValue::new("network.protocol.version", protocol_version(req.version())),
             KeyValue::new("client.address", self.client.ip().to_string()),
-            KeyValue::new("ml.model.name", served.model.to_string()),
-            KeyValue::new("ml.model.version", served.version.to_string()),
-            KeyValue::new("ml.lineage.id", served.lineage_id.to_string()),
-            KeyValue::new("ml.registry.uri", snap.registry_uri.clone()),
-            KeyValue::new("ml.route", route.to_string()),
+            snap.span_registry.clone(),
             KeyValue::new(
                 "modelstamp.request_id",
                 request_id.to_str().unwrap_or_default().to_string(),
             ),
-        ];
-        if served.is_known() {
-            attrs.push(KeyValue::new(
-                "ml.lineage.url",
-                self.telemetry.tracing.lineage_url(&served.lineage_id),
-            ));
-        }
+        ]);
+        let route_name = match route {
+            Some(r) => {
+                attrs.push(r.span_route.clone());
+                r.route.name.as_str()
+            }
+            None => "unmatched",
+        };
         self.telemetry
             .tracing
-            .server_span(parent, format!("{} {route}", req.method()), attrs)
+            .server_span(parent, format!("{} {route_name}", req.method()), attrs)
     }
+}
+
+/// `http.request.method` without an allocation for the standard methods.
+pub fn method_value(m: &http::Method) -> opentelemetry::Value {
+    let s: &'static str = match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => return opentelemetry::Value::from(m.to_string()),
+    };
+    opentelemetry::Value::from(s)
 }
 
 /// `network.protocol.version` values.

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::HeaderValue;
+use opentelemetry::{KeyValue, StringValue};
 use prometheus_client::metrics::counter::Counter;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,8 @@ pub struct Served {
     pub record: Option<Arc<LineageRecord>>,
     /// Set when the dataset the version was trained on has a newer digest.
     pub stale: Option<Stale>,
+    /// `ml.*` span attributes, built once per snapshot (values are refcounted, not copied).
+    pub span_attrs: Vec<KeyValue>,
 }
 
 /// Why a version's lineage is stale.
@@ -56,16 +59,31 @@ impl Served {
         metrics: &Metrics,
         record: Option<Arc<LineageRecord>>,
         stale: Option<Stale>,
+        lineage_url: &str,
     ) -> Self {
         // Registry values are validated as visible ASCII at load, so these never fail; fall
         // back to `unknown` rather than panic if that invariant is ever broken.
         let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(UNKNOWN));
+        let (model, version, lineage_id): (Arc<str>, Arc<str>, Arc<str>) =
+            (model.into(), version.into(), lineage_id.into());
+        let mut span_attrs = vec![
+            KeyValue::new("ml.model.name", StringValue::from(model.clone())),
+            KeyValue::new("ml.model.version", StringValue::from(version.clone())),
+            KeyValue::new("ml.lineage.id", StringValue::from(lineage_id.clone())),
+        ];
+        if record.is_some() {
+            span_attrs.push(KeyValue::new(
+                "ml.lineage.url",
+                lineage_url.replace("{lineage_id}", &lineage_id),
+            ));
+        }
         Self {
-            model: model.into(),
-            version: version.into(),
-            lineage_id: lineage_id.into(),
-            header_values: [hv(model), hv(version), hv(lineage_id)],
-            metrics: metrics.version(model, version),
+            span_attrs,
+            header_values: [hv(&model), hv(&version), hv(&lineage_id)],
+            metrics: metrics.version(&model, &version),
+            model,
+            version,
+            lineage_id,
             record,
             stale,
         }
@@ -97,6 +115,10 @@ pub struct RouteState {
     pub unknown_model: Counter,
     /// Counts requests for versions the registry does not know.
     pub unknown_version: Counter,
+    /// The `ml.route` span attribute.
+    pub span_route: KeyValue,
+    /// The route's name, shared by every access-log line.
+    pub name: Arc<str>,
 }
 
 /// Everything a request needs, immutable once built.
@@ -118,6 +140,8 @@ pub struct Snapshot {
     pub no_route: Counter,
     /// `ml.registry.uri`: where the records came from.
     pub registry_uri: String,
+    /// The `ml.registry.uri` span attribute.
+    pub span_registry: KeyValue,
 }
 
 impl Snapshot {
@@ -133,6 +157,8 @@ impl Snapshot {
         metrics: &Metrics,
     ) -> Result<Self, ConfigErrors> {
         let strict = matches!(config.registry, RegistrySource::File(_));
+        let lineage_url = config.traces.lineage_url.clone();
+        let lineage_url = lineage_url.as_str();
         let mut errs = Vec::new();
         let mut models = HashMap::new();
         for (name, m) in &registry.models {
@@ -148,12 +174,20 @@ impl Snapshot {
                         metrics,
                         Some(rec.record.clone()),
                         stale,
+                        lineage_url,
                     );
                     (v.clone(), Arc::new(served))
                 })
                 .collect();
-            let unknown_version =
-                Arc::new(Served::new(name, UNKNOWN, UNKNOWN, metrics, None, None));
+            let unknown_version = Arc::new(Served::new(
+                name,
+                UNKNOWN,
+                UNKNOWN,
+                metrics,
+                None,
+                None,
+                lineage_url,
+            ));
             models.insert(
                 name.clone(),
                 ModelState {
@@ -178,6 +212,8 @@ impl Snapshot {
                 default_version,
                 unknown_model: metrics.unresolved(&route.name, "unknown_model"),
                 unknown_version: metrics.unresolved(&route.name, "unknown_version"),
+                span_route: KeyValue::new("ml.route", route.name.clone()),
+                name: route.name.as_str().into(),
             });
         }
         if !errs.is_empty() {
@@ -190,8 +226,17 @@ impl Snapshot {
             registry: Arc::new(registry),
             routes,
             models,
-            unknown_model: Arc::new(Served::new(UNKNOWN, UNKNOWN, UNKNOWN, metrics, None, None)),
+            unknown_model: Arc::new(Served::new(
+                UNKNOWN,
+                UNKNOWN,
+                UNKNOWN,
+                metrics,
+                None,
+                None,
+                lineage_url,
+            )),
             no_route: metrics.unresolved("none", "no_route"),
+            span_registry: KeyValue::new("ml.registry.uri", registry_uri.clone()),
             registry_uri,
         })
     }
