@@ -16,6 +16,7 @@ use tracing::{error, info};
 
 // A proxy allocates small objects on worker threads and frees some on the log and export
 // threads; mimalloc handles that pattern far better than glibc's arenas (see BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -34,6 +34,8 @@ BODY = json.dumps({"id": "bench", "inputs": [
     {"name": f, "datatype": "FP64", "shape": [1, 1], "data": [0.25]}
     for f in ("tenure", "monthly_charges", "support_calls", "usage_gb")]})
 PATH = "/v2/models/churn/infer"
+# As deployed (README, "Memory"): mimalloc without eager arena commit keeps RSS near glibc's.
+MODELSTAMP_ENV = {"MODELSTAMP_LOG": "warn", "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 
 
 def free_port():
@@ -324,7 +326,7 @@ def main():
                         proc, url = None, f"http://127.0.0.1:{up_port}{PATH}"
                     elif target == "modelstamp":
                         cfg = modelstamp_config(tmp, port, free_port(), up_port, otlp)
-                        proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)], env={"MODELSTAMP_LOG": "warn"})
+                        proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)], env=MODELSTAMP_ENV)
                     elif target.startswith("nginx"):
                         cfg = nginx_config(tmp, target, port, up_port, target == "nginx-json")
                         proc = procs.start(target, ["nginx", "-c", str(cfg)])
@@ -387,7 +389,7 @@ def versions_mode(a, procs, binary, tmp, up_port, upstream, otlp, lua):
         for rep in range(a.reps):
             port = free_port()
             cfg = modelstamp_config(tmp, port, free_port(), up_port, otlp, versions=n)
-            proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)], env={"MODELSTAMP_LOG": "warn"})
+            proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)], env=MODELSTAMP_ENV)
             wait_port(port)
             url = f"http://127.0.0.1:{port}{PATH}"
             run_wrk(url, 32, 1, lua)

@@ -19,6 +19,19 @@ fn size(l: &AccessLine) -> usize {
         + l.path.as_str().len()
 }
 
+/// The path and an incoming request ID are slices of hyper's read buffer: kept as they are, each
+/// entry would pin a whole buffer. The index keeps compact copies.
+fn detach(l: &mut AccessLine) {
+    if let Ok(p) = http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(
+        l.path.as_str().as_bytes(),
+    )) {
+        l.path = p;
+    }
+    if let Ok(v) = http::HeaderValue::from_bytes(l.request_id.as_bytes()) {
+        l.request_id = v;
+    }
+}
+
 fn request_key(l: &AccessLine) -> String {
     l.request_id.to_str().unwrap_or_default().to_string()
 }
@@ -86,10 +99,11 @@ impl RecentRequests {
     }
 
     /// Add a finished request, evicting the oldest beyond either cap.
-    pub fn insert(&self, entry: Box<AccessLine>) {
+    pub fn insert(&self, mut entry: Box<AccessLine>) {
         if self.max_entries == 0 {
             return;
         }
+        detach(&mut entry);
         let mut ring = self
             .ring
             .write()

@@ -89,6 +89,12 @@ impl Served {
         }
     }
 
+    /// What a model (or an unknown model) is stamped and counted as when its version is unknown.
+    fn unknown(model: &str, metrics: &Metrics) -> Self {
+        // No record, so no lineage URL is ever built from the template.
+        Self::new(model, UNKNOWN, UNKNOWN, metrics, None, None, "")
+    }
+
     /// Whether the registry knows this version.
     pub fn is_known(&self) -> bool {
         self.record.is_some()
@@ -179,15 +185,7 @@ impl Snapshot {
                     (v.clone(), Arc::new(served))
                 })
                 .collect();
-            let unknown_version = Arc::new(Served::new(
-                name,
-                UNKNOWN,
-                UNKNOWN,
-                metrics,
-                None,
-                None,
-                lineage_url,
-            ));
+            let unknown_version = Arc::new(Served::unknown(name, metrics));
             models.insert(
                 name.clone(),
                 ModelState {
@@ -226,15 +224,7 @@ impl Snapshot {
             registry: Arc::new(registry),
             routes,
             models,
-            unknown_model: Arc::new(Served::new(
-                UNKNOWN,
-                UNKNOWN,
-                UNKNOWN,
-                metrics,
-                None,
-                None,
-                lineage_url,
-            )),
+            unknown_model: Arc::new(Served::unknown(UNKNOWN, metrics)),
             no_route: metrics.unresolved("none", "no_route"),
             span_registry: KeyValue::new("ml.registry.uri", registry_uri.clone()),
             registry_uri,

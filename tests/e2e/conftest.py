@@ -97,25 +97,24 @@ class Procs:
                 p.wait()
 
 
-@pytest.fixture
-def procs():
+def _procs():
     with tempfile.TemporaryDirectory(prefix="modelstamp-e2e-") as tmp:
         p = Procs(tmp)
         try:
             yield p
         finally:
             p.stop_all()
+
+
+@pytest.fixture
+def procs():
+    yield from _procs()
 
 
 @pytest.fixture(scope="module")
 def module_procs():
     """Processes shared by a whole test module (a stack that is slow to build)."""
-    with tempfile.TemporaryDirectory(prefix="modelstamp-e2e-") as tmp:
-        p = Procs(tmp)
-        try:
-            yield p
-        finally:
-            p.stop_all()
+    yield from _procs()
 
 
 class Stack:
