@@ -1,0 +1,144 @@
+//! What codecs produce: input features by name (one value per row) and predictions by output
+//! (one value per row), independent of the protocol they came in.
+
+use std::collections::HashMap;
+
+use serde_json::Value as Json;
+
+/// Most rows or values a codec reads from one message; the rest is ignored (bounded work).
+pub const MAX_VALUES: usize = 100_000;
+
+/// One value as a payload carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// JSON `null` (or a missing cell).
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A number.
+    Number(f64),
+    /// A string (categorical features, class labels, BYTES tensors).
+    Text(String),
+    /// A nested array or object where a scalar was expected.
+    Nested,
+}
+
+impl Value {
+    /// The value of one JSON scalar.
+    pub fn from_json(v: &Json) -> Self {
+        match v {
+            Json::Null => Self::Null,
+            Json::Bool(b) => Self::Bool(*b),
+            Json::Number(n) => n.as_f64().map_or(Self::Nested, Self::Number),
+            Json::String(s) => Self::Text(s.clone()),
+            Json::Array(_) | Json::Object(_) => Self::Nested,
+        }
+    }
+}
+
+/// Named columns of equal length, holding at most [`MAX_VALUES`] values in all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Columns {
+    columns: Vec<(String, Vec<Value>)>,
+    values: usize,
+    index: HashMap<String, usize>,
+}
+
+impl Columns {
+    /// `(name, values)` in payload order.
+    pub fn columns(&self) -> &[(String, Vec<Value>)] {
+        &self.columns
+    }
+
+    /// The values of one column.
+    pub fn get(&self, name: &str) -> Option<&[Value]> {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Add (or extend) a column; past [`MAX_VALUES`] values in all, nothing more is kept.
+    pub fn push(&mut self, name: &str, value: Value) {
+        if self.values >= MAX_VALUES {
+            return;
+        }
+        self.values += 1;
+        match self.index.get(name) {
+            Some(&i) => self.columns[i].1.push(value),
+            None => {
+                self.index.insert(name.to_string(), self.columns.len());
+                self.columns.push((name.to_string(), vec![value]));
+            }
+        }
+    }
+
+    /// Values held in all columns.
+    pub fn len(&self) -> usize {
+        self.values
+    }
+
+    /// Whether nothing was read.
+    pub fn is_empty(&self) -> bool {
+        self.values == 0
+    }
+
+    /// Rows: the longest column.
+    pub fn rows(&self) -> usize {
+        self.columns.iter().map(|(_, v)| v.len()).max().unwrap_or(0)
+    }
+
+    /// Build from rows that are arrays (positional: names from `names`, else `0`, `1`, ...) or
+    /// objects (named), as KServe v1, TF Serving `instances` and MLflow `dataframe_records` send.
+    pub fn from_rows(rows: &[Json], names: &[String], scalar_name: &str) -> Self {
+        let mut out = Self::default();
+        for row in rows.iter().take(MAX_VALUES) {
+            match row {
+                Json::Array(cells) => {
+                    for (i, cell) in cells.iter().enumerate() {
+                        out.push(&positional(names, i), Value::from_json(cell));
+                    }
+                }
+                Json::Object(map) => {
+                    for (k, v) in map {
+                        out.push(k, Value::from_json(v));
+                    }
+                }
+                scalar => out.push(scalar_name, Value::from_json(scalar)),
+            }
+        }
+        out
+    }
+
+    /// Build from named columns (`{"a": [..], "b": [..]}`), as TF Serving and MLflow `inputs` send.
+    pub fn from_object(map: &serde_json::Map<String, Json>) -> Self {
+        let mut out = Self::default();
+        for (k, v) in map {
+            match v {
+                Json::Array(values) => {
+                    for cell in values.iter().take(MAX_VALUES) {
+                        out.push(k, Value::from_json(cell));
+                    }
+                }
+                scalar => out.push(k, Value::from_json(scalar)),
+            }
+        }
+        out
+    }
+}
+
+/// A positional column's name: the schema's, else its index.
+pub fn positional(names: &[String], i: usize) -> String {
+    names.get(i).cloned().unwrap_or_else(|| i.to_string())
+}
+
+/// Why a payload could not be read (the request itself is unaffected).
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// Not JSON (or nested too deeply).
+    #[error("not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// JSON, but not this protocol's shape.
+    #[error("unexpected shape: {0}")]
+    Shape(&'static str),
+}
