@@ -189,12 +189,7 @@ async fn version_mismatch_from_body_and_from_header() {
         "the stamp is what was resolved"
     );
     let series = r#"modelstamp_version_mismatch_total{model="churn",expected="1",reported="2"}"#;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            h.metric(series).await == 1.0
-        })
-        .await
-    );
+    assert!(h.metric_reaches(series, 1.0).await);
     let line = h.access_log().pop().unwrap();
     assert_eq!(line["reported_version"], "2");
 
@@ -208,14 +203,7 @@ async fn version_mismatch_from_body_and_from_header() {
     send(post(&h.url("/v2/models/churn/infer"), INFER_BODY)).await;
     let series =
         r#"modelstamp_version_mismatch_total{model="churn",expected="1",reported="other"}"#;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            h.metric(series).await == 1.0
-        })
-        .await,
-        "{}",
-        h.metrics().await
-    );
+    assert!(h.metric_reaches(series, 1.0).await, "{}", h.metrics().await);
 }
 
 #[tokio::test]
@@ -340,12 +328,7 @@ async fn upstream_5xx_is_passed_through_and_counted() {
         (503, &b"overloaded"[..])
     );
     let series = r#"modelstamp_upstream_errors_total{model="churn",version="1",kind="5xx"}"#;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            h.metric(series).await == 1.0
-        })
-        .await
-    );
+    assert!(h.metric_reaches(series, 1.0).await);
 }
 
 #[tokio::test]
@@ -457,12 +440,7 @@ async fn request_body_over_the_limit_is_413() {
     assert_eq!(resp.status(), 413, "a chunked body is cut at the limit");
     let series =
         r#"modelstamp_request_errors_total{model="churn",version="1",kind="body_too_large"}"#;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            h.metric(series).await == 2.0
-        })
-        .await
-    );
+    assert!(h.metric_reaches(series, 2.0).await);
 }
 
 #[tokio::test]

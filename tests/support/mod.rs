@@ -251,6 +251,14 @@ impl Harness {
         metric_value(&self.metrics().await, series)
     }
 
+    /// Poll until one exact series holds `value` (5 s at most).
+    pub async fn metric_reaches(&self, series: &str, value: f64) -> bool {
+        eventually(Duration::from_secs(5), || async {
+            self.metric(series).await == value
+        })
+        .await
+    }
+
     pub fn access_log(&self) -> Vec<serde_json::Value> {
         self.sidecar
             .telemetry
