@@ -14,6 +14,8 @@ use tracing::info;
 
 use crate::admin::{Admin, AdminState};
 use crate::config::ConfigErrors;
+use crate::inspect::Inspector;
+use crate::inspect::exposition::InspectCollector;
 use crate::observe::Telemetry;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
@@ -46,6 +48,9 @@ pub enum StartError {
     /// The span exporter could not start.
     #[error(transparent)]
     Tracing(#[from] TracingError),
+    /// The inspection worker could not start.
+    #[error("cannot start the inspection worker: {0}")]
+    Inspector(std::io::Error),
 }
 
 /// A started sidecar.
@@ -90,10 +95,15 @@ impl Sidecar {
         )
         .map_err(StartError::AccessLog)?;
         let tracing = Tracing::start(&config.traces, &metrics).map_err(StartError::Tracing)?;
+        let inspector =
+            Inspector::start(&config.inspect, tracing.clone()).map_err(StartError::Inspector)?;
+        let mut registry = registry;
+        registry.register_collector(Box::new(InspectCollector(inspector.shared().clone())));
         let telemetry = Arc::new(Telemetry {
             metrics,
             access_log,
             tracing: tracing.clone(),
+            inspector,
         });
         let proxy_listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
@@ -116,7 +126,7 @@ impl Sidecar {
         let proxy = Proxy::new(
             snapshots.clone(),
             telemetry.clone(),
-            Forward::new(&config.upstream, tracing),
+            Forward::new(&config.upstream, tracing, telemetry.inspector.clone()),
         );
         let grace_source = snapshots.clone();
         let proxy_task = tokio::spawn(serve(

@@ -2,6 +2,7 @@
 //! [`Config`]. Validation collects every error with its path before failing. This module knows
 //! nothing of routing or HTTP serving.
 
+mod inspect;
 pub mod raw;
 mod validate;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use http::HeaderName;
 use http::uri::Authority;
 
+pub use inspect::{CodecChoice, Inspect, RouteInspect};
 pub use validate::{is_token, parse_duration, validate};
 
 /// One problem found in a config or registry, with where it is.
@@ -106,6 +108,8 @@ pub struct Config {
     pub reload_poll_interval: Duration,
     /// Spans and the trace → lineage index.
     pub traces: Traces,
+    /// Payload inspection.
+    pub inspect: Inspect,
     /// Routes, matched in order.
     pub routes: Vec<Route>,
 }
@@ -301,6 +305,8 @@ pub struct Route {
     pub upstream_protocol: UpstreamProtocol,
     /// Response timeout for this route.
     pub response_timeout: Duration,
+    /// How payloads are inspected.
+    pub inspect: RouteInspect,
 }
 
 /// A route's conditions; all given ones must hold.

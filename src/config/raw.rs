@@ -26,7 +26,32 @@ pub struct RawConfig {
     #[serde(default)]
     pub traces: RawTraces,
     #[serde(default)]
+    pub inspect: RawInspect,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// `[inspect]`: payload inspection shared by every route (queue, memory, windows, thresholds).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInspect {
+    pub queue: Option<usize>,
+    pub memory_budget_bytes: Option<u64>,
+    pub window: Option<String>,
+    pub min_samples: Option<u64>,
+    pub issue_rate_threshold: Option<f64>,
+    pub psi_warn: Option<f64>,
+    pub psi_alert: Option<f64>,
+    pub js_warn: Option<f64>,
+}
+
+/// `[routes.inspect]`: how one route's payloads are read.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteInspect {
+    pub codec: Option<String>,
+    pub sample: Option<f64>,
+    pub enforce: Option<bool>,
 }
 
 /// `[traces]`: OpenTelemetry spans and the trace → lineage index. Unset fields fall back to the
@@ -179,6 +204,8 @@ pub struct RawRoute {
     pub version_header: Option<String>,
     pub upstream_protocol: Option<String>,
     pub response_timeout: Option<String>,
+    #[serde(default)]
+    pub inspect: RawRouteInspect,
 }
 
 /// `[routes.match]`: every given condition must hold.

@@ -147,6 +147,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
         ));
     }
     let traces = traces(&mut errs, raw, admin_listen);
+    let inspect = super::inspect::inspect(&mut errs, &raw.inspect);
     let routes = routes(&mut errs, raw, upstream.response_timeout, &headers);
     if errs.is_empty() {
         Ok(Config {
@@ -162,6 +163,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             registry,
             reload_poll_interval,
             traces,
+            inspect,
             routes,
         })
     } else {
@@ -484,6 +486,7 @@ fn route(
     };
     let ms = u64::try_from(default_timeout.as_millis()).unwrap_or(u64::MAX);
     let response_timeout = dur(errs, &at("response_timeout"), &r.response_timeout, ms);
+    let inspect = super::inspect::route_inspect(errs, &r.inspect, at);
     if errs.len() != before {
         return None;
     }
@@ -501,6 +504,7 @@ fn route(
         version_header,
         upstream_protocol,
         response_timeout,
+        inspect,
     })
 }
 
@@ -549,7 +553,7 @@ fn header(
     }
 }
 
-fn dur(
+pub(super) fn dur(
     errs: &mut Vec<ConfigError>,
     path: &str,
     value: &Option<String>,

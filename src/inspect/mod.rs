@@ -1,11 +1,24 @@
-//! Protocol codecs: what the sidecar reads out of inference payloads, off the forwarding path
-//! (bodies are copied by the tee, bounded, and parsed once the exchange is over). Pure functions
-//! of bytes, so they are unit-testable and never touch the forwarded bytes.
+//! Protocol codecs and the inspection worker: what the sidecar reads out of inference payloads,
+//! off the forwarding path. Bodies are copied by the proxy's tee (bounded, within a memory
+//! budget), queued once the exchange is over, and decoded on one worker thread into
+//! per-version prediction, data-quality and drift signals. Codecs are pure functions of bytes,
+//! so they are unit-testable and never touch the forwarded bytes.
 
+pub mod codec;
+pub mod drift;
+pub mod exposition;
 pub mod open_inference;
 pub mod openai;
+pub mod profile;
+pub mod quality;
 pub mod rest;
+pub mod stats;
 pub mod table;
+pub mod worker;
+
+pub use codec::Codec;
+pub use profile::Profile;
+pub use worker::{Inspector, Job, Skip};
 
 #[cfg(test)]
 mod tests {

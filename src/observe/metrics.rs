@@ -135,10 +135,6 @@ pub enum ObserveDrop {
     AccessLogQueueFull,
     /// Writing the access log failed.
     AccessLogWrite,
-    /// The response body was larger than the inspect cap.
-    InspectOverCap,
-    /// The response body could not be parsed.
-    InspectUnparseable,
 }
 
 impl ObserveDrop {
@@ -146,8 +142,6 @@ impl ObserveDrop {
         match self {
             Self::AccessLogQueueFull => "access_log_queue_full",
             Self::AccessLogWrite => "access_log_write_failed",
-            Self::InspectOverCap => "inspect_over_cap",
-            Self::InspectUnparseable => "inspect_unparseable",
         }
     }
 }
@@ -458,16 +452,19 @@ pub enum RequestErrorKind {
     BodyTooLarge,
     /// The client went away before the response ended.
     ClientAbort,
+    /// An `enforce` route rejected inputs that break the training schema.
+    SchemaViolation,
 }
 
 impl RequestErrorKind {
-    const ALL: [Self; 2] = [Self::BodyTooLarge, Self::ClientAbort];
+    const ALL: [Self; 3] = [Self::BodyTooLarge, Self::ClientAbort, Self::SchemaViolation];
 
     /// The `kind` label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BodyTooLarge => "body_too_large",
             Self::ClientAbort => "client_abort",
+            Self::SchemaViolation => "schema_violation",
         }
     }
 }
@@ -479,7 +476,7 @@ pub struct VersionMetrics {
     duration: HistogramWithExemplars<TraceExemplar>,
     upstream_duration: HistogramWithExemplars<TraceExemplar>,
     upstream_errors: [Counter; 4],
-    request_errors: [Counter; 2],
+    request_errors: [Counter; 3],
     /// Requests being proxied now.
     pub in_flight: Gauge,
     request_bytes: Counter,

@@ -22,6 +22,8 @@ pub struct Telemetry {
     pub access_log: AccessLog,
     /// Span builder and exporter.
     pub tracing: Tracing,
+    /// Payload inspection queue.
+    pub inspector: crate::inspect::Inspector,
 }
 
 /// Everything one finished request contributes.

@@ -106,6 +106,21 @@ impl Tracing {
         parent.with_span(span)
     }
 
+    /// Record an event found after a request ended (a data-quality crossing) as a short
+    /// internal span in that request's trace, carrying the event, so a trace view shows it.
+    pub fn event_span(&self, parent: &SpanContext, name: &'static str, attributes: Vec<KeyValue>) {
+        use opentelemetry::trace::Span as _;
+        let parent_cx = Context::new().with_remote_span_context(parent.clone());
+        let mut span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Internal)
+            .with_attributes(attributes.clone())
+            .start_with_context(&self.tracer, &parent_cx);
+        span.add_event(name, attributes);
+        span.end();
+    }
+
     /// Export what is queued (shutdown).
     pub fn flush(&self) {
         if let Err(e) = self.provider.force_flush() {

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
+use crate::inspect::worker::BodyCopy;
+use crate::inspect::{Codec, Inspector};
 
 /// The boxed error every body here yields.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -20,38 +22,114 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body exceeds {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
+/// The client's body as the forward phase gets it: streaming, or (on `enforce` routes) a
+/// prefix read ahead to validate, followed by whatever was not read.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// Straight from the client.
+    Streaming(Incoming),
+    /// Read ahead, then the rest.
+    Buffered {
+        /// Bytes read ahead, sent first.
+        head: Option<Bytes>,
+        /// Trailers read ahead, sent last.
+        trailers: Option<http::HeaderMap>,
+        /// The unread rest, if the body did not end within the read-ahead.
+        rest: Option<Incoming>,
+    },
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Streaming(b) => Pin::new(b).poll_frame(cx),
+            Self::Buffered {
+                head,
+                trailers,
+                rest,
+            } => {
+                if let Some(h) = head.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(h))));
+                }
+                if let Some(r) = rest {
+                    match Pin::new(r).poll_frame(cx) {
+                        Poll::Ready(None) => *rest = None,
+                        other => return other,
+                    }
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streaming(b) => b.is_end_stream(),
+            Self::Buffered {
+                head,
+                trailers,
+                rest,
+            } => {
+                head.is_none()
+                    && trailers.is_none()
+                    && rest.as_ref().is_none_or(|r| r.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Streaming(b) => b.size_hint(),
+            Self::Buffered { head, rest, .. } => {
+                let head = head.as_ref().map_or(0, |h| h.len() as u64);
+                match rest {
+                    None => SizeHint::with_exact(head),
+                    Some(r) => {
+                        let mut hint = r.size_hint();
+                        hint.set_lower(hint.lower() + head);
+                        if let Some(upper) = hint.upper() {
+                            hint.set_upper(upper + head);
+                        }
+                        hint
+                    }
+                }
+            }
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// The client's body on its way upstream: streamed, counted, cut at the limit. On
-    /// OpenAI-compatible routes a bounded copy is kept to read the requested `model`.
+    /// The client's body on its way upstream: streamed, counted, cut at the limit. When the
+    /// exchange is inspected (or on OpenAI-compatible routes, to read the requested `model`) a
+    /// bounded copy is kept, charged to the inspector's memory budget.
     pub struct LimitedBody {
         #[pin]
-        inner: Incoming,
+        inner: ClientBody,
         ctx: Arc<RequestCtx>,
         limit: u64,
-        tee: Option<BytesMut>,
+        tee: Option<BodyCopy>,
+        inspector: Inspector,
     }
 }
 
 impl LimitedBody {
     /// Wrap a request body.
-    pub fn new(inner: Incoming, ctx: Arc<RequestCtx>, limit: u64) -> Self {
-        let tee = ctx.resolved.openai.map(|_| BytesMut::new());
+    pub fn new(inner: ClientBody, ctx: Arc<RequestCtx>, limit: u64, inspector: Inspector) -> Self {
+        let wanted = ctx.inspect.is_some_and(Codec::tabular) || ctx.resolved.openai.is_some();
+        let cap = ctx.snapshot.config.limits.max_inspect_bytes;
+        let tee = wanted.then(|| inspector.copy(cap));
         Self {
             inner,
             ctx,
             limit,
             tee,
-        }
-    }
-}
-
-/// Copy `data` into a bounded tee; over `cap` the copy is abandoned (the bytes still flow).
-fn tee_into(tee: &mut Option<BytesMut>, data: &Bytes, cap: usize) {
-    if let Some(buf) = tee {
-        if buf.len() + data.len() > cap {
-            *tee = None;
-        } else {
-            buf.extend_from_slice(data);
+            inspector,
         }
     }
 }
@@ -78,20 +156,23 @@ impl Body for LimitedBody {
                         this.ctx.body_too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*this.limit)))));
                     }
-                    tee_into(
-                        this.tee,
-                        data,
-                        this.ctx.snapshot.config.limits.max_inspect_bytes,
-                    );
+                    if let Some(copy) = this.tee.as_mut()
+                        && let Err(why) = copy.push(data)
+                    {
+                        *this.tee = None;
+                        if this.ctx.inspect.is_some() {
+                            this.inspector.skip(why);
+                        }
+                    }
                 }
                 if this.inner.is_end_stream() {
-                    read_request_model(this.tee.take(), this.ctx);
+                    request_read(this.tee.take(), this.ctx);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(None) => {
-                read_request_model(this.tee.take(), this.ctx);
+                request_read(this.tee.take(), this.ctx);
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
@@ -107,9 +188,16 @@ impl Body for LimitedBody {
     }
 }
 
-fn read_request_model(tee: Option<BytesMut>, ctx: &RequestCtx) {
-    if let Some(model) = tee.and_then(|b| crate::inspect::openai::json_model(&b)) {
+/// The request body was copied whole: read the OpenAI `model`, keep the copy for the inspector.
+fn request_read(tee: Option<BodyCopy>, ctx: &RequestCtx) {
+    let Some(copy) = tee else { return };
+    if ctx.resolved.openai.is_some()
+        && let Some(model) = crate::inspect::openai::json_model(copy.bytes())
+    {
         let _ = ctx.gen_ai_request_model.set(model);
+    }
+    if ctx.inspect.is_some_and(Codec::tabular) {
+        let _ = ctx.request_copy.set(copy.freeze());
     }
 }
 

@@ -7,8 +7,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Method, Request, Version};
-use hyper::body::Incoming;
 
+use super::body::ClientBody;
+use crate::inspect::Codec;
+use crate::inspect::worker::Copied;
 use crate::routing::{Resolved, RouteState, Snapshot};
 
 /// One request's context, shared by every layer (one allocation per request).
@@ -42,6 +44,10 @@ pub struct RequestCtx {
     pub body_too_large: AtomicBool,
     /// The `model` an OpenAI-compatible request asked for (read once the body is complete).
     pub gen_ai_request_model: OnceLock<String>,
+    /// How this exchange is inspected; `None` when it is not (no codec, or sampled out).
+    pub inspect: Option<Codec>,
+    /// The request body's copy, once it was read whole within the cap and budget.
+    pub request_copy: OnceLock<Copied>,
 }
 
 impl RequestCtx {
@@ -60,7 +66,7 @@ impl RequestCtx {
 #[derive(Debug)]
 pub struct ProxyRequest {
     /// The request as it will be forwarded.
-    pub req: Request<Incoming>,
+    pub req: Request<ClientBody>,
     /// Its context.
     pub ctx: Arc<RequestCtx>,
 }

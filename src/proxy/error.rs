@@ -15,6 +15,21 @@ pub enum ProxyError {
     /// The request body is over the limit.
     #[error("request body exceeds {0} bytes")]
     BodyTooLarge(u64),
+    /// The client's body could not be read (on a route that reads it ahead).
+    #[error("request body could not be read: {0}")]
+    ClientBody(hyper::Error),
+    /// An `enforce` route found inputs that break the training schema.
+    #[error("request violates the training schema of {model} version {version}")]
+    SchemaViolation {
+        /// Model.
+        model: std::sync::Arc<str>,
+        /// Version.
+        version: std::sync::Arc<str>,
+        /// The first violations.
+        violations: Vec<crate::inspect::quality::Violation>,
+        /// How many there are in all.
+        total: usize,
+    },
     /// The upstream exchange failed.
     #[error("upstream {}: {source}", .kind.as_str())]
     Upstream {
@@ -31,6 +46,8 @@ impl ProxyError {
         match self {
             Self::NoRoute => "no_route",
             Self::BodyTooLarge(_) => "body_too_large",
+            Self::SchemaViolation { .. } => "schema_violation",
+            Self::ClientBody(_) => "client_abort",
             Self::Upstream { kind, .. } => match kind {
                 UpstreamErrorKind::Connect => "upstream_connect",
                 UpstreamErrorKind::Timeout => "upstream_timeout",
@@ -50,13 +67,20 @@ impl ProxyError {
 
     /// The downstream error kind, if any.
     pub fn request_kind(&self) -> Option<RequestErrorKind> {
-        matches!(self, Self::BodyTooLarge(_)).then_some(RequestErrorKind::BodyTooLarge)
+        match self {
+            Self::BodyTooLarge(_) => Some(RequestErrorKind::BodyTooLarge),
+            Self::SchemaViolation { .. } => Some(RequestErrorKind::SchemaViolation),
+            Self::ClientBody(_) => Some(RequestErrorKind::ClientAbort),
+            _ => None,
+        }
     }
 
     fn status_and_grpc(&self) -> (StatusCode, &'static str) {
         match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "12"),
             Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "8"),
+            Self::SchemaViolation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "3"),
+            Self::ClientBody(_) => (StatusCode::BAD_REQUEST, "3"),
             Self::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 ..
@@ -88,11 +112,18 @@ pub fn error_response(
         }
         r
     } else {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": message,
             "kind": err.kind_str(),
             "request_id": request_id.to_str().unwrap_or_default(),
         });
+        if let ProxyError::SchemaViolation {
+            violations, total, ..
+        } = err
+        {
+            body["violations"] = serde_json::to_value(violations).unwrap_or_default();
+            body["violations_total"] = (*total).into();
+        }
         let mut r = Response::new(ProxyBody::full(body.to_string()));
         *r.status_mut() = status;
         r.headers_mut().insert(

@@ -20,6 +20,7 @@ use super::ctx::ProxyRequest;
 use super::error::ProxyError;
 use super::headers::{add_forwarded, remove_hop_by_hop};
 use super::resolve::{BoxFuture, method_value, protocol_version};
+use crate::inspect::Inspector;
 use crate::observe::spans::{Tracing, propagation_headers};
 use http::HeaderValue;
 use opentelemetry::trace::{Status, TraceContextExt};
@@ -49,11 +50,12 @@ pub struct Forward {
     http1: HttpClient,
     http2: HttpClient,
     tracing: Tracing,
+    inspector: Inspector,
 }
 
 impl Forward {
     /// Build the two pooled clients.
-    pub fn new(settings: &UpstreamSettings, tracing: Tracing) -> Self {
+    pub fn new(settings: &UpstreamSettings, tracing: Tracing, inspector: Inspector) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
@@ -69,6 +71,7 @@ impl Forward {
             http1: build(false),
             http2: build(true),
             tracing,
+            inspector,
         }
     }
 }
@@ -120,7 +123,8 @@ impl Forward {
         add_forwarded(&mut parts.headers, ctx.client, route.trusted);
         let span = self.client_span(&ctx.span, &parts);
         inject(&mut parts.headers, &span);
-        let req = Request::from_parts(parts, LimitedBody::new(body, ctx.clone(), limit));
+        let body = LimitedBody::new(body, ctx.clone(), limit, self.inspector.clone());
+        let req = Request::from_parts(parts, body);
         let client = if h2 { &self.http2 } else { &self.http1 };
         let start = Instant::now();
         let result = tokio::time::timeout(route.response_timeout, client.request(req)).await;

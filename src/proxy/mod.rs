@@ -3,11 +3,13 @@
 //!
 //! ```text
 //! resolve (request_filter) → stamp (upstream_request_filter / response_filter)
-//!   → tee (logging: timing, errors → responses, one outcome per request) → forward (upstream_peer)
+//!   → tee (logging: timing, errors → responses, one outcome per request)
+//!   → enforce (request_filter: schema check on `enforce` routes) → forward (upstream_peer)
 //! ```
 
 mod body;
 mod ctx;
+mod enforce;
 mod error;
 mod forward;
 mod headers;
@@ -72,7 +74,7 @@ impl Proxy {
     + 'static
     + use<> {
         // Outermost first: resolve once, stamp both ways, observe everything, then forward.
-        let forward = self.forward.clone();
+        let forward = enforce::EnforceLayer.layer(self.forward.clone());
         let tee = tee::TeeLayer::new(self.telemetry.clone()).layer(forward);
         let stamp = stamp::StampLayer.layer(tee);
         resolve::ResolveLayer::new(self.snapshots.clone(), self.telemetry.clone(), client)

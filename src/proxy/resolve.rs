@@ -15,9 +15,11 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use tower::{Layer, Service};
 
+use super::body::ClientBody;
 use super::ctx::{ProxyRequest, RequestCtx};
 use opentelemetry::KeyValue;
 
+use crate::inspect::Codec;
 use crate::observe::Telemetry;
 use crate::observe::spans::remote_parent;
 use crate::observe::trace::parse_traceparent;
@@ -103,6 +105,14 @@ where
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let span = self.server_span(&req, &snapshot, &resolved, &request_id);
+        let inspect = resolved
+            .route
+            .and_then(|i| snapshot.routes.get(i))
+            .and_then(|r| {
+                let codec = Codec::choose(r.route.inspect.codec, req.uri().path())?;
+                let sampled = self.telemetry.inspector.sample(r.route.inspect.sample);
+                sampled.then_some(codec)
+            });
         let ctx = RequestCtx {
             span,
             request_id,
@@ -120,11 +130,13 @@ where
             bytes_in: AtomicU64::new(0),
             body_too_large: AtomicBool::new(false),
             gen_ai_request_model: std::sync::OnceLock::new(),
+            inspect,
+            request_copy: std::sync::OnceLock::new(),
             snapshot,
             resolved,
         };
         self.inner.call(ProxyRequest {
-            req,
+            req: req.map(ClientBody::Streaming),
             ctx: Arc::new(ctx),
         })
     }

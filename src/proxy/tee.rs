@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::inspect::{open_inference, openai};
-use bytes::{Bytes, BytesMut};
+use crate::inspect::worker::BodyCopy;
+use crate::inspect::{Job, Skip, open_inference, openai};
+use bytes::Bytes;
 use http::{Response, header};
 use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
@@ -22,7 +23,7 @@ use super::forward::{Forwarded, end_span};
 use super::resolve::BoxFuture;
 use crate::observe::access_log::AccessLine;
 use crate::observe::exemplar::TraceExemplar;
-use crate::observe::metrics::{ObserveDrop, Recorded, RequestErrorKind, UpstreamErrorKind};
+use crate::observe::metrics::{Recorded, RequestErrorKind, UpstreamErrorKind};
 use crate::observe::{RequestOutcome, Telemetry};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt;
@@ -114,9 +115,11 @@ struct Pending {
     error: Option<&'static str>,
     reported: Option<String>,
     bytes_out: u64,
-    tee: Option<BytesMut>,
-    /// The tee holds an SSE stream, of which a prefix is enough.
+    tee: Option<BodyCopy>,
+    /// The tee holds an SSE stream, of which a prefix is enough to read the model.
     tee_sse: bool,
+    /// The SSE copy stopped at the cap (the prefix is read, the usage is not).
+    tee_truncated: bool,
     gen_ai_response_model: Option<String>,
     finished: bool,
 }
@@ -138,6 +141,7 @@ impl Pending {
             bytes_out: 0,
             tee: None,
             tee_sse: false,
+            tee_truncated: false,
             gen_ai_response_model: None,
             finished: false,
         }
@@ -175,8 +179,10 @@ impl Pending {
         // `model` (JSON, or in each SSE event): keep a bounded copy.
         let oi = self.reported.is_none() && self.ctx.resolved.open_inference_infer && json;
         let openai = self.ctx.resolved.openai.is_some() && (json || sse);
-        if status.is_success() && (oi || openai) {
-            self.tee = Some(BytesMut::new());
+        let inspect = self.ctx.inspect.is_some() && (json || sse);
+        if status.is_success() && (oi || openai || inspect) {
+            let cap = self.ctx.snapshot.config.limits.max_inspect_bytes;
+            self.tee = Some(self.telemetry.inspector.copy(cap));
             self.tee_sse = sse;
         }
     }
@@ -189,19 +195,20 @@ impl Pending {
 
     fn data(&mut self, data: &Bytes) {
         self.bytes_out += data.len() as u64;
-        let cap = self.ctx.snapshot.config.limits.max_inspect_bytes;
-        if let Some(buf) = &mut self.tee {
-            if buf.len() + data.len() <= cap {
-                buf.extend_from_slice(data);
-            } else if self.tee_sse {
-                // The first events are what is read: keep the prefix, stop copying.
-                let room = cap.saturating_sub(buf.len());
-                buf.extend_from_slice(&data[..room.min(data.len())]);
+        let Some(copy) = &mut self.tee else { return };
+        if self.tee_truncated {
+            return;
+        }
+        if let Err(why) = copy.push(data) {
+            if self.tee_sse {
+                // The first events name the model: keep the prefix, stop copying.
+                copy.push_prefix(data);
+                self.tee_truncated = true;
             } else {
                 self.tee = None;
-                self.telemetry
-                    .metrics
-                    .observe_dropped(ObserveDrop::InspectOverCap);
+            }
+            if self.ctx.inspect.is_some() {
+                self.telemetry.inspector.skip(why);
             }
         }
     }
@@ -216,9 +223,11 @@ impl Pending {
             self.request_error = Some(RequestErrorKind::ClientAbort);
             self.error = Some("client_abort");
         }
-        if let Some(buf) = self.tee.take().filter(|_| self.finished || self.tee_sse) {
-            self.inspect(&buf);
+        let copy = self.tee.take().filter(|_| self.finished || self.tee_sse);
+        if let Some(copy) = &copy {
+            self.inspect(copy.bytes());
         }
+        self.submit(copy);
         if let Some(reported) = &self.reported {
             self.check_mismatch(reported);
         }
@@ -298,12 +307,36 @@ impl Pending {
                 Ok(v) => self.reported = v,
                 Err(e) => {
                     debug!(error = %e, "Response body is not Open Inference JSON.");
-                    self.telemetry
-                        .metrics
-                        .observe_dropped(ObserveDrop::InspectUnparseable);
+                    // Counted here only when the inspector will not read (and count) it.
+                    if self.ctx.inspect.is_none() {
+                        self.telemetry.inspector.skip(Skip::Unparseable);
+                    }
                 }
             }
         }
+    }
+
+    /// Queue what was copied for the inspector (after the response went out).
+    fn submit(&self, response: Option<BodyCopy>) {
+        let Some(codec) = self.ctx.inspect else {
+            return;
+        };
+        let request = self.ctx.request_copy.get().cloned();
+        let response = response
+            .filter(|_| self.finished && !self.tee_truncated)
+            .map(BodyCopy::freeze);
+        if request.is_none() && response.is_none() {
+            return;
+        }
+        let sc = self.ctx.span.span().span_context().clone();
+        self.telemetry.inspector.submit(Job {
+            profile: self.ctx.resolved.served.profile.clone(),
+            codec,
+            request,
+            response,
+            sse: self.tee_sse,
+            trace: sc.is_valid().then_some(sc),
+        });
     }
 
     fn check_mismatch(&self, reported: &str) {

@@ -200,6 +200,34 @@ fn check_record(
                 format!("min {lo} > max {hi}"),
             ));
         }
+        if let Some(problem) = f
+            .reference
+            .as_ref()
+            .and_then(|r| r.problem(f.categories.len()))
+        {
+            errs.push(ConfigError::new(
+                format!("{at}.input_schema[{i}].reference"),
+                problem,
+            ));
+        }
+    }
+    if let Some(p) = &r.prediction {
+        if let Some(problem) = p
+            .reference
+            .as_ref()
+            .and_then(|r| r.problem(p.classes.len()))
+        {
+            errs.push(ConfigError::new(
+                format!("{at}.prediction.reference"),
+                problem,
+            ));
+        }
+        if !p.buckets.iter().all(|b| b.is_finite()) || p.buckets.windows(2).any(|w| w[0] >= w[1]) {
+            errs.push(ConfigError::new(
+                format!("{at}.prediction.buckets"),
+                "must be finite and increase strictly",
+            ));
+        }
     }
 }
 
@@ -248,6 +276,27 @@ models:
             vec![
                 "models.churn.versions.1.code.commit: must be 1..=256 visible ASCII characters, got \"a b\"".to_string(),
                 "models.churn.aliases.champion: points to unknown version \"7\"".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_unusable_reference_distributions() {
+        let bad = "models:\n  m:\n    versions:\n      1:\n        input_schema:\n          - { name: a, type: double, reference: { edges: [1, 0], fractions: [0.5, 0.5, 0] } }\n          - { name: b, type: double, reference: { edges: [0], fractions: [0.5, 0.4] } }\n        prediction: { classes: [x, y], reference: { fractions: [1] }, buckets: [2, 1] }\n";
+        let errs = parse_registry(bad, "r.yaml")
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            vec![
+                "models.m.versions.1.input_schema[0].reference: edges must increase strictly"
+                    .to_string(),
+                "models.m.versions.1.input_schema[1].reference: fractions sum to 0.9, not 1".into(),
+                "models.m.versions.1.prediction.reference: 1 fractions for 2 bins".into(),
+                "models.m.versions.1.prediction.buckets: must be finite and increase strictly"
+                    .into(),
             ]
         );
     }

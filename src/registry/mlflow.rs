@@ -591,6 +591,7 @@ fn record(
             ticket: tag(&mv.tags, "ticket").map(str::to_string),
         },
         input_schema: mlmodel.map(signature_features).unwrap_or_default(),
+        prediction: None,
         metrics: run
             .map(|r| {
                 r.data

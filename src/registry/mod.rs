@@ -12,7 +12,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use file::{FileRegistry, parse_registry};
-pub use record::{Code, Environment, Feature, LineageRecord, Promotion, TrainingData};
+pub use record::{
+    Code, Environment, Feature, LineageRecord, PredictionSpec, Promotion, Reference, TrainingData,
+};
 
 use crate::config::ConfigErrors;
 

@@ -80,6 +80,82 @@ pub struct Feature {
     /// Whether the feature may be null.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nullable: bool,
+    /// Where the feature comes from upstream (`crm.accounts.plan_type`), named in data-quality
+    /// events; defaults to the training data's upstream tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The feature's distribution in the training data, for drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+}
+
+/// A reference distribution: for a numeric signal, `edges` e0 < e1 < … split the line into
+/// `(-inf, e0], (e0, e1], …, (e_last, +inf)` and `fractions` holds one share per bin
+/// (`edges.len() + 1` of them); for a categorical one, `edges` is empty and `fractions` follows
+/// the listed categories (or classes), optionally with one more share for everything else.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    /// Upper bin edges (numeric signals).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<f64>,
+    /// Share of the training data in each bin; they sum to 1.
+    pub fractions: Vec<f64>,
+}
+
+impl Reference {
+    /// Why this reference is unusable, if it is: `categories` is the number of listed categories
+    /// (0 for a numeric signal).
+    pub fn problem(&self, categories: usize) -> Option<String> {
+        if !self.edges.iter().all(|e| e.is_finite()) {
+            return Some("edges must be finite numbers".into());
+        }
+        if self.edges.windows(2).any(|w| w[0] >= w[1]) {
+            return Some("edges must increase strictly".into());
+        }
+        let want: &[usize] = if self.edges.is_empty() && categories > 0 {
+            &[categories, categories + 1]
+        } else {
+            &[self.edges.len() + 1]
+        };
+        if self.edges.is_empty() && categories == 0 {
+            return Some("a numeric reference needs edges".into());
+        }
+        if !want.contains(&self.fractions.len()) {
+            return Some(format!(
+                "{} fractions for {} bins",
+                self.fractions.len(),
+                want[0]
+            ));
+        }
+        if self.fractions.iter().any(|f| !f.is_finite() || *f < 0.0) {
+            return Some("fractions must be non-negative numbers".into());
+        }
+        let sum: f64 = self.fractions.iter().sum();
+        if (sum - 1.0).abs() > 1e-6 {
+            return Some(format!("fractions sum to {sum}, not 1"));
+        }
+        None
+    }
+}
+
+/// What the model predicts, so the sidecar can count it per version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictionSpec {
+    /// The response output to read (a tensor or column name); the first one when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Class labels: predictions are counted per label (anything else as `other`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    /// Histogram bucket bounds for numeric predictions (default: the reference edges, else
+    /// 0.1, 0.2, …, 1.0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<f64>,
+    /// The predictions' distribution on the evaluation data, for drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
 }
 
 /// Who promoted the version, when and why.
@@ -140,6 +216,9 @@ pub struct LineageRecord {
     /// Input schema: the features the model was trained on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub input_schema: Vec<Feature>,
+    /// What the model predicts (classes, buckets, reference distribution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<PredictionSpec>,
     /// Evaluation metrics at promotion.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
@@ -163,6 +242,14 @@ impl LineageRecord {
             id.push_str(&format!("{b:02x}"));
         }
         id
+    }
+
+    /// Where a feature comes from upstream: its own `source`, else the training data's tables.
+    pub fn feature_source(&self, feature: &Feature) -> Option<String> {
+        feature.source.clone().or_else(|| {
+            let tables = &self.training_data.as_ref()?.upstream_tables;
+            (!tables.is_empty()).then(|| tables.join(","))
+        })
     }
 
     /// The dataset digest, if any.

@@ -10,7 +10,8 @@ use prometheus_client::metrics::counter::Counter;
 
 use std::collections::BTreeMap;
 
-use crate::config::{Config, ConfigError, ConfigErrors, RegistrySource, Route, Serves};
+use crate::config::{Config, ConfigError, ConfigErrors, Inspect, RegistrySource, Route, Serves};
+use crate::inspect::Profile;
 use crate::observe::metrics::{InfoLabels, Metrics, VersionMetrics};
 use crate::registry::{DatasetKey, LineageRecord, RegistryData};
 
@@ -36,6 +37,8 @@ pub struct Served {
     pub stale: Option<Stale>,
     /// `ml.*` span attributes, built once per snapshot (values are refcounted, not copied).
     pub span_attrs: Vec<KeyValue>,
+    /// What the inspector checks and counts for this version.
+    pub profile: Arc<Profile>,
 }
 
 /// Why a version's lineage is stale.
@@ -56,11 +59,11 @@ impl Served {
         model: &str,
         version: &str,
         lineage_id: &str,
-        metrics: &Metrics,
+        ctx: &BuildCtx<'_>,
         record: Option<Arc<LineageRecord>>,
         stale: Option<Stale>,
-        lineage_url: &str,
     ) -> Self {
+        let (metrics, lineage_url) = (ctx.metrics, ctx.lineage_url);
         // Registry values are validated as visible ASCII at load, so these never fail; fall
         // back to `unknown` rather than panic if that invariant is ever broken.
         let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(UNKNOWN));
@@ -77,7 +80,15 @@ impl Served {
                 lineage_url.replace("{lineage_id}", &lineage_id),
             ));
         }
+        let profile = Arc::new(Profile::new(
+            model.clone(),
+            version.clone(),
+            lineage_id.clone(),
+            record.as_deref(),
+            ctx.inspect,
+        ));
         Self {
+            profile,
             span_attrs,
             header_values: [hv(&model), hv(&version), hv(&lineage_id)],
             metrics: metrics.version(&model, &version),
@@ -90,15 +101,22 @@ impl Served {
     }
 
     /// What a model (or an unknown model) is stamped and counted as when its version is unknown.
-    fn unknown(model: &str, metrics: &Metrics) -> Self {
+    fn unknown(model: &str, ctx: &BuildCtx<'_>) -> Self {
         // No record, so no lineage URL is ever built from the template.
-        Self::new(model, UNKNOWN, UNKNOWN, metrics, None, None, "")
+        Self::new(model, UNKNOWN, UNKNOWN, ctx, None, None)
     }
 
     /// Whether the registry knows this version.
     pub fn is_known(&self) -> bool {
         self.record.is_some()
     }
+}
+
+/// What every `Served` of one snapshot is built with.
+struct BuildCtx<'a> {
+    metrics: &'a Metrics,
+    lineage_url: &'a str,
+    inspect: &'a Inspect,
 }
 
 /// A model's versions plus its `unknown` version.
@@ -163,8 +181,11 @@ impl Snapshot {
         metrics: &Metrics,
     ) -> Result<Self, ConfigErrors> {
         let strict = matches!(config.registry, RegistrySource::File(_));
-        let lineage_url = config.traces.lineage_url.clone();
-        let lineage_url = lineage_url.as_str();
+        let build = BuildCtx {
+            metrics,
+            lineage_url: &config.traces.lineage_url,
+            inspect: &config.inspect,
+        };
         let mut errs = Vec::new();
         let mut models = HashMap::new();
         for (name, m) in &registry.models {
@@ -177,15 +198,14 @@ impl Snapshot {
                         name,
                         v,
                         &rec.lineage_id,
-                        metrics,
+                        &build,
                         Some(rec.record.clone()),
                         stale,
-                        lineage_url,
                     );
                     (v.clone(), Arc::new(served))
                 })
                 .collect();
-            let unknown_version = Arc::new(Served::unknown(name, metrics));
+            let unknown_version = Arc::new(Served::unknown(name, &build));
             models.insert(
                 name.clone(),
                 ModelState {
@@ -218,13 +238,14 @@ impl Snapshot {
             return Err(ConfigErrors(errs));
         }
         let registry_uri = config.registry.uri();
+        let unknown_model = Arc::new(Served::unknown(UNKNOWN, &build));
         Ok(Self {
             generation,
             config: Arc::new(config),
             registry: Arc::new(registry),
             routes,
             models,
-            unknown_model: Arc::new(Served::unknown(UNKNOWN, metrics)),
+            unknown_model,
             no_route: metrics.unresolved("none", "no_route"),
             span_registry: KeyValue::new("ml.registry.uri", registry_uri.clone()),
             registry_uri,

@@ -1,0 +1,353 @@
+//! Per-version accumulators the worker feeds and `/metrics` reads: inspected messages and rows,
+//! data-quality issues (cumulative and windowed), prediction histograms and class counts, LLM
+//! tokens and finish reasons, and the rolling windows drift is computed from.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::drift::{self, Window};
+use super::openai::{FINISH_REASONS, Usage};
+use super::profile::{Profile, Signal};
+use super::quality::{self, Issue, Report};
+use super::table::{Columns, Value};
+
+/// A crossing the worker reports (a log line and a span event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityEvent {
+    /// Schema feature index.
+    pub feature: usize,
+    /// The issue.
+    pub issue: Issue,
+    /// Issue rate over the window.
+    pub rate: f64,
+    /// Rows in the window.
+    pub rows: u64,
+}
+
+/// One drift value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftValue {
+    /// `prediction` or `feature:<name>`.
+    pub signal: String,
+    /// `psi` or `js`.
+    pub statistic: &'static str,
+    /// `reference` or `version:<v>`.
+    pub against: String,
+    /// The value.
+    pub value: f64,
+}
+
+/// Numeric predictions histogram (bucket counts are not cumulative here).
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    /// Upper bounds (the last bucket, +Inf, is implicit).
+    pub bounds: Vec<f64>,
+    /// Counts per bucket, `bounds.len() + 1` of them.
+    pub counts: Vec<u64>,
+    /// Sum of observations.
+    pub sum: f64,
+}
+
+/// Everything counted for one model version.
+#[derive(Debug, Clone)]
+pub struct VersionStats {
+    /// The profile in force.
+    pub profile: Arc<Profile>,
+    /// Requests whose features were read.
+    pub requests: u64,
+    /// Responses whose predictions were read.
+    pub responses: u64,
+    /// Rows checked against the schema.
+    pub rows: u64,
+    /// Cumulative issue counts per schema feature and issue.
+    pub issues: Vec<[u64; 5]>,
+    /// Rows (bin 0) and issues (bin 1 + 5·feature + issue) over the window.
+    issue_window: Window,
+    /// Feature/issue pairs above the threshold (an event was emitted; re-armed below half).
+    alerted: HashSet<(usize, Issue)>,
+    /// Numeric predictions.
+    pub histogram: Histogram,
+    /// Class counts: the listed classes then `other`.
+    pub classes: Vec<u64>,
+    /// LLM input and output tokens.
+    pub tokens: [u64; 2],
+    /// Finish reasons: [`FINISH_REASONS`] then `other`.
+    pub finish: Vec<u64>,
+    prediction_window: Window,
+    feature_windows: Vec<Option<Window>>,
+}
+
+impl VersionStats {
+    /// Empty stats shaped by a profile.
+    pub fn new(profile: Arc<Profile>) -> Self {
+        let features = profile.schema.len();
+        let p = &profile.prediction;
+        Self {
+            requests: 0,
+            responses: 0,
+            rows: 0,
+            issues: vec![[0; 5]; features],
+            issue_window: Window::new(1 + 5 * features),
+            alerted: HashSet::new(),
+            histogram: Histogram {
+                counts: vec![0; p.buckets.len() + 1],
+                bounds: p.buckets.clone(),
+                sum: 0.0,
+            },
+            classes: vec![0; p.classes.len() + 1],
+            tokens: [0; 2],
+            finish: vec![0; FINISH_REASONS.len() + 1],
+            prediction_window: Window::new(p.signal.bins.len()),
+            feature_windows: profile
+                .feature_signals
+                .iter()
+                .map(|s| s.as_ref().map(|s| Window::new(s.bins.len())))
+                .collect(),
+            profile,
+        }
+    }
+
+    /// Count a request's features; returns the data-quality events this message caused.
+    pub fn features(&mut self, columns: &Columns, slice: u64) -> Vec<QualityEvent> {
+        self.requests += 1;
+        let report = quality::check(&self.profile.schema, columns);
+        self.rows += report.rows;
+        self.issue_window.add(slice, 0, report.rows);
+        for (f, issue, n) in report.issues() {
+            self.issues[f][issue as usize] += n;
+            self.issue_window.add(slice, 1 + 5 * f + issue as usize, n);
+        }
+        for (f, signal) in self.profile.feature_signals.iter().enumerate() {
+            let (Some(signal), Some(window)) = (signal, &mut self.feature_windows[f]) else {
+                continue;
+            };
+            for v in columns.get(&self.profile.names[f]).unwrap_or(&[]) {
+                if let Some(bin) = bin_of(signal, v) {
+                    window.add(slice, bin, 1);
+                }
+            }
+        }
+        self.crossings(&report, slice)
+    }
+
+    fn crossings(&mut self, report: &Report, slice: u64) -> Vec<QualityEvent> {
+        let totals = self.issue_window.totals(slice);
+        let rows = totals[0];
+        let settings = &self.profile.settings;
+        let mut events = Vec::new();
+        for (f, counts) in report.counts.iter().enumerate() {
+            for issue in Issue::ALL {
+                let key = (f, issue);
+                let rate = totals[1 + 5 * f + issue as usize] as f64 / rows.max(1) as f64;
+                if counts[issue as usize] > 0
+                    && rows >= settings.min_samples
+                    && rate >= settings.issue_rate_threshold
+                    && self.alerted.insert(key)
+                {
+                    events.push(QualityEvent {
+                        feature: f,
+                        issue,
+                        rate,
+                        rows,
+                    });
+                } else if rate < settings.issue_rate_threshold / 2.0 {
+                    self.alerted.remove(&key);
+                }
+            }
+        }
+        events
+    }
+
+    /// Count a response's predictions.
+    pub fn predictions(&mut self, columns: &Columns, slice: u64) {
+        self.responses += 1;
+        let p = &self.profile.prediction;
+        let values = match &p.output {
+            Some(name) => columns.get(name),
+            None => columns.columns().first().map(|(_, v)| v.as_slice()),
+        };
+        for v in values.unwrap_or(&[]) {
+            if p.classes.is_empty() {
+                let Value::Number(x) = v else { continue };
+                let i = self.histogram.bounds.partition_point(|b| b < x);
+                self.histogram.counts[i] += 1;
+                self.histogram.sum += x;
+            } else {
+                let label = quality::category(v);
+                let i = p.classes.iter().position(|c| *c == label);
+                self.classes[i.unwrap_or(p.classes.len())] += 1;
+            }
+            if let Some(bin) = bin_of(&p.signal, v) {
+                self.prediction_window.add(slice, bin, 1);
+            }
+        }
+    }
+
+    /// Count an LLM response.
+    pub fn usage(&mut self, u: &Usage) {
+        self.responses += 1;
+        self.tokens[0] += u.input_tokens.unwrap_or(0);
+        self.tokens[1] += u.output_tokens.unwrap_or(0);
+        for r in &u.finish_reasons {
+            let i = FINISH_REASONS.iter().position(|k| k == r);
+            self.finish[i.unwrap_or(FINISH_REASONS.len())] += 1;
+        }
+    }
+
+    /// Windowed counts per drift signal: `(signal label, signal, counts)`.
+    pub fn windows(&self, slice: u64) -> Vec<(String, &Signal, Vec<u64>)> {
+        let mut out = vec![(
+            "prediction".to_string(),
+            &self.profile.prediction.signal,
+            self.prediction_window.totals(slice),
+        )];
+        for (f, w) in self.feature_windows.iter().enumerate() {
+            if let (Some(w), Some(s)) = (w, &self.profile.feature_signals[f]) {
+                out.push((
+                    format!("feature:{}", self.profile.names[f]),
+                    s,
+                    w.totals(slice),
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn bin_of(signal: &Signal, v: &Value) -> Option<usize> {
+    match v {
+        Value::Number(x) => signal
+            .bins
+            .of_number(*x)
+            .or_else(|| signal.bins.of_category(&quality::category(v))),
+        Value::Text(_) | Value::Bool(_) => signal.bins.of_category(&quality::category(v)),
+        Value::Null | Value::Nested => None,
+    }
+}
+
+/// Drift of every signal of every version of one model: against the registry's reference and
+/// against each other live version with the same bins, once both windows hold `min_samples`.
+pub fn drift(versions: &[&VersionStats], slice: u64) -> Vec<(usize, DriftValue)> {
+    let windows: Vec<_> = versions.iter().map(|v| v.windows(slice)).collect();
+    let mut out = Vec::new();
+    for (i, v) in versions.iter().enumerate() {
+        let min = v.profile.settings.min_samples;
+        for (label, signal, counts) in &windows[i] {
+            if counts.iter().sum::<u64>() < min {
+                continue;
+            }
+            let actual = drift::as_f64(counts);
+            let mut push = |against: String, expected: &[f64]| {
+                for (statistic, value) in [
+                    ("psi", drift::psi(expected, &actual)),
+                    ("js", drift::js(expected, &actual)),
+                ] {
+                    out.push((
+                        i,
+                        DriftValue {
+                            signal: label.clone(),
+                            statistic,
+                            against: against.clone(),
+                            value,
+                        },
+                    ));
+                }
+            };
+            if let Some(reference) = &signal.reference {
+                push("reference".into(), reference);
+            }
+            for (j, other) in versions.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let Some((_, s, c)) = windows[j].iter().find(|(l, _, _)| l == label) else {
+                    continue;
+                };
+                if s.bins == signal.bins && c.iter().sum::<u64>() >= min {
+                    push(
+                        format!("version:{}", other.profile.version),
+                        &drift::as_f64(c),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Inspect, validate};
+    use crate::registry::{Feature, LineageRecord};
+
+    fn stats(min_samples: u64, threshold: f64) -> VersionStats {
+        let mut settings: Inspect = validate(
+            &toml::from_str("[[routes]]\nmodel = \"m\"\nupstream = \"127.0.0.1:1\"\n")
+                .unwrap_or_default(),
+            std::path::Path::new("."),
+        )
+        .map(|c| c.inspect)
+        .unwrap_or_else(|e| panic!("{e}"));
+        settings.min_samples = min_samples;
+        settings.issue_rate_threshold = threshold;
+        let record = LineageRecord {
+            input_schema: vec![Feature {
+                name: "plan".into(),
+                kind: "string".into(),
+                ..Feature::default()
+            }],
+            ..LineageRecord::default()
+        };
+        VersionStats::new(Arc::new(Profile::new(
+            "m".into(),
+            "1".into(),
+            "ln_1".into(),
+            Some(&record),
+            &settings,
+        )))
+    }
+
+    fn row(plan: Option<&str>) -> Columns {
+        let mut c = Columns::default();
+        c.push("plan", plan.map_or(Value::Null, |p| Value::Text(p.into())));
+        c
+    }
+
+    #[test]
+    fn one_event_per_crossing_after_min_samples_and_rearmed_below_half() {
+        let mut s = stats(10, 0.2);
+        for _ in 0..9 {
+            assert!(s.features(&row(Some("a")), 0).is_empty());
+        }
+        // 1 null in 10 rows: 10 % < 20 %.
+        assert!(s.features(&row(None), 0).is_empty());
+        // 2 nulls in 11 rows, 3 in 12: the second crosses 20 % once.
+        assert!(s.features(&row(None), 0).is_empty());
+        let events = s.features(&row(None), 0);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].issue, Issue::Null);
+        assert!((events[0].rate - 3.0 / 12.0).abs() < 1e-12);
+        assert!(
+            s.features(&row(None), 0).is_empty(),
+            "still above: no repeat"
+        );
+        // The window moves on: the old slice leaves, clean rows bring the rate under 10 %.
+        for _ in 0..20 {
+            s.features(&row(Some("a")), drift::SLICES);
+        }
+        for _ in 0..9 {
+            s.features(&row(Some("a")), drift::SLICES);
+        }
+        let again = s.features(&row(None), drift::SLICES + 1);
+        assert!(again.is_empty(), "1 in 30 is below the threshold");
+        let rearmed: usize = (0..20)
+            .map(|_| s.features(&row(None), drift::SLICES + 1).len())
+            .sum();
+        assert_eq!(
+            rearmed, 1,
+            "re-armed below half the threshold, fires once more"
+        );
+        assert_eq!(s.issues[0][Issue::Null as usize], 25);
+    }
+}

@@ -1,0 +1,359 @@
+//! Payload inspection end to end, in-process: prediction metrics, data quality against the
+//! training schema, drift, enforce mode, and what is skipped, against fake model servers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use modelstamp::inspect::drift;
+use support::*;
+
+const REGISTRY: &str = r#"
+models:
+  churn:
+    aliases: { champion: "1" }
+    versions:
+      "1":
+        training_data: { name: churn-train, digest: e5d39153, upstream_tables: [crm.accounts] }
+        input_schema:
+          - { name: tenure, type: double, min: 0, max: 1, reference: { edges: [0.5], fractions: [0.5, 0.5] } }
+          - { name: plan, type: string, categories: [basic, pro], source: crm.accounts.plan_type }
+        prediction: { buckets: [0.5], reference: { edges: [0.5], fractions: [0.5, 0.5] } }
+      "2":
+        training_data: { name: churn-train, digest: 9a41c07e }
+        input_schema:
+          - { name: tenure, type: double, min: 0, max: 1, reference: { edges: [0.5], fractions: [0.5, 0.5] } }
+          - { name: plan, type: string, categories: [basic, pro] }
+        prediction: { buckets: [0.5], reference: { edges: [0.5], fractions: [0.5, 0.5] } }
+"#;
+
+/// An Open Inference server that predicts each row's `tenure` (so tests choose predictions).
+fn echo_tenure() -> Handler {
+    Arc::new(|req: Request<Incoming>| {
+        Box::pin(async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let tenure = v["inputs"]
+                .as_array()
+                .and_then(|i| i.iter().find(|t| t["name"] == "tenure"))
+                .map(|t| t["data"].clone())
+                .unwrap_or_default();
+            let out = serde_json::json!({"model_name": "churn", "outputs": [
+                {"name": "p", "datatype": "FP64", "shape": [1, 1], "data": tenure}]});
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(out.to_string()))
+                .unwrap()
+        })
+    })
+}
+
+/// An upstream that answers with exactly the request body.
+fn echo_body(content_type: &'static str) -> Handler {
+    Arc::new(move |req: Request<Incoming>| {
+        Box::pin(async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            Response::builder()
+                .header("content-type", content_type)
+                .body(full(body))
+                .unwrap()
+        })
+    })
+}
+
+fn oi_row(tenure: f64, plan: Option<&str>) -> String {
+    let plan = plan.map_or(serde_json::Value::Null, |p| p.into());
+    serde_json::json!({"inputs": [
+        {"name": "tenure", "datatype": "FP64", "shape": [1, 1], "data": [tenure]},
+        {"name": "plan", "datatype": "BYTES", "shape": [1, 1], "data": [plan]}]})
+    .to_string()
+}
+
+async fn settle(h: &Harness) {
+    assert!(h.sidecar.telemetry.inspector.drain(Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn predictions_data_quality_and_drift_per_version() {
+    let up = Upstream::start(echo_tenure()).await;
+    let h = Harness::start_with_registry(
+        &churn_route(up.addr, "@champion", ""),
+        "[inspect]\nmin_samples = 100\n",
+        REGISTRY,
+    )
+    .await;
+    for i in 0..120 {
+        // Version 1: clean rows, all tenure 0.25. Version 2: `plan` turned NULL.
+        let (r, _) = send(post(
+            &h.url("/v2/models/churn/infer"),
+            &oi_row(0.25, Some(if i % 2 == 0 { "basic" } else { "pro" })),
+        ))
+        .await;
+        assert_eq!(r.status(), 200);
+        let (r, _) = send(post(
+            &h.url("/v2/models/churn/versions/2/infer"),
+            &oi_row(0.75, None),
+        ))
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    settle(&h).await;
+    let m = h.metrics().await;
+    let v = |s: &str| metric_value(&m, s);
+    let issue = |version: &str, feature: &str, issue: &str| {
+        v(&format!(
+            "modelstamp_feature_issues_total{{model=\"churn\",version=\"{version}\",feature=\"{feature}\",issue=\"{issue}\"}}"
+        ))
+    };
+    assert_eq!(issue("2", "plan", "null"), 120.0, "{m}");
+    assert_eq!(issue("1", "plan", "null"), 0.0);
+    assert_eq!(issue("1", "plan", "unseen_category"), 0.0);
+    assert_eq!(
+        v("modelstamp_inspected_rows_total{model=\"churn\",version=\"1\"}"),
+        120.0
+    );
+    assert_eq!(
+        v(
+            "modelstamp_inspected_messages_total{model=\"churn\",version=\"2\",message=\"response\"}"
+        ),
+        120.0
+    );
+    assert_eq!(
+        v("modelstamp_prediction_bucket{le=\"0.5\",model=\"churn\",version=\"1\"}")
+            + v("modelstamp_prediction_bucket{model=\"churn\",version=\"1\",le=\"0.5\"}"),
+        120.0,
+        "{m}"
+    );
+    assert_eq!(
+        v("modelstamp_prediction_count{model=\"churn\",version=\"2\"}"),
+        120.0
+    );
+    assert_eq!(
+        v("modelstamp_prediction_sum{model=\"churn\",version=\"2\"}"),
+        90.0
+    );
+
+    // Every prediction of version 1 is in bin 0, of version 2 in bin 1; the reference is 50/50.
+    let expected = [0.5, 0.5];
+    let want_psi = (1.0 - 0.5) * (1.0f64 / 0.5).ln()
+        + (drift::PSI_EPSILON - 0.5) * (drift::PSI_EPSILON / 0.5).ln();
+    let drift_of = |version: &str, signal: &str, stat: &str, against: &str| {
+        v(&format!(
+            "modelstamp_drift{{model=\"churn\",version=\"{version}\",signal=\"{signal}\",statistic=\"{stat}\",against=\"{against}\"}}"
+        ))
+    };
+    assert!(
+        (drift_of("1", "prediction", "psi", "reference") - want_psi).abs() < 1e-12,
+        "{m}"
+    );
+    assert!((drift::psi(&expected, &[1.0, 0.0]) - want_psi).abs() < 1e-15);
+    let js = drift_of("2", "feature:tenure", "js", "reference");
+    // Reference [0.5, 0.5] against [0, 1]: the mixture is [0.25, 0.75].
+    let m_half: f64 =
+        0.5 * (0.5f64 / 0.25).ln() + 0.5 * (0.5f64 / 0.75).ln() + (1.0f64 / 0.75).ln();
+    assert!(
+        (js - (m_half / 2.0).sqrt()).abs() < 1e-12,
+        "js {js} vs {}",
+        (m_half / 2.0).sqrt()
+    );
+    assert!(
+        drift_of("1", "prediction", "psi", "version:2") > 5.0,
+        "disjoint versions drift apart: {m}"
+    );
+    assert_eq!(
+        v(
+            "modelstamp_drift_window_samples{model=\"churn\",version=\"1\",signal=\"feature:tenure\"}"
+        ),
+        120.0
+    );
+    assert_eq!(
+        v("modelstamp_drift_window_samples{model=\"churn\",version=\"1\",signal=\"feature:plan\"}"),
+        120.0
+    );
+}
+
+#[tokio::test]
+async fn enforce_rejects_violations_with_422_and_forwards_clean_requests_unchanged() {
+    let up = Upstream::start(echo_body("application/json")).await;
+    let h = Harness::start_with_registry(
+        &churn_route(up.addr, "1", "inspect = { enforce = true }"),
+        "",
+        REGISTRY,
+    )
+    .await;
+    let bad = oi_row(7.0, Some("gold"));
+    let (resp, body) = send(post(&h.url("/v2/models/churn/infer"), &bad)).await;
+    assert_eq!(resp.status(), 422);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["kind"], "schema_violation");
+    assert_eq!(v["violations_total"], 2);
+    assert_eq!(
+        v["violations"],
+        serde_json::json!([
+            {"row": 0, "feature": "tenure", "issue": "out_of_range"},
+            {"row": 0, "feature": "plan", "issue": "unseen_category"}])
+    );
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let good = oi_row(0.5, Some("pro"));
+    let (resp, body) = send(post(&h.url("/v2/models/churn/infer"), &good)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body, good.as_bytes(), "forwarded byte for byte");
+    assert!(
+        h.metric_reaches(
+            "modelstamp_request_errors_total{model=\"churn\",version=\"1\",kind=\"schema_violation\"}",
+            1.0
+        )
+        .await,
+        "{}",
+        h.metrics().await
+    );
+
+    // The same violation on an observe-only route is forwarded and counted.
+    let up2 = Upstream::start(echo_tenure()).await;
+    let h2 = Harness::start_with_registry(&churn_route(up2.addr, "1", ""), "", REGISTRY).await;
+    let (resp, _) = send(post(&h2.url("/v2/models/churn/infer"), &bad)).await;
+    assert_eq!(resp.status(), 200);
+    settle(&h2).await;
+    assert_eq!(
+        h2.metric("modelstamp_feature_issues_total{model=\"churn\",version=\"1\",feature=\"plan\",issue=\"unseen_category\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_50_mb_request_and_a_malformed_response_pass_through_unchanged() {
+    let up = Upstream::start(echo_body("application/json")).await;
+    let h = Harness::start_with_registry(&churn_route(up.addr, "1", ""), "", REGISTRY).await;
+    let big: Vec<u8> = (0..50 * 1024 * 1024).map(|i| b"{[\"x1, "[i % 7]).collect();
+    let req = Request::post(h.url("/v2/models/churn/infer"))
+        .header("content-type", "application/json")
+        .body(full(big.clone()))
+        .unwrap();
+    let (resp, body) = send(req).await;
+    assert_eq!(resp.status(), 200);
+    assert!(body == big, "50 MB echoed unchanged");
+    let malformed = r#"{"outputs": [{"name": "p", "data": [1, 2"#;
+    let (resp, body) = send(post(&h.url("/v2/models/churn/infer"), malformed)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body, malformed.as_bytes());
+    settle(&h).await;
+    let m = h.metrics().await;
+    assert_eq!(
+        metric_value(&m, "modelstamp_inspect_skipped_total{reason=\"over_cap\"}"),
+        2.0,
+        "request and response copies abandoned at the cap: {m}"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "modelstamp_inspect_skipped_total{reason=\"unparseable\"}"
+        ),
+        2.0,
+        "the malformed request and its echo"
+    );
+    assert_eq!(metric_value(&m, "modelstamp_inspect_held_bytes"), 0.0);
+}
+
+#[tokio::test]
+async fn sampling_and_the_memory_budget_skip_and_count() {
+    let up = Upstream::start(echo_tenure()).await;
+    let h = Harness::start_with_registry(
+        &churn_route(up.addr, "1", "inspect = { sample = 0.0 }"),
+        "",
+        REGISTRY,
+    )
+    .await;
+    for _ in 0..5 {
+        send(post(
+            &h.url("/v2/models/churn/infer"),
+            &oi_row(0.5, Some("pro")),
+        ))
+        .await;
+    }
+    settle(&h).await;
+    let m = h.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "modelstamp_inspect_skipped_total{reason=\"sampled_out\"}"
+        ),
+        5.0
+    );
+    assert!(!m.contains("modelstamp_inspected_rows_total{"), "{m}");
+
+    let up = Upstream::start(echo_tenure()).await;
+    let h = Harness::start_with_registry(
+        &churn_route(up.addr, "1", ""),
+        "[inspect]\nmemory_budget_bytes = 16\n",
+        REGISTRY,
+    )
+    .await;
+    let (resp, _) = send(post(&h.url("/v2/models/churn/infer"), &oi_row(0.5, None))).await;
+    assert_eq!(resp.status(), 200);
+    settle(&h).await;
+    assert_eq!(
+        h.metric("modelstamp_inspect_skipped_total{reason=\"memory_budget\"}")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn llm_tokens_and_finish_reasons_from_sse_and_json() {
+    let handler: Handler = Arc::new(|req: Request<Incoming>| {
+        Box::pin(async move {
+            let stream = req.uri().path().contains("chat");
+            let _ = req.into_body().collect().await;
+            let (ct, body) = if stream {
+                ("text/event-stream", "data: {\"model\":\"llama\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n\
+                  data: {\"model\":\"llama\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n\
+                  data: {\"model\":\"llama\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":16}}\n\n\
+                  data: [DONE]\n\n".to_string())
+            } else {
+                ("application/json", r#"{"model":"llama","choices":[{"index":0,"text":"x","finish_reason":"weird"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#.to_string())
+            };
+            Response::builder()
+                .header("content-type", ct)
+                .body(full(body))
+                .unwrap()
+        })
+    });
+    let up = Upstream::start(handler).await;
+    let route = format!(
+        "[[routes]]\nname = \"llm\"\nmodel = \"churn\"\nupstream = \"{}\"\nserves = \"1\"\n",
+        up.addr
+    );
+    let h = Harness::start_with_registry(&route, "", REGISTRY).await;
+    send(post(
+        &h.url("/v1/chat/completions"),
+        r#"{"model":"llama","stream":true}"#,
+    ))
+    .await;
+    send(post(&h.url("/v1/completions"), r#"{"model":"llama"}"#)).await;
+    settle(&h).await;
+    let m = h.metrics().await;
+    let v = |s: &str| metric_value(&m, s);
+    assert_eq!(
+        v("modelstamp_llm_tokens_total{model=\"churn\",version=\"1\",type=\"input\"}"),
+        8.0,
+        "{m}"
+    );
+    assert_eq!(
+        v("modelstamp_llm_tokens_total{model=\"churn\",version=\"1\",type=\"output\"}"),
+        20.0
+    );
+    assert_eq!(
+        v("modelstamp_llm_finish_reasons_total{model=\"churn\",version=\"1\",reason=\"length\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("modelstamp_llm_finish_reasons_total{model=\"churn\",version=\"1\",reason=\"other\"}"),
+        1.0
+    );
+}
