@@ -7,8 +7,9 @@
 //! - `request_path`: the sum a request pays before and after forwarding, minus I/O.
 //! - `span/*`: building and ending the server and client spans (sampled: the full cost; a
 //!   dropped span should cost next to nothing).
-//! - `inspect/*`: the codecs that read the copied bodies after the response (off the byte path,
-//!   but on a worker thread's budget).
+//! - `inspect/*`: the codecs that read the copied bodies after the response, the schema check
+//!   and the counting (off the byte path, but on the one worker thread's budget: a regression
+//!   lowers the exchanges per second it keeps up with before `queue_full` skips start).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -180,6 +181,60 @@ fn inspect_benches(c: &mut Criterion) {
     let sse = b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n";
     c.bench_function("inspect/openai_sse_model", |b| {
         b.iter(|| openai::sse_model(black_box(sse)))
+    });
+    c.bench_function("inspect/openai_sse_usage", |b| {
+        b.iter(|| openai::sse_usage(black_box(sse)))
+    });
+    inspect_worker_benches(c);
+}
+
+/// The worker's per-exchange work: decode with each codec, check the schema, count.
+fn inspect_worker_benches(c: &mut Criterion) {
+    use modelstamp::inspect::Codec;
+    use modelstamp::inspect::quality;
+    use modelstamp::inspect::stats::VersionStats;
+    let snap = snapshot();
+    let profile = snap.models["churn"].versions["2"].profile.clone();
+    let oi_req = modelstamp::demo::demo_request(7, 10).to_string();
+    let oi_resp = br#"{"model_name":"churn","model_version":"2","outputs":[{"name":"churn_probability","shape":[1,1],"datatype":"FP64","data":[0.42]}]}"#;
+    let bodies: [(&str, Codec, &[u8], &[u8]); 3] = [
+        ("open_inference", Codec::OpenInference, oi_req.as_bytes(), oi_resp),
+        (
+            "kserve_v1",
+            Codec::KserveV1,
+            br#"{"instances": [[0.1, -0.3, 1.2, 0.4]]}"#,
+            br#"{"predictions": [0.42]}"#,
+        ),
+        (
+            "mlflow",
+            Codec::Mlflow,
+            br#"{"dataframe_split": {"columns": ["tenure", "monthly_charges", "support_calls", "usage_gb"], "data": [[0.1, -0.3, 1.2, 0.4]]}}"#,
+            br#"{"predictions": [0.42]}"#,
+        ),
+    ];
+    for (name, codec, req, resp) in bodies {
+        c.bench_function(&format!("inspect/{name}_features"), |b| {
+            b.iter(|| codec.features(black_box(req), &profile.names))
+        });
+        c.bench_function(&format!("inspect/{name}_predictions"), |b| {
+            b.iter(|| codec.predicted(black_box(resp), false))
+        });
+    }
+    let columns = Codec::OpenInference
+        .features(oi_req.as_bytes(), &profile.names)
+        .unwrap();
+    c.bench_function("inspect/quality_check", |b| {
+        b.iter(|| quality::check(&profile.schema, black_box(&columns)))
+    });
+    let predicted = Codec::OpenInference.predicted(oi_resp, false).unwrap();
+    let mut stats = VersionStats::new(profile.clone());
+    c.bench_function("inspect/count_exchange", |b| {
+        b.iter(|| {
+            stats.features(black_box(&columns), 0);
+            if let modelstamp::inspect::codec::Predicted::Table(p) = &predicted {
+                stats.predictions(p, 0);
+            }
+        })
     });
 }
 

@@ -153,9 +153,12 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MODELSTAMP_LOG")
         .unwrap_or_else(|_| "info".into());
+    // Colours only on a terminal: log files and collectors get plain `key=value` fields.
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -297,6 +300,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         opts.requests
     );
     println!("{}", demo::render_table(&rows));
+    println!("{}", demo::render_inspection(&running));
     println!("{}", demo::render_urls(&running, &rows, &access_log));
     if args.keep_running {
         println!("Running until Ctrl-C.");

@@ -241,6 +241,18 @@ fn demo_prints_a_table_per_version() {
             .starts_with("ln_")
     );
     assert!(stdout.contains("admin:      http://127.0.0.1:"), "{stdout}");
+    // The candidate's `usage_gb` turns NULL halfway: only version 2 shows it, with its source.
+    let issues: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("usage_gb"))
+        .collect();
+    assert_eq!(issues.len(), 1, "{stdout}");
+    assert!(
+        issues[0].contains("null") && issues[0].contains("telemetry.daily_usage.gb"),
+        "{stdout}"
+    );
+    let v2 = stdout.find("version 2 ").unwrap();
+    assert!(stdout.find("usage_gb ").unwrap() > v2, "{stdout}");
     assert_eq!(
         std::fs::read_to_string(&log).unwrap().lines().count(),
         100,

@@ -261,6 +261,51 @@ async fn a_50_mb_request_and_a_malformed_response_pass_through_unchanged() {
 }
 
 #[tokio::test]
+async fn random_bytes_and_truncated_json_pass_through_unchanged() {
+    let up = Upstream::start(echo_body("application/json")).await;
+    let h = Harness::start_with_registry(
+        &churn_route(up.addr, "1", "inspect = { enforce = true }"),
+        "",
+        REGISTRY,
+    )
+    .await;
+    let mut seed: u64 = 42;
+    let golden = oi_row(0.5, Some("pro"));
+    for i in 0..60 {
+        let body: Vec<u8> = if i % 2 == 0 {
+            let len = (i * 977) % 5000;
+            (0..len)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    (seed >> 56) as u8
+                })
+                .collect()
+        } else {
+            golden.as_bytes()[..(i * 13) % golden.len()].to_vec()
+        };
+        let req = Request::post(h.url("/v2/models/churn/infer"))
+            .header("content-type", "application/json")
+            .body(full(body.clone()))
+            .unwrap();
+        let (resp, echoed) = send(req).await;
+        assert_eq!(
+            resp.status(),
+            200,
+            "case {i}: unreadable bodies are forwarded, not rejected"
+        );
+        assert_eq!(echoed, body, "case {i}");
+    }
+    settle(&h).await;
+    assert!(
+        h.metric("modelstamp_inspect_skipped_total{reason=\"unparseable\"}")
+            .await
+            >= 100.0
+    );
+}
+
+#[tokio::test]
 async fn sampling_and_the_memory_budget_skip_and_count() {
     let up = Upstream::start(echo_tenure()).await;
     let h = Harness::start_with_registry(

@@ -98,12 +98,25 @@ async fn invalid_reloads_are_rejected_and_the_old_snapshot_keeps_serving() {
             "listen = \"127.0.0.1:0\"\ndrain",
             "listen = \"127.0.0.1:1\"\ndrain",
         ),
+        config_text_polling(
+            &h.dir,
+            &churn_route(up.addr, "1", ""),
+            "[inspect]\nwindow = \"1m\"\n",
+            "1h",
+        ),
+        text(churn_route(
+            up.addr,
+            "1",
+            "inspect = { codec = \"grpc\", sample = 2.0 }",
+        )),
     ];
     let expected = [
         "unknown field `routez`",
         "routes[0].serves: version \"7\" of model \"churn\" is not in the registry",
         "routes[0].upstream_protocol: unknown \"h3\" (auto, http1 or http2)",
         "server.listen: cannot change on reload; restart modelstamp",
+        "inspect.window: cannot change on reload; restart modelstamp",
+        "routes[0].inspect.codec: unknown \"grpc\" (auto, open_inference, kserve_v1, tf_serving, mlflow, openai or off)",
     ];
     for (text, want) in cases.iter().zip(expected) {
         std::fs::write(&h.config, text).unwrap();
@@ -130,7 +143,7 @@ async fn invalid_reloads_are_rejected_and_the_old_snapshot_keeps_serving() {
     assert_eq!(
         h.metric(r#"modelstamp_config_reloads_total{result="failure"}"#)
             .await,
-        5.0
+        (cases.len() + 1) as f64
     );
     assert_eq!(h.metric("modelstamp_snapshot_generation").await, 1.0);
 }

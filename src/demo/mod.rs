@@ -111,12 +111,23 @@ impl Rng {
     }
 }
 
-/// The request body for request `i`: one row of standardised features.
-pub fn demo_request(i: usize) -> Value {
+/// The request body for request `i` of `n`: one row of standardised features. In the second
+/// half of the run, an upstream change turns `usage_gb` NULL for the candidate (version 2)
+/// traffic: the incident the demo's data-quality counters show.
+pub fn demo_request(i: usize, n: usize) -> Value {
     let mut rng = Rng(i as u64 ^ 0x5eed);
+    let null_usage = demo_path(i).contains("/versions/2/") && i >= n / 2;
     let inputs: Vec<Value> = model_server::FEATURES
         .iter()
-        .map(|f| json!({ "name": f, "datatype": "FP64", "shape": [1, 1], "data": [(rng.normal() * 1000.0).round() / 1000.0] }))
+        .map(|f| {
+            let x = (rng.normal() * 1000.0).round() / 1000.0;
+            let data = if null_usage && *f == "usage_gb" {
+                Value::Null
+            } else {
+                x.into()
+            };
+            json!({ "name": f, "datatype": "FP64", "shape": [1, 1], "data": [data] })
+        })
         .collect();
     json!({ "id": format!("demo-{i}"), "inputs": inputs })
 }
@@ -141,7 +152,7 @@ async fn drive(proxy: SocketAddr, n: usize) -> Vec<Observation> {
         tasks.spawn(async move {
             let mut seen = Vec::new();
             for i in (worker..n).step_by(8) {
-                seen.push(one(&client, proxy, i).await);
+                seen.push(one(&client, proxy, i, n).await);
             }
             seen
         });
@@ -157,8 +168,9 @@ async fn one(
     client: &Client<HttpConnector, Full<Bytes>>,
     proxy: SocketAddr,
     i: usize,
+    n: usize,
 ) -> Observation {
-    let body = demo_request(i).to_string();
+    let body = demo_request(i, n).to_string();
     let traceparent = format!(
         "00-{:016x}{:016x}-{:016x}-01",
         0xdec0_de00_u64,
@@ -284,6 +296,61 @@ pub async fn run_traffic(demo: &Demo, requests: usize) -> Vec<VersionRow> {
     summarise(&drive(demo.sidecar.proxy_addr, requests).await)
 }
 
+/// What the inspector saw, per version: data-quality issues (with the feature's upstream
+/// source) and drift against the registry's reference, as `/metrics` exposes them.
+pub fn render_inspection(demo: &Demo) -> String {
+    let inspector = &demo.sidecar.telemetry.inspector;
+    inspector.drain(Duration::from_secs(5));
+    let shared = inspector.shared();
+    let slice = shared.slice_now();
+    let all = shared
+        .stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let versions: Vec<_> = all
+        .values()
+        .filter(|v| v.rows > 0 && !v.profile.schema.is_empty())
+        .collect();
+    let mut out = String::from("inspection (modelstamp_feature_issues_total, modelstamp_drift):\n");
+    for v in &versions {
+        let p = &v.profile;
+        let _ = writeln!(out, "  version {:<4} {} rows checked", p.version, v.rows);
+        for (f, counts) in v.issues.iter().enumerate() {
+            for issue in crate::inspect::quality::Issue::ALL {
+                let n = counts[issue as usize];
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "    {:<16} {:<16} {:>5} rows ({:.0}%)  upstream: {}",
+                        p.names[f],
+                        issue.as_str(),
+                        n,
+                        100.0 * n as f64 / v.rows as f64,
+                        p.sources[f].as_deref().unwrap_or("unknown")
+                    );
+                }
+            }
+        }
+    }
+    let mut drift = crate::inspect::stats::drift(&versions, slice);
+    drift.retain(|(_, d)| d.statistic == "psi" && d.against == "reference");
+    for (i, d) in drift {
+        let level = if d.value >= versions[i].profile.settings.psi_alert {
+            "ALERT"
+        } else if d.value >= versions[i].profile.settings.psi_warn {
+            "warn"
+        } else {
+            "ok"
+        };
+        let _ = writeln!(
+            out,
+            "  drift version {:<4} {:<26} PSI {:.3} vs reference  {level}",
+            versions[i].profile.version, d.signal, d.value
+        );
+    }
+    out
+}
+
 /// The text printed after the table: where everything is.
 pub fn render_urls(demo: &Demo, rows: &[VersionRow], access_log: &std::path::Path) -> String {
     let proxy = demo.sidecar.proxy_addr;
@@ -292,7 +359,7 @@ pub fn render_urls(demo: &Demo, rows: &[VersionRow], access_log: &std::path::Pat
         .iter()
         .find(|r| r.lineage_id.starts_with("ln_"))
         .map_or("ln_…", |r| r.lineage_id.as_str());
-    let body = demo_request(1).to_string();
+    let body = demo_request(1, 2).to_string();
     format!(
         "proxy:      http://{proxy}\n\
          admin:      http://{admin}/metrics\n\

@@ -43,6 +43,18 @@ mod tests {
         let _ = rest::predictions(body);
         let _ = openai::json_model(body);
         let _ = openai::sse_model(body);
+        let _ = openai::json_usage(body);
+        let _ = openai::sse_usage(body);
+        for codec in [
+            Codec::OpenInference,
+            Codec::KserveV1,
+            Codec::Mlflow,
+            Codec::OpenAi,
+        ] {
+            let _ = codec.features(body, &names);
+            let _ = codec.predicted(body, false);
+            let _ = codec.predicted(body, true);
+        }
     }
 
     #[test]

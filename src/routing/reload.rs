@@ -476,5 +476,12 @@ fn restart_required(old: &Config, new: &Config) -> Vec<ConfigError> {
         "access_log.queue",
     );
     check(old.traces != new.traces, "traces");
+    // The inspection worker's queue, budget and window slices are sized at start.
+    check(old.inspect.queue != new.inspect.queue, "inspect.queue");
+    check(
+        old.inspect.memory_budget_bytes != new.inspect.memory_budget_bytes,
+        "inspect.memory_budget_bytes",
+    );
+    check(old.inspect.window != new.inspect.window, "inspect.window");
     errs
 }

@@ -157,6 +157,23 @@ def test_responses_carry_the_mlflow_version_and_real_lineage(stack):
     assert sum(1 for l in lines if l["version"] == "2" and l["reported_version"] == "2") >= 10
 
 
+def test_inspection_reads_mlserver_payloads_against_the_mlflow_signature(stack):
+    """[inspection] on the real stack: MLServer's responses are counted as predictions and a NULL
+    input is checked against the schema modelstamp read from the MLmodel signature."""
+    client = stack.triton()
+    before = stack.metric('modelstamp_prediction_count{model="churn",version="1"}')
+    for i in range(5):
+        stack.infer(client, version="1", i=i)
+    body = json.dumps({"inputs": [{"name": f, "datatype": "FP64", "shape": [1, 1],
+                                   "data": [None if f == "usage_gb" else 0.1]} for f in FEATURES]})
+    status, _, _ = http("POST", f"http://127.0.0.1:{stack.port}/v2/models/churn/versions/1/infer", body)
+    null = 'modelstamp_feature_issues_total{model="churn",version="1",feature="usage_gb",issue="null"}'
+    wait_until(lambda: stack.metric(null) == 1.0, what="the NULL counted against the signature")
+    assert stack.metric(null.replace("usage_gb", "tenure")) == 0.0
+    assert stack.metric('modelstamp_prediction_count{model="churn",version="1"}') >= before + 5
+    print(f"MLServer answered the NULL row with {status}; {null} 1")
+
+
 def test_promql_slices_by_version_and_joins_lineage(stack):
     base = stack.prometheus
     query = 'sum by (version) (modelstamp_requests_total{model="churn"})'
