@@ -402,3 +402,63 @@ async fn llm_tokens_and_finish_reasons_from_sse_and_json() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_data_quality_crossing_lands_as_a_span_in_the_request_trace() {
+    let (collector, received) = otlp::start().await;
+    let up = Upstream::start(echo_tenure()).await;
+    let extra = format!(
+        "[traces]\nsampler = \"always_on\"\notlp_endpoint = \"http://{}\"\notlp_protocol = \"http/protobuf\"\n[inspect]\nmin_samples = 20\n",
+        collector.addr
+    );
+    let h = Harness::start_with_registry(&churn_route(up.addr, "1", ""), &extra, REGISTRY).await;
+    for i in 0..30 {
+        let plan = if i < 25 { Some("pro") } else { None };
+        let (r, _) = send(post(&h.url("/v2/models/churn/infer"), &oi_row(0.5, plan))).await;
+        assert_eq!(r.status(), 200);
+    }
+    settle(&h).await;
+    let found = eventually(Duration::from_secs(10), || async {
+        received
+            .spans()
+            .iter()
+            .any(|(_, s)| s.name == "modelstamp.data_quality")
+    })
+    .await;
+    assert!(
+        found,
+        "{:?}",
+        received
+            .spans()
+            .iter()
+            .map(|(_, s)| s.name.clone())
+            .collect::<Vec<_>>()
+    );
+    let spans = received.spans();
+    let dq: Vec<_> = spans
+        .iter()
+        .filter(|(_, s)| s.name == "modelstamp.data_quality")
+        .collect();
+    assert_eq!(dq.len(), 1, "one event per crossing");
+    let span = &dq[0].1;
+    assert_eq!(otlp::attr(span, "ml.feature.name").as_deref(), Some("plan"));
+    assert_eq!(
+        otlp::attr(span, "ml.feature.issue").as_deref(),
+        Some("null")
+    );
+    assert_eq!(
+        otlp::attr(span, "ml.feature.upstream_source").as_deref(),
+        Some("crm.accounts.plan_type")
+    );
+    assert_eq!(span.events.len(), 1);
+    // 2 NULLs in 27 rows crossed 5 %: the event sits in the trace of the 27th request.
+    let parent = spans
+        .iter()
+        .find(|(_, s)| s.span_id == span.parent_span_id)
+        .expect("the request's server span");
+    assert_eq!(parent.1.trace_id, span.trace_id);
+    assert_eq!(
+        otlp::attr(&parent.1, "ml.model.version").as_deref(),
+        Some("1")
+    );
+}

@@ -275,6 +275,96 @@ pub fn drift(versions: &[&VersionStats], slice: u64) -> Vec<(usize, DriftValue)>
     out
 }
 
+/// How far a drift value is past the configured thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Below the warning threshold.
+    Ok,
+    /// At or above `psi_warn` (PSI) or `js_warn` (JS).
+    Warn,
+    /// At or above `psi_alert` (PSI).
+    Alert,
+}
+
+impl Level {
+    /// The level of one value.
+    pub fn of(statistic: &str, value: f64, s: &crate::config::Inspect) -> Self {
+        match statistic {
+            "psi" if value >= s.psi_alert => Self::Alert,
+            "psi" if value >= s.psi_warn => Self::Warn,
+            "js" if value >= s.js_warn => Self::Warn,
+            _ => Self::Ok,
+        }
+    }
+
+    /// The log field value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Warn => "warn",
+            Self::Alert => "alert",
+        }
+    }
+}
+
+/// A drift series that rose to a higher level.
+#[derive(Debug, Clone)]
+pub struct DriftEvent {
+    /// The version's profile.
+    pub profile: Arc<Profile>,
+    /// The value.
+    pub drift: DriftValue,
+    /// Its new level.
+    pub level: Level,
+}
+
+type DriftKey = (Arc<str>, Arc<str>, String, &'static str, String);
+
+/// Remembers the level of every drift series and reports each rise once; a series that falls
+/// back to `ok` is re-armed.
+#[derive(Debug, Default)]
+pub struct DriftWatch {
+    levels: std::collections::HashMap<DriftKey, Level>,
+}
+
+impl DriftWatch {
+    /// Compare every version's drift now with what was seen last time.
+    pub fn check<'a>(
+        &mut self,
+        versions: impl IntoIterator<Item = &'a VersionStats>,
+        slice: u64,
+    ) -> Vec<DriftEvent> {
+        let mut by_model: std::collections::BTreeMap<&str, Vec<&VersionStats>> =
+            std::collections::BTreeMap::new();
+        for v in versions {
+            by_model.entry(&v.profile.model).or_default().push(v);
+        }
+        let mut events = Vec::new();
+        for model_versions in by_model.values() {
+            for (i, d) in drift(model_versions, slice) {
+                let profile = &model_versions[i].profile;
+                let level = Level::of(d.statistic, d.value, &profile.settings);
+                let key = (
+                    profile.model.clone(),
+                    profile.version.clone(),
+                    d.signal.clone(),
+                    d.statistic,
+                    d.against.clone(),
+                );
+                let before = self.levels.insert(key, level).unwrap_or(Level::Ok);
+                if level > before {
+                    events.push(DriftEvent {
+                        profile: profile.clone(),
+                        drift: d,
+                        level,
+                    });
+                }
+            }
+        }
+        events
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +396,50 @@ mod tests {
             Some(&record),
             &settings,
         )))
+    }
+
+    #[test]
+    fn drift_rises_are_reported_once_per_level() {
+        let mut s = stats(10, 0.2);
+        let mut watch = DriftWatch::default();
+        // No reference and one version: nothing to compare with.
+        s.predictions(&row(Some("x")), 0);
+        assert!(watch.check([&s], 0).is_empty());
+        let settings = s.profile.settings.clone();
+        assert_eq!(Level::of("psi", 0.3, &settings), Level::Alert);
+        assert_eq!(Level::of("psi", 0.1, &settings), Level::Warn);
+        assert_eq!(Level::of("js", 0.1, &settings), Level::Warn);
+        assert_eq!(Level::of("js", 0.09, &settings), Level::Ok);
+
+        let mut profile = (*s.profile).clone();
+        profile.prediction.signal.reference = Some(vec![0.5, 0.5]);
+        profile.prediction.signal.bins = drift::Bins::Numeric(vec![0.5]);
+        let mut s = VersionStats::new(Arc::new(profile));
+        let mut numbers = Columns::default();
+        for x in [0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.9, 0.9, 0.9] {
+            numbers.push("p", Value::Number(x));
+        }
+        s.predictions(&numbers, 0);
+        // 70/30 against 50/50: PSI 0.169 (warn), JS 0.145 (warn).
+        let levels = |events: Vec<DriftEvent>| -> Vec<(&'static str, Level)> {
+            events
+                .iter()
+                .map(|e| (e.drift.statistic, e.level))
+                .collect()
+        };
+        let first = levels(watch.check([&s], 0));
+        assert_eq!(first, [("psi", Level::Warn), ("js", Level::Warn)]);
+        assert!(
+            watch.check([&s], 0).is_empty(),
+            "no repeat at the same level"
+        );
+        let mut low = Columns::default();
+        for _ in 0..10 {
+            low.push("p", Value::Number(0.0));
+        }
+        s.predictions(&low, 0);
+        // 85/15: PSI 0.41 rises to alert; JS stays at warn.
+        assert_eq!(levels(watch.check([&s], 0)), [("psi", Level::Alert)]);
     }
 
     fn row(plan: Option<&str>) -> Columns {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use super::codec::{Codec, Predicted};
 use super::drift::SLICES;
 use super::profile::Profile;
-use super::stats::{QualityEvent, VersionStats};
+use super::stats::{DriftWatch, QualityEvent, VersionStats};
 use crate::config::Inspect;
 use crate::observe::spans::Tracing;
 
@@ -294,13 +294,40 @@ impl Inspector {
     }
 }
 
+/// How often drift levels are compared with the thresholds.
+const DRIFT_CHECK: Duration = Duration::from_secs(1);
+
 fn run(rx: &Receiver<Job>, shared: &Shared, tracing: &Tracing) {
-    while let Ok(job) = rx.recv() {
-        let events = process(shared, &job);
-        // Counted as done only after the stats are updated, so `drain` means "visible".
-        shared.queued.fetch_sub(1, Ordering::Relaxed);
-        for e in events {
-            report(&job, &e, tracing);
+    let mut watch = DriftWatch::default();
+    let mut checked = Instant::now();
+    loop {
+        match rx.recv_timeout(DRIFT_CHECK) {
+            Ok(job) => {
+                let events = process(shared, &job);
+                // Counted as done only after the stats are updated, so `drain` means "visible".
+                shared.queued.fetch_sub(1, Ordering::Relaxed);
+                for e in events {
+                    report(&job, &e, tracing);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if checked.elapsed() >= DRIFT_CHECK {
+            checked = Instant::now();
+            let events = {
+                let all = shared.stats.lock().unwrap_or_else(PoisonError::into_inner);
+                watch.check(all.values(), shared.slice_now())
+            };
+            for e in events {
+                let p = &e.profile;
+                warn!(
+                    model = %p.model, version = %p.version, lineage_id = %p.lineage_id,
+                    signal = %e.drift.signal, statistic = e.drift.statistic,
+                    against = %e.drift.against, value = e.drift.value, level = e.level.as_str(),
+                    "Drift crossed a threshold."
+                );
+            }
         }
     }
 }
