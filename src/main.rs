@@ -42,6 +42,8 @@ enum Command {
     Lineage(LineageArgs),
     /// Serve only the demo's Open Inference v2 model server (an upstream for tests and benches).
     DemoModel(DemoModelArgs),
+    /// Exit 0 when a running sidecar is ready (`/readyz`), 1 otherwise: a container healthcheck.
+    Healthcheck(AdminArgs),
 }
 
 #[derive(Args)]
@@ -139,6 +141,7 @@ fn main() -> ExitCode {
             Some(Command::Demo(args)) => run_demo(args).await,
             Some(Command::Lineage(args)) => lineage(args).await,
             Some(Command::DemoModel(args)) => demo_model(args).await,
+            Some(Command::Healthcheck(args)) => healthcheck(args).await,
         }
     });
     match result {
@@ -269,6 +272,21 @@ async fn lineage(args: LineageArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn healthcheck(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(&args.url().await)?;
+    match tokio::time::timeout(Duration::from_secs(3), client.ready()).await {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            eprintln!("error: no answer from the admin API within 3s");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {

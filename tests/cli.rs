@@ -259,3 +259,52 @@ fn demo_prints_a_table_per_version() {
         "one access-log line per request"
     );
 }
+
+#[tokio::test]
+async fn healthcheck_exits_0_when_ready_and_1_otherwise() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let h = Harness::start(&churn_route(up.addr, "1", ""), "").await;
+    let admin = format!("http://{}", h.sidecar.admin_addr);
+    let healthcheck = |admin: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["healthcheck", "--admin", &admin])
+                .output()
+                .unwrap()
+        })
+    };
+    let ok = healthcheck(admin.clone()).await.unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    h.sidecar.shutdown();
+    let draining = healthcheck(admin).await.unwrap();
+    assert_eq!(draining.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&draining.stderr).contains("503: not ready"),
+        "{}",
+        String::from_utf8_lossy(&draining.stderr)
+    );
+    let down = Command::new(BIN)
+        .args(["healthcheck", "--admin"])
+        .arg(format!("http://127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach the admin API"));
+}
+
+#[test]
+fn the_shipped_kubernetes_config_and_registry_pass_check() {
+    let out = Command::new(BIN)
+        .args(["check", "--config", "deploy/kubernetes/modelstamp.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -175,3 +175,11 @@ async fn a_registry_edit_is_picked_up_by_the_file_watch_and_retires_old_info_ser
         "the old lineage's info series is retired:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn a_file_registry_that_loaded_is_up() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let h = Harness::start_manual(&churn_route(up.addr, "1", "")).await;
+    assert_eq!(h.metric("modelstamp_registry_up").await, 1.0);
+    assert_eq!(h.metric("modelstamp_registry_staleness_seconds").await, 0.0);
+}

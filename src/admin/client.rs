@@ -53,9 +53,35 @@ impl AdminClient {
         })
     }
 
+    /// Whether the sidecar is ready (`GET /readyz` answers 200): the container healthcheck.
+    pub async fn ready(&self) -> Result<(), ClientError> {
+        let (status, body) = self.get(&format!("{}/readyz", self.base)).await?;
+        if status == StatusCode::OK {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&body);
+        Err(ClientError::Api(format!(
+            "{}: not ready: {}",
+            status.as_u16(),
+            text.trim()
+        )))
+    }
+
     /// GET a JSON document; a non-2xx answer becomes [`ClientError::Api`] with its message.
     pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
+        let (status, body) = self.get(&url).await?;
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Api(format!("{status}: not JSON: {e}")))?;
+        if status != StatusCode::OK {
+            let msg = value["error"].as_str().unwrap_or("error").to_string();
+            return Err(ClientError::Api(format!("{}: {msg}", status.as_u16())));
+        }
+        Ok(value)
+    }
+
+    async fn get(&self, url: &str) -> Result<(StatusCode, Bytes), ClientError> {
+        let url = url.to_string();
         let req = Request::get(&url)
             .body(Full::new(Bytes::new()))
             .map_err(|_| ClientError::Url(url.clone()))?;
@@ -74,13 +100,7 @@ impl AdminClient {
             .await
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
-        let value: Value = serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Api(format!("{status}: not JSON: {e}")))?;
-        if status != StatusCode::OK {
-            let msg = value["error"].as_str().unwrap_or("error").to_string();
-            return Err(ClientError::Api(format!("{}: {msg}", status.as_u16())));
-        }
-        Ok(value)
+        Ok((status, body))
     }
 
     /// The lineage answer for a trace ID, request ID or lineage ID, as

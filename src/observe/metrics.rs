@@ -395,6 +395,12 @@ impl Metrics {
             .inc();
     }
 
+    /// A local registry loaded: up, and as fresh as the process.
+    pub fn registry_loaded(&self) {
+        self.registry_up.set(1);
+        self.registry_staleness.set(0.0);
+    }
+
     /// Record a registry read: up or down, and the age of what is served (`None`: never read).
     pub fn registry_result(&self, ok: bool, age_seconds: Option<f64>) {
         self.registry_up.set(i64::from(ok));

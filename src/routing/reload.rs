@@ -167,7 +167,12 @@ impl Reloader {
                 state.remote = Some(remote);
                 data
             }
-            _ => source.load().await?.1,
+            _ => {
+                let data = source.load().await?.1;
+                // A file (or embedded) registry that loaded is up; it has no remote to lose.
+                metrics.registry_loaded();
+                data
+            }
         };
         let snapshot = Snapshot::build(1, config, registry, &state.events, &metrics)?;
         publish(&metrics, &snapshot, None);
