@@ -1,7 +1,8 @@
 //! Per-request hot-path functions, each measured alone and together.
 //!
 //! What a regression here means:
-//! - `resolve`: route matching or version lookup got slower; every request pays it.
+//! - `resolve`: route matching, version lookup or the canary split got slower; every request
+//!   pays it.
 //! - `stamp`: header writes allocate or copy where they should share pre-built values.
 //! - `record`: metric recording took a lock or a label lookup (handles must be pre-resolved).
 //! - `request_path`: the sum a request pays before and after forwarding, minus I/O.
@@ -25,6 +26,8 @@ use modelstamp::proxy::{new_request_id, stamp};
 use modelstamp::registry::parse_registry;
 use modelstamp::routing::{Snapshot, resolve};
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+
+const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 fn snapshot() -> Snapshot {
     let raw = config::parse(DEMO_CONFIG, "demo.toml").unwrap();
@@ -79,13 +82,14 @@ fn benches(c: &mut Criterion) {
                 &snap,
                 black_box("/v2/models/churn/versions/2/infer"),
                 &headers,
+                CLIENT,
             )
         })
     });
     c.bench_function("resolve/route_alias", |b| {
-        b.iter(|| resolve(&snap, black_box("/v2/models/churn/infer"), &headers))
+        b.iter(|| resolve(&snap, black_box("/v2/models/churn/infer"), &headers, CLIENT))
     });
-    let served = resolve(&snap, "/v2/models/churn/infer", &headers).served;
+    let served = resolve(&snap, "/v2/models/churn/infer", &headers, CLIENT).served;
     let names = &snap.config.headers;
     let rid = new_request_id();
     c.bench_function("stamp", |b| {
@@ -112,7 +116,7 @@ fn benches(c: &mut Criterion) {
         b.iter_batched_ref(
             client_headers,
             |h| {
-                let resolved = resolve(&snap, "/v2/models/churn/infer", h);
+                let resolved = resolve(&snap, "/v2/models/churn/infer", h, CLIENT);
                 let id = new_request_id();
                 stamp(h, names, &resolved.served, &id);
                 resolved.served.metrics.in_flight.inc();

@@ -13,6 +13,7 @@
 //! Data flows down this list and never back up.
 
 pub mod admin;
+pub mod canary;
 pub mod config;
 pub mod demo;
 pub mod inspect;

@@ -1,4 +1,6 @@
-//! The `modelstamp` command line: `run` (the default), `check`, `demo`.
+//! The `modelstamp` command line: `run` (the default), `check`, `demo`, the commands that talk
+//! to a running sidecar (`lineage`, `compare`, `promote`, `rollback`, `audit show`), and
+//! `audit verify`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +46,15 @@ enum Command {
     DemoModel(DemoModelArgs),
     /// Exit 0 when a running sidecar is ready (`/readyz`), 1 otherwise: a container healthcheck.
     Healthcheck(AdminArgs),
+    /// Compare a canary's candidate with its baseline: table (or --json) and verdict.
+    Compare(canary_cli::CompareArgs),
+    /// Send all of a split route's traffic to the candidate (or --version), with an audit entry.
+    Promote(canary_cli::ChangeArgs),
+    /// Send all of a split route's traffic back to the baseline, with an audit entry.
+    Rollback(canary_cli::ChangeArgs),
+    /// Verify an audit log's hash chain, or show a sidecar's audit trail.
+    #[command(subcommand)]
+    Audit(canary_cli::AuditCommand),
 }
 
 #[derive(Args)]
@@ -58,6 +69,8 @@ struct DemoModelArgs {
     #[arg(long)]
     fixed: bool,
 }
+
+mod canary_cli;
 
 #[derive(Args)]
 struct AdminArgs {
@@ -142,6 +155,10 @@ fn main() -> ExitCode {
             Some(Command::Lineage(args)) => lineage(args).await,
             Some(Command::DemoModel(args)) => demo_model(args).await,
             Some(Command::Healthcheck(args)) => healthcheck(args).await,
+            Some(Command::Compare(args)) => canary_cli::compare(args).await,
+            Some(Command::Promote(args)) => canary_cli::change(args, "promote").await,
+            Some(Command::Rollback(args)) => canary_cli::change(args, "rollback").await,
+            Some(Command::Audit(cmd)) => canary_cli::audit(cmd).await,
         }
     });
     match result {
@@ -319,6 +336,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("{}", demo::render_table(&rows));
     println!("{}", demo::render_inspection(&running));
+    println!("{}", demo::render_canary(&running));
     println!("{}", demo::render_urls(&running, &rows, &access_log));
     if args.keep_running {
         println!("Running until Ctrl-C.");

@@ -13,6 +13,9 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::admin::{Admin, AdminState};
+use crate::canary::audit::AuditLog;
+use crate::canary::control::Controller;
+use crate::canary::shadow::{ShadowCollector, ShadowStats};
 use crate::config::ConfigErrors;
 use crate::inspect::Inspector;
 use crate::inspect::exposition::InspectCollector;
@@ -21,6 +24,7 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::observe::recent::RecentRequests;
 use crate::observe::spans::{Tracing, TracingError};
+use crate::proxy::shadow::Shadower;
 
 /// Memory cap of the trace → lineage index (about 30k entries of typical size).
 const RECENT_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -48,6 +52,9 @@ pub enum StartError {
     /// The span exporter could not start.
     #[error(transparent)]
     Tracing(#[from] TracingError),
+    /// The audit log could not be opened (or does not verify).
+    #[error(transparent)]
+    Audit(crate::canary::audit::AuditError),
     /// The inspection worker could not start.
     #[error("cannot start the inspection worker: {0}")]
     Inspector(std::io::Error),
@@ -63,6 +70,8 @@ pub struct Sidecar {
     pub reloader: Arc<Reloader>,
     /// Telemetry sinks.
     pub telemetry: Arc<Telemetry>,
+    /// Canary comparisons and traffic changes.
+    pub canary: Arc<Controller>,
     admin_state: Arc<AdminState>,
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
@@ -99,6 +108,18 @@ impl Sidecar {
             Inspector::start(&config.inspect, tracing.clone()).map_err(StartError::Inspector)?;
         let mut registry = registry;
         registry.register_collector(Box::new(InspectCollector(inspector.shared().clone())));
+        let shadow_stats = Arc::new(ShadowStats::new(config.inspect.window));
+        registry.register_collector(Box::new(ShadowCollector(shadow_stats.clone())));
+        let audit =
+            Arc::new(AuditLog::open(config.audit_path.as_deref()).map_err(StartError::Audit)?);
+        reloader.set_audit(audit.clone());
+        let canary = Arc::new(Controller::new(
+            reloader.clone(),
+            audit,
+            inspector.shared().clone(),
+            shadow_stats.clone(),
+            metrics.clone(),
+        ));
         let telemetry = Arc::new(Telemetry {
             metrics,
             access_log,
@@ -127,6 +148,7 @@ impl Sidecar {
             snapshots.clone(),
             telemetry.clone(),
             Forward::new(&config.upstream, tracing, telemetry.inspector.clone()),
+            Shadower::new(&config.upstream, shadow_stats),
         );
         let grace_source = snapshots.clone();
         let proxy_task = tokio::spawn(serve(
@@ -141,6 +163,7 @@ impl Sidecar {
             metrics: registry,
             recent: telemetry.access_log.recent.clone(),
             draining: AtomicBool::new(false),
+            canary: canary.clone(),
         });
         let admin = Admin::new(admin_state.clone());
         let admin_task = tokio::spawn(serve(
@@ -150,6 +173,7 @@ impl Sidecar {
             || Duration::from_secs(1),
             "admin",
         ));
+        tokio::spawn(canary.clone().watch(shutdown_rx.clone()));
         tokio::spawn(reloader.clone().watch(hup_rx, shutdown_rx));
         info!(%proxy_addr, %admin_addr, "modelstamp started.");
         Ok(Self {
@@ -157,6 +181,7 @@ impl Sidecar {
             admin_addr,
             reloader,
             telemetry,
+            canary,
             admin_state,
             shutdown,
             admin_shutdown,

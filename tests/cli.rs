@@ -241,10 +241,20 @@ fn demo_prints_a_table_per_version() {
             .starts_with("ln_")
     );
     assert!(stdout.contains("admin:      http://127.0.0.1:"), "{stdout}");
+    // The canary table judges the challenger against the champion, with the lineage diff.
+    assert!(
+        stdout.contains("canary  churn: candidate 2 vs baseline 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("training_data.digest         e5d39153 -> 9a41c07e"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\nverdict: "), "{stdout}");
     // The candidate's `usage_gb` turns NULL halfway: only version 2 shows it, with its source.
     let issues: Vec<&str> = stdout
         .lines()
-        .filter(|l| l.trim_start().starts_with("usage_gb"))
+        .filter(|l| l.trim_start().starts_with("usage_gb") && l.contains("upstream:"))
         .collect();
     assert_eq!(issues.len(), 1, "{stdout}");
     assert!(
@@ -306,5 +316,142 @@ fn the_shipped_kubernetes_config_and_registry_pass_check() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const TOKEN: &str = "cli-test-token-0123456789";
+
+/// A split route (90/10 between versions 1 and 2) with an admin token and an audit file.
+async fn split_harness() -> (Harness, Upstream, std::path::PathBuf) {
+    let up = Upstream::start(oi_handler("1")).await;
+    let dir = temp_dir("canary-cli");
+    let audit = dir.join("audit.jsonl");
+    let route = format!(
+        "[[routes]]\nname = \"churn\"\nmodel = \"churn\"\nupstream = \"{}\"\nmatch = {{ open_inference = true }}\n\
+         [[routes.backends]]\nversion = \"1\"\nweight = 90\n[[routes.backends]]\nversion = \"2\"\nweight = 10\n",
+        up.addr
+    );
+    let h = Harness::start(
+        &route,
+        &format!("[audit]\npath = \"{}\"\n", audit.display()),
+    )
+    .await;
+    let text = std::fs::read_to_string(&h.config).unwrap().replacen(
+        "[admin]\n",
+        &format!("[admin]\ntoken = \"{TOKEN}\"\n"),
+        1,
+    );
+    std::fs::write(&h.config, text).unwrap();
+    h.sidecar.reloader.reload().await.unwrap();
+    (h, up, audit)
+}
+
+async fn bin(args: Vec<String>, token: Option<&str>) -> std::process::Output {
+    let token = token.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        let mut c = Command::new(BIN);
+        c.args(&args).env_remove("MODELSTAMP_ADMIN_TOKEN");
+        if let Some(t) = token {
+            c.env("MODELSTAMP_ADMIN_TOKEN", t);
+        }
+        c.output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn compare_prints_the_table_verdict_and_lineage_diff() {
+    let (h, _up, _) = split_harness().await;
+    for _ in 0..10 {
+        send(post(&h.url("/v2/models/churn/infer"), "{}")).await;
+    }
+    let admin = format!("http://{}", h.sidecar.admin_addr);
+    let out = bin(
+        args(&format!("compare --model churn --admin {admin}")),
+        None,
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("canary  churn: candidate 2 vs baseline 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("code.commit                  97f447d -> 1c2b8e0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("training_data.digest         e5d39153 -> 9a41c07e"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("verdict: HOLD"), "{stdout}");
+    let json = bin(
+        args(&format!("compare --model churn --json --admin {admin}")),
+        None,
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["verdict"], "hold");
+    assert_eq!(v["baseline"]["weight"], 90);
+    let unknown = bin(args(&format!("compare --model nope --admin {admin}")), None).await;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("404"));
+}
+
+#[tokio::test]
+async fn promote_and_rollback_are_token_guarded_and_audit_verify_detects_tampering() {
+    let (h, _up, audit) = split_harness().await;
+    let admin = format!("http://{}", h.sidecar.admin_addr);
+    let promote =
+        format!("promote --model churn --reason green --ticket ML-9 --actor ci --admin {admin}");
+    let denied = bin(args(&promote), None).await;
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("401"));
+    let ok = bin(args(&promote), Some(TOKEN)).await;
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains("promote: route churn"), "{stdout}");
+    let rollback = format!("rollback --model churn --reason red --actor ci --admin {admin}");
+    assert!(bin(args(&rollback), Some(TOKEN)).await.status.success());
+    let file = audit.display().to_string();
+    let verified = bin(args(&format!("audit verify {file}")), None).await;
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("2 entries, chain intact"));
+    let show = bin(args(&format!("audit show --admin {admin}")), None).await;
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        shown.starts_with("chain: ok") && shown.contains("rollback"),
+        "{shown}"
+    );
+    let head = bin(args(&format!("audit verify {file} --head 00ff")), None).await;
+    assert_eq!(head.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&head.stderr).contains("removed from its end"));
+    let text = std::fs::read_to_string(&audit).unwrap();
+    std::fs::write(&audit, text.replacen("\"green\"", "\"greener\"", 1)).unwrap();
+    let tampered = bin(args(&format!("audit verify {file}")), None).await;
+    assert_eq!(tampered.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&tampered.stderr)
+            .contains("line 1: hash does not match the content (edited)"),
+        "{}",
+        String::from_utf8_lossy(&tampered.stderr)
     );
 }

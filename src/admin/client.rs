@@ -80,11 +80,39 @@ impl AdminClient {
         Ok(value)
     }
 
-    async fn get(&self, url: &str) -> Result<(StatusCode, Bytes), ClientError> {
-        let url = url.to_string();
-        let req = Request::get(&url)
-            .body(Full::new(Bytes::new()))
+    /// POST a JSON body with a bearer token; a non-2xx answer becomes [`ClientError::Api`].
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = Request::post(&url).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|_| ClientError::Url(url.clone()))?;
+        let (status, body) = self.send(req).await?;
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Api(format!("{status}: not JSON: {e}")))?;
+        if !status.is_success() {
+            let msg = value["error"].as_str().unwrap_or("error").to_string();
+            return Err(ClientError::Api(format!("{}: {msg}", status.as_u16())));
+        }
+        Ok(value)
+    }
+
+    async fn get(&self, url: &str) -> Result<(StatusCode, Bytes), ClientError> {
+        let req = Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| ClientError::Url(url.to_string()))?;
+        self.send(req).await
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             url: self.base.clone(),
             reason,

@@ -3,6 +3,7 @@
 //! `POST /events/dataset-changed` and `POST /webhooks/mlflow`. A plain tower service, testable
 //! without sockets.
 
+mod canary;
 pub mod client;
 mod webhook;
 
@@ -43,6 +44,8 @@ pub struct AdminState {
     pub recent: Arc<RecentRequests>,
     /// Set on SIGTERM: `/readyz` turns 503 so load balancers stop sending.
     pub draining: AtomicBool,
+    /// Canary comparisons, weight changes and the audit log.
+    pub canary: Arc<crate::canary::control::Controller>,
 }
 
 /// The admin service.
@@ -80,7 +83,11 @@ impl Admin {
         let path = parts.uri.path().to_string();
         match parts.method {
             Method::GET | Method::HEAD => self.get(&parts, &path),
-            Method::POST if path == "/events/dataset-changed" || path == "/webhooks/mlflow" => {
+            Method::POST
+                if path == "/events/dataset-changed"
+                    || path == "/webhooks/mlflow"
+                    || canary::is_traffic_change(&path) =>
+            {
                 let body = match Limited::new(body, MAX_BODY).collect().await {
                     Ok(b) => b.to_bytes(),
                     Err(e) => {
@@ -92,6 +99,8 @@ impl Admin {
                 };
                 if path == "/webhooks/mlflow" {
                     self.mlflow_webhook(&parts.headers, &body)
+                } else if canary::is_traffic_change(&path) {
+                    self.traffic_change(&path, &parts.headers, &body).await
                 } else {
                     self.dataset_changed(&parts.headers, &body).await
                 }
@@ -113,8 +122,11 @@ impl Admin {
             }
             "/readyz" => text(StatusCode::OK, "ready\n"),
             "/versions" => json_response(StatusCode::OK, &versions(&self.snapshot())),
+            "/audit" => self.audit(),
             _ => {
-                if let Some(id) = path.strip_prefix("/lineage/") {
+                if let Some(model) = path.strip_prefix("/canary/") {
+                    self.canary(model, parts.uri.query())
+                } else if let Some(id) = path.strip_prefix("/lineage/") {
                     self.lineage(id)
                 } else if let Some(id) = path.strip_prefix("/requests/") {
                     self.requests(id)
@@ -372,11 +384,28 @@ mod tests {
         let id = reloader.current().load().registry.models["churn"].versions["1"]
             .lineage_id
             .clone();
+        let config = reloader.current().load().config.clone();
+        let tracing = crate::observe::spans::Tracing::start(&config.traces, &metrics)
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let inspector = crate::inspect::Inspector::start(&config.inspect, tracing)
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let canary = Arc::new(crate::canary::control::Controller::new(
+            reloader.clone(),
+            Arc::new(
+                crate::canary::audit::AuditLog::open(None).unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            inspector.shared().clone(),
+            Arc::new(crate::canary::shadow::ShadowStats::new(
+                std::time::Duration::from_secs(60),
+            )),
+            metrics.clone(),
+        ));
         let state = AdminState {
             reloader,
             metrics: registry,
             recent: Arc::new(RecentRequests::new(10, 1 << 20)),
             draining: AtomicBool::new(false),
+            canary,
         };
         (Admin::new(Arc::new(state)), id, metrics)
     }

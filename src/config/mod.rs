@@ -2,6 +2,7 @@
 //! [`Config`]. Validation collects every error with its path before failing. This module knows
 //! nothing of routing or HTTP serving.
 
+mod canary;
 mod inspect;
 pub mod raw;
 mod validate;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use http::HeaderName;
 use http::uri::Authority;
 
+pub use canary::{Backend, Canary, Cidr, Shadow, Sticky, Thresholds};
 pub use inspect::{CodecChoice, Inspect, RouteInspect};
 pub use validate::{is_token, parse_duration, validate};
 
@@ -110,6 +112,8 @@ pub struct Config {
     pub traces: Traces,
     /// Payload inspection.
     pub inspect: Inspect,
+    /// Audit log file (weight changes, promotions, rollbacks); `None`: kept in memory only.
+    pub audit_path: Option<PathBuf>,
     /// Routes, matched in order.
     pub routes: Vec<Route>,
 }
@@ -307,6 +311,12 @@ pub struct Route {
     pub response_timeout: Duration,
     /// How payloads are inspected.
     pub inspect: RouteInspect,
+    /// Version backends with weights (empty: the route serves `serves`).
+    pub backends: Vec<Backend>,
+    /// Canary settings (meaningful with two or more backends).
+    pub canary: Canary,
+    /// Shadow version.
+    pub shadow: Option<Shadow>,
 }
 
 /// A route's conditions; all given ones must hold.

@@ -28,7 +28,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub inspect: RawInspect,
     #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// `[audit]`: where weight changes, promotions and rollbacks are recorded.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub path: Option<String>,
 }
 
 /// `[inspect]`: payload inspection shared by every route (queue, memory, windows, thresholds).
@@ -206,6 +215,54 @@ pub struct RawRoute {
     pub response_timeout: Option<String>,
     #[serde(default)]
     pub inspect: RawRouteInspect,
+    /// Version backends with weights (a canary split).
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+    pub canary: Option<RawCanary>,
+    pub shadow: Option<RawShadow>,
+}
+
+/// `[[routes.backends]]`: one version of the route's model and its share of traffic.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub version: Option<String>,
+    pub weight: Option<u32>,
+    pub upstream: Option<String>,
+}
+
+/// `[routes.canary]`: stickiness, pinning, the comparison and automatic rollback.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    pub baseline: Option<String>,
+    pub candidate: Option<String>,
+    pub sticky_header: Option<String>,
+    pub sticky_cookie: Option<String>,
+    pub pin_header: Option<String>,
+    pub pin_sources: Option<Vec<String>>,
+    pub min_requests: Option<u64>,
+    pub alpha: Option<f64>,
+    pub max_error_rate_increase: Option<f64>,
+    pub max_latency_ratio: Option<f64>,
+    pub max_prediction_psi: Option<f64>,
+    pub min_shadow_agreement: Option<f64>,
+    pub max_issue_rate: Option<f64>,
+    pub auto_rollback_after: Option<u32>,
+    pub check_interval: Option<String>,
+}
+
+/// `[routes.shadow]`: a share of requests also sent to a shadow version.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub version: Option<String>,
+    pub upstream: Option<String>,
+    pub sample: Option<f64>,
+    pub timeout: Option<String>,
+    pub abs_tolerance: Option<f64>,
+    pub rel_tolerance: Option<f64>,
+    pub max_in_flight: Option<usize>,
 }
 
 /// `[routes.match]`: every given condition must hold.

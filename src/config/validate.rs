@@ -164,6 +164,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             reload_poll_interval,
             traces,
             inspect,
+            audit_path: super::canary::audit_path(raw.audit.path.as_deref(), base_dir),
             routes,
         })
     } else {
@@ -487,6 +488,9 @@ fn route(
     let ms = u64::try_from(default_timeout.as_millis()).unwrap_or(u64::MAX);
     let response_timeout = dur(errs, &at("response_timeout"), &r.response_timeout, ms);
     let inspect = super::inspect::route_inspect(errs, &r.inspect, at);
+    let backends = super::canary::backends(errs, r, at);
+    let canary = super::canary::canary(errs, r.canary.as_ref(), &backends, at);
+    let shadow = super::canary::shadow(errs, r.shadow.as_ref(), r.model.is_some(), at);
     if errs.len() != before {
         return None;
     }
@@ -505,6 +509,9 @@ fn route(
         upstream_protocol,
         response_timeout,
         inspect,
+        backends,
+        canary,
+        shadow,
     })
 }
 

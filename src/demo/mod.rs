@@ -351,6 +351,14 @@ pub fn render_inspection(demo: &Demo) -> String {
     out
 }
 
+/// The canary comparison of the demo's split route (challenger against champion).
+pub fn render_canary(demo: &Demo) -> String {
+    match demo.sidecar.canary.compare("churn", None, None) {
+        Ok(c) => crate::canary::render::render(&c),
+        Err(e) => format!("canary: {e}\n"),
+    }
+}
+
 /// The text printed after the table: where everything is.
 pub fn render_urls(demo: &Demo, rows: &[VersionRow], access_log: &std::path::Path) -> String {
     let proxy = demo.sidecar.proxy_addr;

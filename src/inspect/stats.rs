@@ -194,6 +194,31 @@ impl VersionStats {
         }
     }
 
+    /// Issue rates over the window, per schema feature and issue: `(feature, issue, rate)`, for
+    /// every pair with at least one issue (empty until the window holds a row).
+    pub fn issue_rates(&self, slice: u64) -> Vec<(String, Issue, f64)> {
+        let totals = self.issue_window.totals(slice);
+        let rows = totals[0];
+        if rows == 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (f, name) in self.profile.names.iter().enumerate() {
+            for issue in Issue::ALL {
+                let n = totals[1 + 5 * f + issue as usize];
+                if n > 0 {
+                    out.push((name.clone(), issue, n as f64 / rows as f64));
+                }
+            }
+        }
+        out
+    }
+
+    /// Rows in the issue window.
+    pub fn window_rows(&self, slice: u64) -> u64 {
+        self.issue_window.totals(slice)[0]
+    }
+
     /// Windowed counts per drift signal: `(signal label, signal, counts)`.
     pub fn windows(&self, slice: u64) -> Vec<(String, &Signal, Vec<u64>)> {
         let mut out = vec![(

@@ -1,8 +1,9 @@
 //! Metric families and the per-version handles resolved when a snapshot is built, so the hot
 //! path only touches atomics. Label values come from config and registry, never from requests.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::exemplar::TraceExemplar;
+use super::window::RollingWindow;
 
 /// Metric name prefix.
 pub const PREFIX: &str = "modelstamp";
@@ -146,6 +148,25 @@ impl ObserveDrop {
     }
 }
 
+/// Rolling windows keyed by (model, version).
+type WindowsByVersion = HashMap<(String, String), Arc<RollingWindow>>;
+
+/// `route`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route name.
+    pub route: String,
+}
+
+/// `route`, `version`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteVersionLabels {
+    /// Route name.
+    pub route: String,
+    /// Version.
+    pub version: String,
+}
+
 /// All metric families, cheaply clonable (each is an `Arc` inside).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -172,6 +193,14 @@ pub struct Metrics {
     generation: Gauge,
     /// The info series set last, so a swap can retire the ones that are gone.
     info_set: Arc<Mutex<Vec<InfoLabels>>>,
+    /// Automatic canary rollbacks by route.
+    auto_rollbacks: Family<RouteLabels, Counter>,
+    /// Current split weights by route and version.
+    weights: Family<RouteVersionLabels, Gauge>,
+    /// Rolling windows per (model, version), kept across snapshots.
+    windows: Arc<Mutex<WindowsByVersion>>,
+    /// Length of new rolling windows, in milliseconds.
+    window_ms: Arc<AtomicU64>,
 }
 
 fn latency_histogram() -> HistogramWithExemplars<TraceExemplar> {
@@ -205,6 +234,10 @@ impl Metrics {
             stale_set: Arc::default(),
             generation: Gauge::default(),
             info_set: Arc::default(),
+            auto_rollbacks: Family::default(),
+            weights: Family::default(),
+            windows: Arc::default(),
+            window_ms: Arc::new(AtomicU64::new(300_000)),
         };
         reg.register(
             "requests",
@@ -306,7 +339,36 @@ impl Metrics {
             "Generation of the config snapshot serving requests",
             m.generation.clone(),
         );
+        reg.register(
+            "canary_auto_rollbacks",
+            "Candidates rolled back automatically, by route",
+            m.auto_rollbacks.clone(),
+        );
+        reg.register(
+            "canary_weight",
+            "Current traffic weight of each version backend of a split route",
+            m.weights.clone(),
+        );
         (m, reg)
+    }
+
+    /// Count an automatic rollback.
+    pub fn auto_rollback(&self, route: &str) {
+        self.auto_rollbacks
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .inc();
+    }
+
+    /// Set the weight gauge of one backend.
+    pub fn set_weight(&self, route: &str, version: &str, weight: u32) {
+        self.weights
+            .get_or_create(&RouteVersionLabels {
+                route: route.to_string(),
+                version: version.to_string(),
+            })
+            .set(i64::from(weight));
     }
 
     /// Resolve every handle for one model version (done when a snapshot is built).
@@ -339,7 +401,25 @@ impl Metrics {
             in_flight: self.in_flight.get_or_create_owned(&vl),
             request_bytes: self.request_bytes.get_or_create_owned(&vl),
             response_bytes: self.response_bytes.get_or_create_owned(&vl),
+            window: self.window(model, version),
         }
+    }
+
+    /// Set the length of rolling windows (before the first snapshot is built).
+    pub fn set_window(&self, length: std::time::Duration) {
+        let ms = u64::try_from(length.as_millis()).unwrap_or(u64::MAX);
+        self.window_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The rolling window of one version (shared by every snapshot).
+    pub fn window(&self, model: &str, version: &str) -> Arc<RollingWindow> {
+        let mut all = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        all.entry((model.to_string(), version.to_string()))
+            .or_insert_with(|| {
+                let ms = self.window_ms.load(Ordering::Relaxed);
+                Arc::new(RollingWindow::new(std::time::Duration::from_millis(ms)))
+            })
+            .clone()
     }
 
     /// Make `model_version_info` hold exactly these series, retiring those no longer current.
@@ -487,6 +567,8 @@ pub struct VersionMetrics {
     pub in_flight: Gauge,
     request_bytes: Counter,
     response_bytes: Counter,
+    /// Requests, errors and latency over the rolling window (the canary comparison reads it).
+    pub window: Arc<RollingWindow>,
 }
 
 impl VersionMetrics {
@@ -506,6 +588,13 @@ impl VersionMetrics {
         }
         self.request_bytes.inc_by(r.bytes_in);
         self.response_bytes.inc_by(r.bytes_out);
+        // A client that left is not the version's failure; a 5xx (its own or ours) is.
+        if r.request_error != Some(RequestErrorKind::ClientAbort) {
+            self.window.record(
+                std::time::Duration::from_secs_f64(r.total_seconds.max(0.0)),
+                r.status >= 500,
+            );
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod recent;
 pub mod spans;
 pub mod trace;
+pub mod window;
 
 use access_log::{AccessLine, AccessLog};
 use metrics::{Metrics, Recorded, VersionMetrics};

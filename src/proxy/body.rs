@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
+use super::shadow::Shadower;
 use crate::inspect::worker::BodyCopy;
 use crate::inspect::{Codec, Inspector};
 
@@ -121,7 +122,9 @@ pin_project_lite::pin_project! {
 impl LimitedBody {
     /// Wrap a request body.
     pub fn new(inner: ClientBody, ctx: Arc<RequestCtx>, limit: u64, inspector: Inspector) -> Self {
-        let wanted = ctx.inspect.is_some_and(Codec::tabular) || ctx.resolved.openai.is_some();
+        let wanted = ctx.inspect.is_some_and(Codec::tabular)
+            || ctx.resolved.openai.is_some()
+            || Shadower::wanted(&ctx);
         let cap = ctx.snapshot.config.limits.max_inspect_bytes;
         let tee = wanted.then(|| inspector.copy(cap));
         Self {
@@ -196,7 +199,7 @@ fn request_read(tee: Option<BodyCopy>, ctx: &RequestCtx) {
     {
         let _ = ctx.gen_ai_request_model.set(model);
     }
-    if ctx.inspect.is_some_and(Codec::tabular) {
+    if ctx.inspect.is_some_and(Codec::tabular) || Shadower::wanted(ctx) {
         let _ = ctx.request_copy.set(copy.freeze());
     }
 }

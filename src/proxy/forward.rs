@@ -113,7 +113,8 @@ impl Forward {
             UpstreamProtocol::Auto => req.version() == Version::HTTP_2,
         };
         let (mut parts, body) = req.into_parts();
-        parts.uri = upstream_uri(&route.upstream, parts.uri.path_and_query())?;
+        let (authority, pq) = target(route, &ctx, parts.uri.path_and_query());
+        parts.uri = upstream_uri(authority, pq.as_ref())?;
         parts.version = if h2 {
             Version::HTTP_2
         } else {
@@ -205,6 +206,27 @@ pub fn end_span(span: &Context, status: Option<u16>, error: Option<&'static str>
         _ => {}
     }
     s.end();
+}
+
+/// Where a request goes: a split backend's own model server, else the route's; a backend that
+/// shares the route's model server gets the chosen version in its Open Inference path.
+fn target<'a>(
+    route: &'a crate::config::Route,
+    ctx: &'a super::ctx::RequestCtx,
+    pq: Option<&PathAndQuery>,
+) -> (&'a Authority, Option<PathAndQuery>) {
+    let Some(choice) = &ctx.resolved.split else {
+        return (&route.upstream, pq.cloned());
+    };
+    let authority = choice.upstream.as_ref().unwrap_or(&route.upstream);
+    let served = &ctx.resolved.served;
+    let rewritten = pq
+        .filter(|_| choice.version_path && served.is_known())
+        .and_then(|pq| {
+            crate::routing::split::versioned_path(pq.as_str(), &served.model, &served.version)
+        })
+        .and_then(|p| PathAndQuery::try_from(p).ok());
+    (authority, rewritten.or_else(|| pq.cloned()))
 }
 
 fn upstream_uri(authority: &Authority, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {

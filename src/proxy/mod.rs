@@ -15,6 +15,7 @@ mod forward;
 mod headers;
 mod resolve;
 pub mod server;
+pub mod shadow;
 mod stamp;
 mod tee;
 
@@ -43,6 +44,7 @@ pub struct Proxy {
     snapshots: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
     forward: Forward,
+    shadow: shadow::Shadower,
 }
 
 impl Proxy {
@@ -51,11 +53,13 @@ impl Proxy {
         snapshots: Arc<ArcSwap<Snapshot>>,
         telemetry: Arc<Telemetry>,
         forward: Forward,
+        shadow: shadow::Shadower,
     ) -> Self {
         Self {
             snapshots,
             telemetry,
             forward,
+            shadow,
         }
     }
 
@@ -75,7 +79,7 @@ impl Proxy {
     + use<> {
         // Outermost first: resolve once, stamp both ways, observe everything, then forward.
         let forward = enforce::EnforceLayer.layer(self.forward.clone());
-        let tee = tee::TeeLayer::new(self.telemetry.clone()).layer(forward);
+        let tee = tee::TeeLayer::new(self.telemetry.clone(), self.shadow.clone()).layer(forward);
         let stamp = stamp::StampLayer.layer(tee);
         resolve::ResolveLayer::new(self.snapshots.clone(), self.telemetry.clone(), client)
             .layer(stamp)

@@ -86,7 +86,7 @@ where
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let snapshot = self.snapshots.load_full();
-        let resolved = resolve(&snapshot, req.uri().path(), req.headers());
+        let resolved = resolve(&snapshot, req.uri().path(), req.headers(), self.client.ip());
         let trusted = resolved
             .route
             .and_then(|i| snapshot.routes.get(i))

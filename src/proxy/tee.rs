@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::inspect::worker::BodyCopy;
+use super::shadow::Shadower;
+use crate::inspect::worker::{BodyCopy, Copied};
 use crate::inspect::{Job, Skip, open_inference, openai};
 use bytes::Bytes;
 use http::{Response, header};
@@ -35,12 +36,13 @@ const CLIENT_CLOSED: u16 = 499;
 #[derive(Clone)]
 pub struct TeeLayer {
     telemetry: Arc<Telemetry>,
+    shadow: Shadower,
 }
 
 impl TeeLayer {
-    /// Emit into these sinks.
-    pub fn new(telemetry: Arc<Telemetry>) -> Self {
-        Self { telemetry }
+    /// Emit into these sinks; mirror to shadows with `shadow`.
+    pub fn new(telemetry: Arc<Telemetry>, shadow: Shadower) -> Self {
+        Self { telemetry, shadow }
     }
 }
 
@@ -49,6 +51,7 @@ impl<S> Layer<S> for TeeLayer {
     fn layer(&self, inner: S) -> Tee<S> {
         Tee {
             telemetry: self.telemetry.clone(),
+            shadow: self.shadow.clone(),
             inner,
         }
     }
@@ -58,6 +61,7 @@ impl<S> Layer<S> for TeeLayer {
 #[derive(Clone)]
 pub struct Tee<S> {
     telemetry: Arc<Telemetry>,
+    shadow: Shadower,
     inner: S,
 }
 
@@ -79,7 +83,7 @@ where
     }
 
     fn call(&mut self, pr: ProxyRequest) -> Self::Future {
-        let mut pending = Pending::new(pr.ctx.clone(), self.telemetry.clone());
+        let mut pending = Pending::new(pr.ctx.clone(), self.telemetry.clone(), self.shadow.clone());
         let fut = self.inner.call(pr);
         Box::pin(async move {
             let resp = match fut.await {
@@ -107,6 +111,7 @@ struct Pending {
     ctx: Arc<RequestCtx>,
     client_span: Option<opentelemetry::Context>,
     telemetry: Arc<Telemetry>,
+    shadow: Shadower,
     status: u16,
     upstream_status: Option<u16>,
     upstream_latency: Option<Duration>,
@@ -125,12 +130,13 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(ctx: Arc<RequestCtx>, telemetry: Arc<Telemetry>) -> Self {
+    fn new(ctx: Arc<RequestCtx>, telemetry: Arc<Telemetry>, shadow: Shadower) -> Self {
         ctx.resolved.served.metrics.in_flight.inc();
         Self {
             ctx,
             client_span: None,
             telemetry,
+            shadow,
             status: 0,
             upstream_status: None,
             upstream_latency: None,
@@ -180,7 +186,8 @@ impl Pending {
         let oi = self.reported.is_none() && self.ctx.resolved.open_inference_infer && json;
         let openai = self.ctx.resolved.openai.is_some() && (json || sse);
         let inspect = self.ctx.inspect.is_some() && (json || sse);
-        if status.is_success() && (oi || openai || inspect) {
+        let shadow = Shadower::wanted(&self.ctx) && json;
+        if status.is_success() && (oi || openai || inspect || shadow) {
             let cap = self.ctx.snapshot.config.limits.max_inspect_bytes;
             self.tee = Some(self.telemetry.inspector.copy(cap));
             self.tee_sse = sse;
@@ -227,7 +234,16 @@ impl Pending {
         if let Some(copy) = &copy {
             self.inspect(copy.bytes());
         }
-        self.submit(copy);
+        let response = copy
+            .filter(|_| self.finished && !self.tee_truncated)
+            .map(BodyCopy::freeze);
+        let request = self.ctx.request_copy.get().cloned();
+        if Shadower::wanted(&self.ctx) {
+            let ok = (200..300).contains(&self.status) && self.error.is_none();
+            self.shadow
+                .mirror(&self.ctx, ok, request.clone(), response.clone());
+        }
+        self.submit(request, response);
         if let Some(reported) = &self.reported {
             self.check_mismatch(reported);
         }
@@ -317,14 +333,11 @@ impl Pending {
     }
 
     /// Queue what was copied for the inspector (after the response went out).
-    fn submit(&self, response: Option<BodyCopy>) {
+    fn submit(&self, request: Option<Copied>, response: Option<Copied>) {
         let Some(codec) = self.ctx.inspect else {
             return;
         };
-        let request = self.ctx.request_copy.get().cloned();
-        let response = response
-            .filter(|_| self.finished && !self.tee_truncated)
-            .map(BodyCopy::freeze);
+        let request = request.filter(|_| codec.tabular());
         if request.is_none() && response.is_none() {
             return;
         }

@@ -5,7 +5,8 @@
 mod reload;
 mod resolve;
 mod snapshot;
+pub mod split;
 
-pub use reload::{Reloader, Source};
+pub use reload::{Reloader, Source, WeightChange, WeightsError, route_weights};
 pub use resolve::{OpenInferencePath, Resolved, parse_open_inference, resolve};
-pub use snapshot::{ModelState, RouteState, Served, Snapshot, Stale, UNKNOWN};
+pub use snapshot::{BackendState, ModelState, RouteState, Served, Snapshot, Stale, UNKNOWN};

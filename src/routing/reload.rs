@@ -115,6 +115,104 @@ struct State {
     remote: Option<Remote>,
     /// Dataset digests announced by `POST /events/dataset-changed`.
     events: BTreeMap<DatasetKey, (i64, String, String)>,
+    /// Weights set through the admin API, by route; they outlive reloads until the config file
+    /// changes that route's weights.
+    overrides: BTreeMap<String, Vec<u32>>,
+    /// Weights as the config file last had them, by route.
+    file_weights: BTreeMap<String, Vec<u32>>,
+}
+
+/// The configured weights of every split route.
+fn weights_of(config: &Config) -> BTreeMap<String, Vec<u32>> {
+    config
+        .routes
+        .iter()
+        .filter(|r| !r.backends.is_empty())
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.backends.iter().map(|b| b.weight).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Put admin-set weights into a config.
+fn apply_overrides(config: &mut Config, overrides: &BTreeMap<String, Vec<u32>>) {
+    for r in &mut config.routes {
+        if let Some(w) = overrides
+            .get(&r.name)
+            .filter(|w| w.len() == r.backends.len())
+        {
+            for (b, w) in r.backends.iter_mut().zip(w) {
+                b.weight = *w;
+            }
+        }
+    }
+}
+
+/// Weights by version label of a route in a snapshot.
+pub fn route_weights(snap: &Snapshot, route: usize) -> BTreeMap<String, u32> {
+    let Some(r) = snap.routes.get(route) else {
+        return BTreeMap::new();
+    };
+    r.backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            (
+                backend_label(r, i, b),
+                r.weights.get(i).copied().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// A backend's name in weights maps: its version, else the configured version or alias.
+fn backend_label(r: &super::RouteState, i: usize, b: &super::BackendState) -> String {
+    b.version
+        .clone()
+        .unwrap_or_else(|| match &r.route.backends[i].version {
+            config::Serves::Version(v) => v.clone(),
+            config::Serves::Alias(a) => format!("@{a}"),
+        })
+}
+
+/// A manual weight change that could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// No split route by that name or model.
+    #[error("no route named or serving \"{0}\" splits traffic between versions")]
+    NoSplit(String),
+    /// A version the route does not have.
+    #[error("\"{version}\" is not a backend of route {route} (it has {have})")]
+    UnknownVersion {
+        /// The version asked for.
+        version: String,
+        /// The route.
+        route: String,
+        /// What it has.
+        have: String,
+    },
+    /// Weights out of range.
+    #[error("weights must be 0..=10000 and not all 0")]
+    Invalid,
+    /// The new snapshot could not be built.
+    #[error(transparent)]
+    Build(#[from] ConfigErrors),
+}
+
+/// A weight change that was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightChange {
+    /// Route.
+    pub route: String,
+    /// Model.
+    pub model: String,
+    /// Weights by version before.
+    pub before: BTreeMap<String, u32>,
+    /// Weights by version after.
+    pub after: BTreeMap<String, u32>,
 }
 
 /// Owns the current snapshot and replaces it.
@@ -126,6 +224,7 @@ pub struct Reloader {
     fingerprint: AtomicU64,
     state: Mutex<State>,
     refresh_now: Notify,
+    audit: std::sync::OnceLock<Arc<crate::canary::audit::AuditLog>>,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -142,7 +241,11 @@ impl Reloader {
     pub async fn start(source: Source, metrics: Metrics) -> Result<Arc<Self>, ConfigErrors> {
         let fingerprint = source.fingerprint();
         let config = source.load_config()?;
-        let mut state = State::default();
+        metrics.set_window(config.inspect.window);
+        let mut state = State {
+            file_weights: weights_of(&config),
+            ..State::default()
+        };
         let registry = match (&config.registry, &source) {
             (RegistrySource::Mlflow(settings), Source::File(_)) => {
                 let client = Arc::new(MlflowRegistry::new(settings.clone())?);
@@ -184,7 +287,85 @@ impl Reloader {
             fingerprint: AtomicU64::new(fingerprint),
             state: Mutex::new(state),
             refresh_now: Notify::new(),
+            audit: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Record reloads that change weights in this audit log.
+    pub fn set_audit(&self, log: Arc<crate::canary::audit::AuditLog>) {
+        let _ = self.audit.set(log);
+    }
+
+    /// The split route called `name`, else the first split route serving model `name`.
+    pub fn find_split(snap: &Snapshot, name: &str) -> Option<usize> {
+        let split = |r: &&super::RouteState| !r.backends.is_empty();
+        snap.routes
+            .iter()
+            .position(|r| split(&r) && r.route.name == name)
+            .or_else(|| {
+                snap.routes
+                    .iter()
+                    .position(|r| split(&r) && r.route.model.as_deref() == Some(name))
+            })
+    }
+
+    /// Set some of a split route's weights (by version); the rest keep theirs. The change
+    /// outlives reloads until the config file changes this route's weights.
+    pub async fn set_weights(
+        &self,
+        name: &str,
+        weights: &BTreeMap<String, u32>,
+    ) -> Result<WeightChange, WeightsError> {
+        let mut state = self.state.lock().await;
+        let old = self.current.load_full();
+        let index =
+            Self::find_split(&old, name).ok_or_else(|| WeightsError::NoSplit(name.to_string()))?;
+        let r = &old.routes[index];
+        let before = route_weights(&old, index);
+        let labels: Vec<String> = r
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| backend_label(r, i, b))
+            .collect();
+        let mut new = r.weights.clone();
+        for (version, w) in weights {
+            let i = labels.iter().position(|l| l == version).ok_or_else(|| {
+                WeightsError::UnknownVersion {
+                    version: version.clone(),
+                    route: r.route.name.clone(),
+                    have: labels.join(", "),
+                }
+            })?;
+            new[i] = *w;
+        }
+        if new.iter().any(|w| *w > 10_000) || new.iter().all(|w| *w == 0) {
+            return Err(WeightsError::Invalid);
+        }
+        let route = r.route.name.clone();
+        let model = r.route.model.clone().unwrap_or_default();
+        let mut config = (*old.config).clone();
+        let mut overrides = state.overrides.clone();
+        overrides.insert(route.clone(), new);
+        apply_overrides(&mut config, &overrides);
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let snapshot = Snapshot::build(
+            generation,
+            config,
+            (*old.registry).clone(),
+            &state.events,
+            &self.metrics,
+        )?;
+        state.overrides = overrides;
+        self.swap(snapshot);
+        let after = route_weights(&self.current.load_full(), index);
+        info!(route = %route, ?before, ?after, "Weights changed.");
+        Ok(WeightChange {
+            route,
+            model,
+            before,
+            after,
+        })
     }
 
     /// The shared handle requests load their snapshot from.
@@ -210,9 +391,23 @@ impl Reloader {
         let result = self.prepare(&mut state).await;
         self.metrics.reload(result.is_ok());
         match result {
-            Ok(snapshot) => {
+            Ok((snapshot, file_weights)) => {
+                let old = self.current.load_full();
+                state.file_weights = file_weights;
+                state.overrides = std::mem::take(&mut state.overrides)
+                    .into_iter()
+                    .filter(|(route, _)| {
+                        snapshot
+                            .config
+                            .routes
+                            .iter()
+                            .any(|r| &r.name == route && !r.backends.is_empty())
+                    })
+                    .collect();
+                let changes = weight_changes(&old, &snapshot);
                 let generation = self.swap(snapshot);
                 info!(generation, "Config reloaded.");
+                self.audit_reload(changes);
                 Ok(generation)
             }
             Err(errors) => {
@@ -224,8 +419,41 @@ impl Reloader {
         }
     }
 
-    async fn prepare(&self, state: &mut State) -> Result<Snapshot, ConfigErrors> {
-        let config = self.source.load_config()?;
+    /// Audit weight changes a reload made.
+    fn audit_reload(&self, changes: Vec<WeightChange>) {
+        let Some(log) = self.audit.get() else { return };
+        for c in changes {
+            let draft = crate::canary::audit::Draft {
+                actor: "config-reload".into(),
+                action: "reload".into(),
+                route: c.route,
+                model: c.model,
+                reason: Some("the config file changed the weights".into()),
+                before: c.before,
+                after: c.after,
+                ..Default::default()
+            };
+            if let Err(e) = log.append(draft) {
+                warn!(error = %e, "Audit entry for a reload could not be written.");
+            }
+        }
+    }
+
+    async fn prepare(
+        &self,
+        state: &mut State,
+    ) -> Result<(Snapshot, BTreeMap<String, Vec<u32>>), ConfigErrors> {
+        let mut config = self.source.load_config()?;
+        // An edit of a route's weights in the file wins over weights set through the API.
+        let file_weights = weights_of(&config);
+        let overrides: BTreeMap<String, Vec<u32>> = state
+            .overrides
+            .iter()
+            .filter(|(route, _)| state.file_weights.get(*route) == file_weights.get(*route))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        state.overrides = overrides;
+        apply_overrides(&mut config, &state.overrides);
         let old = self.current.load_full();
         let errs = restart_required(&old.config, &config);
         if !errs.is_empty() {
@@ -257,7 +485,8 @@ impl Reloader {
             }
         };
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        Snapshot::build(generation, config, registry, &state.events, &self.metrics)
+        let snapshot = Snapshot::build(generation, config, registry, &state.events, &self.metrics)?;
+        Ok((snapshot, file_weights))
     }
 
     /// Fetch MLflow now; swap a new snapshot in if anything changed. Failures keep the last
@@ -394,6 +623,11 @@ impl Reloader {
 fn publish(metrics: &Metrics, new: &Snapshot, old: Option<&Snapshot>) {
     metrics.set_version_info(&new.info_labels());
     metrics.set_generation(new.generation);
+    for (i, r) in new.routes.iter().enumerate() {
+        for (version, w) in route_weights(new, i) {
+            metrics.set_weight(&r.route.name, &version, w);
+        }
+    }
     let versions: Vec<(VersionLabels, bool)> = new
         .models
         .values()
@@ -452,6 +686,26 @@ fn same_records(a: &RegistryData, b: &RegistryData) -> bool {
             .iter()
             .map(|(k, v)| (k, &v.1))
             .eq(b.datasets.iter().map(|(k, v)| (k, &v.1)))
+}
+
+/// Routes whose effective weights differ between two snapshots.
+fn weight_changes(old: &Snapshot, new: &Snapshot) -> Vec<WeightChange> {
+    new.routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.backends.is_empty())
+        .filter_map(|(i, r)| {
+            let after = route_weights(new, i);
+            let j = old.routes.iter().position(|o| o.route.name == r.route.name);
+            let before = j.map(|j| route_weights(old, j)).unwrap_or_default();
+            (before != after).then(|| WeightChange {
+                route: r.route.name.clone(),
+                model: r.route.model.clone().unwrap_or_default(),
+                before,
+                after,
+            })
+        })
+        .collect()
 }
 
 /// Settings a running process cannot change: a reload that changes them is refused.

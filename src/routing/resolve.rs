@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use super::snapshot::{Served, Snapshot};
-use crate::config::{RouteMatch, Serves};
+use std::net::IpAddr;
+
+use super::snapshot::{RouteState, Served, Snapshot};
+use super::split;
+use crate::config::{RouteMatch, Serves, Sticky};
 
 /// A parsed Open Inference model path: `/v2/models/{name}[/versions/{version}][/...]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,20 @@ pub struct Resolved {
     pub open_inference_infer: bool,
     /// The OpenAI-compatible operation (`chat`, `text_completion`, `embeddings`), if any.
     pub openai: Option<&'static str>,
+    /// How a split route chose the version.
+    pub split: Option<SplitChoice>,
+}
+
+/// What a split route decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitChoice {
+    /// The backend chosen by weight (`None` when the version was pinned).
+    pub backend: Option<usize>,
+    /// The model server to send to instead of the route's.
+    pub upstream: Option<http::uri::Authority>,
+    /// Insert `/versions/{version}` into the Open Inference path (the backend shares the
+    /// route's model server with other versions).
+    pub version_path: bool,
 }
 
 fn matches(
@@ -82,8 +99,59 @@ fn matches(
     true
 }
 
+/// The version a split route sends this request to: a pin from a trusted network, else the
+/// weighted choice for the sticky key (or a random key).
+fn split(
+    state: &RouteState,
+    model: &str,
+    snap: &Snapshot,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> (Option<String>, SplitChoice) {
+    let canary = &state.route.canary;
+    let pinned = canary
+        .pin_header
+        .as_ref()
+        .filter(|_| canary.pin_sources.iter().any(|n| n.contains(client)))
+        .and_then(|h| headers.get(h))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            snap.models
+                .get(model)
+                .is_some_and(|m| m.versions.contains_key(*v))
+        });
+    if let Some(v) = pinned {
+        let backend = state
+            .backends
+            .iter()
+            .find(|b| b.version.as_deref() == Some(v));
+        let upstream = backend.and_then(|b| b.upstream.clone());
+        let choice = SplitChoice {
+            backend: None,
+            version_path: upstream.is_none(),
+            upstream,
+        };
+        return (Some(v.to_string()), choice);
+    }
+    let key = match &canary.sticky {
+        Some(Sticky::Header(h)) => headers.get(h).map(|v| split::key_hash(v.as_bytes())),
+        Some(Sticky::Cookie(c)) => split::cookie(headers, c).map(split::key_hash),
+        None => None,
+    }
+    .unwrap_or_else(split::random_key);
+    let index = split::choose(&state.weights, key);
+    let backend = index.and_then(|i| state.backends.get(i));
+    let upstream = backend.and_then(|b| b.upstream.clone());
+    let choice = SplitChoice {
+        backend: index,
+        version_path: upstream.is_none(),
+        upstream,
+    };
+    (backend.and_then(|b| b.version.clone()), choice)
+}
+
 /// Resolve a request against a snapshot, counting what the registry does not know.
-pub fn resolve(snap: &Snapshot, path: &str, headers: &HeaderMap) -> Resolved {
+pub fn resolve(snap: &Snapshot, path: &str, headers: &HeaderMap, client: IpAddr) -> Resolved {
     let oi = parse_open_inference(path);
     let open_inference_infer = oi.is_some_and(|p| p.infer);
     let openai = crate::inspect::openai::operation(path);
@@ -104,6 +172,7 @@ pub fn resolve(snap: &Snapshot, path: &str, headers: &HeaderMap) -> Resolved {
             unresolved: Some("no_route"),
             open_inference_infer,
             openai,
+            split: None,
         };
     };
     let model = match (&state.route.model, &oi) {
@@ -112,8 +181,14 @@ pub fn resolve(snap: &Snapshot, path: &str, headers: &HeaderMap) -> Resolved {
         (None, None) => "",
     };
     let path_version = oi.filter(|p| p.name == model).and_then(|p| p.version);
+    let mut split_choice = None;
     let served = match path_version {
         Some(v) => snap.served(model, Some(v)),
+        None if !state.backends.is_empty() => {
+            let (version, choice) = split(state, model, snap, headers, client);
+            split_choice = Some(choice);
+            snap.served(model, version.as_deref())
+        }
         None => match (&state.default_version, &state.route.serves) {
             (Some(v), _) => snap.served(model, Some(v)),
             // A route taking its model from the path resolves its alias per model.
@@ -136,6 +211,7 @@ pub fn resolve(snap: &Snapshot, path: &str, headers: &HeaderMap) -> Resolved {
         unresolved,
         open_inference_infer,
         openai,
+        split: split_choice,
     }
 }
 
@@ -223,7 +299,7 @@ match = { open_inference = true }
         path: &str,
         headers: &HeaderMap,
     ) -> (Option<usize>, String, String, Option<&'static str>) {
-        let r = resolve(snap, path, headers);
+        let r = resolve(snap, path, headers, IpAddr::from([127, 0, 0, 1]));
         (
             r.route,
             r.served.model.to_string(),

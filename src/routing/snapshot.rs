@@ -143,6 +143,21 @@ pub struct RouteState {
     pub span_route: KeyValue,
     /// The route's name, shared by every access-log line.
     pub name: Arc<str>,
+    /// Version backends, their aliases resolved (empty: no split).
+    pub backends: Vec<BackendState>,
+    /// The backends' weights, in order (what the split reads).
+    pub weights: Vec<u32>,
+    /// The shadow version, its alias resolved.
+    pub shadow_version: Option<String>,
+}
+
+/// One version backend as a request sees it.
+#[derive(Debug, Clone)]
+pub struct BackendState {
+    /// The version (`None`: the alias or version is not in the registry yet).
+    pub version: Option<String>,
+    /// Its own model server, if any.
+    pub upstream: Option<http::uri::Authority>,
 }
 
 /// Everything a request needs, immutable once built.
@@ -225,7 +240,34 @@ impl Snapshot {
                     tracing::debug!(path = %e.path, error = %e.message, "Not in the registry (yet); resolving to unknown.");
                 }
             }
+            let backends: Vec<BackendState> = route
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(b, backend)| BackendState {
+                    version: serves_version(
+                        &mut route_errs_for(strict, &mut errs),
+                        &format!("routes[{i}].backends[{b}].version"),
+                        route,
+                        &backend.version,
+                        &registry,
+                    ),
+                    upstream: backend.upstream.clone(),
+                })
+                .collect();
+            let shadow_version = route.shadow.as_ref().and_then(|s| {
+                serves_version(
+                    &mut route_errs_for(strict, &mut errs),
+                    &format!("routes[{i}].shadow.version"),
+                    route,
+                    &s.version,
+                    &registry,
+                )
+            });
             routes.push(RouteState {
+                weights: route.backends.iter().map(|b| b.weight).collect(),
+                backends,
+                shadow_version,
                 route: route.clone(),
                 default_version,
                 unknown_model: metrics.unresolved(&route.name, "unknown_model"),
@@ -316,6 +358,56 @@ fn stale(
         latest: newest.1.clone(),
         seen_in: newest.2.clone(),
     })
+}
+
+/// Where a backend's unresolvable version is reported: an error with a file registry, a debug
+/// line with a remote one (the version may not be there yet).
+fn route_errs_for(strict: bool, errs: &mut Vec<ConfigError>) -> ErrSink<'_> {
+    ErrSink { strict, errs }
+}
+
+struct ErrSink<'a> {
+    strict: bool,
+    errs: &'a mut Vec<ConfigError>,
+}
+
+impl ErrSink<'_> {
+    fn push(&mut self, e: ConfigError) {
+        if self.strict {
+            self.errs.push(e);
+        } else {
+            tracing::debug!(path = %e.path, error = %e.message, "Not in the registry (yet); resolving to unknown.");
+        }
+    }
+}
+
+/// A backend's (or shadow's) version, its alias resolved through the registry.
+fn serves_version(
+    errs: &mut ErrSink<'_>,
+    at: &str,
+    route: &Route,
+    serves: &Serves,
+    registry: &RegistryData,
+) -> Option<String> {
+    let model = route.model.as_deref()?;
+    let m = registry.models.get(model);
+    let found = match serves {
+        Serves::Version(v) => m
+            .and_then(|m| m.versions.get_key_value(v))
+            .map(|(k, _)| k.clone()),
+        Serves::Alias(a) => m.and_then(|m| m.aliases.get(a)).cloned(),
+    };
+    if found.is_none() {
+        let what = match serves {
+            Serves::Alias(a) => format!("alias \"{a}\""),
+            Serves::Version(v) => format!("version \"{v}\""),
+        };
+        errs.push(ConfigError::new(
+            at,
+            format!("{what} of model \"{model}\" is not in the registry"),
+        ));
+    }
+    found
 }
 
 fn route_default(

@@ -1,0 +1,354 @@
+//! The audit log: every traffic change (weights set by hand, promotions, rollbacks automatic or
+//! not, config reloads that change weights) as one JSON line, each hash-chained to the one
+//! before, so an edited, removed or reordered entry is detected by `modelstamp audit verify`.
+//!
+//! `hash` = SHA-256 (hex) of the entry serialised without its `hash` field (fields in their
+//! declared order, no whitespace); `prev_hash` is the previous entry's `hash` (64 zeros for the
+//! first). `seq` counts from 1. A log cut short at its end is detected against the head the
+//! sidecar reports (`GET /audit`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::observe::access_log::rfc3339;
+
+/// `prev_hash` of the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Entries kept in memory for `GET /audit`.
+const KEPT: usize = 10_000;
+
+/// One audited change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// When (RFC 3339, UTC).
+    pub time: String,
+    /// Who: the caller's `actor`, `config-reload` or `auto-rollback`.
+    pub actor: String,
+    /// `set_weights`, `promote`, `rollback`, `auto_rollback` or `reload`.
+    pub action: String,
+    /// Route.
+    pub route: String,
+    /// Model.
+    pub model: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// Change ticket.
+    pub ticket: Option<String>,
+    /// Weights by version before.
+    pub before: BTreeMap<String, u32>,
+    /// Weights by version after.
+    pub after: BTreeMap<String, u32>,
+    /// The canary comparison at that moment, when there was one.
+    pub comparison: Option<serde_json::Value>,
+    /// The previous entry's hash.
+    pub prev_hash: String,
+    /// This entry's hash.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+/// What a caller records; the log fills in sequence, time and hashes.
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// Route.
+    pub route: String,
+    /// Model.
+    pub model: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// Ticket.
+    pub ticket: Option<String>,
+    /// Weights before.
+    pub before: BTreeMap<String, u32>,
+    /// Weights after.
+    pub after: BTreeMap<String, u32>,
+    /// The comparison at that moment.
+    pub comparison: Option<serde_json::Value>,
+}
+
+/// Why a log does not verify.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("line {line}: {reason}")]
+pub struct Broken {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The audit log could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The existing file does not verify.
+    #[error("audit log {path} does not verify ({broken}); move it aside to start a new one")]
+    Broken {
+        /// The file.
+        path: PathBuf,
+        /// Where and why.
+        broken: Broken,
+    },
+    /// Reading or writing failed.
+    #[error("audit log {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn entry_hash(e: &Entry) -> String {
+    let mut unhashed = e.clone();
+    unhashed.hash = String::new();
+    let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Check a whole log; returns its entries.
+pub fn verify(text: &str) -> Result<Vec<Entry>, Broken> {
+    let mut prev = GENESIS.to_string();
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let broken = |reason: String| Broken {
+            line: i + 1,
+            reason,
+        };
+        let e: Entry =
+            serde_json::from_str(line).map_err(|e| broken(format!("not an audit entry: {e}")))?;
+        let want_seq = out.len() as u64 + 1;
+        if e.seq != want_seq {
+            return Err(broken(format!(
+                "seq {} where {want_seq} was expected (an entry was removed or reordered)",
+                e.seq
+            )));
+        }
+        if e.prev_hash != prev {
+            return Err(broken(
+                "prev_hash does not match the previous entry (removed or reordered)".into(),
+            ));
+        }
+        if entry_hash(&e) != e.hash {
+            return Err(broken("hash does not match the content (edited)".into()));
+        }
+        prev = e.hash.clone();
+        out.push(e);
+    }
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct Inner {
+    recent: VecDeque<Entry>,
+    seq: u64,
+    head: String,
+    file: Option<File>,
+}
+
+/// The running log: appended to a file (when configured) and kept in memory.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: Option<PathBuf>,
+    inner: Mutex<Inner>,
+}
+
+impl AuditLog {
+    /// Open (or create) the log at `path`, continuing its chain; `None` keeps it in memory only.
+    pub fn open(path: Option<&Path>) -> Result<Self, AuditError> {
+        let mut inner = Inner {
+            recent: VecDeque::new(),
+            seq: 0,
+            head: GENESIS.to_string(),
+            file: None,
+        };
+        if let Some(p) = path {
+            let io = |source| AuditError::Io {
+                path: p.to_path_buf(),
+                source,
+            };
+            let text = match std::fs::read_to_string(p) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(io(e)),
+            };
+            let entries = verify(&text).map_err(|broken| AuditError::Broken {
+                path: p.to_path_buf(),
+                broken,
+            })?;
+            if let Some(last) = entries.last() {
+                inner.seq = last.seq;
+                inner.head = last.hash.clone();
+            }
+            let skip = entries.len().saturating_sub(KEPT);
+            inner.recent = entries.into_iter().skip(skip).collect();
+            inner.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(io)?,
+            );
+        }
+        Ok(Self {
+            path: path.map(Path::to_path_buf),
+            inner: Mutex::new(inner),
+        })
+    }
+
+    /// Append an entry (written and synced before this returns).
+    pub fn append(&self, d: Draft) -> Result<Entry, AuditError> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut e = Entry {
+            seq: inner.seq + 1,
+            time: rfc3339(SystemTime::now()),
+            actor: d.actor,
+            action: d.action,
+            route: d.route,
+            model: d.model,
+            reason: d.reason,
+            ticket: d.ticket,
+            before: d.before,
+            after: d.after,
+            comparison: d.comparison,
+            prev_hash: inner.head.clone(),
+            hash: String::new(),
+        };
+        e.hash = entry_hash(&e);
+        if let (Some(file), Some(path)) = (inner.file.as_mut(), &self.path) {
+            let io = |source| AuditError::Io {
+                path: path.clone(),
+                source,
+            };
+            let mut line = serde_json::to_vec(&e).unwrap_or_default();
+            line.push(b'\n');
+            file.write_all(&line).map_err(io)?;
+            file.sync_data().map_err(io)?;
+        }
+        inner.seq = e.seq;
+        inner.head = e.hash.clone();
+        inner.recent.push_back(e.clone());
+        if inner.recent.len() > KEPT {
+            inner.recent.pop_front();
+        }
+        Ok(e)
+    }
+
+    /// The most recent entries, oldest first, and the head `(seq, hash)`.
+    pub fn recent(&self) -> (Vec<Entry>, u64, String) {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (
+            inner.recent.iter().cloned().collect(),
+            inner.seq,
+            inner.head.clone(),
+        )
+    }
+
+    /// Where the log is written, if anywhere.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(action: &str, after: u32) -> Draft {
+        Draft {
+            actor: "alice".into(),
+            action: action.into(),
+            route: "churn".into(),
+            model: "churn".into(),
+            reason: Some("canary step".into()),
+            ticket: Some("ML-1".into()),
+            before: [("1".to_string(), 100), ("2".to_string(), 0)].into(),
+            after: [("1".to_string(), 100 - after), ("2".to_string(), after)].into(),
+            comparison: None,
+        }
+    }
+
+    fn written() -> (PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("modelstamp-audit-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("audit-{}.jsonl", rand_suffix()));
+        let log = AuditLog::open(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+        for (i, w) in [10, 25, 50].into_iter().enumerate() {
+            let e = log
+                .append(draft("set_weights", w))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(e.seq, i as u64 + 1);
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        (path, text)
+    }
+
+    fn rand_suffix() -> u64 {
+        crate::routing::split::random_key()
+    }
+
+    #[test]
+    fn a_written_log_verifies_and_continues_its_chain_after_a_restart() {
+        let (path, text) = written();
+        let entries = verify(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0].prev_hash, GENESIS);
+        assert_eq!(entries[1].prev_hash, entries[0].hash);
+        let reopened = AuditLog::open(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+        let e = reopened
+            .append(draft("promote", 100))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((e.seq, e.prev_hash.as_str()), (4, entries[2].hash.as_str()));
+        let all = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(verify(&all).map(|v| v.len()), Ok(4));
+    }
+
+    #[test]
+    fn edits_removals_and_reorderings_are_detected() {
+        let (path, text) = written();
+        let lines: Vec<&str> = text.lines().collect();
+        let edited = text.replacen("\"2\":25", "\"2\":99", 1);
+        assert_eq!(verify(&edited).map_err(|b| b.line), Err(2));
+        assert!(
+            verify(&edited)
+                .err()
+                .is_some_and(|b| b.reason.contains("edited"))
+        );
+        let removed = format!("{}\n{}\n", lines[0], lines[2]);
+        assert_eq!(verify(&removed).map_err(|b| b.line), Err(2));
+        let reordered = format!("{}\n{}\n{}\n", lines[1], lines[0], lines[2]);
+        assert_eq!(verify(&reordered).map_err(|b| b.line), Err(1));
+        let garbage = format!("{text}not json\n");
+        assert_eq!(verify(&garbage).map_err(|b| b.line), Err(4));
+        // A tampered file is not appended to.
+        std::fs::write(&path, edited).unwrap_or_default();
+        assert!(matches!(
+            AuditLog::open(Some(&path)),
+            Err(AuditError::Broken { .. })
+        ));
+        let memory = AuditLog::open(None).unwrap_or_else(|e| panic!("{e}"));
+        memory
+            .append(draft("rollback", 0))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(memory.recent().1, 1);
+    }
+}

@@ -1,0 +1,11 @@
+//! Canary releases: the statistics, the comparison of a candidate with its baseline and its
+//! verdict, the lineage diff, and the hash-chained audit log of every traffic change.
+
+pub mod audit;
+pub mod control;
+pub mod diff;
+pub mod prometheus;
+pub mod render;
+pub mod shadow;
+pub mod stats;
+pub mod verdict;

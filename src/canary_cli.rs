@@ -1,0 +1,256 @@
+//! The canary commands of the binary: `compare`, `promote`, `rollback` and `audit`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use modelstamp::admin::client::AdminClient;
+use modelstamp::canary::audit::verify;
+use modelstamp::canary::diff::lineage_diff;
+use modelstamp::canary::prometheus::Prometheus;
+use modelstamp::canary::render::render;
+use modelstamp::canary::verdict::Comparison;
+use modelstamp::config::Canary;
+use modelstamp::registry::LineageRecord;
+use serde_json::{Value, json};
+
+use crate::AdminArgs;
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Model (or split route) to compare.
+    #[arg(long)]
+    model: String,
+    /// Baseline version (default: the route's canary.baseline).
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Candidate version (default: the route's canary.candidate).
+    #[arg(long)]
+    candidate: Option<String>,
+    /// Judge from a Prometheus server's data (a fleet of sidecars) instead of one sidecar.
+    #[arg(long)]
+    prometheus: Option<String>,
+    /// Window for --prometheus (a PromQL duration).
+    #[arg(long, default_value = "5m")]
+    window: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Args)]
+pub struct ChangeArgs {
+    /// Model (or split route).
+    #[arg(long)]
+    model: String,
+    /// Version to promote (default: the candidate). Ignored by rollback.
+    #[arg(long)]
+    version: Option<String>,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    reason: String,
+    /// Change ticket.
+    #[arg(long)]
+    ticket: Option<String>,
+    /// Who (default: $USER).
+    #[arg(long, env = "USER", default_value = "unknown")]
+    actor: String,
+    /// Admin token.
+    #[arg(long, env = "MODELSTAMP_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check an audit log file's hash chain; exit 1 at the first edited, removed or reordered entry.
+    Verify {
+        /// The audit log (JSON lines).
+        file: PathBuf,
+        /// The head hash a sidecar reports (`GET /audit`): also detects entries cut from the end.
+        #[arg(long)]
+        head: Option<String>,
+    },
+    /// Show a running sidecar's audit trail and its chain status.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+fn fail(e: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {e}");
+    Ok(ExitCode::FAILURE)
+}
+
+async fn record(client: &AdminClient, lineage_id: &str) -> Option<LineageRecord> {
+    let v = client
+        .get_json(&format!("/lineage/{lineage_id}"))
+        .await
+        .ok()?;
+    serde_json::from_value(v["record"].clone()).ok()
+}
+
+/// `modelstamp compare`.
+pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(&args.admin.url().await)?;
+    let comparison: Comparison = match &args.prometheus {
+        None => {
+            let mut q = Vec::new();
+            if let Some(b) = &args.baseline {
+                q.push(format!("baseline={b}"));
+            }
+            if let Some(c) = &args.candidate {
+                q.push(format!("candidate={c}"));
+            }
+            let path = format!("/canary/{}?{}", args.model, q.join("&"));
+            match client.get_json(&path).await {
+                Ok(v) => serde_json::from_value(v)?,
+                Err(e) => return fail(e),
+            }
+        }
+        Some(url) => {
+            // The sidecar (when reachable) names the roles and holds the lineage records.
+            let local = client
+                .get_json(&format!("/canary/{}", args.model))
+                .await
+                .ok();
+            let role = |given: &Option<String>, key: &str| {
+                given
+                    .clone()
+                    .or_else(|| local.as_ref()?[key]["version"].as_str().map(str::to_string))
+            };
+            let (Some(b), Some(c)) = (
+                role(&args.baseline, "baseline"),
+                role(&args.candidate, "candidate"),
+            ) else {
+                return fail(
+                    "--prometheus needs --baseline and --candidate (or a reachable sidecar that knows them)",
+                );
+            };
+            let prom = Prometheus::new(url)?;
+            let mut diff = Vec::new();
+            if let Some(l) = &local {
+                let ids = (
+                    l["baseline"]["lineage_id"].as_str(),
+                    l["candidate"]["lineage_id"].as_str(),
+                );
+                if let (Some(x), Some(y)) = ids
+                    && let (Some(rx), Some(ry)) =
+                        (record(&client, x).await, record(&client, y).await)
+                {
+                    diff = lineage_diff(&rx, &ry);
+                }
+            }
+            match prom
+                .compare(
+                    &args.model,
+                    &b,
+                    &c,
+                    &args.window,
+                    diff,
+                    &Canary::defaults().thresholds,
+                )
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            }
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+    } else {
+        print!("{}", render(&comparison));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `modelstamp promote` and `modelstamp rollback`.
+pub async fn change(args: ChangeArgs, action: &str) -> anyhow::Result<ExitCode> {
+    let client = AdminClient::new(&args.admin.url().await)?;
+    let mut body = json!({ "actor": args.actor, "reason": args.reason, "ticket": args.ticket });
+    if action == "promote"
+        && let Some(v) = &args.version
+    {
+        body["version"] = Value::from(v.clone());
+    }
+    let path = format!("/canary/{}/{action}", args.model);
+    match client.post_json(&path, &body, args.token.as_deref()).await {
+        Ok(entry) => {
+            println!(
+                "{action}: route {} weights {} -> {} (audit #{} {})",
+                entry["route"].as_str().unwrap_or("-"),
+                entry["before"],
+                entry["after"],
+                entry["seq"],
+                entry["hash"].as_str().unwrap_or("-")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `modelstamp audit`.
+pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Verify { file, head } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => return fail(format!("cannot read {}: {e}", file.display())),
+            };
+            match verify(&text) {
+                Ok(entries) => {
+                    let last = entries
+                        .last()
+                        .map_or(modelstamp::canary::audit::GENESIS, |e| e.hash.as_str());
+                    if let Some(h) = head.filter(|h| h != last) {
+                        return fail(format!(
+                            "{}: the chain is intact but ends at {last}, not at the head {h}: entries were removed from its end",
+                            file.display()
+                        ));
+                    }
+                    println!(
+                        "{}: {} entries, chain intact, head {last}",
+                        file.display(),
+                        entries.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(b) => fail(format!("{}: {b}", file.display())),
+            }
+        }
+        AuditCommand::Show { admin } => {
+            let client = AdminClient::new(&admin.url().await)?;
+            match client.get_json("/audit").await {
+                Ok(v) => {
+                    println!(
+                        "chain: {} {}",
+                        v["chain"]["status"].as_str().unwrap_or("-"),
+                        v["chain"]["detail"].as_str().unwrap_or("")
+                    );
+                    for e in v["entries"].as_array().into_iter().flatten() {
+                        println!(
+                            "#{:<4} {} {:<14} {:<10} route {} {} -> {} by {}: {}",
+                            e["seq"],
+                            e["time"].as_str().unwrap_or("-"),
+                            e["action"].as_str().unwrap_or("-"),
+                            e["ticket"].as_str().unwrap_or("-"),
+                            e["route"].as_str().unwrap_or("-"),
+                            e["before"],
+                            e["after"],
+                            e["actor"].as_str().unwrap_or("-"),
+                            e["reason"].as_str().unwrap_or("-")
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}

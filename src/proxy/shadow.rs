@@ -1,0 +1,169 @@
+//! Shadow traffic: once a sampled exchange has been answered, its request is sent again to the
+//! route's shadow version, off the client's path (a spawned task, bounded in number), and the
+//! shadow's predictions are compared with the primary's. The client never waits for it and
+//! never sees it; failures and timeouts are counted, nothing else.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tracing::debug;
+
+use super::ctx::RequestCtx;
+use crate::canary::shadow::{Outcome, ShadowSkip, ShadowStats, compare_predictions};
+use crate::config::UpstreamSettings;
+use crate::inspect::Codec;
+use crate::inspect::codec::Predicted;
+use crate::inspect::worker::Copied;
+use crate::routing::split;
+
+/// Header marking a mirrored call, so model servers and logs can tell it apart.
+pub const SHADOW_HEADER: &str = "x-modelstamp-shadow";
+
+/// Sends shadow calls; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Shadower {
+    client: Client<HttpConnector, Full<Bytes>>,
+    stats: Arc<ShadowStats>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shadower {
+    /// A shadower with its own connection pool.
+    pub fn new(settings: &UpstreamSettings, stats: Arc<ShadowStats>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(settings.pool_idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .build(connector),
+            stats,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Whether this exchange wants its bodies copied for a shadow call.
+    pub fn wanted(ctx: &RequestCtx) -> bool {
+        ctx.route().is_some_and(|r| r.shadow_version.is_some())
+    }
+
+    /// Mirror an answered exchange, if the route has a shadow and the sample picks it.
+    pub fn mirror(
+        &self,
+        ctx: &RequestCtx,
+        primary_ok: bool,
+        request: Option<Copied>,
+        primary: Option<Copied>,
+    ) {
+        let Some(route) = ctx.route() else { return };
+        let (Some(shadow), Some(version)) = (&route.route.shadow, &route.shadow_version) else {
+            return;
+        };
+        let pick = (split::random_key() >> 11) as f64 / (1u64 << 53) as f64;
+        if pick >= shadow.sample {
+            return;
+        }
+        if !primary_ok {
+            return self.stats.skip(ShadowSkip::PrimaryFailed);
+        }
+        let (Some(request), Some(primary)) = (request, primary) else {
+            return self.stats.skip(ShadowSkip::NoCopy);
+        };
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= shadow.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return self.stats.skip(ShadowSkip::InFlight);
+        }
+        let guard = InFlight(self.in_flight.clone());
+        let served = &ctx.resolved.served;
+        let upstream = shadow.upstream.as_ref().unwrap_or(&route.route.upstream);
+        let path = split::with_version(ctx.path.as_str(), &served.model, version)
+            .unwrap_or_else(|| ctx.path.as_str().to_string());
+        let req = Request::builder()
+            .method(ctx.method.clone())
+            .uri(format!("http://{upstream}{path}"))
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .header(
+                &ctx.snapshot.config.headers.request_id,
+                ctx.request_id.clone(),
+            )
+            .header(SHADOW_HEADER, HeaderValue::from_static("true"))
+            .body(Full::new(request.bytes.clone()));
+        let Ok(req) = req else { return };
+        let codec = ctx
+            .inspect
+            .or_else(|| Codec::choose(route.route.inspect.codec, ctx.path.path()));
+        let key = (
+            served.model.to_string(),
+            served.version.to_string(),
+            version.clone(),
+        );
+        let (timeout, abs, rel) = (shadow.timeout, shadow.abs_tolerance, shadow.rel_tolerance);
+        let cap = ctx.snapshot.config.limits.max_inspect_bytes;
+        let (client, stats) = (self.client.clone(), self.stats.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            let start = Instant::now();
+            let answer = tokio::time::timeout(timeout, async {
+                let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                let ok = resp.status().is_success();
+                let body = Limited::new(resp.into_body(), cap.max(1))
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                Ok::<_, String>((ok, body))
+            })
+            .await;
+            let k = (key.0.as_str(), key.1.as_str(), key.2.as_str());
+            let (outcome, agreed) = match answer {
+                Err(_) => (Outcome::Timeout, None),
+                Ok(Err(e)) => {
+                    debug!(error = %e, "Shadow call failed.");
+                    (Outcome::Error, None)
+                }
+                Ok(Ok((false, _))) => (Outcome::Error, None),
+                Ok(Ok((true, body))) => (
+                    Outcome::Ok,
+                    agreement(codec, &primary.bytes, &body, abs, rel),
+                ),
+            };
+            stats.record(k, outcome, start.elapsed(), agreed);
+        });
+    }
+}
+
+fn agreement(
+    codec: Option<Codec>,
+    primary: &[u8],
+    shadow: &[u8],
+    abs: f64,
+    rel: f64,
+) -> Option<bool> {
+    let codec = codec.filter(|c| c.tabular())?;
+    match (
+        codec.predicted(primary, false),
+        codec.predicted(shadow, false),
+    ) {
+        (Ok(Predicted::Table(p)), Ok(Predicted::Table(s))) => compare_predictions(&p, &s, abs, rel),
+        _ => None,
+    }
+}
