@@ -1,10 +1,12 @@
 //! The admin API, served on its own (loopback by default) listener: `/metrics`, `/healthz`,
-//! `/readyz`, `/versions`, `/lineage/{id}`, `/requests/{id}`, and the mutating calls
-//! `POST /events/dataset-changed` and `POST /webhooks/mlflow`. A plain tower service, testable
-//! without sockets.
+//! `/readyz`, `/versions`, `/lineage/{id}`, `/requests/{id}`, `/canary/{model}`, `/audit`, and
+//! the mutating calls `POST /events/dataset-changed`, `POST /webhooks/mlflow` and the traffic
+//! changes (`/routes/{r}/weights`, `/canary/{m}/promote`, `/canary/{m}/rollback`). A plain tower
+//! service, testable without sockets.
 
 mod canary;
 pub mod client;
+// The canary endpoints: comparison, audit trail, token-guarded traffic changes.
 mod webhook;
 
 use std::convert::Infallible;

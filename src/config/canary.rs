@@ -421,34 +421,85 @@ pub fn audit_path(raw: Option<&str>, base_dir: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{parse, validate};
+
+    fn check(text: &str) -> Result<crate::config::Config, Vec<String>> {
+        let raw = parse(text, "t.toml")
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        validate(&raw, Path::new("/etc/ms"))
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect())
+    }
+
+    const ROUTE: &str =
+        "[[routes]]\nname = \"churn\"\nmodel = \"churn\"\nupstream = \"127.0.0.1:1\"\n";
+
+    #[test]
+    fn a_split_route_gets_its_backends_roles_and_defaults() {
+        let text = format!(
+            "[audit]\npath = \"audit.jsonl\"\n{ROUTE}[[routes.backends]]\nversion = \"@champion\"\nweight = 90\n\
+             [[routes.backends]]\nversion = \"2\"\nweight = 10\nupstream = \"127.0.0.1:2\"\n\
+             [routes.canary]\nsticky_cookie = \"sid\"\npin_header = \"x-pin\"\npin_sources = [\"10.0.0.0/8\"]\n\
+             [routes.shadow]\nversion = \"3\"\nsample = 0.5\n"
+        );
+        let c = check(&text).unwrap_or_else(|e| panic!("{e:?}"));
+        let r = &c.routes[0];
+        assert_eq!(r.backends.len(), 2);
+        assert_eq!(r.backends[0].version, Serves::Alias("champion".into()));
+        assert_eq!((r.canary.baseline, r.canary.candidate), (0, Some(1)));
+        assert_eq!(r.canary.sticky, Some(Sticky::Cookie("sid".into())));
+        assert_eq!(r.canary.thresholds.min_requests, 200);
+        assert_eq!(r.shadow.as_ref().map(|s| s.sample), Some(0.5));
+        assert_eq!(
+            c.audit_path.as_deref(),
+            Some(Path::new("/etc/ms/audit.jsonl"))
+        );
+        let d = Canary::defaults();
+        assert_eq!((d.thresholds.alpha, d.auto_rollback_after), (0.05, 0));
+    }
+
+    #[test]
+    fn every_canary_mistake_is_reported_with_its_path() {
+        let text = format!(
+            "{ROUTE}serves = \"1\"\n[[routes.backends]]\nversion = \"1\"\nweight = 0\n[[routes.backends]]\nversion = \"1\"\n\
+             [routes.canary]\ncandidate = \"9\"\nsticky_header = \"x\"\nsticky_cookie = \"y\"\npin_header = \"x-pin\"\nalpha = 2.0\n\
+             [routes.shadow]\nsample = 3.0\nversion = \"4\"\n"
+        );
+        let errs = check(&text).err().unwrap_or_default();
+        let want = [
+            "routes[0].backends[1].version: listed twice",
+            "routes[0].serves: a route with backends serves what they list; remove `serves`",
+            "routes[0].backends: at least one weight must be above 0",
+            "routes[0].canary.candidate: \"9\" is not one of the route's backends",
+            "routes[0].canary.sticky_cookie: set sticky_header or sticky_cookie, not both",
+            "routes[0].canary.pin_sources: pin_header needs the networks allowed to pin (e.g. [\"10.0.0.0/8\"])",
+            "routes[0].canary.alpha: must be 0..=0.5",
+            "routes[0].shadow.sample: must be 0..=1",
+        ];
+        assert_eq!(errs, want.map(String::from).to_vec());
+    }
 
     #[test]
     fn networks_contain_their_addresses() {
-        let net = Cidr::parse("10.1.0.0/16").unwrap_or_else(|| {
-            Cidr::parse("0.0.0.0/32").unwrap_or(Cidr {
-                addr: IpAddr::from([0, 0, 0, 0]),
-                prefix: 32,
-            })
-        });
-        assert!(net.contains("10.1.200.3".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
-        assert!(!net.contains("10.2.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))));
-        let host = Cidr::parse("127.0.0.1").map(|c| c.contains(IpAddr::from([127, 0, 0, 1])));
-        assert_eq!(host, Some(true));
-        let mapped: IpAddr = "::ffff:127.0.0.1"
-            .parse()
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or_else(|e| panic!("{e}"));
+        let net = Cidr::parse("10.1.0.0/16").unwrap_or_else(|| panic!("valid"));
+        assert!(net.contains(ip("10.1.200.3")));
+        assert!(!net.contains(ip("10.2.0.1")));
         assert_eq!(
-            Cidr::parse("127.0.0.0/8").map(|c| c.contains(mapped)),
+            Cidr::parse("127.0.0.1").map(|c| c.contains(ip("127.0.0.1"))),
             Some(true)
         );
         assert_eq!(
-            Cidr::parse("::1/128").map(|c| c.contains("::1".parse().unwrap_or(mapped))),
+            Cidr::parse("127.0.0.0/8").map(|c| c.contains(ip("::ffff:127.0.0.1"))),
+            Some(true)
+        );
+        assert_eq!(
+            Cidr::parse("::1/128").map(|c| c.contains(ip("::1"))),
             Some(true)
         );
         assert!(Cidr::parse("10.0.0.0/33").is_none());
         assert!(Cidr::parse("nope/8").is_none());
         assert_eq!(
-            Cidr::parse("0.0.0.0/0").map(|c| c.contains(IpAddr::from([8, 8, 8, 8]))),
+            Cidr::parse("0.0.0.0/0").map(|c| c.contains(ip("8.8.8.8"))),
             Some(true)
         );
     }

@@ -119,8 +119,8 @@ def test_collector_and_compose_configs_are_consistent():
 
 
 # Expressions that may legitimately return nothing on a healthy demo (no such event happened).
-MAY_BE_EMPTY = ("version_mismatch", "prediction_class", "ModelstampCandidate", "ModelstampStale",
-                "ModelstampDrift", "ModelstampRegistryDown", "ModelstampInspectionSkipping",
+MAY_BE_EMPTY = ("version_mismatch", "prediction_class", "shadow_agreement", "canary_weight", "ModelstampCandidate", "ModelstampStale",
+                "ModelstampDrift", "ModelstampRegistryDown", "ModelstampCanaryRolledBack", "ModelstampInspectionSkipping",
                 'against="version:', "ModelstampVersionMismatch")
 SUBSTITUTIONS = {"$__rate_interval": "1m", "$__range": "5m", "$model": "churn", "$version": ".*",
                  "$baseline": "1", "$candidate": "2"}
