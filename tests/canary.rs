@@ -159,6 +159,16 @@ async fn weights_hot_reload_and_move_only_the_share_that_changed() {
     let canary = "sticky_header = \"x-user\"";
     let h = Harness::start_manual(&split_route(up.addr, 90, 10, canary)).await;
     let before: Vec<String> = futures_versions(&h, 300).await;
+    // A reload that keeps the weights (another setting changes) moves nobody.
+    let same = split_route(up.addr, 90, 10, canary)
+        .replace("[routes.canary]\n", "[routes.canary]\nmin_requests = 10\n");
+    std::fs::write(&h.config, config_text_polling(&h.dir, &same, "", "1h")).unwrap();
+    h.sidecar.reloader.reload().await.unwrap();
+    assert_eq!(
+        futures_versions(&h, 300).await,
+        before,
+        "sticky across a reload that keeps the weights"
+    );
     let text = config_text_polling(&h.dir, &split_route(up.addr, 70, 30, canary), "", "1h");
     std::fs::write(&h.config, text).unwrap();
     h.sidecar.reloader.reload().await.unwrap();
@@ -382,8 +392,15 @@ async fn shadow_traffic_never_touches_the_client_and_agreement_is_measured() {
     );
     let h = Harness::start_with_registry(&route, "", REGISTRY3).await;
     for _ in 0..20 {
-        let (status, v) = infer(&h, &[]).await;
-        assert_eq!((status, v.as_str()), (200, "1"));
+        let (resp, body) = send(post(&h.url("/v2/models/churn/infer"), BODY)).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-model-version"], "1");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["model_version"], "1",
+            "the client gets the primary's answer, never the shadow's"
+        );
+        assert_eq!(v["outputs"][0]["data"][0], 0.1);
     }
     let done = |n: f64| {
         let h = &h;

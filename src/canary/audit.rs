@@ -2,10 +2,11 @@
 //! not, config reloads that change weights) as one JSON line, each hash-chained to the one
 //! before, so an edited, removed or reordered entry is detected by `modelstamp audit verify`.
 //!
-//! `hash` = SHA-256 (hex) of the entry serialised without its `hash` field (fields in their
-//! declared order, no whitespace); `prev_hash` is the previous entry's `hash` (64 zeros for the
-//! first). `seq` counts from 1. A log cut short at its end is detected against the head the
-//! sidecar reports (`GET /audit`).
+//! `hash` = SHA-256 (hex) of the line's exact bytes without its trailing `,"hash":"…"` member
+//! (the entry serialised with its fields in declared order, no whitespace, `hash` last), so the
+//! check never depends on how a JSON parser rounds numbers; `prev_hash` is the previous entry's
+//! `hash` (64 zeros for the first). `seq` counts from 1. A log cut short at its end is detected
+//! against the head the sidecar reports (`GET /audit`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -111,14 +112,28 @@ pub enum AuditError {
     },
 }
 
-fn entry_hash(e: &Entry) -> String {
-    let mut unhashed = e.clone();
-    unhashed.hash = String::new();
-    let bytes = serde_json::to_vec(&unhashed).unwrap_or_default();
-    Sha256::digest(&bytes)
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The line of an entry whose `hash` is still empty: the hashed bytes, and the line written.
+fn sealed_line(e: &mut Entry) -> String {
+    e.hash = String::new();
+    let unhashed = serde_json::to_string(&*e).unwrap_or_default();
+    e.hash = sha256_hex(unhashed.as_bytes());
+    let body = unhashed.strip_suffix('}').unwrap_or(&unhashed);
+    format!("{body},\"hash\":\"{}\"}}", e.hash)
+}
+
+/// The bytes a line's hash covers: the line without its trailing `,"hash":"<64 hex>"` member.
+fn hashed_part(line: &str) -> Option<String> {
+    let i = line.rfind(",\"hash\":\"")?;
+    let tail = &line[i + 9..];
+    let hex = tail.strip_suffix("\"}")?;
+    (hex.len() == 64).then(|| format!("{}}}", &line[..i]))
 }
 
 /// Check a whole log; returns its entries.
@@ -148,7 +163,8 @@ pub fn verify(text: &str) -> Result<Vec<Entry>, Broken> {
                 "prev_hash does not match the previous entry (removed or reordered)".into(),
             ));
         }
-        if entry_hash(&e) != e.hash {
+        let line = line.trim_end();
+        if hashed_part(line).is_none_or(|part| sha256_hex(part.as_bytes()) != e.hash) {
             return Err(broken("hash does not match the content (edited)".into()));
         }
         prev = e.hash.clone();
@@ -233,15 +249,14 @@ impl AuditLog {
             prev_hash: inner.head.clone(),
             hash: String::new(),
         };
-        e.hash = entry_hash(&e);
+        let mut line = sealed_line(&mut e);
+        line.push('\n');
         if let (Some(file), Some(path)) = (inner.file.as_mut(), &self.path) {
             let io = |source| AuditError::Io {
                 path: path.clone(),
                 source,
             };
-            let mut line = serde_json::to_vec(&e).unwrap_or_default();
-            line.push(b'\n');
-            file.write_all(&line).map_err(io)?;
+            file.write_all(line.as_bytes()).map_err(io)?;
             file.sync_data().map_err(io)?;
         }
         inner.seq = e.seq;
@@ -320,6 +335,22 @@ mod tests {
         assert_eq!((e.seq, e.prev_hash.as_str()), (4, entries[2].hash.as_str()));
         let all = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(verify(&all).map(|v| v.len()), Ok(4));
+    }
+
+    #[test]
+    fn entries_with_any_float_verify() {
+        let log = AuditLog::open(None).unwrap_or_else(|e| panic!("{e}"));
+        let mut text = String::new();
+        for i in 0..200u32 {
+            let mut d = draft("set_weights", i % 100);
+            let x = f64::from(i) * 0.001_244_572_877_874_843_1 + 1e-17 * f64::from(i);
+            d.comparison =
+                Some(serde_json::json!({ "p50": x, "ratio": 1.0 / (f64::from(i) + 3.0) }));
+            let mut e = log.append(d).unwrap_or_else(|e| panic!("{e}"));
+            text.push_str(&sealed_line(&mut e));
+            text.push('\n');
+        }
+        assert_eq!(verify(&text).map(|v| v.len()), Ok(200));
     }
 
     #[test]
