@@ -254,3 +254,99 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// Model to explain.
+    #[arg(long)]
+    model: String,
+    /// Window ending now (default 1h).
+    #[arg(long, conflicts_with = "from")]
+    since: Option<String>,
+    /// Window start (RFC 3339 UTC or ms since the epoch).
+    #[arg(long)]
+    from: Option<String>,
+    /// Window end (default: now).
+    #[arg(long)]
+    to: Option<String>,
+    /// Take health, data quality, drift and mismatches from a Prometheus server's history.
+    #[arg(long)]
+    prometheus: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// `modelstamp explain`.
+pub async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    use modelstamp::explain::rules::{Explanation, explain};
+    let client = AdminClient::new(&args.admin.url().await)?;
+    let mut q = Vec::new();
+    for (k, v) in [
+        ("since", &args.since),
+        ("from", &args.from),
+        ("to", &args.to),
+    ] {
+        if let Some(v) = v {
+            q.push(format!("{k}={v}"));
+        }
+    }
+    let query = q.join("&");
+    let local = client
+        .get_json(&format!("/explain/{}?{query}", args.model))
+        .await;
+    let explanation: Explanation = match &args.prometheus {
+        None => match local {
+            Ok(v) => serde_json::from_value(v)?,
+            Err(e) => return fail(e),
+        },
+        Some(url) => {
+            let (from, to) = match modelstamp::admin::explain::window(Some(&query)) {
+                Ok(w) => w,
+                Err(e) => return fail(e),
+            };
+            let prom = Prometheus::new(url)?;
+            let mut ev =
+                match modelstamp::explain::prometheus::evidence(&prom, &args.model, from, to).await
+                {
+                    Ok(ev) => ev,
+                    Err(e) => return fail(e),
+                };
+            // The sidecar, when it answers, adds the timeline, aliases and lineage records.
+            if let Ok(l) = &local {
+                if let Ok(events) = serde_json::from_value(l["timeline"].clone()) {
+                    ev.events = events;
+                }
+                for h in &mut ev.versions {
+                    let same = l["health"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|x| x["version"] == h.version.as_str());
+                    if let Some(x) = same {
+                        h.aliases =
+                            serde_json::from_value(x["aliases"].clone()).unwrap_or_default();
+                    }
+                    h.record = record(&client, &h.lineage_id).await;
+                    for f in h.record.iter().flat_map(|r| r.input_schema.iter()) {
+                        let source = h.record.as_ref().and_then(|r| r.feature_source(f));
+                        if let Some(s) =
+                            source.filter(|_| !ev.sources.iter().any(|(n, _)| *n == f.name))
+                        {
+                            ev.sources.push((f.name.clone(), s));
+                        }
+                    }
+                }
+            }
+            explain(&ev)
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        print!("{}", modelstamp::explain::render::render(&explanation));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod canary;
 pub mod config;
 pub mod demo;
+pub mod explain;
 pub mod inspect;
 pub mod observe;
 pub mod proxy;

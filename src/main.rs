@@ -52,6 +52,8 @@ enum Command {
     Promote(canary_cli::ChangeArgs),
     /// Send all of a split route's traffic back to the baseline, with an audit entry.
     Rollback(canary_cli::ChangeArgs),
+    /// Explain what changed and why a model's version degraded: ranked causes and a timeline.
+    Explain(canary_cli::ExplainArgs),
     /// Verify an audit log's hash chain, or show a sidecar's audit trail.
     #[command(subcommand)]
     Audit(canary_cli::AuditCommand),
@@ -159,6 +161,7 @@ fn main() -> ExitCode {
             Some(Command::Promote(args)) => canary_cli::change(args, "promote").await,
             Some(Command::Rollback(args)) => canary_cli::change(args, "rollback").await,
             Some(Command::Audit(cmd)) => canary_cli::audit(cmd).await,
+            Some(Command::Explain(args)) => canary_cli::explain(args).await,
         }
     });
     match result {

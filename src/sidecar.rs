@@ -17,6 +17,8 @@ use crate::canary::audit::AuditLog;
 use crate::canary::control::Controller;
 use crate::canary::shadow::{ShadowCollector, ShadowStats};
 use crate::config::ConfigErrors;
+use crate::explain::gather::Explainer;
+use crate::explain::journal::Journal;
 use crate::inspect::Inspector;
 use crate::inspect::exposition::InspectCollector;
 use crate::observe::Telemetry;
@@ -104,8 +106,19 @@ impl Sidecar {
         )
         .map_err(StartError::AccessLog)?;
         let tracing = Tracing::start(&config.traces, &metrics).map_err(StartError::Tracing)?;
-        let inspector =
-            Inspector::start(&config.inspect, tracing.clone()).map_err(StartError::Inspector)?;
+        let journal = Arc::new(Journal::default());
+        reloader.set_journal(journal.clone());
+        let inspector = Inspector::start(&config.inspect, tracing.clone(), journal.clone())
+            .map_err(StartError::Inspector)?;
+        let known = inspector.clone();
+        reloader.on_swap(move |snap| {
+            known.register(
+                snap.models
+                    .values()
+                    .flat_map(|m| m.versions.values())
+                    .map(|s| s.profile.clone()),
+            );
+        });
         let mut registry = registry;
         registry.register_collector(Box::new(InspectCollector(inspector.shared().clone())));
         let shadow_stats = Arc::new(ShadowStats::new(config.inspect.window));
@@ -125,6 +138,7 @@ impl Sidecar {
             access_log,
             tracing: tracing.clone(),
             inspector,
+            journal: journal.clone(),
         });
         let proxy_listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
@@ -164,6 +178,11 @@ impl Sidecar {
             recent: telemetry.access_log.recent.clone(),
             draining: AtomicBool::new(false),
             canary: canary.clone(),
+            explainer: Arc::new(Explainer::new(
+                reloader.clone(),
+                telemetry.inspector.shared().clone(),
+                journal,
+            )),
         });
         let admin = Admin::new(admin_state.clone());
         let admin_task = tokio::spawn(serve(

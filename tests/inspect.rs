@@ -330,7 +330,10 @@ async fn sampling_and_the_memory_budget_skip_and_count() {
         ),
         5.0
     );
-    assert!(!m.contains("modelstamp_inspected_rows_total{"), "{m}");
+    assert!(
+        m.contains("modelstamp_inspected_rows_total{model=\"churn\",version=\"1\"} 0"),
+        "exported from 0 before any inspection: {m}"
+    );
 
     let up = Upstream::start(echo_tenure()).await;
     let h = Harness::start_with_registry(

@@ -6,6 +6,7 @@
 
 mod canary;
 pub mod client;
+pub mod explain;
 // The canary endpoints: comparison, audit trail, token-guarded traffic changes.
 mod webhook;
 
@@ -48,6 +49,8 @@ pub struct AdminState {
     pub draining: AtomicBool,
     /// Canary comparisons, weight changes and the audit log.
     pub canary: Arc<crate::canary::control::Controller>,
+    /// Root-cause explanations.
+    pub explainer: Arc<crate::explain::gather::Explainer>,
 }
 
 /// The admin service.
@@ -128,6 +131,8 @@ impl Admin {
             _ => {
                 if let Some(model) = path.strip_prefix("/canary/") {
                     self.canary(model, parts.uri.query())
+                } else if let Some(model) = path.strip_prefix("/explain/") {
+                    self.explain(model, parts.uri.query())
                 } else if let Some(id) = path.strip_prefix("/lineage/") {
                     self.lineage(id)
                 } else if let Some(id) = path.strip_prefix("/requests/") {
@@ -389,7 +394,8 @@ mod tests {
         let config = reloader.current().load().config.clone();
         let tracing = crate::observe::spans::Tracing::start(&config.traces, &metrics)
             .unwrap_or_else(|e| unreachable!("{e}"));
-        let inspector = crate::inspect::Inspector::start(&config.inspect, tracing)
+        let journal = Arc::new(crate::explain::journal::Journal::default());
+        let inspector = crate::inspect::Inspector::start(&config.inspect, tracing, journal.clone())
             .unwrap_or_else(|e| unreachable!("{e}"));
         let canary = Arc::new(crate::canary::control::Controller::new(
             reloader.clone(),
@@ -402,12 +408,18 @@ mod tests {
             )),
             metrics.clone(),
         ));
+        let explainer = Arc::new(crate::explain::gather::Explainer::new(
+            reloader.clone(),
+            inspector.shared().clone(),
+            journal,
+        ));
         let state = AdminState {
             reloader,
             metrics: registry,
             recent: Arc::new(RecentRequests::new(10, 1 << 20)),
             draining: AtomicBool::new(false),
             canary,
+            explainer,
         };
         (Admin::new(Arc::new(state)), id, metrics)
     }

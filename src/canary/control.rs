@@ -359,6 +359,19 @@ impl Controller {
                 match self.rollback(name, who, "auto_rollback").await {
                     Ok(e) => {
                         self.metrics.auto_rollback(name);
+                        if let Some(j) = self.reloader.journal() {
+                            j.record(
+                                crate::explain::journal::Kind::AutoRollback,
+                                &c.model,
+                                Some(&c.candidate.version),
+                                format!(
+                                    "candidate {} rolled back: {}",
+                                    c.candidate.version,
+                                    c.reasons.join("; ")
+                                ),
+                                &[],
+                            );
+                        }
                         warn!(route = %name, candidate = %c.candidate.version, baseline = %c.baseline.version,
                               reasons = %c.reasons.join("; "), seq = e.seq,
                               "Candidate rolled back automatically.");

@@ -42,7 +42,8 @@ fn percent(s: &str) -> String {
     out
 }
 
-fn esc(s: &str) -> String {
+/// Escape a PromQL label value.
+pub fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
@@ -64,17 +65,25 @@ impl Prometheus {
 
     /// Run an instant query; the result vector.
     pub async fn query(&self, promql: &str) -> Result<Vec<Value>, PromError> {
+        self.query_at(promql, None).await
+    }
+
+    /// Run an instant query evaluated at `time` (seconds since the epoch; `None`: now).
+    pub async fn query_at(&self, promql: &str, time: Option<f64>) -> Result<Vec<Value>, PromError> {
         let err = |reason: String| PromError::Query {
             url: self.base.clone(),
             reason,
         };
         let resp = self
             .client
-            .get(format!(
-                "{}/api/v1/query?query={}",
-                self.base,
-                percent(promql)
-            ))
+            .get(match time {
+                Some(t) => format!(
+                    "{}/api/v1/query?query={}&time={t}",
+                    self.base,
+                    percent(promql)
+                ),
+                None => format!("{}/api/v1/query?query={}", self.base, percent(promql)),
+            })
             .send()
             .await
             .map_err(|e| err(e.to_string()))?;

@@ -86,7 +86,7 @@ fn encode_counts(enc: &mut DescriptorEncoder<'_>, versions: &[&VersionStats]) ->
         None,
         MetricType::Counter,
     )?;
-    for v in versions.iter().filter(|v| v.requests > 0) {
+    for v in versions {
         let labels = [
             ("model", &*v.profile.model),
             ("version", &*v.profile.version),
@@ -99,7 +99,7 @@ fn encode_counts(enc: &mut DescriptorEncoder<'_>, versions: &[&VersionStats]) ->
         None,
         MetricType::Counter,
     )?;
-    for v in versions.iter().filter(|v| v.requests > 0) {
+    for v in versions {
         for (f, counts) in v.issues.iter().enumerate() {
             for issue in Issue::ALL {
                 let labels = [
@@ -128,9 +128,6 @@ fn encode_predictions(enc: &mut DescriptorEncoder<'_>, versions: &[&VersionStats
     {
         let h = &v.histogram;
         let count: u64 = h.counts.iter().sum();
-        if count == 0 {
-            continue;
-        }
         let buckets: Vec<(f64, u64)> = h
             .bounds
             .iter()
@@ -153,7 +150,7 @@ fn encode_predictions(enc: &mut DescriptorEncoder<'_>, versions: &[&VersionStats
     )?;
     for v in versions {
         let classes = &v.profile.prediction.classes;
-        if classes.is_empty() || v.responses == 0 {
+        if classes.is_empty() {
             continue;
         }
         let names = classes.iter().map(String::as_str).chain(["other"]);

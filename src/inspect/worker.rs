@@ -20,6 +20,7 @@ use super::drift::SLICES;
 use super::profile::Profile;
 use super::stats::{DriftWatch, QualityEvent, VersionStats};
 use crate::config::Inspect;
+use crate::explain::journal::{Journal, Kind};
 use crate::observe::spans::Tracing;
 
 /// Why a message was not inspected.
@@ -209,7 +210,11 @@ pub struct Inspector {
 
 impl Inspector {
     /// Start the worker thread. Queue size, memory budget and window are read here.
-    pub fn start(settings: &Inspect, tracing: Tracing) -> std::io::Result<Self> {
+    pub fn start(
+        settings: &Inspect,
+        tracing: Tracing,
+        journal: Arc<Journal>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(settings.queue);
         let shared = Arc::new(Shared {
             budget: Arc::new(Budget {
@@ -226,7 +231,7 @@ impl Inspector {
         let worker = shared.clone();
         std::thread::Builder::new()
             .name("modelstamp-inspect".into())
-            .spawn(move || run(&rx, &worker, &tracing))?;
+            .spawn(move || run(&rx, &worker, &tracing, &journal))?;
         Ok(Self { shared, tx })
     }
 
@@ -281,6 +286,26 @@ impl Inspector {
         }
     }
 
+    /// Make the stats of these versions exist before their first request, so their counters
+    /// are exported from 0 (Prometheus's `increase()` misses what a series starts with).
+    pub fn register(&self, profiles: impl IntoIterator<Item = Arc<Profile>>) {
+        let mut all = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for p in profiles {
+            let key = (p.model.clone(), p.version.clone());
+            match all.get_mut(&key) {
+                Some(s) if s.profile.lineage_id == p.lineage_id => s.profile = p,
+                Some(s) => *s = VersionStats::new(p),
+                None => {
+                    all.insert(key, VersionStats::new(p));
+                }
+            }
+        }
+    }
+
     /// Wait until the queue is empty (tests, shutdown), at most `timeout`.
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -297,7 +322,7 @@ impl Inspector {
 /// How often drift levels are compared with the thresholds.
 const DRIFT_CHECK: Duration = Duration::from_secs(1);
 
-fn run(rx: &Receiver<Job>, shared: &Shared, tracing: &Tracing) {
+fn run(rx: &Receiver<Job>, shared: &Shared, tracing: &Tracing, journal: &Journal) {
     let mut watch = DriftWatch::default();
     let mut checked = Instant::now();
     loop {
@@ -307,7 +332,7 @@ fn run(rx: &Receiver<Job>, shared: &Shared, tracing: &Tracing) {
                 // Counted as done only after the stats are updated, so `drain` means "visible".
                 shared.queued.fetch_sub(1, Ordering::Relaxed);
                 for e in events {
-                    report(&job, &e, tracing);
+                    report(&job, &e, tracing, journal);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -327,6 +352,27 @@ fn run(rx: &Receiver<Job>, shared: &Shared, tracing: &Tracing) {
                     against = %e.drift.against, value = e.drift.value, level = e.level.as_str(),
                     "Drift crossed a threshold."
                 );
+                // The timeline keeps PSI crossings; JS ones are in the log and metrics.
+                if e.drift.statistic == "psi" {
+                    journal.record(
+                        Kind::Drift,
+                        &p.model,
+                        Some(&p.version),
+                        format!(
+                            "{} {} against {} reached {:.3} ({})",
+                            e.drift.signal,
+                            e.drift.statistic,
+                            e.drift.against,
+                            e.drift.value,
+                            e.level.as_str()
+                        ),
+                        &[
+                            ("signal", e.drift.signal.clone()),
+                            ("statistic", e.drift.statistic.to_string()),
+                            ("value", e.drift.value.to_string()),
+                        ],
+                    );
+                }
             }
         }
     }
@@ -380,7 +426,7 @@ fn process(shared: &Shared, job: &Job) -> Vec<QualityEvent> {
 }
 
 /// One data-quality event: a WARN line and, when the request was traced, a span event.
-fn report(job: &Job, e: &QualityEvent, tracing: &Tracing) {
+fn report(job: &Job, e: &QualityEvent, tracing: &Tracing, journal: &Journal) {
     let p = &job.profile;
     let feature = p.names[e.feature].as_str();
     let source = p.sources[e.feature].as_deref().unwrap_or("unknown");
@@ -388,6 +434,22 @@ fn report(job: &Job, e: &QualityEvent, tracing: &Tracing) {
         model = %p.model, version = %p.version, lineage_id = %p.lineage_id, feature,
         issue = e.issue.as_str(), rate = e.rate, window_rows = e.rows, upstream_source = source,
         "Data-quality issue rate crossed the threshold."
+    );
+    journal.record(
+        Kind::DataQuality,
+        &p.model,
+        Some(&p.version),
+        format!(
+            "feature {feature} {} on {:.1}% of rows (upstream {source})",
+            e.issue.as_str(),
+            100.0 * e.rate
+        ),
+        &[
+            ("feature", feature.to_string()),
+            ("issue", e.issue.as_str().to_string()),
+            ("rate", e.rate.to_string()),
+            ("source", source.to_string()),
+        ],
     );
     if let Some(parent) = job.trace.as_ref().filter(|sc| sc.is_sampled()) {
         tracing.event_span(

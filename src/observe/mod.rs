@@ -25,6 +25,8 @@ pub struct Telemetry {
     pub tracing: Tracing,
     /// Payload inspection queue.
     pub inspector: crate::inspect::Inspector,
+    /// What changed and when, for `explain`.
+    pub journal: std::sync::Arc<crate::explain::journal::Journal>,
 }
 
 /// Everything one finished request contributes.

@@ -368,6 +368,9 @@ impl Pending {
         self.telemetry
             .metrics
             .version_mismatch(&served.model, &served.version, label);
+        self.telemetry
+            .journal
+            .mismatch(&served.model, &served.version, label);
         warn!(model = %served.model, expected = %served.version, reported, request_id = ?self.ctx.request_id, "Model server reported another version than resolved.");
     }
 }

@@ -21,6 +21,7 @@ use super::snapshot::Snapshot;
 use crate::config::{
     self, Config, ConfigError, ConfigErrors, MlflowSettings, RegistrySource, raw::RawConfig,
 };
+use crate::explain::journal::{Journal, Kind};
 use crate::observe::metrics::{Metrics, VersionLabels};
 use crate::registry::mlflow::MlflowRegistry;
 use crate::registry::{DatasetKey, FileRegistry, Registry, RegistryData, parse_registry};
@@ -225,7 +226,13 @@ pub struct Reloader {
     state: Mutex<State>,
     refresh_now: Notify,
     audit: std::sync::OnceLock<Arc<crate::canary::audit::AuditLog>>,
+    journal: std::sync::OnceLock<Arc<Journal>>,
+    registry_down: std::sync::atomic::AtomicBool,
+    on_swap: std::sync::OnceLock<SwapHook>,
 }
+
+/// Called with every snapshot swapped in.
+type SwapHook = Box<dyn Fn(&Snapshot) + Send + Sync>;
 
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -288,7 +295,26 @@ impl Reloader {
             state: Mutex::new(state),
             refresh_now: Notify::new(),
             audit: std::sync::OnceLock::new(),
+            journal: std::sync::OnceLock::new(),
+            registry_down: std::sync::atomic::AtomicBool::new(false),
+            on_swap: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Call `hook` with the current snapshot now and with every snapshot swapped in later.
+    pub fn on_swap(&self, hook: impl Fn(&Snapshot) + Send + Sync + 'static) {
+        hook(&self.current.load());
+        let _ = self.on_swap.set(Box::new(hook));
+    }
+
+    /// Record what changes (versions, aliases, weights, reloads, outages, stale flags) here.
+    pub fn set_journal(&self, journal: Arc<Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// The journal, once set.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.get()
     }
 
     /// Record reloads that change weights in this audit log.
@@ -378,6 +404,12 @@ impl Reloader {
         self.generation.store(generation, Ordering::Relaxed);
         let old = self.current.load_full();
         publish(&self.metrics, &snapshot, Some(&old));
+        if let Some(j) = self.journal.get() {
+            journal_changes(j, &old, &snapshot);
+        }
+        if let Some(hook) = self.on_swap.get() {
+            hook(&snapshot);
+        }
         self.current.store(Arc::new(snapshot));
         generation
     }
@@ -407,12 +439,30 @@ impl Reloader {
                 let changes = weight_changes(&old, &snapshot);
                 let generation = self.swap(snapshot);
                 info!(generation, "Config reloaded.");
+                if let Some(j) = self.journal.get() {
+                    j.record(
+                        Kind::Reload,
+                        "",
+                        None,
+                        format!("config reloaded (generation {generation})"),
+                        &[],
+                    );
+                }
                 self.audit_reload(changes);
                 Ok(generation)
             }
             Err(errors) => {
                 for e in &errors.0 {
                     warn!(path = %e.path, error = %e.message, "Reload rejected; previous config keeps serving.");
+                }
+                if let (Some(j), Some(first)) = (self.journal.get(), errors.0.first()) {
+                    j.record(
+                        Kind::ReloadRejected,
+                        "",
+                        None,
+                        format!("reload rejected: {first}"),
+                        &[],
+                    );
                 }
                 Err(errors)
             }
@@ -502,6 +552,17 @@ impl Reloader {
             Ok(data) => {
                 remote.last_success = Some(Instant::now());
                 self.metrics.registry_result(true, Some(0.0));
+                if self.registry_down.swap(false, Ordering::Relaxed)
+                    && let Some(j) = self.journal.get()
+                {
+                    j.record(
+                        Kind::RegistryUp,
+                        "",
+                        None,
+                        "the registry answers again".into(),
+                        &[],
+                    );
+                }
                 let old = self.current.load_full();
                 if same_records(&old.registry, &data) {
                     return;
@@ -528,6 +589,17 @@ impl Reloader {
             }
             Err(e) => {
                 self.metrics.registry_result(false, age(remote));
+                if !self.registry_down.swap(true, Ordering::Relaxed)
+                    && let Some(j) = self.journal.get()
+                {
+                    j.record(
+                        Kind::RegistryDown,
+                        "",
+                        None,
+                        format!("the registry is unreachable: {e}"),
+                        &[],
+                    );
+                }
                 warn!(error = %e, "MLflow refresh failed; serving the last known good records.");
             }
         }
@@ -686,6 +758,92 @@ fn same_records(a: &RegistryData, b: &RegistryData) -> bool {
             .iter()
             .map(|(k, v)| (k, &v.1))
             .eq(b.datasets.iter().map(|(k, v)| (k, &v.1)))
+}
+
+/// Record what differs between two snapshots: versions, aliases, stale flags, weights.
+fn journal_changes(j: &Journal, old: &Snapshot, new: &Snapshot) {
+    for (model, m) in &new.registry.models {
+        let before = old.registry.models.get(model);
+        for v in m.versions.keys() {
+            if before.is_none_or(|b| !b.versions.contains_key(v)) && old.generation > 0 {
+                j.record(
+                    Kind::VersionAdded,
+                    model,
+                    Some(v),
+                    format!("version {v} appeared in the registry"),
+                    &[],
+                );
+            }
+        }
+        for (alias, to) in &m.aliases {
+            let was = before.and_then(|b| b.aliases.get(alias));
+            if was != Some(to) {
+                let from = was.map_or("(none)", String::as_str);
+                j.record(
+                    Kind::AliasMoved,
+                    model,
+                    Some(to),
+                    format!("alias {alias} moved {from} -> {to}"),
+                    &[
+                        ("alias", alias.clone()),
+                        ("from", from.to_string()),
+                        ("to", to.clone()),
+                    ],
+                );
+            }
+        }
+        if let Some(b) = before {
+            for v in b.versions.keys().filter(|v| !m.versions.contains_key(*v)) {
+                j.record(
+                    Kind::VersionRemoved,
+                    model,
+                    Some(v),
+                    format!("version {v} left the registry"),
+                    &[],
+                );
+            }
+        }
+    }
+    for (served, st) in new.stale_versions() {
+        let was = old
+            .models
+            .get(&*served.model)
+            .and_then(|m| m.versions.get(&*served.version))
+            .and_then(|s| s.stale.as_ref());
+        if was != Some(st) {
+            j.record(
+                Kind::Stale,
+                &served.model,
+                Some(&served.version),
+                format!(
+                    "dataset {} has a newer digest {} (trained on {}; seen in {})",
+                    st.dataset.name, st.latest, st.trained_on, st.seen_in
+                ),
+                &[
+                    ("dataset", st.dataset.name.clone()),
+                    ("latest", st.latest.clone()),
+                ],
+            );
+        }
+    }
+    for c in weight_changes(old, new) {
+        for (v, after) in &c.after {
+            let before = c.before.get(v).copied().unwrap_or(0);
+            if before != *after {
+                j.record(
+                    Kind::WeightsChanged,
+                    &c.model,
+                    Some(v),
+                    format!("route {} version {v} weight {before} -> {after}", c.route),
+                    &[
+                        ("route", c.route.clone()),
+                        ("before", before.to_string()),
+                        ("after", after.to_string()),
+                    ],
+                );
+            }
+        }
+    }
 }
 
 /// Routes whose effective weights differ between two snapshots.

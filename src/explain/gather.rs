@@ -1,0 +1,141 @@
+//! Gathers the evidence for `explain` from the sidecar's own state: the snapshot (versions,
+//! aliases, weights, stale flags, lineage records), the rolling request windows, the
+//! inspector's data-quality and drift windows, and the journal.
+
+use std::sync::{Arc, PoisonError};
+
+use super::journal::Journal;
+use super::rules::{Evidence, Explanation, VersionHealth, explain};
+use crate::inspect::stats as istats;
+use crate::inspect::worker::Shared;
+use crate::routing::{Reloader, route_weights};
+
+/// Explains models from what one sidecar holds.
+#[derive(Debug)]
+pub struct Explainer {
+    reloader: Arc<Reloader>,
+    inspector: Arc<Shared>,
+    journal: Arc<Journal>,
+}
+
+impl Explainer {
+    /// An explainer over these parts.
+    pub fn new(reloader: Arc<Reloader>, inspector: Arc<Shared>, journal: Arc<Journal>) -> Self {
+        Self {
+            reloader,
+            inspector,
+            journal,
+        }
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// The evidence about `model` between two times (health covers the rolling window).
+    pub fn evidence(&self, model: &str, from_ms: i64, to_ms: i64) -> Option<Evidence> {
+        let snap = self.reloader.current().load_full();
+        let state = snap.models.get(model)?;
+        let record = snap.registry.models.get(model);
+        let split = Reloader::find_split(&snap, model);
+        let weights = split.map(|i| route_weights(&snap, i)).unwrap_or_default();
+        let slice = self.inspector.slice_now();
+        let stats = self
+            .inspector
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let model_stats: Vec<&istats::VersionStats> = stats
+            .values()
+            .filter(|s| &*s.profile.model == model)
+            .collect();
+        let mut psi = std::collections::HashMap::new();
+        for (i, d) in istats::drift(&model_stats, slice) {
+            if d.signal == "prediction" && d.against == "reference" && d.statistic == "psi" {
+                psi.insert(model_stats[i].profile.version.to_string(), d.value);
+            }
+        }
+        let mut versions: Vec<VersionHealth> = state
+            .versions
+            .iter()
+            .map(|(v, served)| {
+                let t = served.metrics.window.totals();
+                let vs = model_stats
+                    .iter()
+                    .find(|s| &*s.profile.version == v.as_str());
+                VersionHealth {
+                    version: v.clone(),
+                    lineage_id: served.lineage_id.to_string(),
+                    record: served.record.as_deref().cloned(),
+                    requests: t.requests,
+                    errors: t.errors,
+                    p50: t.quantile(0.5),
+                    p99: t.quantile(0.99),
+                    weight: weights.get(v).copied(),
+                    aliases: record
+                        .map(|m| {
+                            m.aliases
+                                .iter()
+                                .filter(|(_, to)| *to == v)
+                                .map(|(a, _)| a.clone())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    stale: served.stale.as_ref().map(|s| {
+                        format!(
+                            "{} trained on {}, latest {} (seen in {})",
+                            s.dataset.name, s.trained_on, s.latest, s.seen_in
+                        )
+                    }),
+                    issue_rates: vs
+                        .map(|s| {
+                            s.issue_rates(slice)
+                                .into_iter()
+                                .map(|(f, i, r)| (f, i.as_str().to_string(), r))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    prediction_psi: psi.get(v).copied(),
+                }
+            })
+            .collect();
+        versions.sort_by(|a, b| a.version.cmp(&b.version));
+        let mut sources = Vec::new();
+        for served in state.versions.values() {
+            if let Some(r) = &served.record {
+                for f in &r.input_schema {
+                    if let Some(s) = r.feature_source(f)
+                        && !sources.iter().any(|(n, _): &(String, String)| *n == f.name)
+                    {
+                        sources.push((f.name.clone(), s));
+                    }
+                }
+            }
+        }
+        Some(Evidence {
+            model: model.to_string(),
+            from_ms,
+            to_ms,
+            versions,
+            events: self.journal.between(model, from_ms, to_ms),
+            mismatches: self.journal.mismatches(model, from_ms),
+            sources,
+            thresholds: split.map(|i| snap.routes[i].route.canary.thresholds.clone()),
+            inspect: Some(snap.config.inspect.clone()),
+            serving_alias: snap.routes.iter().find_map(|r| {
+                match (&r.route.model, &r.route.serves) {
+                    (Some(m), Some(crate::config::Serves::Alias(a))) if m == model => {
+                        Some(a.clone())
+                    }
+                    _ => None,
+                }
+            }),
+        })
+    }
+
+    /// Explain `model` between two times; `None` for a model the registry does not know.
+    pub fn explain(&self, model: &str, from_ms: i64, to_ms: i64) -> Option<Explanation> {
+        self.evidence(model, from_ms, to_ms).map(|e| explain(&e))
+    }
+}

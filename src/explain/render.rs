@@ -1,0 +1,82 @@
+//! The explanation for people (`modelstamp explain`).
+
+use std::fmt::Write as _;
+
+use super::rules::Explanation;
+
+/// Render an explanation: causes first, then health, then the timeline.
+pub fn render(e: &Explanation) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "explain  {}  from {} to {}\n", e.model, e.from, e.to);
+    if e.causes.is_empty() {
+        let _ = writeln!(out, "likely causes: none found (no rule fired)");
+    } else {
+        let _ = writeln!(out, "likely causes, most likely first:");
+        for (i, c) in e.causes.iter().enumerate() {
+            let _ = writeln!(out, "{:>2}. [{:.2} {}] {}", i + 1, c.score, c.rule, c.title);
+            for ev in &c.evidence {
+                let _ = writeln!(out, "      {ev}");
+            }
+            for d in &c.lineage {
+                let v = |s: &Option<String>| s.clone().unwrap_or_else(|| "(none)".into());
+                let _ = writeln!(
+                    out,
+                    "      lineage {}: {} -> {}",
+                    d.field,
+                    v(&d.baseline),
+                    v(&d.candidate)
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "\nversions (rolling window):");
+    let _ = writeln!(
+        out,
+        "  {:<8} {:<20} {:>8} {:>8} {:>10} {:>7}  flags",
+        "version", "lineage_id", "requests", "errors", "p99_ms", "weight"
+    );
+    for v in e
+        .health
+        .iter()
+        .filter(|v| v.requests > 0 || v.weight.is_some_and(|w| w > 0))
+    {
+        let mut flags = Vec::new();
+        if !v.aliases.is_empty() {
+            flags.push(format!("@{}", v.aliases.join(",@")));
+        }
+        if v.stale.is_some() {
+            flags.push("stale".into());
+        }
+        for (f, i, r) in &v.issue_rates {
+            flags.push(format!("{f} {i} {:.0}%", 100.0 * r));
+        }
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<20} {:>8} {:>8} {:>10} {:>7}  {}",
+            v.version,
+            v.lineage_id,
+            v.requests,
+            v.errors,
+            v.p99
+                .map_or_else(|| "-".into(), |p| format!("{:.2}", p * 1e3)),
+            v.weight.map_or_else(|| "-".into(), |w| w.to_string()),
+            flags.join("; ")
+        );
+    }
+    let _ = writeln!(out, "\ntimeline:");
+    if e.timeline.is_empty() {
+        let _ = writeln!(out, "  (no changes recorded in the window)");
+    }
+    for ev in &e.timeline {
+        let at = crate::observe::access_log::rfc3339(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(ev.at_ms).unwrap_or(0)),
+        );
+        let kind = serde_json::to_value(ev.kind)
+            .ok()
+            .and_then(|k| k.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(out, "  {at}  {kind:<16} {}", ev.summary);
+    }
+    out
+}
