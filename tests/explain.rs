@@ -194,6 +194,25 @@ async fn explain(s: &Sidecar) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The human-readable explanation (printed, for the CI log and the issue note).
+async fn explain_text(s: &Sidecar) -> String {
+    let admin = format!("http://127.0.0.1:{}", s.admin);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "explain", "--model", "churn", "--since", "10m", "--admin", &admin,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("explain  churn  from "), "{text}");
+    println!("{text}");
+    text
+}
+
 fn rules(e: &Value) -> Vec<String> {
     e["causes"]
         .as_array()
@@ -235,6 +254,7 @@ async fn a_candidate_trained_on_a_changed_dataset() {
         fields.contains(&"training_data.digest") && fields.contains(&"code.commit"),
         "{fields:?}"
     );
+    assert!(explain_text(&s).await.contains(" 1. [0."), "a ranked list");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,6 +370,7 @@ async fn a_latency_regression_from_an_environment_change() {
     );
     assert_eq!(top["lineage"][0]["field"], "environment.lock_digest");
     assert_eq!(top["lineage"][0]["candidate"], "sha256:bbbb2222");
+    explain_text(&s).await;
     assert!(
         !rules(&e).contains(&"version_errors".to_string()),
         "{:?}",

@@ -7,6 +7,8 @@
 mod canary;
 pub mod client;
 pub mod explain;
+mod ui;
+mod ui_graph;
 // The canary endpoints: comparison, audit trail, token-guarded traffic changes.
 mod webhook;
 
@@ -129,7 +131,9 @@ impl Admin {
             "/versions" => json_response(StatusCode::OK, &versions(&self.snapshot())),
             "/audit" => self.audit(),
             _ => {
-                if let Some(model) = path.strip_prefix("/canary/") {
+                if path == "/ui" || path.starts_with("/ui/") {
+                    self.ui(path, parts.uri.query())
+                } else if let Some(model) = path.strip_prefix("/canary/") {
                     self.canary(model, parts.uri.query())
                 } else if let Some(model) = path.strip_prefix("/explain/") {
                     self.explain(model, parts.uri.query())
