@@ -32,18 +32,7 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// Percent-encode a path segment.
-fn seg(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+use crate::canary::prometheus::percent as seg;
 
 /// Decode a query value (`+` and `%XX`).
 fn unquery(s: &str) -> String {

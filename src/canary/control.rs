@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::audit::{AuditError, AuditLog, Draft, Entry};
 use super::diff::lineage_diff;
 use super::shadow::ShadowStats;
-use super::verdict::{self, Comparison, Inputs, IssueRate, Side, Signals, Verdict};
+use super::verdict::{self, Comparison, Inputs, Side, Signals, Verdict};
 use crate::inspect::stats::{self as istats, VersionStats};
 use crate::inspect::worker::Shared;
 use crate::observe::metrics::Metrics;
@@ -199,25 +199,14 @@ impl Controller {
                 }
             }
         }
-        let mut rates: BTreeMap<(String, &'static str), IssueRate> = BTreeMap::new();
-        for (is_candidate, stats) in [(false, b), (true, c)] {
-            for (feature, issue, rate) in stats.map(|s| s.issue_rates(slice)).unwrap_or_default() {
-                let e = rates
-                    .entry((feature.clone(), issue.as_str()))
-                    .or_insert_with(|| IssueRate {
-                        feature,
-                        issue: issue.as_str().to_string(),
-                        baseline: 0.0,
-                        candidate: 0.0,
-                    });
-                if is_candidate {
-                    e.candidate = rate;
-                } else {
-                    e.baseline = rate;
-                }
-            }
-        }
-        signals.issue_rates = rates.into_values().collect();
+        let rates = |s: Option<&VersionStats>| -> Vec<(String, String, f64)> {
+            s.map(|s| s.issue_rates(slice))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(f, i, r)| (f, i.as_str().to_string(), r))
+                .collect()
+        };
+        signals.issue_rates = verdict::pair_issue_rates(rates(b), rates(c));
         signals
     }
 

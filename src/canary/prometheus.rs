@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::diff::Change;
-use super::verdict::{self, Agreement, Comparison, Inputs, IssueRate, Side, Signals};
+use super::verdict::{self, Agreement, Comparison, Inputs, Side, Signals};
 use crate::config::Thresholds;
 
 /// Why the Prometheus comparison failed.
@@ -29,8 +29,8 @@ pub struct Prometheus {
     client: reqwest::Client,
 }
 
-/// Percent-encode a query parameter value (everything but unreserved characters).
-fn percent(s: &str) -> String {
+/// Percent-encode a query parameter or path segment (everything but unreserved characters).
+pub fn percent(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 2);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -211,29 +211,15 @@ impl Prometheus {
             }),
             _ => None,
         };
-        let mut rates: std::collections::BTreeMap<(String, String), IssueRate> = Default::default();
-        for (is_candidate, v) in [(false, baseline), (true, candidate)] {
-            for (feature, issue, rate) in self.issue_rates(model, v, window).await? {
-                let e = rates
-                    .entry((feature.clone(), issue.clone()))
-                    .or_insert_with(|| IssueRate {
-                        feature,
-                        issue,
-                        baseline: 0.0,
-                        candidate: 0.0,
-                    });
-                if is_candidate {
-                    e.candidate = rate;
-                } else {
-                    e.baseline = rate;
-                }
-            }
-        }
+        let issue_rates = verdict::pair_issue_rates(
+            self.issue_rates(model, baseline, window).await?,
+            self.issue_rates(model, candidate, window).await?,
+        );
         let signals = Signals {
             prediction_psi: self.scalar(&drift("psi")).await?,
             prediction_js: self.scalar(&drift("js")).await?,
             shadow,
-            issue_rates: rates.into_values().collect(),
+            issue_rates,
         };
         let window_seconds = crate::config::parse_duration(window).map_or(0.0, |d| d.as_secs_f64());
         Ok(verdict::compare(

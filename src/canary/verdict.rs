@@ -66,6 +66,33 @@ pub struct IssueRate {
     pub candidate: f64,
 }
 
+/// Pair each version's `(feature, issue, rate)` list into [`IssueRate`]s (0 where a version has
+/// no such issue), ordered by feature and issue.
+pub fn pair_issue_rates(
+    baseline: Vec<(String, String, f64)>,
+    candidate: Vec<(String, String, f64)>,
+) -> Vec<IssueRate> {
+    let mut rates: std::collections::BTreeMap<(String, String), IssueRate> = Default::default();
+    for (is_candidate, list) in [(false, baseline), (true, candidate)] {
+        for (feature, issue, rate) in list {
+            let e = rates
+                .entry((feature.clone(), issue.clone()))
+                .or_insert_with(|| IssueRate {
+                    feature,
+                    issue,
+                    baseline: 0.0,
+                    candidate: 0.0,
+                });
+            if is_candidate {
+                e.candidate = rate;
+            } else {
+                e.baseline = rate;
+            }
+        }
+    }
+    rates.into_values().collect()
+}
+
 /// Shadow agreement with the baseline's predictions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Agreement {

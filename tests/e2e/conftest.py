@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -166,3 +167,64 @@ match = {{ open_inference = true }}
         if trace_id:
             headers["traceparent"] = f"00-{trace_id}-{i + 1:016x}-01"
         return http("POST", self.url + path, infer_body(i), headers)
+
+
+class SplitStack:
+    """The demo model server behind a 50/50 canary split (champion/challenger aliases of
+    config/registry.yaml), modelstamp, and a Prometheus scraping it every second."""
+
+    def __init__(self, procs, extra=""):
+        model_port, self.port, admin_port, prom_port = free_port(), free_port(), free_port(), free_port()
+        procs.start("model", [BIN, "demo-model", "--listen", f"127.0.0.1:{model_port}"])
+        cfg = procs.tmp / "modelstamp.toml"
+        cfg.write_text(f"""
+[server]
+listen = "127.0.0.1:{self.port}"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[access_log]
+target = "off"
+[registry]
+path = "{ROOT / 'config' / 'registry.yaml'}"
+{extra}
+[[routes]]
+name = "churn"
+model = "churn"
+upstream = "127.0.0.1:{model_port}"
+match = {{ open_inference = true }}
+[[routes.backends]]
+version = "@champion"
+weight = 50
+[[routes.backends]]
+version = "@challenger"
+weight = 50
+[routes.canary]
+sticky_header = "x-user-id"
+min_requests = 50
+""")
+        procs.start("modelstamp", [BIN, "run", "--config", str(cfg)])
+        self.admin = f"http://127.0.0.1:{admin_port}"
+        wait_until(lambda: http("GET", f"{self.admin}/readyz")[0] == 200, what="modelstamp ready")
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{model_port}/v2/health/ready")[0] == 200, what="model ready")
+        prom_cfg = procs.tmp / "prometheus.yml"
+        prom_cfg.write_text(f"""
+global: {{scrape_interval: 1s}}
+scrape_configs:
+  - job_name: modelstamp
+    static_configs: [{{targets: ["127.0.0.1:{admin_port}"]}}]
+""")
+        procs.start("prometheus", ["prometheus", f"--config.file={prom_cfg}", f"--storage.tsdb.path={procs.tmp / 'tsdb'}",
+                                   f"--web.listen-address=127.0.0.1:{prom_port}"])
+        self.prom = f"http://127.0.0.1:{prom_port}"
+        wait_until(lambda: self.query('up{job="modelstamp"}'), what="first scrape")
+
+    def query(self, promql):
+        status, _, body = http("GET", f"{self.prom}/api/v1/query?{urllib.parse.urlencode({'query': promql})}")
+        assert status == 200, body
+        return json.loads(body)["data"]["result"]
+
+    def infer(self, row, user):
+        features = ["tenure", "monthly_charges", "support_calls", "usage_gb"]
+        body = json.dumps({"inputs": [{"name": f, "datatype": "FP64", "shape": [1, 1], "data": [row[k]]}
+                                      for k, f in enumerate(features)]})
+        return http("POST", f"http://127.0.0.1:{self.port}/v2/models/churn/infer", body, {"x-user-id": user})[0]

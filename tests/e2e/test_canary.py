@@ -6,62 +6,18 @@ import json
 import random
 import subprocess
 
-from conftest import BIN, ROOT, free_port, http, wait_until
-from test_traces import prom_get
+from conftest import BIN, SplitStack, wait_until
 
 
 def test_compare_from_prometheus_agrees_with_the_sidecar(procs):
-    model_port, port, admin_port, prom_port = free_port(), free_port(), free_port(), free_port()
-    procs.start("model", [BIN, "demo-model", "--listen", f"127.0.0.1:{model_port}"])
-    cfg = procs.tmp / "modelstamp.toml"
-    cfg.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[access_log]
-target = "off"
-[registry]
-path = "{ROOT / 'config' / 'registry.yaml'}"
-[[routes]]
-name = "churn"
-model = "churn"
-upstream = "127.0.0.1:{model_port}"
-match = {{ open_inference = true }}
-[[routes.backends]]
-version = "@champion"
-weight = 50
-[[routes.backends]]
-version = "@challenger"
-weight = 50
-[routes.canary]
-sticky_header = "x-user-id"
-min_requests = 50
-""")
-    procs.start("modelstamp", [BIN, "run", "--config", str(cfg)])
-    admin = f"http://127.0.0.1:{admin_port}"
-    wait_until(lambda: http("GET", f"{admin}/readyz")[0] == 200, what="modelstamp ready")
-    wait_until(lambda: http("GET", f"http://127.0.0.1:{model_port}/v2/health/ready")[0] == 200, what="model ready")
-    prom_cfg = procs.tmp / "prometheus.yml"
-    prom_cfg.write_text(f"""
-global: {{scrape_interval: 1s}}
-scrape_configs:
-  - job_name: modelstamp
-    static_configs: [{{targets: ["127.0.0.1:{admin_port}"]}}]
-""")
-    procs.start("prometheus", ["prometheus", f"--config.file={prom_cfg}", f"--storage.tsdb.path={procs.tmp / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{prom_port}"])
-    prom = f"http://127.0.0.1:{prom_port}"
-    wait_until(lambda: prom_get(prom, "/api/v1/query", query='up{job="modelstamp"}')["result"], what="first scrape")
+    stack = SplitStack(procs)
+    admin, prom = stack.admin, stack.prom
     rng = random.Random(5)
-    features = ["tenure", "monthly_charges", "support_calls", "usage_gb"]
     for i in range(400):
-        body = json.dumps({"inputs": [{"name": f, "datatype": "FP64", "shape": [1, 1],
-                                       "data": [round(rng.gauss(0, 1), 4)]} for f in features]})
-        http("POST", f"http://127.0.0.1:{port}/v2/models/churn/infer", body, {"x-user-id": f"user-{i}"})
+        stack.infer([round(rng.gauss(0, 1), 4) for _ in range(4)], f"user-{i}")
 
     def scraped_all():
-        r = prom_get(prom, "/api/v1/query", query='sum(modelstamp_requests_total{model="churn"})')["result"]
+        r = stack.query('sum(modelstamp_requests_total{model="churn"})')
         return r and float(r[0]["value"][1]) >= 400
 
     wait_until(scraped_all, what="Prometheus has every request")
