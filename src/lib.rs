@@ -3,11 +3,14 @@
 //!
 //! ```text
 //! client ─▶ proxy::server (h1 + h2c)
-//!             └▶ resolve ─▶ stamp ─▶ tee ─▶ forward ─▶ model server
-//!                  │          │       │        (pooled hyper-util client)
-//!      routing::Snapshot      │       └▶ observe: metrics, access log (once per request)
-//!      (ArcSwap, hot reload)  └▶ x-model-name / x-model-version / x-lineage-id / x-request-id
-//! admin ─▶ /metrics /healthz /readyz /versions /lineage/{id}
+//!             └▶ resolve ─▶ stamp ─▶ tee ─▶ enforce ─▶ forward ─▶ model server
+//!                  │          │       │                  (pooled hyper-util client)
+//!      routing::Snapshot      │       ├▶ observe: metrics, spans, access log (once per request)
+//!      (ArcSwap, hot reload,  │       ├▶ inspect: bounded body copies → worker → quality, drift
+//!       canary split)         │       └▶ proxy::shadow: mirrored call, prediction agreement
+//!                             └▶ x-model-name / x-model-version / x-lineage-id / x-request-id
+//! admin ─▶ /metrics /versions /lineage /requests /canary /audit /explain /ui
+//!            canary: comparison, verdict, audit log · explain: journal → ranked causes
 //! ```
 //!
 //! Data flows down this list and never back up.

@@ -1,5 +1,6 @@
 //! A client for a running sidecar's admin API, used by the commands that talk to one
-//! (`lineage`, and later `compare`, `promote`, ...), and the human-readable rendering of answers.
+//! (`lineage`, `compare`, `promote`, `rollback`, `audit show`, `explain`, `healthcheck`), and the
+//! human-readable rendering of answers.
 
 use std::fmt::Write as _;
 use std::time::Duration;
