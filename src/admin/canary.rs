@@ -12,8 +12,8 @@ use http_body_util::Full;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Admin, bearer_ok, error, json_response};
-use crate::canary::audit::verify;
+use super::{Admin, bearer_ok, error, json_response, query_param};
+use crate::canary::audit::Chain;
 use crate::canary::control::{CanaryError, Who};
 use crate::routing::WeightsError;
 
@@ -32,11 +32,7 @@ struct Change {
 }
 
 fn query<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
-    q?.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
+    query_param(q, key).filter(|v| !v.is_empty())
 }
 
 fn status_of(e: &CanaryError) -> StatusCode {
@@ -67,19 +63,16 @@ impl Admin {
     pub(super) fn audit(&self) -> Response<Full<Bytes>> {
         let log = self.state.canary.audit();
         let (entries, seq, hash) = log.recent();
-        let chain = match log.path() {
-            None => {
+        let p = log.path();
+        let chain = match log.chain(seq) {
+            Chain::Memory => {
                 json!({ "status": "memory", "detail": "audit.path is not set: entries are kept in memory only" })
             }
-            Some(p) => match std::fs::read_to_string(p).map(|t| verify(&t)) {
-                Ok(Ok(all)) if all.last().map_or(0, |e| e.seq) == seq => {
-                    json!({ "status": "ok", "entries": all.len(), "path": p })
-                }
-                Ok(Ok(all)) => json!({ "status": "broken", "path": p,
-                    "detail": format!("the file ends at entry {} but the head is {seq} (entries removed from its end)", all.len()) }),
-                Ok(Err(b)) => json!({ "status": "broken", "path": p, "detail": b.to_string() }),
-                Err(e) => json!({ "status": "unreadable", "path": p, "detail": e.to_string() }),
-            },
+            Chain::Intact(n) => json!({ "status": "ok", "entries": n, "path": p }),
+            Chain::Truncated(n) => json!({ "status": "broken", "path": p,
+                "detail": format!("the file ends at entry {n} but the head is {seq} (entries removed from its end)") }),
+            Chain::Broken(b) => json!({ "status": "broken", "path": p, "detail": b.to_string() }),
+            Chain::Unreadable(e) => json!({ "status": "unreadable", "path": p, "detail": e }),
         };
         json_response(
             StatusCode::OK,

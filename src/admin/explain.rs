@@ -6,7 +6,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
-use super::{Admin, error, json_response};
+use super::{Admin, error, json_response, query_param};
 use crate::explain::journal::now_ms;
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
@@ -40,24 +40,17 @@ pub fn parse_time(s: &str) -> Option<i64> {
 
 /// The window a query asks for: `(from_ms, to_ms)`.
 pub fn window(q: Option<&str>) -> Result<(i64, i64), String> {
-    let get = |key: &str| {
-        q.and_then(|q| {
-            q.split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.to_string())
-        })
-    };
+    let get = |key: &str| query_param(q, key);
     let now = now_ms();
     let to = match get("to") {
-        Some(t) => parse_time(&t).ok_or_else(|| format!("invalid `to` {t:?}"))?,
+        Some(t) => parse_time(t).ok_or_else(|| format!("invalid `to` {t:?}"))?,
         None => now,
     };
     let from = match (get("from"), get("since")) {
-        (Some(f), _) => parse_time(&f).ok_or_else(|| format!("invalid `from` {f:?}"))?,
+        (Some(f), _) => parse_time(f).ok_or_else(|| format!("invalid `from` {f:?}"))?,
         (None, Some(s)) => {
             let d =
-                crate::config::parse_duration(&s).map_err(|e| format!("invalid `since`: {e}"))?;
+                crate::config::parse_duration(s).map_err(|e| format!("invalid `since`: {e}"))?;
             to - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
         }
         (None, None) => to - 3_600_000,

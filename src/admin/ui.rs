@@ -10,8 +10,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use super::Admin;
 use super::ui_graph::lineage_graph;
+use super::{Admin, query_param};
+use crate::canary::audit::Chain;
 use crate::canary::diff::lineage_diff;
 use crate::canary::verdict::Verdict;
 use crate::routing::{Reloader, Served, Snapshot, route_weights};
@@ -167,13 +168,12 @@ impl Admin {
             );
         }
         let mismatches = self.state.explainer.journal().mismatches(&served.model, 0);
-        for (expected, reported, n) in mismatches.iter().filter(|m| *m.0 == *served.version) {
+        for (_, reported, n) in mismatches.iter().filter(|m| *m.0 == *served.version) {
             let _ = write!(
                 f,
                 "<span class=\"flag bad\">version mismatch: server reports {} ({n}×)</span>",
                 esc(reported)
             );
-            let _ = expected;
         }
         if let Some(i) = Reloader::find_split(snap, &served.model)
             && let Ok(c) = self
@@ -264,13 +264,8 @@ impl Admin {
     }
 
     fn ui_lookup(&self, query: Option<&str>) -> Response<Full<Bytes>> {
-        let q = query
-            .and_then(|q| {
-                q.split('&')
-                    .filter_map(|kv| kv.split_once('='))
-                    .find(|(k, _)| *k == "q")
-            })
-            .map(|(_, v)| unquery(v).trim().to_string())
+        let q = query_param(query, "q")
+            .map(|v| unquery(v).trim().to_string())
             .unwrap_or_default();
         if q.starts_with("ln_") {
             return redirect(&format!("/ui/lineage/{}", seg(&q)));
@@ -548,16 +543,16 @@ impl Admin {
     fn ui_audit(&self) -> Response<Full<Bytes>> {
         let log = self.state.canary.audit();
         let (entries, seq, head) = log.recent();
-        let chain = match log.path() {
-            None => "kept in memory only (audit.path is not set)".to_string(),
-            Some(p) => match std::fs::read_to_string(p).map(|t| crate::canary::audit::verify(&t)) {
-                Ok(Ok(all)) if all.last().map_or(0, |e| e.seq) == seq => {
-                    format!("intact: {} entries in {}", all.len(), p.display())
-                }
-                Ok(Ok(_)) => "BROKEN: entries were removed from the end of the file".into(),
-                Ok(Err(e)) => format!("BROKEN: {e}"),
-                Err(e) => format!("unreadable: {e}"),
-            },
+        let path = log
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let chain = match log.chain(seq) {
+            Chain::Memory => "kept in memory only (audit.path is not set)".to_string(),
+            Chain::Intact(n) => format!("intact: {n} entries in {path}"),
+            Chain::Truncated(_) => "BROKEN: entries were removed from the end of the file".into(),
+            Chain::Broken(e) => format!("BROKEN: {e}"),
+            Chain::Unreadable(e) => format!("unreadable: {e}"),
         };
         let mut b = format!(
             "<h1>Audit trail</h1><p>Chain: <span id=\"chain\">{}</span>; head #{seq} <code>{}</code></p>\

@@ -82,13 +82,28 @@ pub struct Draft {
 }
 
 /// Why a log does not verify.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("line {line}: {reason}")]
 pub struct Broken {
     /// 1-based line number.
     pub line: usize,
     /// What is wrong.
     pub reason: String,
+}
+
+/// What the audit file says about its chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chain {
+    /// No file: entries are kept in memory only.
+    Memory,
+    /// The file verifies and ends at the head: this many entries.
+    Intact(usize),
+    /// The file verifies but ends before the head (entries removed from its end).
+    Truncated(usize),
+    /// An entry was edited, removed or reordered.
+    Broken(Broken),
+    /// The file could not be read.
+    Unreadable(String),
 }
 
 /// The audit log could not be opened or written.
@@ -276,6 +291,19 @@ impl AuditLog {
             inner.seq,
             inner.head.clone(),
         )
+    }
+
+    /// Whether the file still verifies and ends at the running head `head_seq`.
+    pub fn chain(&self, head_seq: u64) -> Chain {
+        let Some(p) = &self.path else {
+            return Chain::Memory;
+        };
+        match std::fs::read_to_string(p).map(|t| verify(&t)) {
+            Ok(Ok(all)) if all.last().map_or(0, |e| e.seq) == head_seq => Chain::Intact(all.len()),
+            Ok(Ok(all)) => Chain::Truncated(all.len()),
+            Ok(Err(b)) => Chain::Broken(b),
+            Err(e) => Chain::Unreadable(e.to_string()),
+        }
     }
 
     /// Where the log is written, if anywhere.

@@ -23,6 +23,7 @@ use super::journal::{Event, Kind};
 use crate::canary::diff::{Change, lineage_diff};
 use crate::canary::stats::error_rate_p_value;
 use crate::config::{Inspect, Thresholds};
+use crate::observe::access_log::rfc3339_ms;
 use crate::registry::LineageRecord;
 
 /// The smallest p99 increase (seconds) reported as a latency regression.
@@ -170,10 +171,7 @@ fn first_event(events: &[Event], kind: Kind, pred: impl Fn(&Event) -> bool) -> O
 }
 
 fn time_of(e: &Event) -> String {
-    crate::observe::access_log::rfc3339(
-        std::time::UNIX_EPOCH
-            + std::time::Duration::from_millis(u64::try_from(e.at_ms).unwrap_or(0)),
-    )
+    rfc3339_ms(e.at_ms)
 }
 
 /// Rank the likely causes.
@@ -216,18 +214,12 @@ pub fn explain(ev: &Evidence) -> Explanation {
     causes.sort_by(|a, b| b.score.total_cmp(&a.score));
     Explanation {
         model: ev.model.clone(),
-        from: time_str(ev.from_ms),
-        to: time_str(ev.to_ms),
+        from: rfc3339_ms(ev.from_ms),
+        to: rfc3339_ms(ev.to_ms),
         timeline: ev.events.clone(),
         health: ev.versions.clone(),
         causes,
     }
-}
-
-fn time_str(ms: i64) -> String {
-    crate::observe::access_log::rfc3339(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
-    )
 }
 
 fn record_of<'a>(ev: &'a Evidence, version: &str) -> Option<&'a LineageRecord> {

@@ -99,6 +99,11 @@ fn ser_opt_display<T: std::fmt::Display, S: serde::Serializer>(
     }
 }
 
+/// Format milliseconds since the epoch as RFC 3339 UTC (negative times as the epoch).
+pub fn rfc3339_ms(ms: i64) -> String {
+    rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+}
+
 /// Format a time as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -18,7 +18,7 @@ use super::{
     RegistryData, TrainingData, VersionRecord,
 };
 use crate::config::{ConfigError, ConfigErrors, MlflowSettings};
-use crate::observe::access_log::rfc3339;
+use crate::observe::access_log::rfc3339_ms;
 
 /// Reads models from an MLflow tracking server.
 pub struct MlflowRegistry {
@@ -508,8 +508,7 @@ fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
 }
 
 fn millis(ms: Option<i64>) -> Option<String> {
-    let ms = u64::try_from(ms?).ok()?;
-    Some(rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms)))
+    ms.filter(|ms| *ms >= 0).map(rfc3339_ms)
 }
 
 /// Build the lineage record of one version from what MLflow holds.
