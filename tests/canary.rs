@@ -6,54 +6,23 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http::Request;
 use support::*;
 
 const TOKEN: &str = "canary-test-token-0123456789";
 const BODY: &str = r#"{"inputs":[{"name":"tenure","datatype":"FP64","shape":[1,1],"data":[0.5]}]}"#;
 
-/// An Open Inference server hosting every version on one port: it answers with the version
-/// the path names (or "1"), predicts `version / 10`, fails `fail_every`-th calls of version 2
-/// with 500, and sleeps `delay` on version 3.
+/// The shared versioned model server: version 2 fails every `fail_every`-th call (0: never),
+/// version 3 sleeps `delay`.
 fn versioned(fail_every: usize, delay: Duration) -> Handler {
-    let calls = Arc::new(AtomicUsize::new(0));
-    Arc::new(move |req: Request<Incoming>| {
-        let calls = calls.clone();
-        Box::pin(async move {
-            let path = req.uri().path().to_string();
-            let _ = req.into_body().collect().await;
-            let version = path
-                .split("/versions/")
-                .nth(1)
-                .and_then(|r| r.split('/').next())
-                .unwrap_or("1")
-                .to_string();
-            if version == "3" {
-                tokio::time::sleep(delay).await;
-            }
-            if version == "2"
-                && fail_every > 0
-                && calls
-                    .fetch_add(1, Ordering::SeqCst)
-                    .is_multiple_of(fail_every)
-            {
-                return Response::builder().status(500).body(full("boom")).unwrap();
-            }
-            let p: f64 = version.parse::<f64>().unwrap_or(0.0) / 10.0;
-            let body = format!(
-                r#"{{"model_name":"churn","model_version":"{version}","outputs":[{{"name":"p","shape":[1,1],"datatype":"FP64","data":[{p}]}}]}}"#
-            );
-            Response::builder()
-                .header("content-type", "application/json")
-                .body(full(body))
-                .unwrap()
-        })
+    versioned_server(Versions {
+        fail: "2",
+        fail_every,
+        slow: "3",
+        delay,
+        ..Versions::default()
     })
 }
 

@@ -6,13 +6,9 @@
 mod support;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http::Request;
 use serde_json::Value;
 use support::*;
 
@@ -43,8 +39,9 @@ models:
         environment: { lock_digest: "sha256:bbbb2222" }
 "#;
 
-/// A model server hosting every version: `fail_every`-th calls of `fail_version` answer 500,
-/// `slow_version` sleeps `delay`, and it reports `reported` (or the path's version).
+/// The shared versioned model server (unversioned paths are version 2): `fail_every`-th calls
+/// of `fail_version` answer 500, `slow_version` sleeps `delay`, and it reports `reported` (or
+/// the path's version).
 fn server(
     fail_version: &'static str,
     fail_every: usize,
@@ -52,40 +49,13 @@ fn server(
     delay: Duration,
     reported: Option<&'static str>,
 ) -> Handler {
-    let calls = Arc::new(AtomicUsize::new(0));
-    Arc::new(move |req: Request<Incoming>| {
-        let calls = calls.clone();
-        Box::pin(async move {
-            let path = req.uri().path().to_string();
-            let _ = req.into_body().collect().await;
-            let v = path
-                .split("/versions/")
-                .nth(1)
-                .and_then(|r| r.split('/').next())
-                .unwrap_or("2")
-                .to_string();
-            if v == slow_version {
-                tokio::time::sleep(delay).await;
-            }
-            if v == fail_version
-                && calls
-                    .fetch_add(1, Ordering::SeqCst)
-                    .is_multiple_of(fail_every)
-            {
-                return Response::builder()
-                    .status(500)
-                    .body(full("model error"))
-                    .unwrap();
-            }
-            let v = reported.map_or(v, str::to_string);
-            let body = format!(
-                r#"{{"model_name":"churn","model_version":"{v}","outputs":[{{"name":"p","shape":[1,1],"datatype":"FP64","data":[0.3]}}]}}"#
-            );
-            Response::builder()
-                .header("content-type", "application/json")
-                .body(full(body))
-                .unwrap()
-        })
+    versioned_server(Versions {
+        default: "2",
+        fail: fail_version,
+        fail_every,
+        slow: slow_version,
+        delay,
+        reported,
     })
 }
 

@@ -147,6 +147,78 @@ pub fn oi_handler(version: &'static str) -> Handler {
     })
 }
 
+/// How [`versioned_server`] behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct Versions {
+    /// The version of paths without `/versions/{v}`.
+    pub default: &'static str,
+    /// The version that fails...
+    pub fail: &'static str,
+    /// ...on every `fail_every`-th of its calls, with 500 (0: never).
+    pub fail_every: usize,
+    /// The version that sleeps...
+    pub slow: &'static str,
+    /// ...this long before answering.
+    pub delay: Duration,
+    /// The `model_version` reported instead of the path's (a silently wrong server).
+    pub reported: Option<&'static str>,
+}
+
+impl Default for Versions {
+    fn default() -> Self {
+        Self {
+            default: "1",
+            fail: "",
+            fail_every: 0,
+            slow: "",
+            delay: Duration::ZERO,
+            reported: None,
+        }
+    }
+}
+
+/// An Open Inference server hosting every version on one port: it answers as the version the
+/// path names (or `default`) and predicts `version / 10`.
+pub fn versioned_server(cfg: Versions) -> Handler {
+    let calls = Arc::new(AtomicUsize::new(0));
+    Arc::new(move |req: Request<Incoming>| {
+        let calls = calls.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_string();
+            let _ = req.into_body().collect().await;
+            let version = path
+                .split("/versions/")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .unwrap_or(cfg.default)
+                .to_string();
+            if version == cfg.slow {
+                tokio::time::sleep(cfg.delay).await;
+            }
+            if version == cfg.fail
+                && cfg.fail_every > 0
+                && calls
+                    .fetch_add(1, Ordering::SeqCst)
+                    .is_multiple_of(cfg.fail_every)
+            {
+                return Response::builder()
+                    .status(500)
+                    .body(full("model error"))
+                    .unwrap();
+            }
+            let p: f64 = version.parse::<f64>().unwrap_or(0.0) / 10.0;
+            let reported = cfg.reported.unwrap_or(&version);
+            let body = format!(
+                r#"{{"model_name":"churn","model_version":"{reported}","outputs":[{{"name":"p","shape":[1,1],"datatype":"FP64","data":[{p}]}}]}}"#
+            );
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(body))
+                .unwrap()
+        })
+    })
+}
+
 /// Unique temp directory under the system temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
