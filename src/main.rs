@@ -47,16 +47,16 @@ enum Command {
     /// Exit 0 when a running sidecar is ready (`/readyz`), 1 otherwise: a container healthcheck.
     Healthcheck(AdminArgs),
     /// Compare a canary's candidate with its baseline: table (or --json) and verdict.
-    Compare(canary_cli::CompareArgs),
+    Compare(admin_cli::CompareArgs),
     /// Send all of a split route's traffic to the candidate (or --version), with an audit entry.
-    Promote(canary_cli::ChangeArgs),
+    Promote(admin_cli::ChangeArgs),
     /// Send all of a split route's traffic back to the baseline, with an audit entry.
-    Rollback(canary_cli::ChangeArgs),
+    Rollback(admin_cli::ChangeArgs),
     /// Explain what changed and why a model's version degraded: ranked causes and a timeline.
-    Explain(canary_cli::ExplainArgs),
+    Explain(admin_cli::ExplainArgs),
     /// Verify an audit log's hash chain, or show a sidecar's audit trail.
     #[command(subcommand)]
-    Audit(canary_cli::AuditCommand),
+    Audit(admin_cli::AuditCommand),
 }
 
 #[derive(Args)]
@@ -72,7 +72,7 @@ struct DemoModelArgs {
     fixed: bool,
 }
 
-mod canary_cli;
+mod admin_cli;
 
 #[derive(Args)]
 struct AdminArgs {
@@ -157,11 +157,11 @@ fn main() -> ExitCode {
             Some(Command::Lineage(args)) => lineage(args).await,
             Some(Command::DemoModel(args)) => demo_model(args).await,
             Some(Command::Healthcheck(args)) => healthcheck(args).await,
-            Some(Command::Compare(args)) => canary_cli::compare(args).await,
-            Some(Command::Promote(args)) => canary_cli::change(args, "promote").await,
-            Some(Command::Rollback(args)) => canary_cli::change(args, "rollback").await,
-            Some(Command::Audit(cmd)) => canary_cli::audit(cmd).await,
-            Some(Command::Explain(args)) => canary_cli::explain(args).await,
+            Some(Command::Compare(args)) => admin_cli::compare(args).await,
+            Some(Command::Promote(args)) => admin_cli::change(args, "promote").await,
+            Some(Command::Rollback(args)) => admin_cli::change(args, "rollback").await,
+            Some(Command::Audit(cmd)) => admin_cli::audit(cmd).await,
+            Some(Command::Explain(args)) => admin_cli::explain(args).await,
         }
     });
     match result {

@@ -1,4 +1,5 @@
-//! The canary commands of the binary: `compare`, `promote`, `rollback` and `audit`.
+//! The binary's commands that read or drive a running sidecar through its admin API (`compare`,
+//! `promote`, `rollback`, `audit show`, `explain`), and `audit verify` on a file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
