@@ -30,7 +30,7 @@ use crate::proxy::shadow::Shadower;
 
 /// Memory cap of the trace → lineage index (about 30k entries of typical size).
 const RECENT_MAX_BYTES: usize = 16 * 1024 * 1024;
-use crate::proxy::server::serve;
+use crate::proxy::server::{Listener, ListenerSettings, serve};
 use crate::proxy::{Forward, Proxy};
 use crate::routing::{Reloader, Source};
 
@@ -169,8 +169,17 @@ impl Sidecar {
             proxy_listener,
             move |peer| proxy.service(peer),
             shutdown_rx.clone(),
-            move || grace_source.load().config.drain_grace,
-            "proxy",
+            Listener {
+                name: "proxy",
+                settings: move || {
+                    let snap = grace_source.load();
+                    ListenerSettings {
+                        grace: snap.config.drain_grace,
+                        limits: snap.config.limits,
+                    }
+                },
+                metrics: telemetry.metrics.listener("proxy"),
+            },
         ));
         let admin_state = Arc::new(AdminState {
             reloader: reloader.clone(),
@@ -185,12 +194,19 @@ impl Sidecar {
             )),
         });
         let admin = Admin::new(admin_state.clone());
+        let admin_limits = snapshots.clone();
         let admin_task = tokio::spawn(serve(
             admin_listener,
             move |_| admin.clone(),
             admin_shutdown_rx,
-            || Duration::from_secs(1),
-            "admin",
+            Listener {
+                name: "admin",
+                settings: move || ListenerSettings {
+                    grace: Duration::from_secs(1),
+                    limits: admin_limits.load().config.limits,
+                },
+                metrics: telemetry.metrics.listener("admin"),
+            },
         ));
         tokio::spawn(canary.clone().watch(shutdown_rx.clone()));
         tokio::spawn(reloader.clone().watch(hup_rx, shutdown_rx));

@@ -200,13 +200,39 @@ pub struct UpstreamSettings {
     pub pool_idle_timeout: Duration,
 }
 
-/// Size limits.
+/// Size, time and count limits that protect the sidecar from its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest request body accepted (413 beyond it).
     pub max_request_body_bytes: u64,
     /// Most response bytes copied per message to read the reported version.
     pub max_inspect_bytes: usize,
+    /// Largest HTTP/1 request head (start line and headers) in bytes, and largest HTTP/2 header
+    /// list (431 / stream refused beyond it).
+    pub max_header_bytes: usize,
+    /// Most header fields in one HTTP/1 request (431 beyond it).
+    pub max_headers: usize,
+    /// Time a client has to send a complete HTTP/1 request head, counted from the moment the
+    /// connection is ready for one: it also closes idle keep-alive connections.
+    pub header_read_timeout: Duration,
+    /// Most client connections open at once per listener; further ones are closed at accept.
+    pub max_connections: usize,
+    /// Most concurrent streams on one HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: 64 * 1024 * 1024,
+            max_inspect_bytes: 64 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 256,
+        }
+    }
 }
 
 /// Where the access log goes.

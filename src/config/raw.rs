@@ -159,12 +159,17 @@ pub struct RawUpstream {
     pub pool_idle_timeout: Option<String>,
 }
 
-/// `[limits]`: request size limits.
+/// `[limits]`: what one client may ask of the sidecar.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_request_body_bytes: Option<u64>,
     pub max_inspect_bytes: Option<u64>,
+    pub max_header_bytes: Option<u64>,
+    pub max_headers: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+    pub h2_max_concurrent_streams: Option<u64>,
 }
 
 /// `[access_log]`: where the per-request JSON lines go.

@@ -18,8 +18,6 @@ use super::{
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
-const DEFAULT_MAX_BODY: u64 = 64 * 1024 * 1024;
-const DEFAULT_MAX_INSPECT: u64 = 64 * 1024;
 const MAX_NAME_LEN: usize = 128;
 
 /// Validate a raw config. `base_dir` resolves relative file paths (the config file's folder).
@@ -173,26 +171,84 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
 }
 
 fn limits(errs: &mut Vec<ConfigError>, raw: &RawConfig) -> Limits {
-    let max_body = raw
-        .limits
-        .max_request_body_bytes
-        .unwrap_or(DEFAULT_MAX_BODY);
-    if max_body == 0 {
+    let l = &raw.limits;
+    let d = Limits::default();
+    // Each count must lie in [min, max]; out of range is an error, not a silent clamp.
+    let mut count = |path: &str, value: Option<u64>, default: u64, min: u64, max: u64| -> u64 {
+        let v = value.unwrap_or(default);
+        if !(min..=max).contains(&v) {
+            errs.push(ConfigError::new(
+                path,
+                format!("must be between {min} and {max}, got {v}"),
+            ));
+            return default;
+        }
+        v
+    };
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let max_request_body_bytes = count(
+        "limits.max_request_body_bytes",
+        l.max_request_body_bytes,
+        d.max_request_body_bytes,
+        1,
+        u64::MAX,
+    );
+    let max_inspect_bytes = size(count(
+        "limits.max_inspect_bytes",
+        l.max_inspect_bytes,
+        d.max_inspect_bytes as u64,
+        0,
+        16 * 1024 * 1024,
+    ));
+    // hyper's read buffer, which bounds the request head, is at least 8 KiB.
+    let max_header_bytes = size(count(
+        "limits.max_header_bytes",
+        l.max_header_bytes,
+        d.max_header_bytes as u64,
+        8192,
+        16 * 1024 * 1024,
+    ));
+    let max_headers = size(count(
+        "limits.max_headers",
+        l.max_headers,
+        d.max_headers as u64,
+        1,
+        10_000,
+    ));
+    let max_connections = size(count(
+        "limits.max_connections",
+        l.max_connections,
+        d.max_connections as u64,
+        1,
+        1_000_000,
+    ));
+    let h2_max_concurrent_streams = count(
+        "limits.h2_max_concurrent_streams",
+        l.h2_max_concurrent_streams,
+        u64::from(d.h2_max_concurrent_streams),
+        1,
+        65_536,
+    ) as u32;
+    let header_read_timeout = dur(
+        errs,
+        "limits.header_read_timeout",
+        &l.header_read_timeout,
+        d.header_read_timeout.as_millis() as u64,
+    );
+    if header_read_timeout.is_zero() {
         errs.push(ConfigError::new(
-            "limits.max_request_body_bytes",
-            "must be at least 1",
-        ));
-    }
-    let inspect = raw.limits.max_inspect_bytes.unwrap_or(DEFAULT_MAX_INSPECT);
-    if inspect > 16 * 1024 * 1024 {
-        errs.push(ConfigError::new(
-            "limits.max_inspect_bytes",
-            "must be at most 16777216",
+            "limits.header_read_timeout",
+            "must be greater than 0",
         ));
     }
     Limits {
-        max_request_body_bytes: max_body,
-        max_inspect_bytes: usize::try_from(inspect).unwrap_or(usize::MAX),
+        max_request_body_bytes,
+        max_inspect_bytes,
+        max_header_bytes,
+        max_headers,
+        header_read_timeout,
+        max_connections,
+        h2_max_concurrent_streams,
     }
 }
 

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::server::serve;
+use crate::observe::metrics::ListenerMetrics;
+use crate::proxy::server::{Listener, ListenerSettings, serve};
 use crate::routing::parse_open_inference;
 
 /// The features the demo model reads, in order.
@@ -51,8 +52,11 @@ pub async fn start_fixed(
         listener,
         move |_| svc,
         shutdown,
-        || std::time::Duration::from_secs(1),
-        "stub-model",
+        Listener {
+            name: "stub-model",
+            settings: ListenerSettings::default,
+            metrics: ListenerMetrics::default(),
+        },
     ));
     Ok(local)
 }
@@ -80,8 +84,11 @@ pub async fn start(
         listener,
         move |_| svc,
         shutdown,
-        || std::time::Duration::from_secs(1),
-        "demo-model",
+        Listener {
+            name: "demo-model",
+            settings: ListenerSettings::default,
+            metrics: ListenerMetrics::default(),
+        },
     ));
     Ok(local)
 }

@@ -85,6 +85,59 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerKindLabels {
+    listener: &'static str,
+    kind: &'static str,
+}
+
+/// Why a client connection ended in error (before or between requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnErrorKind {
+    /// No complete request head within `limits.header_read_timeout` (slow or idle client).
+    HeaderTimeout,
+    /// Request head over `limits.max_header_bytes` or `limits.max_headers` (answered 431).
+    HeaderTooLarge,
+    /// Not valid HTTP (answered 400 on HTTP/1, GOAWAY on HTTP/2).
+    Malformed,
+}
+
+impl ConnErrorKind {
+    /// Every kind, in label order.
+    pub const ALL: [Self; 3] = [Self::HeaderTimeout, Self::HeaderTooLarge, Self::Malformed];
+
+    /// The `kind` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HeaderTimeout => "header_timeout",
+            Self::HeaderTooLarge => "header_too_large",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// Connection accounting of one listener, resolved once at start.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections closed at accept because `limits.max_connections` were open.
+    pub refused: Counter,
+    errors: [Counter; 3],
+}
+
+impl ListenerMetrics {
+    /// Count a connection that ended in error.
+    pub fn error(&self, kind: ConnErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+}
+
 /// Why an upstream exchange failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpstreamErrorKind {
@@ -201,6 +254,9 @@ pub struct Metrics {
     windows: Arc<Mutex<WindowsByVersion>>,
     /// Length of new rolling windows, in milliseconds.
     window_ms: Arc<AtomicU64>,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<ListenerLabels, Counter>,
+    connection_errors: Family<ListenerKindLabels, Counter>,
 }
 
 fn latency_histogram() -> HistogramWithExemplars<TraceExemplar> {
@@ -238,6 +294,9 @@ impl Metrics {
             weights: Family::default(),
             windows: Arc::default(),
             window_ms: Arc::new(AtomicU64::new(300_000)),
+            connections_open: Family::default(),
+            connections_refused: Family::default(),
+            connection_errors: Family::default(),
         };
         reg.register(
             "requests",
@@ -349,7 +408,38 @@ impl Metrics {
             "Current traffic weight of each version backend of a split route",
             m.weights.clone(),
         );
+        reg.register(
+            "connections_open",
+            "Client connections open now, by listener",
+            m.connections_open.clone(),
+        );
+        reg.register(
+            "connections_refused",
+            "Client connections closed at accept because limits.max_connections were open",
+            m.connections_refused.clone(),
+        );
+        reg.register(
+            "connection_errors",
+            "Client connections ended by header_timeout, header_too_large or malformed input",
+            m.connection_errors.clone(),
+        );
         (m, reg)
+    }
+
+    /// Resolve the connection metrics of one listener.
+    pub fn listener(&self, listener: &'static str) -> ListenerMetrics {
+        let l = ListenerLabels { listener };
+        ListenerMetrics {
+            open: self.connections_open.get_or_create_owned(&l),
+            refused: self.connections_refused.get_or_create_owned(&l),
+            errors: ConnErrorKind::ALL.map(|k| {
+                self.connection_errors
+                    .get_or_create_owned(&ListenerKindLabels {
+                        listener,
+                        kind: k.as_str(),
+                    })
+            }),
+        }
     }
 
     /// Count an automatic rollback.

@@ -3,6 +3,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -17,28 +19,91 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::body::BoxError;
+use crate::config::Limits;
+use crate::observe::metrics::{ConnErrorKind, ListenerMetrics};
 
-/// Connection settings shared by both listeners.
-pub fn builder() -> auto::Builder<TokioExecutor> {
+/// What a listener reads from the current snapshot at each accept (so a reload applies to new
+/// connections) and at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// How long open connections may take to finish at shutdown.
+    pub grace: Duration,
+    /// Connection, header and stream limits.
+    pub limits: Limits,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(1),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// One listener: its name (the `listener` label), settings and accounting.
+pub struct Listener<C> {
+    /// `proxy`, `admin`, ...
+    pub name: &'static str,
+    /// Read at each accept and at shutdown.
+    pub settings: C,
+    /// Connection metrics.
+    pub metrics: ListenerMetrics,
+}
+
+/// hyper's smallest read buffer.
+const MIN_BUF: usize = 8192;
+
+/// Connection settings for both listeners.
+pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_read_timeout)
+        // The read buffer bounds the request head (431 beyond it); bodies stream through it.
+        .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
+        .max_headers(limits.max_headers)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     b
 }
 
+/// Sort a connection error into what the operator can act on; peers that simply went away are
+/// not errors.
+fn classify(err: &(dyn std::error::Error + 'static)) -> Option<ConnErrorKind> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                return Some(ConnErrorKind::HeaderTimeout);
+            }
+            if h.is_parse_too_large() {
+                return Some(ConnErrorKind::HeaderTooLarge);
+            }
+            if h.is_parse() || h.is_parse_version_h2() {
+                return Some(ConnErrorKind::Malformed);
+            }
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            // A GOAWAY we sent for a protocol violation (floods included); a peer's own
+            // GOAWAY or reset is a normal end.
+            return (h2.is_go_away() && !h2.is_remote()).then_some(ConnErrorKind::Malformed);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// Serve until `shutdown` turns true, then stop accepting and wait for open connections to
-/// finish, at most `grace()` (read at shutdown time, so a reload can change it).
-pub async fn serve<F, S, B>(
+/// finish, at most the grace period read at that moment.
+pub async fn serve<F, S, B, C>(
     listener: TcpListener,
     make_service: F,
     mut shutdown: watch::Receiver<bool>,
-    grace: impl Fn() -> Duration,
-    name: &'static str,
+    conf: Listener<C>,
 ) where
     F: Fn(SocketAddr) -> S,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -49,21 +114,46 @@ pub async fn serve<F, S, B>(
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
+    C: Fn() -> ListenerSettings,
 {
-    let builder = builder();
+    let name = conf.name;
+    let mut limits = (conf.settings)().limits;
+    let mut builder = builder(&limits);
     let graceful = GracefulShutdown::new();
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let now = (conf.settings)().limits;
+                    if now != limits {
+                        limits = now;
+                        builder = self::builder(&limits);
+                    }
+                    // Over the cap the connection is closed at once: a clear, counted refusal
+                    // rather than an unbounded queue of half-served clients.
+                    if open.load(Ordering::Relaxed) >= limits.max_connections {
+                        conf.metrics.refused.inc();
+                        debug!(%peer, listener = name, "Connection refused: limits.max_connections reached.");
+                        drop(stream);
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let service = TowerToHyperService::new(make_service(peer));
                     let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);
+                    let guard = OpenGuard::new(open.clone(), conf.metrics.clone());
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
-                            debug!(error = %e, %peer, "Connection ended with an error.");
+                            match classify(e.as_ref()) {
+                                Some(kind) => {
+                                    guard.metrics.error(kind);
+                                    debug!(error = %e, %peer, kind = kind.as_str(), "Connection closed.");
+                                }
+                                None => debug!(error = %e, %peer, "Connection ended with an error."),
+                            }
                         }
+                        drop(guard);
                     });
                 }
                 Err(e) => {
@@ -76,7 +166,7 @@ pub async fn serve<F, S, B>(
         }
     }
     drop(listener);
-    let grace = grace();
+    let grace = (conf.settings)().grace;
     let open = graceful.count();
     info!(
         listener = name,
@@ -87,6 +177,27 @@ pub async fn serve<F, S, B>(
     tokio::select! {
         _ = graceful.shutdown() => info!(listener = name, "All connections drained."),
         _ = tokio::time::sleep(grace) => warn!(listener = name, "Grace period over; closing remaining connections."),
+    }
+}
+
+/// Counts one open connection for the cap and the gauge, until dropped.
+struct OpenGuard {
+    open: Arc<AtomicUsize>,
+    metrics: ListenerMetrics,
+}
+
+impl OpenGuard {
+    fn new(open: Arc<AtomicUsize>, metrics: ListenerMetrics) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        metrics.open.inc();
+        Self { open, metrics }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.open.dec();
     }
 }
 

@@ -27,6 +27,8 @@ use modelstamp::routing::Source;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+pub mod h2raw;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;
 pub type Handler = Arc<
