@@ -207,15 +207,47 @@ impl AccessLog {
     }
 }
 
+/// Lines gathered before one write; each write is all-or-nothing in the accounting.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Lines serialized but not yet written.
+struct Batch {
+    bytes: Vec<u8>,
+    lines: u64,
+    failures: u64,
+}
+
+impl Batch {
+    /// Write the batch. On failure every line in it is counted as dropped (a full or broken
+    /// disk loses lines, never requests, and never silently).
+    fn write(&mut self, out: &mut dyn Write, metrics: &Metrics) {
+        if self.lines == 0 {
+            return;
+        }
+        if let Err(e) = out.write_all(&self.bytes).and_then(|()| out.flush()) {
+            metrics.observe_dropped_n(ObserveDrop::AccessLogWrite, self.lines);
+            self.failures += 1;
+            // One warning per power of two keeps a full disk from flooding the log.
+            if self.failures.is_power_of_two() {
+                warn!(error = %e, failures = self.failures, lost = self.lines, "Access log write failed.");
+            }
+        }
+        self.bytes.clear();
+        self.lines = 0;
+    }
+}
+
 fn write_loop(
     rx: Receiver<Msg>,
-    out: Option<Box<dyn Write + Send>>,
+    mut out: Option<Box<dyn Write + Send>>,
     metrics: Metrics,
     recent: Arc<RecentRequests>,
 ) {
-    let mut out = out.map(|o| std::io::BufWriter::with_capacity(64 * 1024, o));
-    let mut failures: u64 = 0;
-    let mut buf = Vec::with_capacity(512);
+    let mut batch = Batch {
+        bytes: Vec::with_capacity(BATCH_BYTES + 4096),
+        lines: 0,
+        failures: 0,
+    };
     let mut acks = Vec::new();
     let mut busy = false;
     while let Ok(mut msg) = rx.recv() {
@@ -240,18 +272,16 @@ fn write_loop(
                     }
                 }
             };
-            buf.clear();
-            if let Some(out) = out.as_mut()
-                && serde_json::to_writer(&mut buf, &*line).is_ok()
-            {
-                buf.push(b'\n');
-                if let Err(e) = out.write_all(&buf) {
-                    failures += 1;
-                    metrics.observe_dropped(ObserveDrop::AccessLogWrite);
-                    // One warning per power of two keeps a full disk from flooding the log.
-                    if failures.is_power_of_two() {
-                        warn!(error = %e, failures, "Access log write failed.");
-                    }
+            if let Some(out) = out.as_mut() {
+                let mark = batch.bytes.len();
+                if serde_json::to_writer(&mut batch.bytes, &*line).is_ok() {
+                    batch.bytes.push(b'\n');
+                    batch.lines += 1;
+                } else {
+                    batch.bytes.truncate(mark);
+                }
+                if batch.bytes.len() >= BATCH_BYTES {
+                    batch.write(out.as_mut(), &metrics);
                 }
             }
             recent.insert(line);
@@ -260,11 +290,9 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        // Flush whenever the queue runs dry, so lines appear promptly at low rates.
-        if let Some(out) = out.as_mut()
-            && out.flush().is_err()
-        {
-            metrics.observe_dropped(ObserveDrop::AccessLogWrite);
+        // Write whenever the queue runs dry, so lines appear promptly at low rates.
+        if let Some(out) = out.as_mut() {
+            batch.write(out.as_mut(), &metrics);
         }
         for ack in acks.drain(..) {
             let _ = ack.send(());

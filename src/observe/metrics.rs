@@ -558,11 +558,16 @@ impl Metrics {
 
     /// Count lost telemetry.
     pub fn observe_dropped(&self, why: ObserveDrop) {
+        self.observe_dropped_n(why, 1);
+    }
+
+    /// Count `n` lost items of telemetry.
+    pub fn observe_dropped_n(&self, why: ObserveDrop, n: u64) {
         self.observe_dropped
             .get_or_create(&ReasonLabels {
                 reason: why.as_str(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// A local registry loaded: up, and as fresh as the process.
