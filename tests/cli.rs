@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Response;
+use http_body_util::BodyExt;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_modelstamp");
@@ -87,15 +88,37 @@ fn check_prints_every_error_with_its_path_and_exits_1() {
     assert!(stderr.contains("2 error(s)"), "{stderr}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_requests_then_exits() {
-    let slow: Handler = Arc::new(|_req| {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_millis(800)).await;
-            Response::new(full("done"))
+/// Ten SSE events 100 ms apart on `generate_stream`, else "done" after 800 ms.
+fn slow_and_streaming() -> Handler {
+    Arc::new(|req: http::Request<hyper::body::Incoming>| {
+        Box::pin(async move {
+            if !req.uri().path().ends_with("generate_stream") {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                return Response::new(full("done"));
+            }
+            let (tx, body) = channel_body(2);
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    let event = format!("data: {i}\n\n");
+                    if tx.send(http_body::Frame::data(event.into())).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap()
         })
-    });
-    let up = Upstream::start(slow).await;
+    })
+}
+
+const SSE_COMPLETE: &str = "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\ndata: 5\n\ndata: 6\n\ndata: 7\n\ndata: 8\n\ndata: 9\n\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_200_requests_and_20_sse_streams_then_exits() {
+    let up = Upstream::start_quiet(slow_and_streaming()).await;
     let dir = temp_dir("drain");
     std::fs::write(dir.join("registry.yaml"), REGISTRY).unwrap();
     let (port, admin) = (free_port(), free_port());
@@ -129,25 +152,57 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         })
         .await
     );
-    let url = format!("http://127.0.0.1:{port}/v2/models/churn/infer");
-    let in_flight = tokio::spawn(async move { send(post(&url, "{}")).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let base = format!("http://127.0.0.1:{port}/v2/models/churn");
+    // 150 requests on their own HTTP/1.1 connections, 50 multiplexed on one h2c connection,
+    // and 20 SSE streams.
+    let h2 = h2_client();
+    let mut calls = Vec::new();
+    for i in 0..220 {
+        let (client, path) = match i {
+            0..150 => (h1_client(), "infer"),
+            150..200 => (h2.clone(), "infer"),
+            _ => (h1_client(), "generate_stream"),
+        };
+        let url = format!("{base}/{path}");
+        calls.push(tokio::spawn(async move {
+            let resp = client.request(post(&url, "{}")).await?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, BoxError>((status, body))
+        }));
+    }
+    // Every request has reached the model server before the signal.
+    let hits = up.hits.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let hits = hits.clone();
+            async move { hits.load(std::sync::atomic::Ordering::SeqCst) == 220 }
+        })
+        .await
+    );
     let child = guard.0.as_mut().unwrap();
     signal(child, "TERM");
     let started = Instant::now();
-    let (resp, body) = in_flight.await.unwrap();
-    assert_eq!(
-        (resp.status().as_u16(), &body[..]),
-        (200, &b"done"[..]),
-        "the in-flight request completed"
-    );
+    let mut truncated = Vec::new();
+    for (i, call) in calls.into_iter().enumerate() {
+        let want: &[u8] = if i < 200 {
+            b"done"
+        } else {
+            SSE_COMPLETE.as_bytes()
+        };
+        match call.await.unwrap() {
+            Ok((200, body)) if body == want => {}
+            other => truncated.push(format!("#{i}: {other:?}")),
+        }
+    }
+    assert!(truncated.is_empty(), "{}", truncated.join("\n"));
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "exits within the grace period"
+            started.elapsed() < Duration::from_secs(6),
+            "exits within the 5 s grace period"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -157,6 +212,20 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         "no longer accepting"
     );
     guard.0 = None;
+    // Every drained request was logged, with its full body counted.
+    let log = std::fs::read_to_string(dir.join("access.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &serde_json::Value| l["path"] != "/readyz")
+        .collect();
+    assert_eq!(lines.len(), 220);
+    assert!(lines.iter().all(|l| l["status"] == 200));
+    let sse_bytes = SSE_COMPLETE.len() as u64;
+    assert_eq!(
+        lines.iter().filter(|l| l["bytes_out"] == sse_bytes).count(),
+        20
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -183,3 +183,129 @@ async fn a_file_registry_that_loaded_is_up() {
     assert_eq!(h.metric("modelstamp_registry_up").await, 1.0);
     assert_eq!(h.metric("modelstamp_registry_staleness_seconds").await, 0.0);
 }
+
+/// The issue's bar: 60 s of paced traffic at 1,000 req/s (HTTP/1.1 and h2c) while the config is
+/// reloaded 120 times, every sixth reload invalid. No request fails, none is stamped with
+/// another version than the one that served it, and an invalid reload changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_100_valid_and_20_invalid_during_60s_at_1000_rps() {
+    const SECONDS: u64 = 60;
+    const WORKERS: u64 = 10;
+    const RELOADS: u64 = 120;
+    let a = Upstream::start_quiet(oi_handler("1")).await;
+    let b = Upstream::start_quiet(oi_handler("2")).await;
+    let h = Harness::start_manual(&churn_route(a.addr, "1", "")).await;
+    let url = h.url("/v2/models/churn/infer");
+    let lineage_of = Arc::new([
+        ("1".to_string(), h.lineage_id("1")),
+        ("2".to_string(), h.lineage_id("2")),
+    ]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(SECONDS);
+    let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let (url, ok, bad, failures) = (url.clone(), ok.clone(), bad.clone(), failures.clone());
+        let lineage_of = lineage_of.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = if w < 8 { h1_client() } else { h2_client() };
+            // 100 req/s per worker.
+            let mut tick = tokio::time::interval(Duration::from_millis(WORKERS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while tokio::time::Instant::now() < deadline {
+                tick.tick().await;
+
+                let outcome = async {
+                    let resp = client.request(post(&url, BODY)).await?;
+                    let status = resp.status();
+                    let stamped = resp.headers()["x-model-version"].to_str()?.to_string();
+                    let lineage = resp.headers()["x-lineage-id"].to_str()?.to_string();
+                    let body = http_body_util::BodyExt::collect(resp.into_body())
+                        .await?
+                        .to_bytes();
+                    let served: serde_json::Value = serde_json::from_slice(&body)?;
+                    Ok::<_, BoxError>((status, stamped, lineage, served))
+                }
+                .await;
+                match outcome {
+                    Ok((status, stamped, lineage, served))
+                        if status == 200
+                            && served["model_version"] == stamped.as_str()
+                            && lineage_of
+                                .iter()
+                                .any(|(v, l)| *v == stamped && *l == lineage) =>
+                    {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                        failures.lock().unwrap().push(format!("{other:?}"));
+                    }
+                }
+            }
+        }));
+    }
+    let invalid = [
+        |t: String| t.replace("[[routes]]", "[[routez]]"),
+        |t: String| t.replace("serves = \"", "serves = \"9"),
+        |t: String| t.replace("poll_interval = \"1h\"", "poll_interval = \"soon\""),
+        |t: String| t.replace("model = \"churn\"", "model = \"\""),
+    ];
+    let (mut valid, mut rejected) = (0u64, 0u64);
+    let pause = Duration::from_millis(SECONDS * 1000 / RELOADS);
+    for i in 0..RELOADS {
+        tokio::time::sleep(pause).await;
+        let (up, version) = if i % 2 == 0 {
+            (b.addr, "2")
+        } else {
+            (a.addr, "1")
+        };
+        let text = config_text_polling(&h.dir, &churn_route(up, version, ""), "", "1h");
+        let before = h.sidecar.reloader.current().load().generation;
+        if i % 6 == 5 {
+            let broken = invalid[(i / 6) as usize % invalid.len()](text);
+            std::fs::write(&h.config, broken).unwrap();
+            assert!(h.sidecar.reloader.reload().await.is_err(), "reload {i}");
+            assert_eq!(
+                h.sidecar.reloader.current().load().generation,
+                before,
+                "an invalid reload changed the snapshot"
+            );
+            rejected += 1;
+        } else {
+            std::fs::write(&h.config, text).unwrap();
+            let generation = h.sidecar.reloader.reload().await.unwrap();
+            assert_eq!(generation, before + 1);
+            valid += 1;
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (ok, bad) = (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    let shown: Vec<String> = failures.lock().unwrap().iter().take(5).cloned().collect();
+    assert_eq!(
+        bad,
+        0,
+        "{bad} failed or misattributed of {}: {shown:?}",
+        ok + bad
+    );
+    eprintln!(
+        "reload under load: {ok} requests in {SECONDS} s ({} req/s), {valid} valid and {rejected} invalid reloads",
+        ok as u64 / SECONDS
+    );
+    // Paced at 1,000 req/s: a run far below it did not test what it claims.
+    assert!(ok as u64 >= SECONDS * 1000 * 8 / 10, "only {ok} requests");
+    assert_eq!((valid, rejected), (100, 20));
+    assert_eq!(
+        h.metric(r#"modelstamp_config_reloads_total{result="success"}"#)
+            .await,
+        100.0
+    );
+    assert_eq!(
+        h.metric(r#"modelstamp_config_reloads_total{result="failure"}"#)
+            .await,
+        20.0
+    );
+    assert!(a.hits.load(Ordering::Relaxed) > 0 && b.hits.load(Ordering::Relaxed) > 0);
+}

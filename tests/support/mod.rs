@@ -98,6 +98,7 @@ impl Upstream {
                     return;
                 };
                 let (handler, seen, hits) = (handler.clone(), s.clone(), h.clone());
+                let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         hits.fetch_add(1, Ordering::SeqCst);
@@ -362,14 +363,22 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
+/// Test clients disable Nagle like real ones: otherwise an HTTP/2 request's HEADERS and DATA
+/// frames wait out the peer's delayed ACK (40 ms per request).
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    c
+}
+
 pub fn h1_client() -> Client<HttpConnector, TestBody> {
-    Client::builder(TokioExecutor::new()).build_http()
+    Client::builder(TokioExecutor::new()).build(connector())
 }
 
 pub fn h2_client() -> Client<HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
-        .build_http()
+        .build(connector())
 }
 
 pub async fn send(req: Request<TestBody>) -> (Response<()>, Bytes) {
