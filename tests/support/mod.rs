@@ -301,10 +301,23 @@ impl Harness {
     }
 
     async fn start_full(routes: &str, extra: &str, registry: &str, poll: &str) -> Self {
+        Self::start_edited(routes, extra, registry, poll, |t| t).await
+    }
+
+    /// As [`Harness::start_with_registry`] after `edit` rewrites the generated config text (for
+    /// keys of the sections it always writes, such as `[admin]` or `[access_log]`).
+    pub async fn start_edited(
+        routes: &str,
+        extra: &str,
+        registry: &str,
+        poll: &str,
+        edit: impl Fn(String) -> String,
+    ) -> Self {
         let dir = temp_dir("h");
         std::fs::write(dir.join("registry.yaml"), registry).unwrap();
         let config = dir.join("modelstamp.toml");
-        std::fs::write(&config, config_text_polling(&dir, routes, extra, poll)).unwrap();
+        let text = edit(config_text_polling(&dir, routes, extra, poll));
+        std::fs::write(&config, text).unwrap();
         let sidecar = Sidecar::start(Source::File(config.clone())).await.unwrap();
         Self {
             sidecar,
