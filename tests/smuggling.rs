@@ -357,3 +357,255 @@ async fn smuggling_and_spoofing_vectors_are_rejected_or_normalized() {
     );
     assert!(rejected > 50 && forwarded > 50, "{rejected} / {forwarded}");
 }
+
+/// HTTP/2 header and framing tricks, written frame by frame. Each stream must be refused (a
+/// RST_STREAM, a GOAWAY or a 4xx) with no complete request at the model server, or forwarded
+/// normalized; the stamp headers the model server sees are always the proxy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_header_and_framing_tricks_are_refused_or_normalized() {
+    use support::h2raw::{self, Conn};
+    let complete = Arc::new(AtomicUsize::new(0));
+    let up = Upstream::start(recording_upstream(complete.clone())).await;
+    let h = Harness::start(&churn_route(up.addr, "1", ""), "").await;
+    let addr = h.sidecar.proxy_addr;
+    const PATH: &str = "/v2/models/churn/infer";
+    let std_block = |extra: &[(&[u8], &[u8])]| h2raw::request_block(PATH, extra);
+    // (name, header block, DATA payload or None, must be refused)
+    type Vector = (&'static str, Vec<u8>, Option<&'static [u8]>, bool);
+    let mut vectors: Vec<Vector> = vec![
+        (
+            "CRLF in a value",
+            std_block(&[(b"x-a", b"b\r\nx-injected: 1")]),
+            None,
+            true,
+        ),
+        (
+            "LF in a value",
+            std_block(&[(b"x-a", b"b\nx-injected: 1")]),
+            None,
+            true,
+        ),
+        (
+            "NUL in a value",
+            std_block(&[(b"x-a", b"b\0c")]),
+            None,
+            true,
+        ),
+        ("CR in a name", std_block(&[(b"x-a\r", b"b")]), None, true),
+        ("colon in a name", std_block(&[(b"x:a", b"b")]), None, true),
+        (
+            "uppercase name",
+            std_block(&[(b"X-Upper", b"b")]),
+            None,
+            true,
+        ),
+        ("space in a name", std_block(&[(b"x a", b"b")]), None, true),
+        ("empty name", std_block(&[(b"", b"b")]), None, true),
+        (
+            "transfer-encoding",
+            std_block(&[(b"transfer-encoding", b"chunked")]),
+            Some(b"0\r\n\r\n"),
+            true,
+        ),
+        (
+            "connection header",
+            std_block(&[(b"connection", b"keep-alive")]),
+            None,
+            true,
+        ),
+        (
+            "keep-alive header",
+            std_block(&[(b"keep-alive", b"timeout=5")]),
+            None,
+            true,
+        ),
+        (
+            "upgrade header",
+            std_block(&[(b"upgrade", b"websocket")]),
+            None,
+            true,
+        ),
+        (
+            "proxy-connection",
+            std_block(&[(b"proxy-connection", b"keep-alive")]),
+            None,
+            true,
+        ),
+        (
+            "te other than trailers",
+            std_block(&[(b"te", b"gzip")]),
+            None,
+            true,
+        ),
+        (
+            "content-length above data",
+            std_block(&[(b"content-length", b"10")]),
+            Some(b"{}"),
+            true,
+        ),
+        (
+            "content-length below data",
+            std_block(&[(b"content-length", b"1")]),
+            Some(b"{}{}{}{}"),
+            true,
+        ),
+        (
+            "content-length not a number",
+            std_block(&[(b"content-length", b"1x")]),
+            Some(b"{}"),
+            true,
+        ),
+        (
+            "two content-lengths",
+            std_block(&[(b"content-length", b"2"), (b"content-length", b"3")]),
+            Some(b"{}"),
+            true,
+        ),
+        (
+            "pseudo-header after a regular one",
+            h2raw::hpack(&[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b"x-a", b"b"),
+                (b":path", PATH.as_bytes()),
+                (b":authority", b"s"),
+            ]),
+            None,
+            true,
+        ),
+        (
+            "duplicate :path",
+            h2raw::hpack(&[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", PATH.as_bytes()),
+                (b":path", b"/v2/models/churn/smuggled"),
+                (b":authority", b"s"),
+            ]),
+            None,
+            true,
+        ),
+        (
+            "missing :method",
+            h2raw::hpack(&[
+                (b":scheme", b"http"),
+                (b":path", PATH.as_bytes()),
+                (b":authority", b"s"),
+            ]),
+            None,
+            true,
+        ),
+        (
+            "unknown pseudo-header",
+            h2raw::hpack(&[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", PATH.as_bytes()),
+                (b":authority", b"s"),
+                (b":smuggle", b"1"),
+            ]),
+            None,
+            true,
+        ),
+        (
+            "CRLF in :path",
+            h2raw::hpack(&[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", b"/v2/models/churn/infer\r\nx: y"),
+                (b":authority", b"s"),
+            ]),
+            None,
+            true,
+        ),
+        (
+            "CRLF in :authority",
+            h2raw::hpack(&[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", PATH.as_bytes()),
+                (b":authority", b"s\r\nx-injected: 1"),
+            ]),
+            None,
+            true,
+        ),
+        (
+            "space in :method",
+            h2raw::hpack(&[
+                (b":method", b"POST /smuggled"),
+                (b":scheme", b"http"),
+                (b":path", PATH.as_bytes()),
+                (b":authority", b"s"),
+            ]),
+            None,
+            true,
+        ),
+    ];
+    // Spoofed stamps: any count, beside a host header that disagrees with :authority.
+    for n in 1..=3 {
+        let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
+        for _ in 0..n {
+            fields.push((b"x-model-version", b"999"));
+            fields.push((b"x-lineage-id", b"ln_spoofed"));
+            fields.push((b"x-model-name", b"evil"));
+        }
+        fields.push((b"host", b"other-host"));
+        vectors.push(("spoofed stamps", std_block(&fields), Some(b"{}"), false));
+    }
+    vectors.push((
+        "content-length matching data",
+        std_block(&[(b"content-length", b"2")]),
+        Some(b"{}"),
+        false,
+    ));
+
+    let (mut refused, mut forwarded) = (0, 0);
+    for (name, block, data, must_refuse) in &vectors {
+        let before = complete.load(Ordering::SeqCst);
+        let mut c = Conn::open(addr).await;
+        let mut frames = match data {
+            None => h2raw::frame(
+                h2raw::HEADERS,
+                h2raw::END_HEADERS | h2raw::END_STREAM,
+                1,
+                block,
+            ),
+            Some(_) => h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, block),
+        };
+        if let Some(d) = data {
+            frames.extend(h2raw::frame(h2raw::DATA, h2raw::END_STREAM, 1, d));
+        }
+        c.send(&frames).await;
+        let r = c.response(1, Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let hits = complete.load(Ordering::SeqCst) - before;
+        let status = r.status();
+        let was_refused =
+            r.reset.is_some() || r.goaway.is_some() || matches!(status, Some(400..=499));
+        if *must_refuse {
+            assert!(was_refused, "{name}: must be refused, got {r:?}");
+            assert_eq!(hits, 0, "{name}: the model server got a complete request");
+        } else {
+            assert_eq!(status, Some(200), "{name}: {r:?}");
+            assert_eq!(hits, 1, "{name}");
+        }
+        if was_refused {
+            refused += 1;
+        } else {
+            forwarded += 1;
+        }
+    }
+    for s in up.seen.lock().unwrap().iter() {
+        assert_eq!(s.headers.get_all("x-model-version").iter().count(), 1);
+        assert_eq!(s.headers["x-model-version"], "1");
+        assert_eq!(s.headers.get_all("x-lineage-id").iter().count(), 1);
+        assert_ne!(s.headers["x-lineage-id"], "ln_spoofed");
+        assert_eq!(s.headers["x-model-name"], "churn");
+        assert!(s.headers.get("x-injected").is_none());
+        assert!(!s.path.contains("smuggled"));
+    }
+    println!(
+        "{} HTTP/2 vectors: {refused} refused, {forwarded} forwarded normalized",
+        vectors.len()
+    );
+}
