@@ -303,3 +303,117 @@ async fn continuation_flood_is_answered_with_goaway() {
     let code = flood_beside_legit_traffic(&h, flood).await;
     assert!(code.is_some(), "CONTINUATION flood not stopped");
 }
+
+#[tokio::test]
+async fn silent_connections_are_closed_at_the_idle_timeout_but_a_live_stream_is_not() {
+    let events: Handler = std::sync::Arc::new(|req: http::Request<hyper::body::Incoming>| {
+        Box::pin(async move {
+            if !req.uri().path().ends_with("generate_stream") {
+                return http::Response::new(full("{}"));
+            }
+            let (tx, body) = channel_body(1);
+            tokio::spawn(async move {
+                // 12 events 100 ms apart: 1.2 s, four times the idle timeout.
+                for i in 0..12 {
+                    let e = format!("data: {i}\n\n");
+                    if tx.send(http_body::Frame::data(e.into())).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            http::Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap()
+        })
+    });
+    let up = Upstream::start(events).await;
+    let h = Harness::start(
+        &churn_route(up.addr, "1", ""),
+        "[limits]\nidle_timeout = \"300ms\"\nheader_read_timeout = \"10s\"\n",
+    )
+    .await;
+    let addr = h.sidecar.proxy_addr;
+
+    // Connects and never sends a byte: before this deadline nothing covered it.
+    let mut mute = TcpStream::connect(addr).await.unwrap();
+    let (_, closed) = read_to_close(&mut mute, Duration::from_secs(5)).await;
+    assert!(closed, "a mute connection stayed open");
+
+    // An HTTP/2 connection with nothing on it after the preface.
+    let mut c = Conn::open(addr).await;
+    let mut frames = 0;
+    while c.next(Duration::from_secs(5)).await.is_some() {
+        frames += 1;
+        assert!(frames < 10, "an idle HTTP/2 connection stayed open");
+    }
+
+    // A stream that keeps sending outlives the timeout.
+    let resp = h1_client()
+        .request(post(&h.url("/v2/models/churn/generate_stream"), "{}"))
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(body.ends_with(b"data: 11\n\n"), "{body:?}");
+
+    // The mute and the HTTP/2 connection, and possibly the SSE client's pooled connection.
+    let series = conn_errors("idle_timeout");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.metric(&series).await >= 2.0
+        })
+        .await,
+        "{}",
+        h.metrics().await
+    );
+}
+
+#[tokio::test]
+async fn streams_over_the_h2_concurrency_limit_are_refused() {
+    let (_up, h) = harness("h2_max_concurrent_streams = 4").await;
+    let mut c = Conn::open(h.sidecar.proxy_addr).await;
+    let settings = c
+        .until(h2raw::SETTINGS, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        settings
+            .settings()
+            .contains(&(h2raw::SETTINGS_MAX_CONCURRENT_STREAMS, 4))
+    );
+    c.send(&h2raw::frame(h2raw::SETTINGS, h2raw::ACK, 0, &[]))
+        .await;
+    // Five streams whose bodies never end: the fifth is over the limit.
+    let block = h2raw::request_block(INFER, &[]);
+    for id in [1u32, 3, 5, 7, 9] {
+        c.send(&h2raw::frame(
+            h2raw::HEADERS,
+            h2raw::END_HEADERS,
+            id,
+            &block,
+        ))
+        .await;
+    }
+    let refused = c
+        .until_on(h2raw::RST_STREAM, 9, Duration::from_secs(5))
+        .await
+        .unwrap();
+    // REFUSED_STREAM: safe for the client to retry.
+    assert_eq!(
+        (refused.kind, refused.error_code()),
+        (h2raw::RST_STREAM, 0x7)
+    );
+    // The four admitted streams complete once their bodies end.
+    for id in [1u32, 3, 5, 7] {
+        c.send(&h2raw::frame(h2raw::DATA, h2raw::END_STREAM, id, b"{}"))
+            .await;
+    }
+    let all = c.responses(&[1, 3, 5, 7], Duration::from_secs(5)).await;
+    for r in &all {
+        assert_eq!((r.status(), r.ended), (Some(200), true), "{r:?}");
+    }
+}

@@ -237,10 +237,10 @@ async fn soak_fixed_rate_mixed_traffic_with_reloads() {
         for _ in 0..n {
             let (tally, base) = (tally.clone(), base.clone());
             workers.push(tokio::spawn(async move {
-                let client = match kind {
-                    Kind::Http1 | Kind::Sse => h1_client(),
-                    Kind::H2c | Kind::Grpc => h2_client(),
-                };
+                // Pooled connections are dropped after 1 s idle, below the sidecar's 3 s
+                // keep-alive deadline, as a well-configured client does.
+                let h2 = matches!(kind, Kind::H2c | Kind::Grpc);
+                let client = client_idle(h2, Duration::from_secs(1));
                 let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 while tokio::time::Instant::now() < deadline {

@@ -215,6 +215,9 @@ pub struct Limits {
     /// Time a client has to send a complete HTTP/1 request head, counted from the moment the
     /// connection is ready for one: it also closes idle keep-alive connections.
     pub header_read_timeout: Duration,
+    /// A client connection with no bytes in either direction for this long is closed (also a
+    /// silent stream on it: an SSE stream that sends nothing for this long is cut).
+    pub idle_timeout: Duration,
     /// Most client connections open at once per listener; further ones are closed at accept.
     pub max_connections: usize,
     /// Most concurrent streams on one HTTP/2 connection.
@@ -228,7 +231,8 @@ impl Default for Limits {
             max_inspect_bytes: 64 * 1024,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
             max_connections: 10_000,
             h2_max_concurrent_streams: 256,
         }

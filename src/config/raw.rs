@@ -168,6 +168,7 @@ pub struct RawLimits {
     pub max_header_bytes: Option<u64>,
     pub max_headers: Option<u64>,
     pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     pub max_connections: Option<u64>,
     pub h2_max_concurrent_streams: Option<u64>,
 }

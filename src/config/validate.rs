@@ -235,11 +235,19 @@ fn limits(errs: &mut Vec<ConfigError>, raw: &RawConfig) -> Limits {
         &l.header_read_timeout,
         d.header_read_timeout.as_millis() as u64,
     );
-    if header_read_timeout.is_zero() {
-        errs.push(ConfigError::new(
-            "limits.header_read_timeout",
-            "must be greater than 0",
-        ));
+    let idle_timeout = dur(
+        errs,
+        "limits.idle_timeout",
+        &l.idle_timeout,
+        d.idle_timeout.as_millis() as u64,
+    );
+    for (path, value) in [
+        ("limits.header_read_timeout", header_read_timeout),
+        ("limits.idle_timeout", idle_timeout),
+    ] {
+        if value.is_zero() {
+            errs.push(ConfigError::new(path, "must be greater than 0"));
+        }
     }
     Limits {
         max_request_body_bytes,
@@ -247,6 +255,7 @@ fn limits(errs: &mut Vec<ConfigError>, raw: &RawConfig) -> Limits {
         max_header_bytes,
         max_headers,
         header_read_timeout,
+        idle_timeout,
         max_connections,
         h2_max_concurrent_streams,
     }

@@ -105,11 +105,18 @@ pub enum ConnErrorKind {
     HeaderTooLarge,
     /// Not valid HTTP (answered 400 on HTTP/1, GOAWAY on HTTP/2).
     Malformed,
+    /// No bytes either way for `limits.idle_timeout`.
+    IdleTimeout,
 }
 
 impl ConnErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [Self; 3] = [Self::HeaderTimeout, Self::HeaderTooLarge, Self::Malformed];
+    pub const ALL: [Self; 4] = [
+        Self::HeaderTimeout,
+        Self::HeaderTooLarge,
+        Self::Malformed,
+        Self::IdleTimeout,
+    ];
 
     /// The `kind` label.
     pub fn as_str(self) -> &'static str {
@@ -117,6 +124,7 @@ impl ConnErrorKind {
             Self::HeaderTimeout => "header_timeout",
             Self::HeaderTooLarge => "header_too_large",
             Self::Malformed => "malformed",
+            Self::IdleTimeout => "idle_timeout",
         }
     }
 }
@@ -128,13 +136,18 @@ pub struct ListenerMetrics {
     pub open: Gauge,
     /// Connections closed at accept because `limits.max_connections` were open.
     pub refused: Counter,
-    errors: [Counter; 3],
+    errors: [Counter; 4],
 }
 
 impl ListenerMetrics {
     /// Count a connection that ended in error.
     pub fn error(&self, kind: ConnErrorKind) {
         self.errors[kind as usize].inc();
+    }
+
+    /// The counter of one kind, for code that counts where the error happens.
+    pub fn counter(&self, kind: ConnErrorKind) -> Counter {
+        self.errors[kind as usize].clone()
     }
 }
 
@@ -420,7 +433,7 @@ impl Metrics {
         );
         reg.register(
             "connection_errors",
-            "Client connections ended by header_timeout, header_too_large or malformed input",
+            "Client connections ended by header_timeout, header_too_large, malformed input or idle_timeout",
             m.connection_errors.clone(),
         );
         (m, reg)

@@ -13,6 +13,7 @@ mod enforce;
 mod error;
 mod forward;
 mod headers;
+pub mod idle;
 mod resolve;
 pub mod server;
 pub mod shadow;

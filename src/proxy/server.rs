@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::body::BoxError;
+use super::idle::IdleIo;
 use crate::config::Limits;
 use crate::observe::metrics::{ConnErrorKind, ListenerMetrics};
 
@@ -88,10 +89,14 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> Option<ConnErrorKind> {
             }
         }
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if h2.is_io() {
+                return None; // idle timeouts are counted where they fire
+            }
             // A GOAWAY we sent for a protocol violation (floods included); a peer's own
             // GOAWAY or reset is a normal end.
             return (h2.is_go_away() && !h2.is_remote()).then_some(ConnErrorKind::Malformed);
         }
+
         cur = e.source();
     }
     None
@@ -140,7 +145,11 @@ pub async fn serve<F, S, B, C>(
                     }
                     let _ = stream.set_nodelay(true);
                     let service = TowerToHyperService::new(make_service(peer));
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    // Idle timeouts are counted by the stream itself: hyper reports one on an idle
+                    // keep-alive connection as a clean close.
+                    let idle = conf.metrics.counter(ConnErrorKind::IdleTimeout);
+                    let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout, idle));
+                    let conn = builder.serve_connection(io, service).into_owned();
                     let conn = graceful.watch(conn);
                     let guard = OpenGuard::new(open.clone(), conf.metrics.clone());
                     tokio::spawn(async move {

@@ -203,6 +203,39 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Collect the responses of several streams, however their frames interleave.
+    pub async fn responses(&mut self, streams: &[u32], wait: Duration) -> Vec<Response> {
+        let mut out: Vec<Response> = streams.iter().map(|_| Response::default()).collect();
+        let open = |out: &Vec<Response>| out.iter().any(|r| !r.ended && r.reset.is_none());
+        while open(&out) {
+            let Some(f) = self.next(wait).await else {
+                break;
+            };
+            if f.kind == GOAWAY {
+                for r in &mut out {
+                    r.goaway = Some(f.error_code());
+                }
+                break;
+            }
+            let Some(i) = streams.iter().position(|s| *s == f.stream) else {
+                continue;
+            };
+            let r = &mut out[i];
+            match f.kind {
+                HEADERS => r.headers.extend(f.payload.iter()),
+                DATA => r.data.extend(f.payload.iter()),
+                RST_STREAM => r.reset = Some(f.error_code()),
+                _ => {}
+            }
+            if matches!(f.kind, HEADERS | DATA) && f.flags & END_STREAM != 0 {
+                r.ended = true;
+            }
+        }
+        out
+    }
+}
+
 /// What came back on one stream.
 #[derive(Debug, Default)]
 pub struct Response {

@@ -388,6 +388,16 @@ pub fn h1_client() -> Client<HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new()).build(connector())
 }
 
+/// A client that drops pooled connections idle for `idle`: below the server's keep-alive
+/// deadline, so a request never races the server closing its connection.
+pub fn client_idle(h2: bool, idle: Duration) -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .pool_idle_timeout(idle)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector())
+}
+
 pub fn h2_client() -> Client<HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
