@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,14 +12,6 @@ use http_body_util::BodyExt;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_modelstamp");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
@@ -132,26 +124,9 @@ async fn sigterm_drains_200_requests_and_20_sse_streams_then_exits() {
         admin,
     );
     std::fs::write(&cfg, text).unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&cfg);
     let mut guard = Guard(Some(child));
-    let ready = format!("http://127.0.0.1:{admin}/readyz");
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let ready = ready.clone();
-            async move {
-                h1_client()
-                    .request(http::Request::get(ready).body(full("")).unwrap())
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            }
-        })
-        .await
-    );
+    assert!(wait_ready(admin).await);
     let base = format!("http://127.0.0.1:{port}/v2/models/churn");
     // 150 requests on their own HTTP/1.1 connections, 50 multiplexed on one h2c connection,
     // and 20 SSE streams.
@@ -237,12 +212,7 @@ async fn sighup_reloads_the_registry() {
     let cfg = dir.join("m.toml");
     let text = config_text_on(&dir, &churn_route(up.addr, "1", ""), "", "1h", 0, admin);
     std::fs::write(&cfg, text).unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&cfg);
     let guard = Guard(Some(child));
     let versions = format!("http://127.0.0.1:{admin}/versions");
     let generation = |want: u64| {

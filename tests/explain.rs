@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use http::Request;
@@ -72,41 +72,15 @@ impl Drop for Sidecar {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn start(routes: &str, extra: &str) -> Sidecar {
     let dir = temp_dir("explain");
     std::fs::write(dir.join("registry.yaml"), REGISTRY).unwrap();
     let (port, admin) = (free_port(), free_port());
     let cfg = dir.join("m.toml");
     std::fs::write(&cfg, config_text_on(&dir, routes, extra, "1h", port, admin)).unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&cfg);
     let s = Sidecar { child, port, admin };
-    let url = format!("http://127.0.0.1:{admin}/readyz");
-    let ready = eventually(Duration::from_secs(10), || {
-        let url = url.clone();
-        async move {
-            let req = Request::get(url).body(full("")).unwrap();
-            h1_client()
-                .request(req)
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await;
-    assert!(ready, "sidecar ready");
+    assert!(wait_ready(admin).await, "sidecar ready");
     s
 }
 

@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +21,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_modelstamp");
 const SSE_EVENTS: usize = 10;
 
 /// One model server per version: Open Inference JSON, SSE on `generate_stream`, gRPC on
@@ -74,14 +73,6 @@ fn server(version: &'static str) -> Handler {
                 .unwrap()
         })
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn routes(up: std::net::SocketAddr, version: &str) -> String {
@@ -198,29 +189,11 @@ async fn soak_fixed_rate_mixed_traffic_with_reloads() {
         std::fs::write(&cfg, text).unwrap();
     };
     write(a.addr, "1");
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&cfg);
     let guard = Guard(child);
     let pid = guard.0.id();
     let base = format!("http://127.0.0.1:{port}");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            h1_client()
-                .request(
-                    Request::get(format!("http://127.0.0.1:{admin}/readyz"))
-                        .body(full(""))
-                        .unwrap(),
-                )
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await
-    );
+    assert!(wait_ready(admin).await);
     let fd_baseline = fds(pid);
 
     // Fixed rates: 100/s HTTP/1.1, 50/s h2c, 25/s gRPC, 5 SSE streams/s.

@@ -423,6 +423,41 @@ pub fn post(url: &str, body: &str) -> Request<TestBody> {
         .unwrap()
 }
 
+/// Start the real binary with `run --config cfg`, its output discarded.
+pub fn spawn_run(cfg: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_modelstamp"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// A free TCP port on 127.0.0.1 (for the real binary, whose ports a test must know).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until the admin listener on `admin` answers `/readyz` with 200 (10 s at most).
+pub async fn wait_ready(admin: u16) -> bool {
+    let url = format!("http://127.0.0.1:{admin}/readyz");
+    eventually(Duration::from_secs(10), || {
+        let req = Request::get(url.as_str()).body(full("")).unwrap();
+        async move {
+            h1_client()
+                .request(req)
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await
+}
+
 /// Poll `f` until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
 where
