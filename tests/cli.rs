@@ -88,16 +88,7 @@ fn slow_and_streaming() -> Handler {
                 tokio::time::sleep(Duration::from_millis(800)).await;
                 return Response::new(full("done"));
             }
-            let (tx, body) = channel_body(2);
-            tokio::spawn(async move {
-                for i in 0..10 {
-                    let event = format!("data: {i}\n\n");
-                    if tx.send(http_body::Frame::data(event.into())).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
+            let body = sse_events(10, Duration::from_millis(100));
             Response::builder()
                 .header("content-type", "text/event-stream")
                 .body(body)

@@ -311,17 +311,8 @@ async fn silent_connections_are_closed_at_the_idle_timeout_but_a_live_stream_is_
             if !req.uri().path().ends_with("generate_stream") {
                 return http::Response::new(full("{}"));
             }
-            let (tx, body) = channel_body(1);
-            tokio::spawn(async move {
-                // 12 events 100 ms apart: 1.2 s, four times the idle timeout.
-                for i in 0..12 {
-                    let e = format!("data: {i}\n\n");
-                    if tx.send(http_body::Frame::data(e.into())).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
+            // 12 events 100 ms apart: 1.2 s, four times the idle timeout.
+            let body = sse_events(12, Duration::from_millis(100));
             http::Response::builder()
                 .header("content-type", "text/event-stream")
                 .body(body)

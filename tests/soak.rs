@@ -47,16 +47,7 @@ fn server(version: &'static str) -> Handler {
                     .unwrap();
             }
             if path.ends_with("generate_stream") {
-                let (tx, body) = channel_body(2);
-                tokio::spawn(async move {
-                    for i in 0..SSE_EVENTS {
-                        let e = format!("data: {i}\n\n");
-                        if tx.send(Frame::data(e.into())).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                });
+                let body = sse_events(SSE_EVENTS, Duration::from_millis(20));
                 return Response::builder()
                     .header("content-type", "text/event-stream")
                     .header("x-served-by", version)

@@ -222,6 +222,21 @@ pub fn versioned_server(cfg: Versions) -> Handler {
     })
 }
 
+/// An SSE body: `data: 0` ... `data: {n-1}`, one event every `every`.
+pub fn sse_events(n: usize, every: Duration) -> TestBody {
+    let (tx, body) = channel_body(1);
+    tokio::spawn(async move {
+        for i in 0..n {
+            let event = format!("data: {i}\n\n");
+            if tx.send(Frame::data(event.into())).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    body
+}
+
 /// Unique temp directory under the system temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
