@@ -408,3 +408,64 @@ async fn streams_over_the_h2_concurrency_limit_are_refused() {
         assert_eq!((r.status(), r.ended), (Some(200), true), "{r:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_thread_event_loops_serve_stamp_and_share_the_connection_cap() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let h = Harness::start_edited(
+        &churn_route(up.addr, "1", ""),
+        "[limits]\nmax_connections = 3\n",
+        REGISTRY,
+        "100ms",
+        |t| {
+            t.replace(
+                "drain_grace = \"5s\"\n",
+                "drain_grace = \"5s\"\nthreads = 2\n",
+            )
+        },
+    )
+    .await;
+    assert_eq!(h.sidecar.reloader.current().load().config.threads, 2);
+    // Requests on fresh connections land on both loops; each is stamped and counted.
+    for i in 0..40 {
+        let client = if i % 2 == 0 { h1_client() } else { h2_client() };
+        let resp = client.request(post(&h.url(INFER), "{}")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-model-version"], "1");
+    }
+    assert!(
+        h.metric_reaches(
+            r#"modelstamp_requests_total{model="churn",version="1",status_class="2xx"}"#,
+            40.0
+        )
+        .await
+    );
+    // The cap counts connections on every loop together.
+    let addr = h.sidecar.proxy_addr;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    assert!(
+        h.metric_reaches("modelstamp_connections_open{listener=\"proxy\"}", 3.0)
+            .await
+    );
+    for _ in 0..4 {
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        let (answer, closed) = read_to_close(&mut over, Duration::from_secs(5)).await;
+        assert!(closed && answer.is_empty(), "{answer:?}");
+    }
+    assert!(
+        h.metric_reaches(
+            "modelstamp_connections_refused_total{listener=\"proxy\"}",
+            4.0
+        )
+        .await
+    );
+    drop(held);
+    // Shutdown drains every loop.
+    h.sidecar.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), h.sidecar.wait())
+        .await
+        .expect("every loop drained and stopped");
+}

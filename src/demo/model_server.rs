@@ -56,6 +56,7 @@ pub async fn start_fixed(
             name: "stub-model",
             settings: ListenerSettings::default,
             metrics: ListenerMetrics::default(),
+            open: Default::default(),
         },
     ));
     Ok(local)
@@ -88,6 +89,7 @@ pub async fn start(
             name: "demo-model",
             settings: ListenerSettings::default,
             metrics: ListenerMetrics::default(),
+            open: Default::default(),
         },
     ));
     Ok(local)
