@@ -30,7 +30,7 @@ use crate::proxy::shadow::Shadower;
 
 /// Memory cap of the trace → lineage index (about 30k entries of typical size).
 const RECENT_MAX_BYTES: usize = 16 * 1024 * 1024;
-use crate::proxy::server::{Listener, ListenerSettings, reuseport_listener, serve};
+use crate::proxy::server::{Listener, ListenerSettings, serve};
 use crate::proxy::{Forward, Proxy};
 use crate::routing::{Reloader, Source};
 
@@ -60,9 +60,6 @@ pub enum StartError {
     /// The inspection worker could not start.
     #[error("cannot start the inspection worker: {0}")]
     Inspector(std::io::Error),
-    /// An event loop thread could not start.
-    #[error("cannot start an event loop: {0}")]
-    Thread(std::io::Error),
 }
 
 /// A started sidecar.
@@ -89,66 +86,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
-}
-
-/// `n` single-threaded event loops accepting on one address (SO_REUSEPORT), each with its own
-/// proxy stack and upstream connection pool, so a request and its upstream exchange stay on the
-/// thread that accepted it. All listeners are bound here, so a bind error stops the start.
-fn event_loops<P, C>(
-    n: usize,
-    first: tokio::net::TcpListener,
-    make_proxy: P,
-    listener: Listener<C>,
-    shutdown: watch::Receiver<bool>,
-) -> Result<JoinHandle<()>, StartError>
-where
-    P: Fn() -> Proxy + Clone + Send + 'static,
-    C: Fn() -> ListenerSettings + Clone + Send + 'static,
-{
-    let addr = first.local_addr().map_err(StartError::Thread)?;
-    let bind_err = |source| StartError::Bind { addr, source };
-    let mut sockets = vec![first.into_std().map_err(bind_err)?];
-    for _ in 1..n {
-        let l = reuseport_listener(addr).map_err(bind_err)?;
-        sockets.push(l.into_std().map_err(bind_err)?);
-    }
-    let mut threads = Vec::with_capacity(n);
-    for (i, socket) in sockets.into_iter().enumerate() {
-        let (make_proxy, shutdown) = (make_proxy.clone(), shutdown.clone());
-        let listener = Listener {
-            name: listener.name,
-            settings: listener.settings.clone(),
-            metrics: listener.metrics.clone(),
-            open: listener.open.clone(),
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(StartError::Thread)?;
-        let thread = std::thread::Builder::new()
-            .name(format!("modelstamp-loop-{i}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let socket = match tokio::net::TcpListener::from_std(socket) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::error!(error = %e, "Event loop cannot accept.");
-                            return;
-                        }
-                    };
-                    let proxy = make_proxy();
-                    serve(socket, move |peer| proxy.service(peer), shutdown, listener).await;
-                });
-            })
-            .map_err(StartError::Thread)?;
-        threads.push(thread);
-    }
-    info!(threads = n, %addr, "Data plane running on per-thread event loops.");
-    Ok(tokio::task::spawn_blocking(move || {
-        for t in threads {
-            let _ = t.join();
-        }
-    }))
 }
 
 impl Sidecar {
@@ -203,14 +140,7 @@ impl Sidecar {
             inspector,
             journal: journal.clone(),
         });
-        let proxy_listener = if config.threads > 0 {
-            reuseport_listener(config.listen).map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?
-        } else {
-            bind(config.listen).await?
-        };
+        let proxy_listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
         let proxy_addr = proxy_listener
             .local_addr()
@@ -228,51 +158,29 @@ impl Sidecar {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
         let (hup, hup_rx) = watch::channel(0u64);
-        let make_proxy = {
-            let (snapshots, telemetry) = (snapshots.clone(), telemetry.clone());
-            let upstream = config.upstream.clone();
-            move || {
-                Proxy::new(
-                    snapshots.clone(),
-                    telemetry.clone(),
-                    Forward::new(&upstream, tracing.clone(), telemetry.inspector.clone()),
-                    Shadower::new(&upstream, shadow_stats.clone()),
-                )
-            }
-        };
-        let settings = {
-            let snapshots = snapshots.clone();
-            move || {
-                let snap = snapshots.load();
-                ListenerSettings {
-                    grace: snap.config.drain_grace,
-                    limits: snap.config.limits,
-                }
-            }
-        };
-        let listener = Listener {
-            name: "proxy",
-            settings,
-            metrics: telemetry.metrics.listener("proxy"),
-            open: Arc::default(),
-        };
-        let proxy_task = if config.threads == 0 {
-            let proxy = make_proxy();
-            tokio::spawn(serve(
-                proxy_listener,
-                move |peer| proxy.service(peer),
-                shutdown_rx.clone(),
-                listener,
-            ))
-        } else {
-            event_loops(
-                config.threads,
-                proxy_listener,
-                make_proxy,
-                listener,
-                shutdown_rx.clone(),
-            )?
-        };
+        let proxy = Proxy::new(
+            snapshots.clone(),
+            telemetry.clone(),
+            Forward::new(&config.upstream, tracing, telemetry.inspector.clone()),
+            Shadower::new(&config.upstream, shadow_stats),
+        );
+        let grace_source = snapshots.clone();
+        let proxy_task = tokio::spawn(serve(
+            proxy_listener,
+            move |peer| proxy.service(peer),
+            shutdown_rx.clone(),
+            Listener {
+                name: "proxy",
+                settings: move || {
+                    let snap = grace_source.load();
+                    ListenerSettings {
+                        grace: snap.config.drain_grace,
+                        limits: snap.config.limits,
+                    }
+                },
+                metrics: telemetry.metrics.listener("proxy"),
+            },
+        ));
         let admin_state = Arc::new(AdminState {
             reloader: reloader.clone(),
             metrics: registry,
@@ -298,7 +206,6 @@ impl Sidecar {
                     limits: admin_limits.load().config.limits,
                 },
                 metrics: telemetry.metrics.listener("admin"),
-                open: Arc::default(),
             },
         ));
         tokio::spawn(canary.clone().watch(shutdown_rx.clone()));

@@ -136,7 +136,7 @@ class Procs:
             self.stop(p)
 
 
-def modelstamp_config(tmp, port, admin, upstream, otlp, versions=1, threads=0):
+def modelstamp_config(tmp, port, admin, upstream, otlp, versions=1):
     reg = tmp / f"registry-{versions}.yaml"
     lines = ["models:"]
     for i in range(versions):
@@ -144,11 +144,10 @@ def modelstamp_config(tmp, port, admin, upstream, otlp, versions=1, threads=0):
         lines += [f"  {name}:", "    aliases: { champion: \"1\" }", "    versions:",
                   f"      \"1\": {{ code: {{ commit: c{i:07x} }}, training_data: {{ name: d{i}, digest: x{i:07x} }} }}"]
     reg.write_text("\n".join(lines) + "\n")
-    cfg = tmp / f"modelstamp-{versions}-{threads}.toml"
+    cfg = tmp / f"modelstamp-{versions}.toml"
     cfg.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
-threads = {threads}
 [admin]
 listen = "127.0.0.1:{admin}"
 [access_log]
@@ -286,8 +285,7 @@ def main():
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--smoke", action="store_true", help="debug build, 1 rep, 2 s runs: checks the script works")
     ap.add_argument("--versions", default="", help="e.g. 1,100,1000: per-request cost vs configured versions")
-    ap.add_argument("--targets", default="direct,modelstamp,nginx,nginx-json,haproxy",
-                    help="also: modelstamp-loops (server.threads = one event loop per core)")
+    ap.add_argument("--targets", default="direct,modelstamp,nginx,nginx-json,haproxy")
     ap.add_argument("--json", default="", help="write all runs here")
     a = ap.parse_args()
     profile = "debug" if a.smoke else "release"
@@ -326,10 +324,8 @@ def main():
                     port = free_port()
                     if target == "direct":
                         proc, url = None, f"http://127.0.0.1:{up_port}{PATH}"
-                    elif target.startswith("modelstamp"):
-                        # modelstamp-loops: one event loop per core (server.threads = 2 here).
-                        threads = os.cpu_count() if target == "modelstamp-loops" else 0
-                        cfg = modelstamp_config(tmp, port, free_port(), up_port, otlp, threads=threads)
+                    elif target == "modelstamp":
+                        cfg = modelstamp_config(tmp, port, free_port(), up_port, otlp)
                         proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)], env=MODELSTAMP_ENV)
                     elif target.startswith("nginx"):
                         cfg = nginx_config(tmp, target, port, up_port, target == "nginx-json")

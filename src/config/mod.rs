@@ -94,10 +94,6 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// How long SIGTERM waits for in-flight requests and streams.
     pub drain_grace: Duration,
-    /// Data-plane event loops: 0 runs every connection on one shared multi-threaded runtime;
-    /// N runs N single-threaded loops, each with its own listener (SO_REUSEPORT) and its own
-    /// upstream connections, so a request never leaves the thread that accepted it.
-    pub threads: usize,
     /// Stamp header names.
     pub headers: HeaderNames,
     /// Upstream defaults.

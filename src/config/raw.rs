@@ -129,7 +129,6 @@ impl RawTraces {
 pub struct RawServer {
     pub listen: Option<String>,
     pub drain_grace: Option<String>,
-    pub threads: Option<usize>,
 }
 
 /// `[admin]`: the admin listener (metrics, health, lineage).

@@ -47,13 +47,6 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
         &raw.server.drain_grace,
         30_000,
     );
-    let threads = raw.server.threads.unwrap_or(0);
-    if threads > 256 {
-        errs.push(ConfigError::new(
-            "server.threads",
-            format!("must be between 0 and 256, got {threads}"),
-        ));
-    }
     let h = &raw.headers;
     let headers = HeaderNames {
         model: header(
@@ -160,7 +153,6 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             admin_listen,
             admin_token: secret(&mut errs, "admin.token", raw.admin.token.as_deref()),
             drain_grace,
-            threads,
             headers,
             upstream,
             limits,

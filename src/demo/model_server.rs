@@ -56,7 +56,6 @@ pub async fn start_fixed(
             name: "stub-model",
             settings: ListenerSettings::default,
             metrics: ListenerMetrics::default(),
-            open: Default::default(),
         },
     ));
     Ok(local)
@@ -89,7 +88,6 @@ pub async fn start(
             name: "demo-model",
             settings: ListenerSettings::default,
             metrics: ListenerMetrics::default(),
-            open: Default::default(),
         },
     ));
     Ok(local)

@@ -50,23 +50,6 @@ pub struct Listener<C> {
     pub settings: C,
     /// Connection metrics.
     pub metrics: ListenerMetrics,
-    /// Connections open now, for `limits.max_connections`: shared by the listeners of one
-    /// address when several event loops accept on it.
-    pub open: Arc<AtomicUsize>,
-}
-
-/// A listener on `addr` that other event loops may share (SO_REUSEPORT): the kernel spreads
-/// new connections across them. Must be called inside the runtime that will accept on it.
-pub fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 /// hyper's smallest read buffer.
@@ -142,7 +125,7 @@ pub async fn serve<F, S, B, C>(
     let mut limits = (conf.settings)().limits;
     let mut builder = builder(&limits);
     let graceful = GracefulShutdown::new();
-    let open = conf.open.clone();
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

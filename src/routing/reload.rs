@@ -878,7 +878,6 @@ fn restart_required(old: &Config, new: &Config) -> Vec<ConfigError> {
         }
     };
     check(old.listen != new.listen, "server.listen");
-    check(old.threads != new.threads, "server.threads");
     check(old.admin_listen != new.admin_listen, "admin.listen");
     check(
         old.upstream.connect_timeout != new.upstream.connect_timeout,
