@@ -158,13 +158,18 @@ fn front() -> &'static Front {
     })
 }
 
+/// A connection to the sidecar's data plane; reads give up after 5 s.
+fn connect() -> Result<TcpStream, String> {
+    let s = TcpStream::connect(front().proxy).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
 /// Raw bytes into the data-plane port: the answer is nothing or HTTP (HTTP/2 for the h2
 /// preface), the connection ends within the header deadline, and the sidecar keeps serving.
 pub fn http_front(data: &[u8]) -> Result<(), String> {
-    let addr = front().proxy;
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+    let mut s = connect()?;
     let _ = s.write_all(data);
     let _ = s.shutdown(std::net::Shutdown::Write);
     let mut answer = Vec::new();
@@ -194,9 +199,7 @@ pub fn http_front(data: &[u8]) -> Result<(), String> {
 
 /// After a batch of inputs: the sidecar still answers a well-formed request.
 pub fn http_front_alive() -> Result<(), String> {
-    let mut s = TcpStream::connect(front().proxy).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+    let mut s = connect()?;
     s.write_all(
         b"POST /v2/models/churn/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\ncontent-length: 2\r\n\r\n{}",
     )

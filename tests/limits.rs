@@ -102,11 +102,7 @@ async fn oversized_request_head_gets_431_and_never_reaches_the_model_server() {
 async fn oversized_h2_header_list_is_refused_without_hurting_the_connection_pool() {
     let (up, h) = harness("max_header_bytes = 8192").await;
     let mut c = Conn::open(h.sidecar.proxy_addr).await;
-    let settings = c
-        .until(h2raw::SETTINGS, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let advertised = settings.settings();
+    let advertised = c.handshake(Duration::from_secs(5)).await;
     assert!(
         advertised.contains(&(h2raw::SETTINGS_MAX_HEADER_LIST_SIZE, 8192)),
         "{advertised:?}"
@@ -115,8 +111,6 @@ async fn oversized_h2_header_list_is_refused_without_hurting_the_connection_pool
         advertised.contains(&(h2raw::SETTINGS_MAX_CONCURRENT_STREAMS, 256)),
         "{advertised:?}"
     );
-    c.send(&h2raw::frame(h2raw::SETTINGS, h2raw::ACK, 0, &[]))
-        .await;
     let big = "a".repeat(10_000);
     let block = h2raw::request_block(INFER, &[(b"x-big", big.as_bytes())]);
     c.send(&h2raw::frame(
@@ -367,17 +361,8 @@ async fn silent_connections_are_closed_at_the_idle_timeout_but_a_live_stream_is_
 async fn streams_over_the_h2_concurrency_limit_are_refused() {
     let (_up, h) = harness("h2_max_concurrent_streams = 4").await;
     let mut c = Conn::open(h.sidecar.proxy_addr).await;
-    let settings = c
-        .until(h2raw::SETTINGS, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(
-        settings
-            .settings()
-            .contains(&(h2raw::SETTINGS_MAX_CONCURRENT_STREAMS, 4))
-    );
-    c.send(&h2raw::frame(h2raw::SETTINGS, h2raw::ACK, 0, &[]))
-        .await;
+    let advertised = c.handshake(Duration::from_secs(5)).await;
+    assert!(advertised.contains(&(h2raw::SETTINGS_MAX_CONCURRENT_STREAMS, 4)));
     // Five streams whose bodies never end: the fifth is over the limit.
     let block = h2raw::request_block(INFER, &[]);
     for id in [1u32, 3, 5, 7, 9] {

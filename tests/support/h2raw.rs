@@ -176,30 +176,14 @@ impl Conn {
     /// Collect a response on `stream`: its HPACK-encoded header block is returned raw (tests
     /// only look for the `:status` byte) plus the DATA payload, up to END_STREAM, RST or GOAWAY.
     pub async fn response(&mut self, stream: u32, wait: Duration) -> Response {
-        let mut r = Response::default();
-        while let Some(f) = self.next(wait).await {
-            if f.kind == GOAWAY {
-                r.goaway = Some(f.error_code());
-                return r;
-            }
-            if f.stream != stream {
-                continue;
-            }
-            match f.kind {
-                HEADERS => r.headers.extend(f.payload.iter()),
-                DATA => r.data.extend(f.payload.iter()),
-                RST_STREAM => {
-                    r.reset = Some(f.error_code());
-                    return r;
-                }
-                _ => {}
-            }
-            if f.flags & END_STREAM != 0 {
-                r.ended = true;
-                return r;
-            }
-        }
-        r
+        self.responses(&[stream], wait).await.remove(0)
+    }
+
+    /// Read the server's SETTINGS, acknowledge them, and return them as (id, value).
+    pub async fn handshake(&mut self, wait: Duration) -> Vec<(u16, u32)> {
+        let settings = self.until(SETTINGS, wait).await.unwrap().settings();
+        self.send(&frame(SETTINGS, ACK, 0, &[])).await;
+        settings
     }
 }
 
