@@ -1,9 +1,15 @@
 //! Open Inference Protocol v2 REST: the version the model server reports in its response, the
 //! input features of a request and the predictions of a response (tensors in `inputs` /
 //! `outputs`: `name`, `shape`, `datatype`, `data` flat or nested row-major).
+//!
+//! The tensors are decoded in one pass straight from the bytes into [`Value`]s (no intermediate
+//! JSON tree): the other members are skipped, names are borrowed when they need no unescaping.
+
+use std::borrow::Cow;
+use std::fmt;
 
 use serde::Deserialize;
-use serde_json::Value as Json;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::table::{CodecError, Columns, MAX_VALUES, Value, positional};
 
@@ -23,56 +29,338 @@ pub fn reported_version(body: &[u8]) -> Result<Option<String>, serde_json::Error
     })
 }
 
-/// Flatten a tensor's `data` (flat or nested) into scalars, at most [`MAX_VALUES`].
-fn flatten(data: &Json, out: &mut Vec<Value>) {
-    match data {
-        Json::Array(items) => {
-            for item in items {
-                if out.len() >= MAX_VALUES {
-                    return;
-                }
-                flatten(item, out);
+/// One tensor as read: its name (when a string), its row width (`shape[1]`, else 1) and its
+/// values, flattened row-major.
+struct Tensor<'a> {
+    name: Option<Cow<'a, str>>,
+    width: usize,
+    values: Vec<Value>,
+}
+
+/// What the body's `inputs` / `outputs` member held.
+enum Tensors<'a> {
+    Missing,
+    NotAList,
+    List(Vec<Tensor<'a>>),
+}
+
+/// Any JSON value, reduced to what a tensor's `name` and `shape` need; arrays keep their
+/// second element when it is a non-negative integer (`shape[1]`).
+enum Any<'a> {
+    Str(Cow<'a, str>),
+    U64(u64),
+    Seq(Option<u64>),
+    Other,
+}
+
+struct AnyVisitor;
+
+impl<'de> Visitor<'de> for AnyVisitor {
+    type Value = Any<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Any<'de>, E> {
+        Ok(Any::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Any<'de>, E> {
+        Ok(Any::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Any<'de>, E> {
+        Ok(Any::U64(v))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Any<'de>, E> {
+        Ok(Any::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Any<'de>, E> {
+        Ok(Any::Other)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Any<'de>, E> {
+        Ok(Any::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Any<'de>, E> {
+        Ok(Any::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Any<'de>, A::Error> {
+        let _first = seq.next_element::<IgnoredAny>()?;
+        let second = match seq.next_element::<AnyValue>()? {
+            Some(AnyValue(Any::U64(n))) => Some(n),
+            _ => None,
+        };
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Any::Seq(second))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Any<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Any::Other)
+    }
+}
+
+struct AnyValue<'a>(Any<'a>);
+
+impl<'de> Deserialize<'de> for AnyValue<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(AnyVisitor).map(AnyValue)
+    }
+}
+
+/// A tensor's `data`, flat or nested, appended as scalars to `out` up to [`MAX_VALUES`] (the
+/// rest is parsed and skipped).
+struct Data<'v>(&'v mut Vec<Value>);
+
+impl<'de> DeserializeSeed<'de> for Data<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Data<'_> {
+    fn push(self, v: Value) {
+        if self.0.len() < MAX_VALUES {
+            self.0.push(v);
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Data<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("tensor data")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.push(Value::Bool(v));
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.push(Value::Number(v as f64));
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.push(Value::Number(v as f64));
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.push(Value::Number(v));
+        Ok(())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        if self.0.len() < MAX_VALUES {
+            self.0.push(Value::Text(v.to_owned()));
+        }
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.push(Value::Null);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        loop {
+            if self.0.len() >= MAX_VALUES {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(());
+            }
+            if seq.next_element_seed(Data(&mut *self.0))?.is_none() {
+                return Ok(());
             }
         }
-        scalar => out.push(Value::from_json(scalar)),
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        self.push(Value::Nested);
+        Ok(())
+    }
+}
+
+/// Whether an object key is `want` (compared without allocating).
+struct KeyIs(&'static str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeyIs {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
+/// Which member of a tensor object a key names.
+enum TensorKey {
+    Name,
+    Shape,
+    Data,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for TensorKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = TensorKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<TensorKey, E> {
+                Ok(match v {
+                    "name" => TensorKey::Name,
+                    "shape" => TensorKey::Shape,
+                    "data" => TensorKey::Data,
+                    _ => TensorKey::Other,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Tensor<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Tensor<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a tensor object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tensor<'de>, A::Error> {
+                let mut t = Tensor {
+                    name: None,
+                    width: 1,
+                    values: Vec::new(),
+                };
+                while let Some(key) = map.next_key::<TensorKey>()? {
+                    match key {
+                        TensorKey::Name => {
+                            t.name = match map.next_value::<AnyValue>()?.0 {
+                                Any::Str(s) => Some(s),
+                                _ => None,
+                            };
+                        }
+                        TensorKey::Shape => {
+                            t.width = match map.next_value::<AnyValue>()?.0 {
+                                Any::Seq(Some(w)) => usize::try_from(w).unwrap_or(1).max(1),
+                                _ => 1,
+                            };
+                        }
+                        TensorKey::Data => {
+                            t.values.clear();
+                            map.next_value_seed(Data(&mut t.values))?;
+                        }
+                        TensorKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(t)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Tensors<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Tensors<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of tensors")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tensors<'de>, A::Error> {
+                let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
+                while let Some(t) = seq.next_element::<Tensor>()? {
+                    list.push(t);
+                }
+                Ok(Tensors::List(list))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tensors<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Tensors::NotAList)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Tensors<'de>, E> {
+                Ok(Tensors::NotAList)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Tensors<'de>, E> {
+                Ok(Tensors::NotAList)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Tensors<'de>, E> {
+                Ok(Tensors::NotAList)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Tensors<'de>, E> {
+                Ok(Tensors::NotAList)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Tensors<'de>, E> {
+                Ok(Tensors::NotAList)
+            }
+            fn visit_unit<E>(self) -> Result<Tensors<'de>, E> {
+                Ok(Tensors::NotAList)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `member` of a JSON object body (the last one, when repeated), every other member skipped.
+struct Member(&'static str);
+
+impl<'de> Visitor<'de> for Member {
+    type Value = Tensors<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tensors<'de>, A::Error> {
+        let mut found = Tensors::Missing;
+        while let Some(is) = map.next_key_seed(KeyIs(self.0))? {
+            if is {
+                found = map.next_value()?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn read_tensors<'a>(body: &'a [u8], member: &'static str) -> Result<Vec<Tensor<'a>>, CodecError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let tensors = de.deserialize_map(Member(member))?;
+    de.end()?;
+    match tensors {
+        Tensors::List(list) => Ok(list),
+        Tensors::Missing | Tensors::NotAList => {
+            Err(CodecError::Shape("expected a list of tensors"))
+        }
     }
 }
 
 /// Tensors as columns: shape `[N]` or `[N, 1]` is one column named after the tensor; `[N, F]`
 /// gives F columns, named from `names` when a request carries a single tensor (a whole row of
 /// features, as many clients send), else `name[i]` (e.g. class probabilities of an output).
-fn tensors(list: &Json, names: Option<&[String]>) -> Result<Columns, CodecError> {
-    let list = list
-        .as_array()
-        .ok_or(CodecError::Shape("expected a list of tensors"))?;
+fn tensors(list: Vec<Tensor<'_>>, names: Option<&[String]>) -> Result<Columns, CodecError> {
     let row_names = names.filter(|_| list.len() == 1);
     let mut out = Columns::default();
     for t in list {
-        let name = t["name"]
-            .as_str()
-            .ok_or(CodecError::Shape("tensor without a name"))?;
-        let mut values = Vec::new();
-        flatten(&t["data"], &mut values);
-        let width = t["shape"]
-            .as_array()
-            .and_then(|s| s.get(1))
-            .and_then(Json::as_u64)
-            .unwrap_or(1)
-            .max(1);
-        let width = usize::try_from(width).unwrap_or(1);
-        if width == 1 {
-            for v in values {
-                out.push(name, v);
-            }
+        let name = t.name.ok_or(CodecError::Shape("tensor without a name"))?;
+        if t.width == 1 {
+            out.extend(&name, t.values);
             continue;
         }
-        for (i, v) in values.into_iter().enumerate() {
-            let col = i % width;
-            let col_name = match row_names {
+        let width = t.width.min(t.values.len().max(1));
+        let col_names: Vec<String> = (0..width)
+            .map(|col| match row_names {
                 Some(n) => positional(n, col),
                 None => format!("{name}[{col}]"),
-            };
-            out.push(&col_name, v);
+            })
+            .collect();
+        for (i, v) in t.values.into_iter().enumerate() {
+            out.push(&col_names[i % t.width], v);
         }
     }
     Ok(out)
@@ -80,14 +368,12 @@ fn tensors(list: &Json, names: Option<&[String]>) -> Result<Columns, CodecError>
 
 /// The input features of an inference request.
 pub fn request_features(body: &[u8], names: &[String]) -> Result<Columns, CodecError> {
-    let v: Json = serde_json::from_slice(body)?;
-    tensors(&v["inputs"], Some(names))
+    tensors(read_tensors(body, "inputs")?, Some(names))
 }
 
 /// The predictions of an inference response, one column per output (or output position).
 pub fn response_predictions(body: &[u8]) -> Result<Columns, CodecError> {
-    let v: Json = serde_json::from_slice(body)?;
-    tensors(&v["outputs"], None)
+    tensors(read_tensors(body, "outputs")?, None)
 }
 
 #[cfg(test)]
@@ -143,6 +429,90 @@ mod tests {
             request_features(br#"{"inputs": 3}"#, &[]),
             Err(CodecError::Shape(_))
         ));
+    }
+
+    /// The decoder before the one-pass rewrite: a `serde_json::Value` tree, then the tensors.
+    /// Kept as the oracle the one-pass decoder must agree with.
+    fn oracle(body: &[u8], member: &str, names: Option<&[String]>) -> Option<Columns> {
+        use serde_json::Value as Json;
+        fn flatten(data: &Json, out: &mut Vec<Value>) {
+            match data {
+                Json::Array(items) => {
+                    for item in items {
+                        if out.len() >= MAX_VALUES {
+                            return;
+                        }
+                        flatten(item, out);
+                    }
+                }
+                scalar => out.push(Value::from_json(scalar)),
+            }
+        }
+        let v: Json = serde_json::from_slice(body).ok()?;
+        let list = v[member].as_array()?;
+        let row_names = names.filter(|_| list.len() == 1);
+        let mut out = Columns::default();
+        for t in list {
+            let name = t["name"].as_str()?;
+            let mut values = Vec::new();
+            flatten(&t["data"], &mut values);
+            let width = t["shape"]
+                .as_array()
+                .and_then(|s| s.get(1))
+                .and_then(Json::as_u64)
+                .map_or(1, |w| usize::try_from(w).unwrap_or(1).max(1));
+            for (i, v) in values.into_iter().enumerate() {
+                let col_name = match (width, row_names) {
+                    (1, _) => name.to_string(),
+                    (_, Some(n)) => positional(n, i % width),
+                    (_, None) => format!("{name}[{}]", i % width),
+                };
+                out.push(&col_name, v);
+            }
+        }
+        Some(out)
+    }
+
+    fn agree(body: &[u8], names: &[String]) {
+        assert_eq!(
+            request_features(body, names).ok(),
+            oracle(body, "inputs", Some(names)),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        assert_eq!(
+            response_predictions(body).ok(),
+            oracle(body, "outputs", None),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+
+    #[test]
+    fn the_one_pass_decoder_agrees_with_the_json_tree_on_every_corpus_input() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        for body in [
+            MLSERVER_REQUEST,
+            MLSERVER_RESPONSE,
+            br#"{"inputs":[{"name":"x","shape":[2,3],"data":[[1,2,3],[4,null,6]]}]}"#,
+            br#"{"inputs":[{"data":[1,{"a":1},[true,"s\u00e9"]],"shape":[3,"2"],"name":"n\"q"}],"inputs":[{"name":"last","data":[7]}]}"#,
+            br#"{"outputs":[{"name":"p","shape":[1,2],"data":[0.3,0.7]},{"name":"p","shape":[2],"data":[1,2]}]}"#,
+            br#"{"outputs":[{"name":"wide","shape":[1,1000000000000],"data":[1,2]}]}"#,
+        ] {
+            assert!(
+                request_features(body, &names).is_ok() || response_predictions(body).is_ok()
+            );
+            agree(body, &names);
+        }
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/codecs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(corpus).into_iter().flatten().flatten() {
+            if let Ok(body) = std::fs::read(entry.path()) {
+                agree(&body, &names);
+                n += 1;
+            }
+        }
+        assert!(n > 1000, "the committed codecs corpus ({n} files) was read");
     }
 
     #[test]

@@ -73,6 +73,23 @@ impl Columns {
         }
     }
 
+    /// Add (or extend) a column with many values at once; past [`MAX_VALUES`] values in all,
+    /// the rest is dropped.
+    pub fn extend(&mut self, name: &str, mut values: Vec<Value>) {
+        values.truncate(MAX_VALUES - self.values);
+        if values.is_empty() {
+            return;
+        }
+        self.values += values.len();
+        match self.index.get(name) {
+            Some(&i) => self.columns[i].1.append(&mut values),
+            None => {
+                self.index.insert(name.to_string(), self.columns.len());
+                self.columns.push((name.to_string(), values));
+            }
+        }
+    }
+
     /// Values held in all columns.
     pub fn len(&self) -> usize {
         self.values

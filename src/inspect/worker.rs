@@ -322,20 +322,37 @@ impl Inspector {
 /// How often drift levels are compared with the thresholds.
 const DRIFT_CHECK: Duration = Duration::from_secs(1);
 
+/// How long the worker lets jobs gather while it is busy.
+const GATHER: Duration = Duration::from_millis(2);
+
 fn run(rx: &Receiver<Job>, shared: &Shared, tracing: &Tracing, journal: &Journal) {
     let mut watch = DriftWatch::default();
     let mut checked = Instant::now();
+    let mut busy = false;
     loop {
         match rx.recv_timeout(DRIFT_CHECK) {
-            Ok(job) => {
-                let events = process(shared, &job);
-                // Counted as done only after the stats are updated, so `drain` means "visible".
-                shared.queued.fetch_sub(1, Ordering::Relaxed);
-                for e in events {
-                    report(&job, &e, tracing, journal);
+            Ok(first) => {
+                // Under load, sleep a moment before draining: a sender only wakes a thread
+                // blocked in `recv`, so this costs one wake-up per batch instead of one per
+                // exchange (the queue holds `inspect.queue` jobs meanwhile).
+                if busy {
+                    std::thread::sleep(GATHER);
                 }
+                let mut next = Some(first);
+                let mut drained = 0usize;
+                while let Some(job) = next {
+                    let events = process(shared, &job);
+                    // Counted as done only after the stats are updated: `drain` means "visible".
+                    shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    for e in events {
+                        report(&job, &e, tracing, journal);
+                    }
+                    drained += 1;
+                    next = rx.try_recv().ok();
+                }
+                busy = drained > 1;
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => busy = false,
             Err(RecvTimeoutError::Disconnected) => return,
         }
         if checked.elapsed() >= DRIFT_CHECK {
