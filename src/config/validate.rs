@@ -296,7 +296,9 @@ fn traces(errs: &mut Vec<ConfigError>, raw: &RawConfig, admin: SocketAddr) -> Tr
     let timeout = dur(errs, "traces.export_timeout", &t.export_timeout, 5_000);
     let export = t.otlp_endpoint.as_deref().map(|e| {
         let uri = e.parse::<http::Uri>();
-        if !matches!(&uri, Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()) {
+        if matches!(&uri, Ok(u) if u.scheme_str() == Some("https")) {
+            errs.push(ConfigError::new("traces.otlp_endpoint", format!("\"{e}\": https is not supported (the exporter has no TLS); export to a collector next to the sidecar over http://")));
+        } else if !matches!(&uri, Ok(u) if u.scheme_str() == Some("http") && u.host().is_some()) {
             errs.push(ConfigError::new("traces.otlp_endpoint", format!("invalid URL \"{e}\" (expected http://host:port)")));
         }
         let mut endpoint = e.trim_end_matches('/').to_string();
@@ -781,6 +783,11 @@ mod tests {
             errs[3].starts_with("traces.otlp_endpoint: invalid URL \"collector\""),
             "{errs:?}"
         );
+        let errs = check("[traces]\notlp_endpoint = \"https://collector:4317\"\n[[routes]]\nmodel = \"m\"\nupstream = \"h:1\"\n")
+            .err()
+            .unwrap_or_default();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("https is not supported"), "{errs:?}");
     }
 
     #[test]

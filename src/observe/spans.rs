@@ -12,18 +12,17 @@ use opentelemetry::trace::{
     TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
-    Sampler as SdkSampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter as _,
-    SpanProcessor,
+    Sampler as SdkSampler, SdkTracer, SdkTracerProvider, Span, SpanData, SpanProcessor,
 };
 use tracing::{info, warn};
 
 use super::metrics::{Metrics, SpanDrop};
+use super::otlp::{Encoder, Transport, env_headers};
 use super::trace::TraceParent;
-use crate::config::{OtlpExport, OtlpProtocol, Sampler, Traces};
+use crate::config::{OtlpExport, Sampler, Traces};
 
 /// Builds spans; cheap to share.
 #[derive(Debug, Clone)]
@@ -275,24 +274,6 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
-fn build_exporter(export: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, String> {
-    let built = match export.protocol {
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(export.endpoint.clone())
-            .with_timeout(export.timeout)
-            .build(),
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(export.endpoint.clone())
-            .with_timeout(export.timeout)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_headers(Default::default())
-            .build(),
-    };
-    built.map_err(|e| e.to_string())
-}
-
 /// How long the export thread lets spans gather before a batch.
 const GATHER: Duration = Duration::from_millis(50);
 
@@ -316,14 +297,19 @@ fn export_loop(
             return;
         }
     };
-    let mut exporter = match runtime.block_on(async { build_exporter(&export) }) {
-        Ok(exp) => exp,
+    let env = |k: &str| std::env::var(k).ok();
+    let headers = env_headers(
+        env("OTEL_EXPORTER_OTLP_HEADERS").as_deref(),
+        env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").as_deref(),
+    );
+    let transport = match runtime.block_on(async { Transport::new(&export, headers) }) {
+        Ok(t) => t,
         Err(e) => {
             warn!(error = %e, "Span exporter cannot be built; spans will be dropped.");
             return;
         }
     };
-    exporter.set_resource(&resource);
+    let encoder = Encoder::new(&resource);
     let mut spans: Vec<SpanData> = Vec::with_capacity(batch);
     let mut acks = Vec::new();
     let mut failures: u64 = 0;
@@ -348,9 +334,11 @@ fn export_loop(
         last_full = spans.len() >= batch;
         if !spans.is_empty() {
             let n = spans.len() as u64;
-            let sent = std::mem::replace(&mut spans, Vec::with_capacity(batch));
+            let mut request = Vec::with_capacity(spans.len() * 640);
+            encoder.encode(&spans, &mut request);
+            spans.clear();
             let result = runtime.block_on(async {
-                tokio::time::timeout(export.timeout, exporter.export(sent)).await
+                tokio::time::timeout(export.timeout, transport.send(request)).await
             });
             match result {
                 Ok(Ok(())) => metrics.spans_exported(n),
@@ -359,7 +347,7 @@ fn export_loop(
                     metrics.spans_dropped(SpanDrop::ExportFailed, n);
                     if failures.is_power_of_two() {
                         let why = match outcome {
-                            Ok(Err(e)) => e.to_string(),
+                            Ok(Err(e)) => e,
                             _ => "timed out".to_string(),
                         };
                         warn!(error = %why, dropped = n, failures, "Span export failed; spans dropped.");

@@ -1,0 +1,572 @@
+//! OTLP trace export without an intermediate message tree: finished spans are written straight
+//! into one protobuf `ExportTraceServiceRequest` buffer (opentelemetry-proto's field numbers,
+//! checked against its generated messages in the tests), which is sent over gRPC (HTTP/2,
+//! `TraceService/Export`) or HTTP/protobuf with hyper. The generic exporter this replaces cloned
+//! every attribute into a message tree and allocated per value: about 8 µs of CPU per request at
+//! 100 % sampling on the bench machine.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SpanData;
+
+use crate::config::{OtlpExport, OtlpProtocol};
+
+/// The gRPC method of the OTLP trace service.
+const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Protobuf wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn key(buf: &mut Vec<u8>, field: u32, wire: u8) {
+    varint(buf, (u64::from(field) << 3) | u64::from(wire));
+}
+
+fn bytes_field(buf: &mut Vec<u8>, field: u32, v: &[u8]) {
+    if !v.is_empty() {
+        key(buf, field, LEN);
+        varint(buf, v.len() as u64);
+        buf.extend_from_slice(v);
+    }
+}
+
+fn uint_field(buf: &mut Vec<u8>, field: u32, v: u64) {
+    if v != 0 {
+        key(buf, field, VARINT);
+        varint(buf, v);
+    }
+}
+
+fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
+    if v != 0 {
+        key(buf, field, FIXED64);
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// A length-delimited sub-message written by `body` in place: one byte is reserved for its
+/// length and the body is shifted only when the length needs more (messages ≥ 128 bytes).
+fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    key(buf, field, LEN);
+    let at = buf.len();
+    buf.push(0);
+    body(buf);
+    let len = buf.len() - at - 1;
+    if len < 0x80 {
+        buf[at] = len as u8;
+    } else {
+        let mut prefix = Vec::with_capacity(10);
+        varint(&mut prefix, len as u64);
+        buf.splice(at..=at, prefix);
+    }
+}
+
+fn any_value(buf: &mut Vec<u8>, v: &Value) {
+    // A oneof member is written even when it holds its type's default (false, 0, "").
+    match v {
+        Value::String(s) => {
+            key(buf, 1, LEN);
+            varint(buf, s.as_str().len() as u64);
+            buf.extend_from_slice(s.as_str().as_bytes());
+        }
+        Value::Bool(b) => {
+            key(buf, 2, VARINT);
+            varint(buf, u64::from(*b));
+        }
+        Value::I64(i) => {
+            key(buf, 3, VARINT);
+            varint(buf, *i as u64);
+        }
+        Value::F64(f) => {
+            key(buf, 4, FIXED64);
+            buf.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+        Value::Array(array) => message(buf, 5, |buf| match array {
+            Array::Bool(vs) => vs.iter().for_each(|v| element(buf, &Value::Bool(*v))),
+            Array::I64(vs) => vs.iter().for_each(|v| element(buf, &Value::I64(*v))),
+            Array::F64(vs) => vs.iter().for_each(|v| element(buf, &Value::F64(*v))),
+            Array::String(vs) => vs
+                .iter()
+                .for_each(|v| element(buf, &Value::String(v.clone()))),
+            _ => {}
+        }),
+        // A value kind added to the API after this encoder: sent as an empty value.
+        _ => {}
+    }
+}
+
+/// One `ArrayValue.values` element.
+fn element(buf: &mut Vec<u8>, v: &Value) {
+    message(buf, 1, |buf| any_value(buf, v));
+}
+
+fn key_value(buf: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
+    message(buf, field, |buf| {
+        bytes_field(buf, 1, k.as_bytes());
+        message(buf, 2, |buf| any_value(buf, v));
+    });
+}
+
+fn attributes<'a>(buf: &mut Vec<u8>, field: u32, kvs: impl IntoIterator<Item = &'a KeyValue>) {
+    for kv in kvs {
+        key_value(buf, field, kv.key.as_str(), &kv.value);
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// OTLP span flags: the W3C flags plus "whether the parent is remote is known" (bit 8) and
+/// "the parent is remote" (bit 9).
+fn span_flags(trace_flags: u8, parent_is_remote: bool) -> u32 {
+    u32::from(trace_flags) | 0x100 | if parent_is_remote { 0x200 } else { 0 }
+}
+
+fn kind(k: &SpanKind) -> u64 {
+    match k {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+fn span(buf: &mut Vec<u8>, s: &SpanData) {
+    let sc = &s.span_context;
+    bytes_field(buf, 1, &sc.trace_id().to_bytes());
+    bytes_field(buf, 2, &sc.span_id().to_bytes());
+    bytes_field(buf, 3, sc.trace_state().header().as_bytes());
+    if s.parent_span_id != opentelemetry::trace::SpanId::INVALID {
+        bytes_field(buf, 4, &s.parent_span_id.to_bytes());
+    }
+    bytes_field(buf, 5, s.name.as_bytes());
+    uint_field(buf, 6, kind(&s.span_kind));
+    fixed64_field(buf, 7, nanos(s.start_time));
+    fixed64_field(buf, 8, nanos(s.end_time));
+    attributes(buf, 9, &s.attributes);
+    uint_field(buf, 10, u64::from(s.dropped_attributes_count));
+    for e in &s.events.events {
+        message(buf, 11, |buf| {
+            fixed64_field(buf, 1, nanos(e.timestamp));
+            bytes_field(buf, 2, e.name.as_bytes());
+            attributes(buf, 3, &e.attributes);
+            uint_field(buf, 4, u64::from(e.dropped_attributes_count));
+        });
+    }
+    uint_field(buf, 12, u64::from(s.events.dropped_count));
+    for l in &s.links.links {
+        let lc = &l.span_context;
+        message(buf, 13, |buf| {
+            bytes_field(buf, 1, &lc.trace_id().to_bytes());
+            bytes_field(buf, 2, &lc.span_id().to_bytes());
+            bytes_field(buf, 3, lc.trace_state().header().as_bytes());
+            attributes(buf, 4, &l.attributes);
+            uint_field(buf, 5, u64::from(l.dropped_attributes_count));
+            key(buf, 6, FIXED32);
+            buf.extend_from_slice(
+                &span_flags(lc.trace_flags().to_u8(), lc.is_remote()).to_le_bytes(),
+            );
+        });
+    }
+    uint_field(buf, 14, u64::from(s.links.dropped_count));
+    message(buf, 15, |buf| {
+        let (code, description) = match &s.status {
+            Status::Unset => (0, ""),
+            Status::Ok => (1, ""),
+            Status::Error { description } => (2, description.as_ref()),
+        };
+        bytes_field(buf, 2, description.as_bytes());
+        uint_field(buf, 3, code);
+    });
+    key(buf, 16, FIXED32);
+    buf.extend_from_slice(
+        &span_flags(sc.trace_flags().to_u8(), s.parent_span_is_remote).to_le_bytes(),
+    );
+}
+
+fn scope(buf: &mut Vec<u8>, scope: &InstrumentationScope) {
+    bytes_field(buf, 1, scope.name().as_bytes());
+    bytes_field(buf, 2, scope.version().unwrap_or_default().as_bytes());
+    attributes(buf, 3, scope.attributes());
+}
+
+/// Writes `ExportTraceServiceRequest`s for one resource.
+#[derive(Debug)]
+pub struct Encoder {
+    /// The encoded `Resource` message body.
+    resource: Vec<u8>,
+    schema_url: String,
+}
+
+impl Encoder {
+    /// An encoder for spans of `resource`.
+    pub fn new(resource: &Resource) -> Self {
+        let mut buf = Vec::new();
+        for (k, v) in resource.iter() {
+            key_value(&mut buf, 1, k.as_str(), v);
+        }
+        Self {
+            resource: buf,
+            schema_url: resource.schema_url().unwrap_or_default().to_string(),
+        }
+    }
+
+    /// Append one request carrying `spans` (grouped by instrumentation scope in order of first
+    /// appearance) to `out`.
+    pub fn encode(&self, spans: &[SpanData], out: &mut Vec<u8>) {
+        let mut scopes: Vec<&InstrumentationScope> = Vec::new();
+        for s in spans {
+            if !scopes.contains(&&s.instrumentation_scope) {
+                scopes.push(&s.instrumentation_scope);
+            }
+        }
+        message(out, 1, |buf| {
+            message(buf, 1, |buf| buf.extend_from_slice(&self.resource));
+            for sc in scopes {
+                message(buf, 2, |buf| {
+                    message(buf, 1, |buf| scope(buf, sc));
+                    for s in spans.iter().filter(|s| &s.instrumentation_scope == sc) {
+                        message(buf, 2, |buf| span(buf, s));
+                    }
+                    bytes_field(buf, 3, sc.schema_url().unwrap_or_default().as_bytes());
+                });
+            }
+            bytes_field(buf, 3, self.schema_url.as_bytes());
+        });
+    }
+}
+
+/// Headers from `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (the
+/// latter wins): `key=value` pairs separated by commas, values percent-encoded.
+pub fn env_headers(generic: Option<&str>, traces: Option<&str>) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for list in [generic, traces].into_iter().flatten() {
+        for pair in list.split(',') {
+            let Some((k, v)) = pair.split_once('=') else {
+                continue;
+            };
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(k.trim().as_bytes()),
+                HeaderValue::from_bytes(&percent_decode(v.trim())),
+            ) else {
+                continue;
+            };
+            out.insert(name, value);
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Sends encoded requests to the collector.
+#[derive(Debug)]
+pub struct Transport {
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    grpc: bool,
+    headers: HeaderMap,
+}
+
+impl Transport {
+    /// A transport for `export` (call inside a tokio runtime).
+    pub fn new(export: &OtlpExport, headers: HeaderMap) -> Result<Self, String> {
+        let grpc = export.protocol == OtlpProtocol::Grpc;
+        let endpoint = export.endpoint.trim_end_matches('/');
+        let uri = if grpc {
+            format!("{endpoint}{GRPC_PATH}")
+        } else {
+            endpoint.to_string()
+        };
+        let uri: Uri = uri
+            .parse()
+            .map_err(|e| format!("invalid endpoint {endpoint}: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "{endpoint}: only http:// collectors are supported (no TLS in the exporter)"
+            ));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(export.timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(grpc)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Self {
+            client,
+            uri,
+            grpc,
+            headers,
+        })
+    }
+
+    /// Send one encoded `ExportTraceServiceRequest`; `Err` says why the collector did not
+    /// take it.
+    pub async fn send(&self, request: Vec<u8>) -> Result<(), String> {
+        let body = if self.grpc {
+            // gRPC message framing: not compressed, then the length (big-endian u32).
+            let len = u32::try_from(request.len()).map_err(|_| "batch too large".to_string())?;
+            let mut framed = Vec::with_capacity(request.len() + 5);
+            framed.push(0);
+            framed.extend_from_slice(&len.to_be_bytes());
+            framed.extend_from_slice(&request);
+            framed
+        } else {
+            request
+        };
+        let mut req = Request::post(self.uri.clone())
+            .header(
+                CONTENT_TYPE,
+                if self.grpc {
+                    "application/grpc"
+                } else {
+                    "application/x-protobuf"
+                },
+            )
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        if self.grpc {
+            req.headers_mut()
+                .insert("te", HeaderValue::from_static("trailers"));
+        }
+        for (k, v) in &self.headers {
+            req.headers_mut().insert(k.clone(), v.clone());
+        }
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let status = resp.status();
+        let head = resp.headers().clone();
+        let collected = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("collector answered HTTP {status}"));
+        }
+        if self.grpc {
+            // Trailers-only responses carry the status in the headers.
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            let grpc_status = trailers
+                .get("grpc-status")
+                .or_else(|| head.get("grpc-status"))
+                .and_then(|v| v.to_str().ok());
+            match grpc_status {
+                Some("0") => {}
+                Some(code) => {
+                    let message = trailers
+                        .get("grpc-message")
+                        .or_else(|| head.get("grpc-message"))
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    return Err(format!("collector answered grpc-status {code} {message}"));
+                }
+                None => return Err("collector answered without a grpc-status".to_string()),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_and_long_messages_take_the_right_length_prefix() {
+        for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let mut buf = Vec::new();
+            message(&mut buf, 1, |b| b.extend(std::iter::repeat_n(7u8, len)));
+            let mut prefix = Vec::new();
+            varint(&mut prefix, len as u64);
+            assert_eq!(buf[0], 0x0a);
+            assert_eq!(&buf[1..=prefix.len()], &prefix[..], "{len}");
+            assert_eq!(buf.len(), 1 + prefix.len() + len);
+        }
+    }
+
+    fn batch() -> Vec<SpanData> {
+        use opentelemetry::trace::{
+            Event, Link, SpanContext, SpanId, TraceFlags, TraceId, TraceState,
+        };
+        use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+        use std::borrow::Cow;
+        let t0 = UNIX_EPOCH + Duration::from_nanos(1_764_000_000_123_456_789);
+        let ctx = |t: u128, s: u64, remote| {
+            SpanContext::new(
+                TraceId::from(t),
+                SpanId::from(s),
+                TraceFlags::SAMPLED,
+                remote,
+                TraceState::from_key_value([("vendor", "v1")]).unwrap_or_default(),
+            )
+        };
+        let ours = InstrumentationScope::builder("modelstamp").build();
+        let other = InstrumentationScope::builder("other")
+            .with_version("1.2")
+            .with_schema_url("https://opentelemetry.io/schemas/1.30.0")
+            .with_attributes([KeyValue::new("scope.attr", true)])
+            .build();
+        let attrs = vec![
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.response.status_code", 200i64),
+            KeyValue::new("negative", -7i64),
+            KeyValue::new("ratio", 0.25),
+            KeyValue::new("flag", false),
+            KeyValue::new("empty", ""),
+            KeyValue::new("zero", 0i64),
+            KeyValue::new("long", "x".repeat(300)),
+            KeyValue::new(
+                "ml.list",
+                Value::Array(Array::String(vec!["a".into(), "b".into()])),
+            ),
+            KeyValue::new("ml.ints", Value::Array(Array::I64(vec![1, -2]))),
+            KeyValue::new("ml.floats", Value::Array(Array::F64(vec![0.5]))),
+            KeyValue::new("ml.bools", Value::Array(Array::Bool(vec![true, false]))),
+        ];
+        let span =
+            |sc, parent: u64, remote, kind, name: &'static str, scope: &InstrumentationScope| {
+                SpanData {
+                    span_context: sc,
+                    parent_span_id: SpanId::from(parent),
+                    parent_span_is_remote: remote,
+                    span_kind: kind,
+                    name: Cow::Borrowed(name),
+                    start_time: t0,
+                    end_time: t0 + Duration::from_micros(850),
+                    attributes: attrs.clone(),
+                    dropped_attributes_count: 0,
+                    events: SpanEvents::default(),
+                    links: SpanLinks::default(),
+                    status: Status::Unset,
+                    instrumentation_scope: scope.clone(),
+                }
+            };
+        let mut server = span(
+            ctx(1, 2, false),
+            9,
+            true,
+            SpanKind::Server,
+            "POST /v2/models/{model}/infer",
+            &ours,
+        );
+        server.status = Status::error("upstream_5xx");
+        server.dropped_attributes_count = 3;
+        let client = span(ctx(1, 3, false), 2, false, SpanKind::Client, "POST", &ours);
+        let mut event = span(
+            ctx(1, 4, false),
+            0,
+            false,
+            SpanKind::Internal,
+            "modelstamp.data_quality",
+            &other,
+        );
+        event.events.events.push(Event::new(
+            "modelstamp.data_quality",
+            t0,
+            attrs[..3].to_vec(),
+            1,
+        ));
+        event.events.dropped_count = 2;
+        event.links.links.push(Link::new(
+            ctx(5, 6, true),
+            vec![KeyValue::new("k", 1i64)],
+            0,
+        ));
+        event.links.dropped_count = 1;
+        event.status = Status::Ok;
+        let mut before_epoch = span(ctx(7, 8, false), 0, false, SpanKind::Producer, "", &ours);
+        before_epoch.start_time = UNIX_EPOCH;
+        vec![server, client, event, before_epoch]
+    }
+
+    #[test]
+    fn requests_decode_to_what_opentelemetry_proto_builds_from_the_same_spans() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+        use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+        use prost::Message as _;
+        let resource = Resource::builder()
+            .with_service_name("modelstamp")
+            .with_schema_url(
+                [KeyValue::new("service.version", "0.1.0")],
+                "https://opentelemetry.io/schemas/1.30.0",
+            )
+            .build();
+        for spans in [batch(), batch()[1..2].to_vec(), Vec::new()] {
+            let mut ours = Vec::new();
+            Encoder::new(&resource).encode(&spans, &mut ours);
+            let decoded = ExportTraceServiceRequest::decode(&ours[..]);
+            let expected = ExportTraceServiceRequest {
+                resource_spans: group_spans_by_resource_and_scope(
+                    spans.clone(),
+                    &ResourceAttributesWithSchema::from(&resource),
+                ),
+            };
+            assert_eq!(decoded.ok(), Some(expected));
+        }
+    }
+
+    #[test]
+    fn headers_from_the_environment_are_parsed_and_decoded() {
+        let h = env_headers(
+            Some("authorization=Bearer%20abc, x-team = ml ,broken, bad name=1"),
+            Some("x-team=sre"),
+        );
+        assert_eq!(
+            h.get("authorization").map(|v| v.as_bytes()),
+            Some(&b"Bearer abc"[..])
+        );
+        assert_eq!(h.get("x-team").map(|v| v.as_bytes()), Some(&b"sre"[..]));
+        assert_eq!(h.len(), 2);
+    }
+}
