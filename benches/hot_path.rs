@@ -155,20 +155,20 @@ fn span_benches(c: &mut Criterion) {
         let tracing = Tracing::start(&cfg, &metrics).unwrap();
         c.bench_function(&format!("span/server_and_client_{name}"), |b| {
             b.iter(|| {
-                let attrs = vec![
-                    KeyValue::new("http.request.method", "POST"),
-                    KeyValue::new("url.path", "/v2/models/churn/infer"),
-                    KeyValue::new("ml.model.name", "churn"),
-                    KeyValue::new("ml.model.version", "1"),
-                    KeyValue::new("ml.lineage.id", "ln_526204c212f0100a"),
-                    KeyValue::new("ml.lineage.url", tracing.lineage_url("ln_526204c212f0100a")),
-                ];
+                let attrs = || {
+                    vec![
+                        KeyValue::new("http.request.method", "POST"),
+                        KeyValue::new("url.path", "/v2/models/churn/infer"),
+                        KeyValue::new("ml.model.name", "churn"),
+                        KeyValue::new("ml.model.version", "1"),
+                        KeyValue::new("ml.lineage.id", "ln_526204c212f0100a"),
+                        KeyValue::new("ml.lineage.url", tracing.lineage_url("ln_526204c212f0100a")),
+                    ]
+                };
                 let server = tracing.server_span(None, "POST churn".to_string(), attrs);
-                let client = tracing.client_span(
-                    &server,
-                    "POST".to_string(),
-                    vec![KeyValue::new("server.port", 8081i64)],
-                );
+                let client = tracing.client_span(&server, "POST".to_string(), || {
+                    vec![KeyValue::new("server.port", 8081i64)]
+                });
                 client.span().end();
                 server.span().end();
             })

@@ -32,16 +32,54 @@ fn detach(l: &mut AccessLine) {
     }
 }
 
-fn request_key(l: &AccessLine) -> String {
-    l.request_id.to_str().unwrap_or_default().to_string()
+fn request_key(l: &AccessLine) -> &str {
+    l.request_id.to_str().unwrap_or_default()
+}
+
+fn trace_key(l: &AccessLine) -> Option<u128> {
+    l.trace_id.map(|t| u128::from_be_bytes(t.to_bytes()))
+}
+
+/// The entries of one trace: almost always one (no allocation), sometimes several (retries,
+/// fan-out through the same sidecar).
+enum Seqs {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Seqs {
+    fn push(&mut self, seq: u64) {
+        match self {
+            Self::One(first) => *self = Self::Many(vec![*first, seq]),
+            Self::Many(v) => v.push(seq),
+        }
+    }
+
+    /// Remove `seq`; `true` when nothing is left.
+    fn remove(&mut self, seq: u64) -> bool {
+        match self {
+            Self::One(s) => *s == seq,
+            Self::Many(v) => {
+                v.retain(|s| *s != seq);
+                v.is_empty()
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Self::One(s) => std::slice::from_ref(s),
+            Self::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Default)]
 struct Ring {
     entries: VecDeque<(u64, Box<AccessLine>)>,
     next_seq: u64,
-    by_request: HashMap<String, u64>,
-    by_trace: HashMap<String, Vec<u64>>,
+    by_request: HashMap<Box<str>, u64>,
+    by_trace: HashMap<u128, Seqs>,
     bytes: usize,
 }
 
@@ -58,16 +96,14 @@ impl Ring {
         };
         self.bytes = self.bytes.saturating_sub(size(&old));
         let key = request_key(&old);
-        if self.by_request.get(&key) == Some(&seq) {
-            self.by_request.remove(&key);
+        if self.by_request.get(key) == Some(&seq) {
+            self.by_request.remove(key);
         }
-        if let Some(t) = old.trace_id.map(|t| t.to_string())
+        if let Some(t) = trace_key(&old)
             && let Some(seqs) = self.by_trace.get_mut(&t)
+            && seqs.remove(seq)
         {
-            seqs.retain(|s| *s != seq);
-            if seqs.is_empty() {
-                self.by_trace.remove(&t);
-            }
+            self.by_trace.remove(&t);
         }
     }
 }
@@ -111,9 +147,12 @@ impl RecentRequests {
         let seq = ring.next_seq;
         ring.next_seq += 1;
         ring.bytes += size(&entry);
-        ring.by_request.insert(request_key(&entry), seq);
-        if let Some(t) = entry.trace_id {
-            ring.by_trace.entry(t.to_string()).or_default().push(seq);
+        ring.by_request.insert(request_key(&entry).into(), seq);
+        if let Some(t) = trace_key(&entry) {
+            ring.by_trace
+                .entry(t)
+                .and_modify(|s| s.push(seq))
+                .or_insert(Seqs::One(seq));
         }
         ring.entries.push_back((seq, entry));
         while ring.entries.len() > self.max_entries || ring.bytes > self.max_bytes {
@@ -127,8 +166,17 @@ impl RecentRequests {
             .ring
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(seqs) = ring.by_trace.get(id) {
-            return seqs.iter().filter_map(|s| ring.get(*s).cloned()).collect();
+        // Trace IDs are 32 lowercase hex digits, as the access log and the span exporters
+        // print them (a request ID may look the same: the trace is looked up first).
+        let trace = (id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| u128::from_str_radix(id, 16).ok())
+            .flatten();
+        if let Some(seqs) = trace.and_then(|t| ring.by_trace.get(&t)) {
+            return seqs
+                .as_slice()
+                .iter()
+                .filter_map(|s| ring.get(*s).cloned())
+                .collect();
         }
         ring.by_request
             .get(id)
@@ -195,6 +243,13 @@ mod tests {
         assert!(idx.lookup(&hex(0xa0)).is_empty(), "its trace key too");
         assert_eq!(idx.lookup(&hex(0xc3))[0].request_id, "req-3");
         assert_eq!(idx.usage().0, 3);
+        idx.insert(line(4, 0xd4));
+        let rest = idx.lookup(&hex(0xbb));
+        assert_eq!(rest.len(), 1, "one of the trace's two requests evicted");
+        assert_eq!(rest[0].request_id, "req-2");
+        idx.insert(line(5, 0xe5));
+        assert!(idx.lookup(&hex(0xbb)).is_empty(), "and then the other");
+        assert_eq!(idx.lookup(&hex(0xBB).to_uppercase()).len(), 0);
     }
 
     #[test]

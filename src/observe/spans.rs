@@ -70,11 +70,12 @@ impl Tracing {
     }
 
     /// Start a server span, continuing `parent` when given (the sampler decides either way).
+    /// `attributes` are built only when the span is sampled (the samplers do not read them).
     pub fn server_span(
         &self,
         parent: Option<SpanContext>,
         name: String,
-        attributes: Vec<KeyValue>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Context {
         let parent_cx = match parent {
             Some(sc) => Context::new().with_remote_span_context(sc),
@@ -84,25 +85,23 @@ impl Tracing {
             .tracer
             .span_builder(name)
             .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent_cx);
-        parent_cx.with_span(span)
+        with_attributes(span, attributes, &parent_cx)
     }
 
-    /// Start a client span under `parent`.
+    /// Start a client span under `parent`; `attributes` as for [`Self::server_span`].
     pub fn client_span(
         &self,
         parent: &Context,
         name: String,
-        attributes: Vec<KeyValue>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Context {
         let span = self
             .tracer
             .span_builder(name)
             .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
             .start_with_context(&self.tracer, parent);
-        parent.with_span(span)
+        with_attributes(span, attributes, parent)
     }
 
     /// Record an event found after a request ended (a data-quality crossing) as a short
@@ -128,6 +127,18 @@ impl Tracing {
     }
 }
 
+fn with_attributes(
+    mut span: Span,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
+    parent: &Context,
+) -> Context {
+    use opentelemetry::trace::Span as _;
+    if span.is_recording() {
+        span.set_attributes(attributes());
+    }
+    parent.with_span(span)
+}
+
 /// The remote parent described by `traceparent` (and `tracestate`).
 pub fn remote_parent(tp: &TraceParent, tracestate: Option<&str>) -> Option<SpanContext> {
     let trace_id = TraceId::from_hex(&tp.trace_id).ok()?;
@@ -145,12 +156,11 @@ pub fn remote_parent(tp: &TraceParent, tracestate: Option<&str>) -> Option<SpanC
 }
 
 /// `traceparent` and `tracestate` values for a span context, to inject upstream.
-pub fn propagation_headers(sc: &SpanContext) -> (String, String) {
-    let traceparent = format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
+pub fn propagation_headers(sc: &SpanContext) -> ([u8; 55], String) {
+    let traceparent = super::trace::traceparent_bytes(
+        sc.trace_id().to_bytes(),
+        sc.span_id().to_bytes(),
+        sc.trace_flags().to_u8(),
     );
     (traceparent, sc.trace_state().header())
 }

@@ -42,9 +42,47 @@ pub fn parse_traceparent(value: &[u8]) -> Option<TraceParent> {
     })
 }
 
+/// Write `v` as lowercase hex into `out` (two digits per byte, most significant first; `out`
+/// takes the low `out.len() / 2` bytes of `v`).
+pub fn hex_into(out: &mut [u8], v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let n = out.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = DIGITS[((v >> (4 * (n - 1 - i))) & 0xf) as usize];
+    }
+}
+
+/// The `traceparent` value (version 00) for these IDs and flags, formatted without `fmt`.
+pub fn traceparent_bytes(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> [u8; 55] {
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let hi = u64::from_be_bytes(trace_id[..8].try_into().unwrap_or_default());
+    let lo = u64::from_be_bytes(trace_id[8..].try_into().unwrap_or_default());
+    hex_into(&mut out[3..19], hi);
+    hex_into(&mut out[19..35], lo);
+    hex_into(&mut out[36..52], u64::from_be_bytes(span_id));
+    hex_into(&mut out[53..55], u64::from(flags));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traceparent_bytes_match_the_formatted_header() {
+        let trace = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736u128;
+        let span = 0x00f0_67aa_0ba9_02b7u64;
+        for flags in [0u8, 1, 0xab] {
+            let ours = traceparent_bytes(trace.to_be_bytes(), span.to_be_bytes(), flags);
+            assert_eq!(
+                std::str::from_utf8(&ours).ok(),
+                Some(format!("00-{trace:032x}-{span:016x}-{flags:02x}").as_str())
+            );
+        }
+        let mut two = [0u8; 2];
+        hex_into(&mut two, 0x1f3);
+        assert_eq!(&two, b"f3");
+    }
 
     #[test]
     fn parses_valid_and_rejects_invalid() {

@@ -32,6 +32,8 @@ pub struct RequestCtx {
     pub version: Version,
     /// Client address.
     pub client: SocketAddr,
+    /// The client's IP, formatted once per connection (`x-forwarded-for`).
+    pub client_ip: HeaderValue,
     /// Monotonic start.
     pub start: Instant,
     /// Wall-clock start.

@@ -121,7 +121,7 @@ impl Forward {
             Version::HTTP_11
         };
         remove_hop_by_hop(&mut parts.headers);
-        add_forwarded(&mut parts.headers, ctx.client, route.trusted);
+        add_forwarded(&mut parts.headers, &ctx.client_ip, route.trusted);
         let span = self.client_span(&ctx.span, &parts);
         inject(&mut parts.headers, &span);
         let body = LimitedBody::new(body, ctx.clone(), limit, self.inspector.clone());
@@ -157,18 +157,20 @@ impl Forward {
     }
 
     fn client_span(&self, server: &Context, parts: &http::request::Parts) -> Context {
-        let attrs = vec![
-            KeyValue::new("http.request.method", method_value(&parts.method)),
-            KeyValue::new(
-                "server.address",
-                parts.uri.host().unwrap_or_default().to_string(),
-            ),
-            KeyValue::new("server.port", i64::from(parts.uri.port_u16().unwrap_or(80))),
-            KeyValue::new("url.full", parts.uri.to_string()),
-            KeyValue::new("network.protocol.version", protocol_version(parts.version)),
-        ];
+        let attrs = || {
+            vec![
+                KeyValue::new("http.request.method", method_value(&parts.method)),
+                KeyValue::new(
+                    "server.address",
+                    parts.uri.host().unwrap_or_default().to_string(),
+                ),
+                KeyValue::new("server.port", i64::from(parts.uri.port_u16().unwrap_or(80))),
+                KeyValue::new("url.full", parts.uri.to_string()),
+                KeyValue::new("network.protocol.version", protocol_version(parts.version)),
+            ]
+        };
         self.tracing
-            .client_span(server, parts.method.to_string(), attrs)
+            .client_span(server, parts.method.as_str().to_string(), attrs)
     }
 }
 
@@ -176,7 +178,7 @@ impl Forward {
 /// nest under the upstream call.
 fn inject(headers: &mut http::HeaderMap, span: &Context) {
     let (traceparent, tracestate) = propagation_headers(span.span().span_context());
-    if let Ok(v) = HeaderValue::from_str(&traceparent) {
+    if let Ok(v) = HeaderValue::from_bytes(&traceparent) {
         headers.insert(TRACEPARENT, v);
     }
     headers.remove(TRACESTATE);

@@ -15,6 +15,19 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 /// Remove hop-by-hop headers. `TE: trailers` survives (gRPC needs it end to end); any other
 /// TE value is dropped.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one scan of the names instead of seven removals.
+    let hop = |n: &HeaderName| {
+        n == CONNECTION
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+            || n == TRAILER
+            || n == TRANSFER_ENCODING
+            || n == UPGRADE
+            || n == TE
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -49,14 +62,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Append the client to `x-forwarded-for` and set `x-forwarded-proto` (kept from trusted callers).
-pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, trusted: bool) {
-    let ip = client.ip().to_string();
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trusted => format!("{prev}, {ip}"),
-        _ => ip,
+/// The client's IP as a header value (formatted once per connection).
+pub fn ip_value(client: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Append the client (`ip`, from [`ip_value`]) to `x-forwarded-for` and set
+/// `x-forwarded-proto` (kept from trusted callers).
+pub fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue, trusted: bool) {
+    let prev = headers
+        .get(X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| trusted);
+    let xff = match (prev, ip.to_str()) {
+        (Some(prev), Ok(ip)) => HeaderValue::from_str(&format!("{prev}, {ip}")).ok(),
+        _ => Some(ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
@@ -106,14 +128,14 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
         ]);
-        add_forwarded(&mut h, client, false);
+        add_forwarded(&mut h, &ip_value(client), false);
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         let mut h = map(&[
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        add_forwarded(&mut h, client, true);
+        add_forwarded(&mut h, &ip_value(client), true);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

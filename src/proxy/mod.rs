@@ -31,7 +31,7 @@ use tower::{Layer, Service};
 
 pub use error::{ProxyError, error_response};
 pub use forward::Forward;
-pub use headers::{add_forwarded, remove_hop_by_hop};
+pub use headers::{add_forwarded, ip_value, remove_hop_by_hop};
 pub use resolve::{new_request_id, protocol_version};
 pub use stamp::stamp;
 pub use tee::ObservedBody;

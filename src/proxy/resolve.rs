@@ -34,6 +34,14 @@ pub struct ResolveLayer {
     snapshots: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
     client: SocketAddr,
+    peer: Peer,
+}
+
+/// The client's IP, formatted once per connection: `x-forwarded-for` and `client.address`.
+#[derive(Clone)]
+struct Peer {
+    header: HeaderValue,
+    attr: opentelemetry::Value,
 }
 
 impl ResolveLayer {
@@ -43,10 +51,13 @@ impl ResolveLayer {
         telemetry: Arc<Telemetry>,
         client: SocketAddr,
     ) -> Self {
+        let header = super::headers::ip_value(client);
+        let attr = opentelemetry::Value::String(Arc::<str>::from(client.ip().to_string()).into());
         Self {
             snapshots,
             telemetry,
             client,
+            peer: Peer { header, attr },
         }
     }
 }
@@ -58,6 +69,7 @@ impl<S> Layer<S> for ResolveLayer {
             snapshots: self.snapshots.clone(),
             telemetry: self.telemetry.clone(),
             client: self.client,
+            peer: self.peer.clone(),
             inner,
         }
     }
@@ -69,6 +81,7 @@ pub struct Resolve<S> {
     snapshots: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
     client: SocketAddr,
+    peer: Peer,
     inner: S,
 }
 
@@ -124,6 +137,7 @@ where
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
             version: req.version(),
             client: self.client,
+            client_ip: self.peer.header.clone(),
             start: Instant::now(),
             time: SystemTime::now(),
             grpc,
@@ -166,34 +180,37 @@ impl<S> Resolve<S> {
             .and_then(|v| v.to_str().ok())
             .or_else(|| req.uri().authority().map(|a| a.as_str()))
             .unwrap_or_default();
-        let mut attrs = Vec::with_capacity(16);
-        attrs.extend_from_slice(&served.span_attrs);
-        attrs.extend([
-            KeyValue::new("http.request.method", method_value(req.method())),
-            KeyValue::new("url.path", req.uri().path().to_string()),
-            KeyValue::new("url.scheme", "http"),
-            KeyValue::new(
-                "server.address",
-                host.split(':').next().unwrap_or_default().to_string(),
-            ),
-            KeyValue::new("network.protocol.version", protocol_version(req.version())),
-            KeyValue::new("client.address", self.client.ip().to_string()),
-            snap.span_registry.clone(),
-            KeyValue::new(
-                "modelstamp.request_id",
-                request_id.to_str().unwrap_or_default().to_string(),
-            ),
-        ]);
-        let route_name = match route {
-            Some(r) => {
+        let route_name = route.map_or("unmatched", |r| r.route.name.as_str());
+        let method = req.method().as_str();
+        let mut name = String::with_capacity(method.len() + 1 + route_name.len());
+        name.push_str(method);
+        name.push(' ');
+        name.push_str(route_name);
+        let attrs = || {
+            let mut attrs = Vec::with_capacity(16);
+            attrs.extend_from_slice(&served.span_attrs);
+            attrs.extend([
+                KeyValue::new("http.request.method", method_value(req.method())),
+                KeyValue::new("url.path", req.uri().path().to_string()),
+                KeyValue::new("url.scheme", "http"),
+                KeyValue::new(
+                    "server.address",
+                    host.split(':').next().unwrap_or_default().to_string(),
+                ),
+                KeyValue::new("network.protocol.version", protocol_version(req.version())),
+                KeyValue::new("client.address", self.peer.attr.clone()),
+                snap.span_registry.clone(),
+                KeyValue::new(
+                    "modelstamp.request_id",
+                    request_id.to_str().unwrap_or_default().to_string(),
+                ),
+            ]);
+            if let Some(r) = route {
                 attrs.push(r.span_route.clone());
-                r.route.name.as_str()
             }
-            None => "unmatched",
+            attrs
         };
-        self.telemetry
-            .tracing
-            .server_span(parent, format!("{} {route_name}", req.method()), attrs)
+        self.telemetry.tracing.server_span(parent, name, attrs)
     }
 }
 
@@ -247,8 +264,10 @@ pub fn new_request_id() -> HeaderValue {
         (splitmix64(a), splitmix64(a ^ 0x9e37_79b9_7f4a_7c15))
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{hi:016x}{:016x}", splitmix64(n.wrapping_add(salt)));
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    let mut id = [0u8; 32];
+    crate::observe::trace::hex_into(&mut id[..16], hi);
+    crate::observe::trace::hex_into(&mut id[16..], splitmix64(n.wrapping_add(salt)));
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 fn splitmix64(mut z: u64) -> u64 {
