@@ -285,7 +285,7 @@ def main():
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--smoke", action="store_true", help="debug build, 1 rep, 2 s runs: checks the script works")
     ap.add_argument("--versions", default="", help="e.g. 1,100,1000: per-request cost vs configured versions")
-    ap.add_argument("--targets", default="direct,modelstamp,nginx,nginx-json,haproxy")
+    ap.add_argument("--targets", default="direct,modelstamp,hyper-floor,nginx,nginx-json,haproxy")
     ap.add_argument("--json", default="", help="write all runs here")
     a = ap.parse_args()
     profile = "debug" if a.smoke else "release"
@@ -327,6 +327,9 @@ def main():
                     elif target == "modelstamp":
                         cfg = modelstamp_config(tmp, port, free_port(), up_port, otlp)
                         proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)], env=MODELSTAMP_ENV)
+                    elif target == "hyper-floor":
+                        proc = procs.start(target, [str(ROOT / "target" / profile / "examples" / "hyper_floor"),
+                                                    f"127.0.0.1:{port}", f"127.0.0.1:{up_port}"])
                     elif target.startswith("nginx"):
                         cfg = nginx_config(tmp, target, port, up_port, target == "nginx-json")
                         proc = procs.start(target, ["nginx", "-c", str(cfg)])

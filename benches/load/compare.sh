@@ -18,5 +18,5 @@ VIRTUAL_ENV="$venv" uv pip install -q --native-tls "rotel==0.0.1a15"
 export ROTEL_AGENT="$("$venv/bin/python" -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
 profile=(--release)
 case " $* " in *" --smoke "*) profile=() ;; esac
-(cd "$root" && cargo build -q "${profile[@]}" --bin modelstamp --example loadgen)
+(cd "$root" && cargo build -q "${profile[@]}" --bin modelstamp --example loadgen --example hyper_floor)
 exec python3 "$root/benches/load/compare.py" "$@"

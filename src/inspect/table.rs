@@ -8,6 +8,9 @@ use serde_json::Value as Json;
 /// Most rows or values a codec reads from one message; the rest is ignored (bounded work).
 pub const MAX_VALUES: usize = 100_000;
 
+/// Columns looked up by a scan; wider payloads get a hash index.
+const SCAN_COLUMNS: usize = 16;
+
 /// One value as a payload carries it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -37,11 +40,18 @@ impl Value {
 }
 
 /// Named columns of equal length, holding at most [`MAX_VALUES`] values in all.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Columns {
     columns: Vec<(String, Vec<Value>)>,
     values: usize,
     index: HashMap<String, usize>,
+}
+
+/// Equal when they hold the same columns in the same order (the lookup index is a cache).
+impl PartialEq for Columns {
+    fn eq(&self, other: &Self) -> bool {
+        self.columns == other.columns
+    }
 }
 
 impl Columns {
@@ -58,18 +68,35 @@ impl Columns {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// The position of a column: a scan while there are few (most payloads), the index beyond.
+    fn position(&mut self, name: &str) -> Option<usize> {
+        if self.columns.len() <= SCAN_COLUMNS {
+            return self.columns.iter().position(|(n, _)| n == name);
+        }
+        if self.index.is_empty() {
+            self.index = (self.columns.iter().enumerate())
+                .map(|(i, (n, _))| (n.clone(), i))
+                .collect();
+        }
+        self.index.get(name).copied()
+    }
+
+    fn add_column(&mut self, name: &str, values: Vec<Value>) {
+        if !self.index.is_empty() {
+            self.index.insert(name.to_string(), self.columns.len());
+        }
+        self.columns.push((name.to_string(), values));
+    }
+
     /// Add (or extend) a column; past [`MAX_VALUES`] values in all, nothing more is kept.
     pub fn push(&mut self, name: &str, value: Value) {
         if self.values >= MAX_VALUES {
             return;
         }
         self.values += 1;
-        match self.index.get(name) {
-            Some(&i) => self.columns[i].1.push(value),
-            None => {
-                self.index.insert(name.to_string(), self.columns.len());
-                self.columns.push((name.to_string(), vec![value]));
-            }
+        match self.position(name) {
+            Some(i) => self.columns[i].1.push(value),
+            None => self.add_column(name, vec![value]),
         }
     }
 
@@ -81,12 +108,9 @@ impl Columns {
             return;
         }
         self.values += values.len();
-        match self.index.get(name) {
-            Some(&i) => self.columns[i].1.append(&mut values),
-            None => {
-                self.index.insert(name.to_string(), self.columns.len());
-                self.columns.push((name.to_string(), values));
-            }
+        match self.position(name) {
+            Some(i) => self.columns[i].1.append(&mut values),
+            None => self.add_column(name, values),
         }
     }
 
@@ -158,4 +182,35 @@ pub enum CodecError {
     /// JSON, but not this protocol's shape.
     #[error("unexpected shape: {0}")]
     Shape(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_stay_exact_across_the_scan_to_index_switch() {
+        let names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+        let mut pushed = Columns::default();
+        let mut extended = Columns::default();
+        for row in 0..3 {
+            for n in &names {
+                pushed.push(n, Value::Number(f64::from(row)));
+            }
+        }
+        for n in &names {
+            extended.extend(n, vec![Value::Number(0.0)]);
+        }
+        for n in names.iter().rev() {
+            extended.extend(n, vec![Value::Number(1.0), Value::Number(2.0)]);
+        }
+        assert_eq!(pushed.columns().len(), 40);
+        assert_eq!(pushed, extended);
+        assert_eq!(pushed.rows(), 3);
+        assert_eq!(
+            pushed.get("f39"),
+            Some(&[Value::Number(0.0), Value::Number(1.0), Value::Number(2.0)][..])
+        );
+        assert_eq!(pushed.len(), 120);
+    }
 }

@@ -29,10 +29,10 @@ pub struct AccessLine {
     #[serde(serialize_with = "ser_header")]
     pub request_id: HeaderValue,
     /// Trace ID of the server span.
-    #[serde(serialize_with = "ser_opt_display")]
+    #[serde(serialize_with = "ser_trace_id")]
     pub trace_id: Option<TraceId>,
     /// Span ID of the server span.
-    #[serde(serialize_with = "ser_opt_display")]
+    #[serde(serialize_with = "ser_span_id")]
     pub span_id: Option<SpanId>,
     /// Matched route.
     pub route: Option<Arc<str>>,
@@ -51,7 +51,7 @@ pub struct AccessLine {
     #[serde(serialize_with = "ser_method")]
     pub method: Method,
     /// Path and query.
-    #[serde(serialize_with = "ser_display")]
+    #[serde(serialize_with = "ser_path")]
     pub path: PathAndQuery,
     /// HTTP version of the client.
     pub protocol: &'static str,
@@ -72,7 +72,8 @@ pub struct AccessLine {
 }
 
 fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339(*t))
+    let b = rfc3339_bytes(*t);
+    s.serialize_str(std::str::from_utf8(&b).unwrap_or_default())
 }
 
 // The line is built on the request path from cheap (refcounted or Copy) values and formatted
@@ -89,12 +90,36 @@ fn ser_display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Resul
     s.collect_str(v)
 }
 
-fn ser_opt_display<T: std::fmt::Display, S: serde::Serializer>(
-    v: &Option<T>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn ser_path<S: serde::Serializer>(p: &PathAndQuery, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
+}
+
+fn ser_trace_id<S: serde::Serializer>(v: &Option<TraceId>, s: S) -> Result<S::Ok, S::Error> {
     match v {
-        Some(v) => s.collect_str(v),
+        Some(t) => {
+            let b = t.to_bytes();
+            let mut hex = [0u8; 32];
+            super::trace::hex_into(
+                &mut hex[..16],
+                u64::from_be_bytes(b[..8].try_into().unwrap_or_default()),
+            );
+            super::trace::hex_into(
+                &mut hex[16..],
+                u64::from_be_bytes(b[8..].try_into().unwrap_or_default()),
+            );
+            s.serialize_str(std::str::from_utf8(&hex).unwrap_or_default())
+        }
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_span_id<S: serde::Serializer>(v: &Option<SpanId>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(id) => {
+            let mut hex = [0u8; 16];
+            super::trace::hex_into(&mut hex, u64::from_be_bytes(id.to_bytes()));
+            s.serialize_str(std::str::from_utf8(&hex).unwrap_or_default())
+        }
         None => s.serialize_none(),
     }
 }
@@ -106,17 +131,32 @@ pub fn rfc3339_ms(ms: i64) -> String {
 
 /// Format a time as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {
+    String::from_utf8_lossy(&rfc3339_bytes(t)).into_owned()
+}
+
+/// [`rfc3339`] into a fixed buffer (`YYYY-MM-DDTHH:MM:SS.mmmZ`), without `fmt`; years past
+/// 9999 are written as 9999.
+fn rfc3339_bytes(t: SystemTime) -> [u8; 24] {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, v: u64| {
+        let mut v = v;
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, u64::try_from(y).unwrap_or(0).min(9999));
+    put(5, 2, u64::from(m));
+    put(8, 2, u64::from(day));
+    put(11, 2, rem / 3600);
+    put(14, 2, rem % 3600 / 60);
+    put(17, 2, rem % 60);
+    put(20, 3, u64::from(d.subsec_millis()));
+    out
 }
 
 /// Days since 1970-01-01 → (year, month, day), after Howard Hinnant's algorithm.

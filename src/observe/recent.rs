@@ -2,19 +2,18 @@
 //! gets to the model version and lineage record in one step. Fed by the access-log thread (never
 //! the request path); capped by entry count and by approximate bytes, oldest evicted first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::RwLock;
 
 use super::access_log::AccessLine;
 
-/// Approximate fixed cost of one entry beyond its strings (struct, map slots, deque slot).
+/// Approximate fixed cost of one entry beyond its strings (the boxed line, its deque slot).
 const ENTRY_OVERHEAD: usize = 256;
 
 /// Memory an entry holds beyond its fixed size.
 fn size(l: &AccessLine) -> usize {
     ENTRY_OVERHEAD
-        + l.request_id.len() * 2
-        + l.trace_id.map_or(0, |_| 32 * 2)
+        + l.request_id.len()
         + l.reported_version.as_ref().map_or(0, String::len)
         + l.path.as_str().len()
 }
@@ -32,80 +31,17 @@ fn detach(l: &mut AccessLine) {
     }
 }
 
-fn request_key(l: &AccessLine) -> &str {
-    l.request_id.to_str().unwrap_or_default()
-}
-
 fn trace_key(l: &AccessLine) -> Option<u128> {
     l.trace_id.map(|t| u128::from_be_bytes(t.to_bytes()))
 }
 
-/// The entries of one trace: almost always one (no allocation), sometimes several (retries,
-/// fan-out through the same sidecar).
-enum Seqs {
-    One(u64),
-    Many(Vec<u64>),
-}
-
-impl Seqs {
-    fn push(&mut self, seq: u64) {
-        match self {
-            Self::One(first) => *self = Self::Many(vec![*first, seq]),
-            Self::Many(v) => v.push(seq),
-        }
-    }
-
-    /// Remove `seq`; `true` when nothing is left.
-    fn remove(&mut self, seq: u64) -> bool {
-        match self {
-            Self::One(s) => *s == seq,
-            Self::Many(v) => {
-                v.retain(|s| *s != seq);
-                v.is_empty()
-            }
-        }
-    }
-
-    fn as_slice(&self) -> &[u64] {
-        match self {
-            Self::One(s) => std::slice::from_ref(s),
-            Self::Many(v) => v,
-        }
-    }
-}
-
+/// Entries oldest first. There is no map: inserting is a push (the access-log thread does it
+/// for every request), and a lookup, an admin call, scans at most `traces.recent_requests`
+/// entries (10,000 by default: tens of microseconds).
 #[derive(Default)]
 struct Ring {
-    entries: VecDeque<(u64, Box<AccessLine>)>,
-    next_seq: u64,
-    by_request: HashMap<Box<str>, u64>,
-    by_trace: HashMap<u128, Seqs>,
+    entries: VecDeque<Box<AccessLine>>,
     bytes: usize,
-}
-
-impl Ring {
-    fn get(&self, seq: u64) -> Option<&AccessLine> {
-        let front = self.entries.front()?.0;
-        let i = usize::try_from(seq.checked_sub(front)?).ok()?;
-        self.entries.get(i).map(|(_, r)| &**r)
-    }
-
-    fn evict_oldest(&mut self) {
-        let Some((seq, old)) = self.entries.pop_front() else {
-            return;
-        };
-        self.bytes = self.bytes.saturating_sub(size(&old));
-        let key = request_key(&old);
-        if self.by_request.get(key) == Some(&seq) {
-            self.by_request.remove(key);
-        }
-        if let Some(t) = trace_key(&old)
-            && let Some(seqs) = self.by_trace.get_mut(&t)
-            && seqs.remove(seq)
-        {
-            self.by_trace.remove(&t);
-        }
-    }
 }
 
 /// The index.
@@ -144,19 +80,13 @@ impl RecentRequests {
             .ring
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let seq = ring.next_seq;
-        ring.next_seq += 1;
         ring.bytes += size(&entry);
-        ring.by_request.insert(request_key(&entry).into(), seq);
-        if let Some(t) = trace_key(&entry) {
-            ring.by_trace
-                .entry(t)
-                .and_modify(|s| s.push(seq))
-                .or_insert(Seqs::One(seq));
-        }
-        ring.entries.push_back((seq, entry));
+        ring.entries.push_back(entry);
         while ring.entries.len() > self.max_entries || ring.bytes > self.max_bytes {
-            ring.evict_oldest();
+            let Some(old) = ring.entries.pop_front() else {
+                break;
+            };
+            ring.bytes = ring.bytes.saturating_sub(size(&old));
         }
     }
 
@@ -171,16 +101,23 @@ impl RecentRequests {
         let trace = (id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
             .then(|| u128::from_str_radix(id, 16).ok())
             .flatten();
-        if let Some(seqs) = trace.and_then(|t| ring.by_trace.get(&t)) {
-            return seqs
-                .as_slice()
+        if let Some(t) = trace {
+            let found: Vec<AccessLine> = ring
+                .entries
                 .iter()
-                .filter_map(|s| ring.get(*s).cloned())
+                .filter(|e| trace_key(e) == Some(t))
+                .map(|e| (**e).clone())
                 .collect();
+            if !found.is_empty() {
+                return found;
+            }
         }
-        ring.by_request
-            .get(id)
-            .and_then(|s| ring.get(*s).cloned())
+        // The latest request with this ID (a trusted caller may reuse one).
+        ring.entries
+            .iter()
+            .rev()
+            .find(|e| e.request_id.as_bytes() == id.as_bytes())
+            .map(|e| (**e).clone())
             .into_iter()
             .collect()
     }

@@ -114,7 +114,7 @@ pin_project_lite::pin_project! {
         inner: ClientBody,
         ctx: Arc<RequestCtx>,
         limit: u64,
-        tee: Option<BodyCopy>,
+        tee: Option<Box<BodyCopy>>,
         inspector: Inspector,
     }
 }
@@ -126,7 +126,7 @@ impl LimitedBody {
             || ctx.resolved.openai.is_some()
             || Shadower::wanted(&ctx);
         let cap = ctx.snapshot.config.limits.max_inspect_bytes;
-        let tee = wanted.then(|| inspector.copy(cap));
+        let tee = wanted.then(|| Box::new(inspector.copy(cap)));
         Self {
             inner,
             ctx,
@@ -192,8 +192,10 @@ impl Body for LimitedBody {
 }
 
 /// The request body was copied whole: read the OpenAI `model`, keep the copy for the inspector.
-fn request_read(tee: Option<BodyCopy>, ctx: &RequestCtx) {
-    let Some(copy) = tee else { return };
+fn request_read(tee: Option<Box<BodyCopy>>, ctx: &RequestCtx) {
+    let Some(copy) = tee.map(|b| *b) else {
+        return;
+    };
     if ctx.resolved.openai.is_some()
         && let Some(model) = crate::inspect::openai::json_model(copy.bytes())
     {

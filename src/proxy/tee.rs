@@ -83,7 +83,12 @@ where
     }
 
     fn call(&mut self, pr: ProxyRequest) -> Self::Future {
-        let mut pending = Pending::new(pr.ctx.clone(), self.telemetry.clone(), self.shadow.clone());
+        // Boxed: the response body is moved several times on its way out, and Pending is most of it.
+        let mut pending = Box::new(Pending::new(
+            pr.ctx.clone(),
+            self.telemetry.clone(),
+            self.shadow.clone(),
+        ));
         let fut = self.inner.call(pr);
         Box::pin(async move {
             let resp = match fut.await {
@@ -394,7 +399,7 @@ fn protocol(v: http::Version) -> &'static str {
 /// The response body as sent to the client: forwarded frame by frame, unchanged.
 pub struct ObservedBody {
     inner: ProxyBody,
-    pending: Option<Pending>,
+    pending: Option<Box<Pending>>,
 }
 
 impl ObservedBody {
