@@ -13,20 +13,302 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 
 use super::table::{CodecError, Columns, MAX_VALUES, Value, positional};
 
-#[derive(Deserialize)]
-struct Reported {
-    model_version: Option<serde_json::Value>,
+/// Why a response body could not be read as JSON: what was wrong and at which byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotJson {
+    /// What the reader expected or found.
+    pub what: &'static str,
+    /// Byte offset.
+    pub at: usize,
+}
+
+impl std::fmt::Display for NotJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at byte {}", self.what, self.at)
+    }
+}
+
+/// A validating one-pass JSON reader that answers one question, the top-level
+/// `model_version`, without building or decoding anything else. Every response of an Open
+/// Inference route goes through it on the request path; serde_json's derive took about 4,000
+/// instructions for a 200-byte response, this a fraction of that.
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn err<T>(&self, what: &'static str) -> Result<T, NotJson> {
+        Err(NotJson { what, at: self.i })
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8, what: &'static str) -> Result<(), NotJson> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            self.err(what)
+        }
+    }
+
+    /// A string starting at `"`: its raw bytes between the quotes and whether it has escapes.
+    fn string(&mut self) -> Result<(&'a [u8], bool), NotJson> {
+        self.eat(b'"', "expected a string")?;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            match self.b.get(self.i) {
+                None => return self.err("unterminated string"),
+                Some(b'"') => {
+                    let raw = &self.b[start..self.i];
+                    self.i += 1;
+                    return Ok((raw, escaped));
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    match self.b.get(self.i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
+                        Some(b'u') => {
+                            let hex = self.b.get(self.i + 2..self.i + 6);
+                            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                                return self.err("invalid \\u escape");
+                            }
+                            self.i += 6;
+                        }
+                        _ => return self.err("invalid escape"),
+                    }
+                }
+                Some(c) if *c < 0x20 => return self.err("control character in a string"),
+                Some(_) => self.i += 1,
+            }
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// A number, by JSON's grammar: its raw bytes.
+    fn number(&mut self) -> Result<&'a [u8], NotJson> {
+        let start = self.i;
+        if self.b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        match self.b.get(self.i) {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return self.err("invalid number"),
+        }
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return self.err("invalid number");
+            }
+        }
+        if let Some(b'e' | b'E') = self.b.get(self.i) {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.b.get(self.i) {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return self.err("invalid number");
+            }
+        }
+        if self.b.get(self.i).is_some_and(u8::is_ascii_digit) {
+            return self.err("invalid number");
+        }
+        Ok(&self.b[start..self.i])
+    }
+
+    fn literal(&mut self, word: &'static [u8]) -> Result<(), NotJson> {
+        if self.b.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            self.err("invalid literal")
+        }
+    }
+
+    /// Skip any value, checking its syntax. Iterative, so nesting depth costs no stack (as in
+    /// serde_json, which does not limit the depth of values it ignores); the kinds of the open
+    /// containers are kept as bits, in a word for the first 64 levels.
+    fn skip(&mut self) -> Result<(), NotJson> {
+        let mut bits = 0u64;
+        let mut deep: Vec<bool> = Vec::new();
+        let mut depth = 0usize;
+        let push = |bits: &mut u64, deep: &mut Vec<bool>, depth: &mut usize, object: bool| {
+            if *depth < 64 {
+                *bits = (*bits & !(1 << *depth)) | (u64::from(object) << *depth);
+            } else {
+                deep.push(object);
+            }
+            *depth += 1;
+        };
+        loop {
+            match self.peek() {
+                Some(b'"') => {
+                    self.string()?;
+                }
+                Some(b'{') => {
+                    self.i += 1;
+                    if self.peek() == Some(b'}') {
+                        self.i += 1;
+                    } else {
+                        push(&mut bits, &mut deep, &mut depth, true);
+                        self.key()?;
+                        continue;
+                    }
+                }
+                Some(b'[') => {
+                    self.i += 1;
+                    if self.peek() == Some(b']') {
+                        self.i += 1;
+                    } else {
+                        push(&mut bits, &mut deep, &mut depth, false);
+                        continue;
+                    }
+                }
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                Some(b'-' | b'0'..=b'9') => {
+                    self.number()?;
+                }
+                _ => return self.err("expected a value"),
+            }
+            // A value ended: close what it ends, or move to the next element.
+            loop {
+                if depth == 0 {
+                    return Ok(());
+                }
+                let object = if depth <= 64 {
+                    bits & (1 << (depth - 1)) != 0
+                } else {
+                    deep.last().copied().unwrap_or(false)
+                };
+                match (self.peek(), object) {
+                    (Some(b','), true) => {
+                        self.i += 1;
+                        self.key()?;
+                        break;
+                    }
+                    (Some(b','), false) => {
+                        self.i += 1;
+                        break;
+                    }
+                    (Some(b'}'), true) | (Some(b']'), false) => {
+                        self.i += 1;
+                        depth -= 1;
+                        if depth >= 64 {
+                            deep.pop();
+                        }
+                    }
+                    (_, true) => return self.err("expected , or }"),
+                    (_, false) => return self.err("expected , or ]"),
+                }
+            }
+        }
+    }
+
+    /// An object key and its colon; the key's raw bytes (escapes undecoded).
+    fn key(&mut self) -> Result<(&'a [u8], bool), NotJson> {
+        let key = self.string()?;
+        self.eat(b':', "expected :")?;
+        Ok(key)
+    }
 }
 
 /// The response's `model_version` (a string, or a number some servers send). `Err` when the
-/// body is not JSON; `Ok(None)` when it carries no version.
-pub fn reported_version(body: &[u8]) -> Result<Option<String>, serde_json::Error> {
-    let r: Reported = serde_json::from_slice(body)?;
-    Ok(match r.model_version {
-        Some(serde_json::Value::String(s)) => Some(s),
-        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    })
+/// body is not a JSON object; `Ok(None)` when it carries no version (or not as a string or
+/// number).
+pub fn reported_version(body: &[u8]) -> Result<Option<String>, NotJson> {
+    let mut s = Scan { b: body, i: 0 };
+    s.eat(b'{', "expected a JSON object")?;
+    let mut found: Option<Option<String>> = None;
+    if s.peek() == Some(b'}') {
+        s.i += 1;
+    } else {
+        loop {
+            let (key, escaped) = s.string()?;
+            let is_version = if escaped {
+                serde_json::from_slice::<String>(&body[s.i - key.len() - 2..s.i])
+                    .ok()
+                    .is_some_and(|k| k == "model_version")
+            } else {
+                key == b"model_version"
+            };
+            s.eat(b':', "expected :")?;
+            if !is_version {
+                s.skip()?;
+            } else if found.is_some() {
+                return s.err("duplicate field model_version");
+            } else {
+                let at = s.i;
+                found = Some(match s.peek() {
+                    Some(b'"') => {
+                        let (raw, escaped) = s.string()?;
+                        if escaped {
+                            let quoted = &body[s.i - raw.len() - 2..s.i];
+                            Some(
+                                serde_json::from_slice::<String>(quoted).map_err(|_| NotJson {
+                                    what: "invalid string escape",
+                                    at,
+                                })?,
+                            )
+                        } else {
+                            Some(
+                                std::str::from_utf8(raw)
+                                    .map_err(|_| NotJson {
+                                        what: "invalid UTF-8",
+                                        at,
+                                    })?
+                                    .to_string(),
+                            )
+                        }
+                    }
+                    Some(b'-' | b'0'..=b'9') => {
+                        let raw = s.number()?;
+                        serde_json::from_slice::<serde_json::Number>(raw)
+                            .ok()
+                            .map(|n| n.to_string())
+                    }
+                    _ => {
+                        s.skip()?;
+                        None
+                    }
+                });
+            }
+            match s.peek() {
+                Some(b',') => s.i += 1,
+                Some(b'}') => {
+                    s.i += 1;
+                    break;
+                }
+                _ => return s.err("expected , or }"),
+            }
+        }
+    }
+    if s.peek().is_some() {
+        return s.err("trailing characters");
+    }
+    Ok(found.flatten())
 }
 
 /// One tensor as read: its name (when a string), its row width (`shape[1]`, else 1) and its
@@ -511,6 +793,97 @@ mod tests {
                 agree(&body, &names);
                 n += 1;
             }
+        }
+        assert!(n > 1000, "the committed codecs corpus ({n} files) was read");
+    }
+
+    /// The reader before the scanner: serde_json with a derived struct. The oracle the
+    /// scanner must agree with, on what it answers and on whether the body is JSON.
+    fn serde_reported(body: &[u8]) -> Result<Option<String>, ()> {
+        #[derive(Deserialize)]
+        struct Reported {
+            model_version: Option<serde_json::Value>,
+        }
+        let r: Reported = serde_json::from_slice(body).map_err(|_| ())?;
+        Ok(match r.model_version {
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        })
+    }
+
+    fn same_answer(body: &[u8]) {
+        // serde's derive also reads a struct from a JSON array (its fields in order); the
+        // scanner reads objects only.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            assert!(reported_version(body).is_err());
+            return;
+        }
+        assert_eq!(
+            reported_version(body).map_err(|_| ()),
+            serde_reported(body),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+
+    #[test]
+    fn the_scanner_agrees_with_serde_json_on_every_corpus_input_and_mutation() {
+        let cases: &[&[u8]] = &[
+            MLSERVER_RESPONSE,
+            br#"{"model_version":3}"#,
+            br#"{"model_version":-1.5e3}"#,
+            br#"{"model_version":2.0}"#,
+            br#"{"model_version":null}"#,
+            br#"{"model_version":true}"#,
+            br#"{"model_version":{"a":[1,2,{"b":null}]}}"#,
+            br#" { "model_version" : "v\u00e9\n" } "#,
+            br#"{"model\u005fversion":"7"}"#,
+            br#"{"model_version":"1","model_version":"2"}"#,
+            br#"{"model_version":"1"} x"#,
+            br#"{"model_version":"1",}"#,
+            br#"{"a":01}"#,
+            br#"{"a":1.}"#,
+            br#"{"a":-}"#,
+            br#"{"a":"\x"}"#,
+            br#"{"a":"\u12"}"#,
+            b"{\"a\":\"\x01\"}",
+            br#"{"a":tru}"#,
+            br#"{}"#,
+            br#"[]"#,
+            br#"["3"]"#,
+            b"",
+            b"not json",
+        ];
+        for c in cases {
+            same_answer(c);
+        }
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        same_answer(deep.as_bytes());
+        let abyss = format!("{{\"a\":{}", "[{\"b\":".repeat(1_000_000));
+        assert!(reported_version(abyss.as_bytes()).is_err(), "no stack to overflow");
+        let ok_deep = format!("{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100));
+        same_answer(ok_deep.as_bytes());
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/codecs");
+        let mut seed: u64 = 0x5eed;
+        let mut n = 0;
+        for entry in std::fs::read_dir(corpus).into_iter().flatten().flatten() {
+            let Ok(body) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            same_answer(&body);
+            for _ in 0..4 {
+                let mut m = body.clone();
+                if m.is_empty() {
+                    break;
+                }
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let i = usize::try_from(seed >> 33).unwrap_or(0) % m.len();
+                m[i] = (seed >> 17) as u8;
+                same_answer(&m);
+                same_answer(&body[..i]);
+            }
+            n += 1;
         }
         assert!(n > 1000, "the committed codecs corpus ({n} files) was read");
     }
