@@ -861,7 +861,10 @@ mod tests {
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
         same_answer(deep.as_bytes());
         let abyss = format!("{{\"a\":{}", "[{\"b\":".repeat(1_000_000));
-        assert!(reported_version(abyss.as_bytes()).is_err(), "no stack to overflow");
+        assert!(
+            reported_version(abyss.as_bytes()).is_err(),
+            "no stack to overflow"
+        );
         let ok_deep = format!("{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100));
         same_answer(ok_deep.as_bytes());
         let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/codecs");
