@@ -97,16 +97,8 @@ fn ser_path<S: serde::Serializer>(p: &PathAndQuery, s: S) -> Result<S::Ok, S::Er
 fn ser_trace_id<S: serde::Serializer>(v: &Option<TraceId>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(t) => {
-            let b = t.to_bytes();
             let mut hex = [0u8; 32];
-            super::trace::hex_into(
-                &mut hex[..16],
-                u64::from_be_bytes(b[..8].try_into().unwrap_or_default()),
-            );
-            super::trace::hex_into(
-                &mut hex[16..],
-                u64::from_be_bytes(b[8..].try_into().unwrap_or_default()),
-            );
+            super::trace::hex_into(&mut hex, &t.to_bytes());
             s.serialize_str(std::str::from_utf8(&hex).unwrap_or_default())
         }
         None => s.serialize_none(),
@@ -117,7 +109,7 @@ fn ser_span_id<S: serde::Serializer>(v: &Option<SpanId>, s: S) -> Result<S::Ok, 
     match v {
         Some(id) => {
             let mut hex = [0u8; 16];
-            super::trace::hex_into(&mut hex, u64::from_be_bytes(id.to_bytes()));
+            super::trace::hex_into(&mut hex, &id.to_bytes());
             s.serialize_str(std::str::from_utf8(&hex).unwrap_or_default())
         }
         None => s.serialize_none(),

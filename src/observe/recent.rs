@@ -31,10 +31,6 @@ fn detach(l: &mut AccessLine) {
     }
 }
 
-fn trace_key(l: &AccessLine) -> Option<u128> {
-    l.trace_id.map(|t| u128::from_be_bytes(t.to_bytes()))
-}
-
 /// Entries oldest first. There is no map: inserting is a push (the access-log thread does it
 /// for every request), and a lookup, an admin call, scans at most `traces.recent_requests`
 /// entries (10,000 by default: tens of microseconds).
@@ -100,12 +96,13 @@ impl RecentRequests {
         // print them (a request ID may look the same: the trace is looked up first).
         let trace = (id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
             .then(|| u128::from_str_radix(id, 16).ok())
-            .flatten();
-        if let Some(t) = trace {
+            .flatten()
+            .map(opentelemetry::trace::TraceId::from);
+        if trace.is_some() {
             let found: Vec<AccessLine> = ring
                 .entries
                 .iter()
-                .filter(|e| trace_key(e) == Some(t))
+                .filter(|e| e.trace_id == trace)
                 .map(|e| (**e).clone())
                 .collect();
             if !found.is_empty() {

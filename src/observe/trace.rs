@@ -42,25 +42,21 @@ pub fn parse_traceparent(value: &[u8]) -> Option<TraceParent> {
     })
 }
 
-/// Write `v` as lowercase hex into `out` (two digits per byte, most significant first; `out`
-/// takes the low `out.len() / 2` bytes of `v`).
-pub fn hex_into(out: &mut [u8], v: u64) {
+/// Write `bytes` as lowercase hex into `out` (two digits per byte; `out` is twice as long).
+pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let n = out.len();
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = DIGITS[((v >> (4 * (n - 1 - i))) & 0xf) as usize];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
 }
 
 /// The `traceparent` value (version 00) for these IDs and flags, formatted without `fmt`.
 pub fn traceparent_bytes(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> [u8; 55] {
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    let hi = u64::from_be_bytes(trace_id[..8].try_into().unwrap_or_default());
-    let lo = u64::from_be_bytes(trace_id[8..].try_into().unwrap_or_default());
-    hex_into(&mut out[3..19], hi);
-    hex_into(&mut out[19..35], lo);
-    hex_into(&mut out[36..52], u64::from_be_bytes(span_id));
-    hex_into(&mut out[53..55], u64::from(flags));
+    hex_into(&mut out[3..35], &trace_id);
+    hex_into(&mut out[36..52], &span_id);
+    hex_into(&mut out[53..55], &[flags]);
     out
 }
 
@@ -79,9 +75,9 @@ mod tests {
                 Some(format!("00-{trace:032x}-{span:016x}-{flags:02x}").as_str())
             );
         }
-        let mut two = [0u8; 2];
-        hex_into(&mut two, 0x1f3);
-        assert_eq!(&two, b"f3");
+        let mut four = [0u8; 4];
+        hex_into(&mut four, &[0x0f, 0xa3]);
+        assert_eq!(&four, b"0fa3");
     }
 
     #[test]

@@ -52,7 +52,9 @@ impl ResolveLayer {
         client: SocketAddr,
     ) -> Self {
         let header = super::headers::ip_value(client);
-        let attr = opentelemetry::Value::String(Arc::<str>::from(client.ip().to_string()).into());
+        let attr = opentelemetry::Value::String(
+            Arc::<str>::from(header.to_str().unwrap_or_default()).into(),
+        );
         Self {
             snapshots,
             telemetry,
@@ -265,8 +267,11 @@ pub fn new_request_id() -> HeaderValue {
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut id = [0u8; 32];
-    crate::observe::trace::hex_into(&mut id[..16], hi);
-    crate::observe::trace::hex_into(&mut id[16..], splitmix64(n.wrapping_add(salt)));
+    crate::observe::trace::hex_into(&mut id[..16], &hi.to_be_bytes());
+    crate::observe::trace::hex_into(
+        &mut id[16..],
+        &splitmix64(n.wrapping_add(salt)).to_be_bytes(),
+    );
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
