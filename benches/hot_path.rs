@@ -132,7 +132,6 @@ fn span_benches(c: &mut Criterion) {
     use modelstamp::config::{Sampler, Traces};
     use modelstamp::observe::spans::Tracing;
     use opentelemetry::KeyValue;
-    use opentelemetry::trace::TraceContextExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -169,8 +168,8 @@ fn span_benches(c: &mut Criterion) {
                 let client = tracing.client_span(&server, "POST".to_string(), || {
                     vec![KeyValue::new("server.port", 8081i64)]
                 });
-                client.span().end();
-                server.span().end();
+                client.end();
+                server.end();
             })
         });
     }

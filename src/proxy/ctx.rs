@@ -23,7 +23,7 @@ pub struct RequestCtx {
     /// The request ID stamped up and down.
     pub request_id: HeaderValue,
     /// The server span (continuing the caller's trace, if any).
-    pub span: opentelemetry::Context,
+    pub span: crate::observe::spans::Span,
     /// Method.
     pub method: Method,
     /// Path and query (refcounted, from the request URI).

@@ -21,10 +21,10 @@ use super::error::ProxyError;
 use super::headers::{add_forwarded, remove_hop_by_hop};
 use super::resolve::{BoxFuture, method_value, protocol_version};
 use crate::inspect::Inspector;
-use crate::observe::spans::{Tracing, propagation_headers};
+use crate::observe::spans::{Span, Tracing, propagation_headers};
 use http::HeaderValue;
-use opentelemetry::trace::{Status, TraceContextExt};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::Status;
 
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
@@ -41,7 +41,7 @@ pub struct Forwarded {
     /// Time until response headers.
     pub upstream_latency: Duration,
     /// The client span of the upstream call.
-    pub span: Context,
+    pub span: Span,
 }
 
 /// Forwards requests over pooled connections.
@@ -152,11 +152,11 @@ impl Forward {
                 source: Box::new(elapsed),
             },
         };
-        end_span(&span, None, Some(err.kind_str()));
+        end_span(&span, None, Some(err.kind_str()), |_| {});
         Err(err)
     }
 
-    fn client_span(&self, server: &Context, parts: &http::request::Parts) -> Context {
+    fn client_span(&self, server: &Span, parts: &http::request::Parts) -> Span {
         let attrs = || {
             vec![
                 KeyValue::new("http.request.method", method_value(&parts.method)),
@@ -176,8 +176,8 @@ impl Forward {
 
 /// Replace the caller's trace context with the client span's, so the model server's own spans
 /// nest under the upstream call.
-fn inject(headers: &mut http::HeaderMap, span: &Context) {
-    let (traceparent, tracestate) = propagation_headers(span.span().span_context());
+fn inject(headers: &mut http::HeaderMap, span: &Span) {
+    let (traceparent, tracestate) = propagation_headers(span.context());
     if let Ok(v) = HeaderValue::from_bytes(&traceparent) {
         headers.insert(TRACEPARENT, v);
     }
@@ -190,24 +190,31 @@ fn inject(headers: &mut http::HeaderMap, span: &Context) {
 }
 
 /// End a span with its HTTP status and error, per the semantic conventions: 5xx and transport
-/// errors mark the span as an error.
-pub fn end_span(span: &Context, status: Option<u16>, error: Option<&'static str>) {
-    let s = span.span();
-    if let Some(code) = status {
-        s.set_attribute(KeyValue::new("http.response.status_code", i64::from(code)));
-    }
-    match (error, status) {
-        (Some(e), _) => {
-            s.set_attribute(KeyValue::new("error.type", e));
-            s.set_status(Status::error(e));
+/// errors mark the span as an error. `extra` adds attributes first (only for a recorded span).
+pub fn end_span(
+    span: &Span,
+    status: Option<u16>,
+    error: Option<&'static str>,
+    extra: impl FnOnce(&mut Vec<KeyValue>),
+) {
+    span.end_with(|record| {
+        let attrs = &mut record.attributes;
+        extra(attrs);
+        if let Some(code) = status {
+            attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
         }
-        (None, Some(code)) if code >= 500 => {
-            s.set_attribute(KeyValue::new("error.type", code.to_string()));
-            s.set_status(Status::error(code.to_string()));
+        match (error, status) {
+            (Some(e), _) => {
+                attrs.push(KeyValue::new("error.type", e));
+                record.status = Status::error(e);
+            }
+            (None, Some(code)) if code >= 500 => {
+                attrs.push(KeyValue::new("error.type", code.to_string()));
+                record.status = Status::error(code.to_string());
+            }
+            _ => {}
         }
-        _ => {}
-    }
-    s.end();
+    });
 }
 
 /// Where a request goes: a split backend's own model server, else the route's; a backend that

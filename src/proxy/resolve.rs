@@ -166,7 +166,7 @@ impl<S> Resolve<S> {
         snap: &Snapshot,
         resolved: &Resolved,
         request_id: &HeaderValue,
-    ) -> opentelemetry::Context {
+    ) -> crate::observe::spans::Span {
         let h = req.headers();
         let parent = h
             .get(TRACEPARENT)

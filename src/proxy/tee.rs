@@ -14,6 +14,7 @@ use crate::inspect::{Job, Skip, open_inference, openai};
 use bytes::Bytes;
 use http::{Response, header};
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use tower::{Layer, Service};
 use tracing::{debug, warn};
 
@@ -27,7 +28,6 @@ use crate::observe::exemplar::TraceExemplar;
 use crate::observe::metrics::{Recorded, RequestErrorKind, UpstreamErrorKind};
 use crate::observe::{RequestOutcome, Telemetry};
 use opentelemetry::KeyValue;
-use opentelemetry::trace::TraceContextExt;
 
 /// Status logged when the client left before a response was sent (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
@@ -93,8 +93,8 @@ where
         Box::pin(async move {
             let resp = match fut.await {
                 Ok(fwd) => {
-                    pending.upstream(&fwd);
-                    fwd.response.map(ProxyBody::Upstream)
+                    let response = pending.upstream(fwd);
+                    response.map(ProxyBody::Upstream)
                 }
                 Err(err) => {
                     pending.failed(&err);
@@ -114,7 +114,7 @@ where
 /// outcome per request even when the client goes away mid-flight.
 struct Pending {
     ctx: Arc<RequestCtx>,
-    client_span: Option<opentelemetry::Context>,
+    client_span: Option<crate::observe::spans::Span>,
     telemetry: Arc<Telemetry>,
     shadow: Shadower,
     status: u16,
@@ -158,16 +158,22 @@ impl Pending {
         }
     }
 
-    fn upstream(&mut self, fwd: &Forwarded) {
-        self.client_span = Some(fwd.span.clone());
-        let status = fwd.response.status();
+    /// Take over the client span and note what the upstream answered; returns the response.
+    fn upstream(&mut self, fwd: Forwarded) -> Response<Incoming> {
+        let Forwarded {
+            response,
+            upstream_latency,
+            span,
+        } = fwd;
+        self.client_span = Some(span);
+        let status = response.status();
         self.upstream_status = Some(status.as_u16());
-        self.upstream_latency = Some(fwd.upstream_latency);
+        self.upstream_latency = Some(upstream_latency);
         if status.is_server_error() {
             self.upstream_error = Some(UpstreamErrorKind::Status5xx);
             self.error = Some("upstream_5xx");
         }
-        let headers = fwd.response.headers();
+        let headers = response.headers();
         if let Some(name) = self
             .ctx
             .route()
@@ -197,6 +203,7 @@ impl Pending {
             self.tee = Some(self.telemetry.inspector.copy(cap));
             self.tee_sse = sse;
         }
+        response
     }
 
     fn failed(&mut self, err: &ProxyError) {
@@ -254,31 +261,32 @@ impl Pending {
         }
         served.metrics.in_flight.dec();
         let total = ctx.start.elapsed();
-        let server = ctx.span.span().span_context().clone();
+        let server = ctx.span.context();
         let upstream_exemplar = self
             .client_span
             .as_ref()
-            .and_then(|cx| TraceExemplar::of(cx.span().span_context()));
+            .and_then(|span| TraceExemplar::of(span.context()));
         if let Some(client) = self.client_span.take() {
             let error = self
                 .upstream_error
                 .map(|_| self.error.unwrap_or("upstream_error"));
-            end_span(&client, self.upstream_status, error);
+            end_span(&client, self.upstream_status, error, |_| {});
         }
-        let span = ctx.span.span();
-        if let Some(reported) = &self.reported {
-            span.set_attribute(KeyValue::new("ml.model.reported_version", reported.clone()));
-        }
-        if let Some(op) = ctx.resolved.openai {
-            span.set_attribute(KeyValue::new("gen_ai.operation.name", op));
-            if let Some(m) = ctx.gen_ai_request_model.get() {
-                span.set_attribute(KeyValue::new("gen_ai.request.model", m.clone()));
+        let gen_ai_response_model = self.gen_ai_response_model.take();
+        end_span(&ctx.span, Some(self.status), self.error, |attrs| {
+            if let Some(reported) = &self.reported {
+                attrs.push(KeyValue::new("ml.model.reported_version", reported.clone()));
             }
-            if let Some(m) = self.gen_ai_response_model.take() {
-                span.set_attribute(KeyValue::new("gen_ai.response.model", m));
+            if let Some(op) = ctx.resolved.openai {
+                attrs.push(KeyValue::new("gen_ai.operation.name", op));
+                if let Some(m) = ctx.gen_ai_request_model.get() {
+                    attrs.push(KeyValue::new("gen_ai.request.model", m.clone()));
+                }
+                if let Some(m) = gen_ai_response_model {
+                    attrs.push(KeyValue::new("gen_ai.response.model", m));
+                }
             }
-        }
-        end_span(&ctx.span, Some(self.status), self.error);
+        });
         let line = AccessLine {
             time: ctx.time,
             request_id: ctx.request_id.clone(),
@@ -309,7 +317,7 @@ impl Pending {
             request_error: self.request_error,
             bytes_in: line.bytes_in,
             bytes_out: self.bytes_out,
-            exemplar: TraceExemplar::of(&server),
+            exemplar: TraceExemplar::of(server),
             upstream_exemplar,
         };
         RequestOutcome { line, recorded }.emit(&served.metrics, &self.telemetry);
@@ -346,7 +354,7 @@ impl Pending {
         if request.is_none() && response.is_none() {
             return;
         }
-        let sc = self.ctx.span.span().span_context().clone();
+        let sc = self.ctx.span.context().clone();
         self.telemetry.inspector.submit(Job {
             profile: self.ctx.resolved.served.profile.clone(),
             codec,
