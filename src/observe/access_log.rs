@@ -116,6 +116,135 @@ fn ser_span_id<S: serde::Serializer>(v: &Option<SpanId>, s: S) -> Result<S::Ok, 
     }
 }
 
+impl AccessLine {
+    /// Append the line as JSON: the same bytes `serde_json::to_writer` writes for it (a test
+    /// holds it to that), without serde's per-character escaping loop. This runs on the log
+    /// thread once per request.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let id_hex = |out: &mut Vec<u8>, bytes: &[u8]| {
+            let mut hex = [0u8; 32];
+            let hex = &mut hex[..bytes.len() * 2];
+            super::trace::hex_into(hex, bytes);
+            out.push(b'"');
+            out.extend_from_slice(hex);
+            out.push(b'"');
+        };
+        out.extend_from_slice(b"{\"time\":\"");
+        out.extend_from_slice(&rfc3339_bytes(self.time));
+        out.extend_from_slice(b"\",\"request_id\":");
+        json_str(out, self.request_id.to_str().unwrap_or_default());
+        out.extend_from_slice(b",\"trace_id\":");
+        match self.trace_id {
+            Some(t) => id_hex(out, &t.to_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"span_id\":");
+        match self.span_id {
+            Some(s) => id_hex(out, &s.to_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"route\":");
+        json_opt_str(out, self.route.as_deref());
+        out.extend_from_slice(b",\"model\":");
+        json_str(out, &self.model);
+        out.extend_from_slice(b",\"version\":");
+        json_str(out, &self.version);
+        out.extend_from_slice(b",\"lineage_id\":");
+        json_str(out, &self.lineage_id);
+        out.extend_from_slice(b",\"reported_version\":");
+        json_opt_str(out, self.reported_version.as_deref());
+        out.extend_from_slice(b",\"client\":\"");
+        // An address never needs escaping.
+        let _ = write!(out, "{}", self.client);
+        out.extend_from_slice(b"\",\"method\":");
+        json_str(out, self.method.as_str());
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, self.path.as_str());
+        out.extend_from_slice(b",\"protocol\":");
+        json_str(out, self.protocol);
+        out.extend_from_slice(b",\"status\":");
+        json_u64(out, u64::from(self.status));
+        out.extend_from_slice(b",\"upstream_status\":");
+        match self.upstream_status {
+            Some(s) => json_u64(out, u64::from(s)),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"duration_ms\":");
+        json_f64(out, self.duration_ms);
+        out.extend_from_slice(b",\"upstream_ms\":");
+        match self.upstream_ms {
+            Some(ms) => json_f64(out, ms),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"bytes_in\":");
+        json_u64(out, self.bytes_in);
+        out.extend_from_slice(b",\"bytes_out\":");
+        json_u64(out, self.bytes_out);
+        out.extend_from_slice(b",\"error\":");
+        json_opt_str(out, self.error);
+        out.push(b'}');
+    }
+}
+
+/// A JSON string as serde_json writes it: `"`, `\\` and control characters escaped (short
+/// forms where JSON has them), everything else copied; runs without escapes are copied whole.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c >= 0x20 && c != b'"' && c != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&b[start..i]);
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                let mut esc = *b"\\u0000";
+                super::trace::hex_into(&mut esc[4..], &[c]);
+                out.extend_from_slice(&esc);
+            }
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
+}
+
+fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn json_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Floats through serde_json itself (shortest round-trip form; non-finite values as `null`).
+fn json_f64(out: &mut Vec<u8>, v: f64) {
+    if serde_json::to_writer(&mut *out, &v).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
 /// Format milliseconds since the epoch as RFC 3339 UTC (negative times as the epoch).
 pub fn rfc3339_ms(ms: i64) -> String {
     rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
@@ -305,13 +434,9 @@ fn write_loop(
                 }
             };
             if let Some(out) = out.as_mut() {
-                let mark = batch.bytes.len();
-                if serde_json::to_writer(&mut batch.bytes, &*line).is_ok() {
-                    batch.bytes.push(b'\n');
-                    batch.lines += 1;
-                } else {
-                    batch.bytes.truncate(mark);
-                }
+                line.write_json(&mut batch.bytes);
+                batch.bytes.push(b'\n');
+                batch.lines += 1;
                 if batch.bytes.len() >= BATCH_BYTES {
                     batch.write(out.as_mut(), &metrics);
                 }
@@ -337,6 +462,85 @@ fn write_loop(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn line() -> AccessLine {
+        AccessLine {
+            time: UNIX_EPOCH + Duration::from_millis(1_795_673_127_853),
+            request_id: HeaderValue::from_static("4bf92f3577b34da6a3ce929d0e0e4736"),
+            trace_id: Some(TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736u128)),
+            span_id: Some(SpanId::from(0x00f0_67aa_0ba9_02b7u64)),
+            route: Some("models".into()),
+            model: "churn".into(),
+            version: "3".into(),
+            lineage_id: "ln_526204c212f0100a".into(),
+            reported_version: Some("3".into()),
+            client: "127.0.0.1:50312"
+                .parse()
+                .unwrap_or(SocketAddr::from(([0; 4], 0))),
+            method: Method::POST,
+            path: PathAndQuery::from_static("/v2/models/churn/infer?x=1"),
+            protocol: "1.1",
+            status: 200,
+            upstream_status: Some(200),
+            duration_ms: 0.412_345,
+            upstream_ms: Some(0.25),
+            bytes_in: 213,
+            bytes_out: 17_000_000_000,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn lines_are_the_bytes_serde_json_writes() {
+        let mut lines = vec![line()];
+        let mut empty = line();
+        empty.trace_id = None;
+        empty.span_id = None;
+        empty.route = None;
+        empty.reported_version = None;
+        empty.upstream_status = None;
+        empty.upstream_ms = None;
+        empty.error = Some("upstream_connect");
+        empty.status = 0;
+        empty.bytes_in = 0;
+        empty.duration_ms = 1e-9;
+        empty.client = "[fe80::1]:8080".parse().unwrap_or(empty.client);
+        lines.push(empty);
+        // Every control character, quotes, backslashes and non-ASCII, in the free-text fields.
+        let nasty: String = (0u8..0x20)
+            .map(char::from)
+            .chain("\"\\/é漢\u{7f}🙂 end".chars())
+            .collect();
+        let mut escaped = line();
+        escaped.model = nasty.as_str().into();
+        escaped.version = format!("v\"{nasty}").into();
+        escaped.lineage_id = "".into();
+        escaped.reported_version = Some(nasty.clone());
+        escaped.route = Some("r\\".into());
+        escaped.duration_ms = f64::NAN;
+        escaped.upstream_ms = Some(f64::INFINITY);
+        escaped.method = Method::from_bytes(b"PURGE").unwrap_or(Method::GET);
+        escaped.bytes_out = u64::MAX;
+        lines.push(escaped);
+        for (i, duration) in [0.0, 1.0, 12.5, 1_234.000_001, 1e21, 3.0e-5]
+            .into_iter()
+            .enumerate()
+        {
+            let mut l = line();
+            l.duration_ms = duration;
+            l.status = [200, 404, 503, 599, 100, 1][i];
+            lines.push(l);
+        }
+        for l in lines {
+            let mut ours = Vec::new();
+            l.write_json(&mut ours);
+            let expected = serde_json::to_vec(&l).unwrap_or_default();
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&expected)
+            );
+        }
+    }
 
     #[test]
     fn formats_rfc3339() {

@@ -27,6 +27,8 @@ const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The gRPC method of the OTLP trace service.
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The gRPC frame header: compression flag and message length.
+const GRPC_HEADER: usize = 5;
 
 /// Protobuf wire types.
 const VARINT: u8 = 0;
@@ -71,18 +73,36 @@ fn fixed64_field(buf: &mut Vec<u8>, field: u32, v: u64) {
 /// A length-delimited sub-message written by `body` in place: one byte is reserved for its
 /// length and the body is shifted only when the length needs more (messages ≥ 128 bytes).
 fn message(buf: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    sized_message(buf, field, 1, body);
+}
+
+/// [`message`] with `reserve` bytes held for the length prefix: sized to the usual length,
+/// so the body moves only when the guess was wrong.
+fn sized_message(buf: &mut Vec<u8>, field: u32, reserve: usize, body: impl FnOnce(&mut Vec<u8>)) {
     key(buf, field, LEN);
     let at = buf.len();
-    buf.push(0);
+    buf.resize(at + reserve, 0);
     body(buf);
-    let len = buf.len() - at - 1;
-    if len < 0x80 {
-        buf[at] = len as u8;
-    } else {
-        let mut prefix = Vec::with_capacity(10);
-        varint(&mut prefix, len as u64);
-        buf.splice(at..=at, prefix);
+    let len = buf.len() - at - reserve;
+    let mut prefix = [0u8; 10];
+    let mut width = 0;
+    let mut v = len as u64;
+    while v >= 0x80 {
+        prefix[width] = (v as u8) | 0x80;
+        v >>= 7;
+        width += 1;
     }
+    prefix[width] = v as u8;
+    width += 1;
+    if width != reserve {
+        let end = buf.len();
+        if width > reserve {
+            buf.resize(end + width - reserve, 0);
+        }
+        buf.copy_within(at + reserve..end, at + width);
+        buf.truncate(at + width + len);
+    }
+    buf[at..at + width].copy_from_slice(&prefix[..width]);
 }
 
 fn any_value(buf: &mut Vec<u8>, v: &Value) {
@@ -211,16 +231,17 @@ impl Encoder {
 
     /// Append one request carrying `spans` (one resource, one scope) to `out`.
     pub fn encode<S: Borrow<SpanRecord>>(&self, spans: &[S], out: &mut Vec<u8>) {
-        message(out, 1, |buf| {
+        // ResourceSpans and ScopeSpans of a batch take 3-byte lengths (up to 2 MiB), spans 2.
+        sized_message(out, 1, 3, |buf| {
             message(buf, 1, |buf| buf.extend_from_slice(&self.resource));
             if !spans.is_empty() {
-                message(buf, 2, |buf| {
+                sized_message(buf, 2, 3, |buf| {
                     message(buf, 1, |buf| {
                         bytes_field(buf, 1, SCOPE_NAME.as_bytes());
                         bytes_field(buf, 2, SCOPE_VERSION.as_bytes());
                     });
                     for s in spans {
-                        message(buf, 2, |buf| span(buf, s.borrow()));
+                        sized_message(buf, 2, 2, |buf| span(buf, s.borrow()));
                     }
                 });
             }
@@ -316,20 +337,29 @@ impl Transport {
         })
     }
 
-    /// Send one encoded `ExportTraceServiceRequest`; `Err` says why the collector did not
-    /// take it.
-    pub async fn send(&self, request: Vec<u8>) -> Result<(), String> {
-        let body = if self.grpc {
+    /// An empty body to encode one `ExportTraceServiceRequest` into (after the gRPC frame
+    /// header's room, which [`Self::send`] fills in).
+    pub fn body(&self, capacity: usize) -> Vec<u8> {
+        let mut body = Vec::with_capacity(capacity + GRPC_HEADER);
+        if self.grpc {
+            body.resize(GRPC_HEADER, 0);
+        }
+        body
+    }
+
+    /// Send a body from [`Self::body`] holding one encoded request; `Err` says why the
+    /// collector did not take it.
+    pub async fn send(&self, mut body: Vec<u8>) -> Result<(), String> {
+        if self.grpc {
             // gRPC message framing: not compressed, then the length (big-endian u32).
-            let len = u32::try_from(request.len()).map_err(|_| "batch too large".to_string())?;
-            let mut framed = Vec::with_capacity(request.len() + 5);
-            framed.push(0);
-            framed.extend_from_slice(&len.to_be_bytes());
-            framed.extend_from_slice(&request);
-            framed
-        } else {
-            request
-        };
+            let len = body
+                .len()
+                .checked_sub(GRPC_HEADER)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| "batch too large".to_string())?;
+            body[0] = 0;
+            body[1..GRPC_HEADER].copy_from_slice(&len.to_be_bytes());
+        }
         let mut req = Request::post(self.uri.clone())
             .header(
                 CONTENT_TYPE,
@@ -393,15 +423,31 @@ mod tests {
 
     #[test]
     fn varints_and_long_messages_take_the_right_length_prefix() {
-        for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
-            let mut buf = Vec::new();
-            message(&mut buf, 1, |b| b.extend(std::iter::repeat_n(7u8, len)));
-            let mut prefix = Vec::new();
-            varint(&mut prefix, len as u64);
-            assert_eq!(buf[0], 0x0a);
-            assert_eq!(&buf[1..=prefix.len()], &prefix[..], "{len}");
-            assert_eq!(buf.len(), 1 + prefix.len() + len);
+        for reserve in 1..=3 {
+            for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000, 2_097_152] {
+                let mut buf = b"head".to_vec();
+                let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                sized_message(&mut buf, 1, reserve, |b| b.extend_from_slice(&body));
+                let mut prefix = Vec::new();
+                varint(&mut prefix, len as u64);
+                assert_eq!(&buf[..5], b"head\x0a");
+                assert_eq!(&buf[5..5 + prefix.len()], &prefix[..], "{reserve} {len}");
+                assert_eq!(&buf[5 + prefix.len()..], &body[..], "{reserve} {len}");
+            }
         }
+    }
+
+    #[test]
+    fn grpc_bodies_leave_room_for_the_frame_header() {
+        let export = |protocol| OtlpExport {
+            endpoint: "http://127.0.0.1:4317".into(),
+            protocol,
+            timeout: Duration::from_secs(1),
+        };
+        let grpc = Transport::new(&export(OtlpProtocol::Grpc), HeaderMap::new());
+        let http = Transport::new(&export(OtlpProtocol::HttpProtobuf), HeaderMap::new());
+        assert_eq!(grpc.map(|t| t.body(10).len()), Ok(GRPC_HEADER));
+        assert_eq!(http.map(|t| t.body(10).len()), Ok(0));
     }
 
     fn batch() -> Vec<SpanRecord> {

@@ -519,7 +519,7 @@ fn export_loop(
         last_full = spans.len() >= batch;
         if !spans.is_empty() {
             let n = spans.len() as u64;
-            let mut request = Vec::with_capacity(spans.len() * 640);
+            let mut request = transport.body(spans.len() * 900);
             encoder.encode(&spans, &mut request);
             spans.clear();
             let result = runtime.block_on(async {
