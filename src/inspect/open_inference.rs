@@ -2,16 +2,14 @@
 //! input features of a request and the predictions of a response (tensors in `inputs` /
 //! `outputs`: `name`, `shape`, `datatype`, `data` flat or nested row-major).
 //!
-//! The tensors are decoded in one pass straight from the bytes into [`Value`]s (no intermediate
-//! JSON tree): the other members are skipped, names are borrowed when they need no unescaping.
-
-use std::borrow::Cow;
-use std::fmt;
-
-use serde::Deserialize;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+//! The tensors are read in one pass straight from the bytes into [`Value`]s by a hand-written
+//! reader (no JSON tree, no serde visitors): the other members are checked and skipped, names
+//! are borrowed when they need no unescaping. It accepts and rejects exactly what serde_json
+//! did (nesting limit, UTF-8 and escape checks, number values bit for bit); the serde decoder
+//! it replaced is kept in the tests as its oracle.
 
 use super::table::{CodecError, Columns, MAX_VALUES, Value, positional};
+use std::borrow::Cow;
 
 /// Why a response body could not be read as JSON: what was wrong and at which byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +19,8 @@ pub struct NotJson {
     /// Byte offset.
     pub at: usize,
 }
+
+impl std::error::Error for NotJson {}
 
 impl std::fmt::Display for NotJson {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -319,15 +319,11 @@ struct Tensor<'a> {
     values: Vec<Value>,
 }
 
-/// What the body's `inputs` / `outputs` member held.
-enum Tensors<'a> {
-    Missing,
-    NotAList,
-    List(Vec<Tensor<'a>>),
-}
+/// serde_json's nesting limit for values it decodes (it does not limit values it skips): the
+/// 128th open container is an error. Kept so bodies are accepted exactly as before.
+const MAX_DEPTH: usize = 128;
 
-/// Any JSON value, reduced to what a tensor's `name` and `shape` need; arrays keep their
-/// second element when it is a non-negative integer (`shape[1]`).
+/// What a tensor's `name` or `shape` (or `shape`'s second element) held.
 enum Any<'a> {
     Str(Cow<'a, str>),
     U64(u64),
@@ -335,291 +331,371 @@ enum Any<'a> {
     Other,
 }
 
-struct AnyVisitor;
-
-impl<'de> Visitor<'de> for AnyVisitor {
-    type Value = Any<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Any<'de>, E> {
-        Ok(Any::Str(Cow::Borrowed(v)))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Any<'de>, E> {
-        Ok(Any::Str(Cow::Owned(v.to_owned())))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Any<'de>, E> {
-        Ok(Any::U64(v))
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Any<'de>, E> {
-        Ok(Any::Other)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Any<'de>, E> {
-        Ok(Any::Other)
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Any<'de>, E> {
-        Ok(Any::Other)
-    }
-    fn visit_unit<E>(self) -> Result<Any<'de>, E> {
-        Ok(Any::Other)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Any<'de>, A::Error> {
-        let _first = seq.next_element::<IgnoredAny>()?;
-        let second = match seq.next_element::<AnyValue>()? {
-            Some(AnyValue(Any::U64(n))) => Some(n),
-            _ => None,
-        };
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Any::Seq(second))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Any<'de>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Any::Other)
-    }
-}
-
-struct AnyValue<'a>(Any<'a>);
-
-impl<'de> Deserialize<'de> for AnyValue<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(AnyVisitor).map(AnyValue)
-    }
-}
-
-/// A tensor's `data`, flat or nested, appended as scalars to `out` up to [`MAX_VALUES`] (the
-/// rest is parsed and skipped).
-struct Data<'v>(&'v mut Vec<Value>);
-
-impl<'de> DeserializeSeed<'de> for Data<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl Data<'_> {
-    fn push(self, v: Value) {
-        if self.0.len() < MAX_VALUES {
-            self.0.push(v);
+impl<'a> Scan<'a> {
+    /// Open a decoded container (one more than `open`), within serde_json's depth limit.
+    fn enter(&mut self, open: usize) -> Result<usize, NotJson> {
+        self.i += 1;
+        if open + 1 >= MAX_DEPTH {
+            return self.err("recursion limit exceeded");
         }
+        Ok(open + 1)
     }
-}
 
-impl<'de> Visitor<'de> for Data<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("tensor data")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
-        self.push(Value::Bool(v));
-        Ok(())
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.push(Value::Number(v as f64));
-        Ok(())
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.push(Value::Number(v as f64));
-        Ok(())
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
-        self.push(Value::Number(v));
-        Ok(())
-    }
-    fn visit_str<E>(self, v: &str) -> Result<(), E> {
-        if self.0.len() < MAX_VALUES {
-            self.0.push(Value::Text(v.to_owned()));
-        }
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        self.push(Value::Null);
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        loop {
-            if self.0.len() >= MAX_VALUES {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                return Ok(());
-            }
-            if seq.next_element_seed(Data(&mut *self.0))?.is_none() {
-                return Ok(());
-            }
-        }
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        self.push(Value::Nested);
-        Ok(())
-    }
-}
-
-/// Whether an object key is `want` (compared without allocating).
-struct KeyIs(&'static str);
-
-impl<'de> DeserializeSeed<'de> for KeyIs {
-    type Value = bool;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl Visitor<'_> for KeyIs {
-    type Value = bool;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object key")
-    }
-    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
-        Ok(v == self.0)
-    }
-}
-
-/// Which member of a tensor object a key names.
-enum TensorKey {
-    Name,
-    Shape,
-    Data,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for TensorKey {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = TensorKey;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<TensorKey, E> {
-                Ok(match v {
-                    "name" => TensorKey::Name,
-                    "shape" => TensorKey::Shape,
-                    "data" => TensorKey::Data,
-                    _ => TensorKey::Other,
+    /// A string, decoded and checked as serde_json checks strings it decodes (UTF-8, escapes
+    /// and surrogates); borrowed when it has no escapes.
+    fn text(&mut self) -> Result<Cow<'a, str>, NotJson> {
+        let at = self.i;
+        let (raw, escaped) = self.string()?;
+        if escaped {
+            let quoted = &self.b[self.i - raw.len() - 2..self.i];
+            serde_json::from_slice::<String>(quoted)
+                .map(Cow::Owned)
+                .map_err(|_| NotJson {
+                    what: "invalid string escape",
+                    at,
                 })
+        } else {
+            std::str::from_utf8(raw)
+                .map(Cow::Borrowed)
+                .map_err(|_| NotJson {
+                    what: "invalid UTF-8",
+                    at,
+                })
+        }
+    }
+
+    /// After a member's value: `,` (true, another member follows) or `}` (false).
+    fn next_member(&mut self) -> Result<bool, NotJson> {
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                Ok(true)
+            }
+            Some(b'}') => {
+                self.i += 1;
+                Ok(false)
+            }
+            _ => self.err("expected , or }"),
+        }
+    }
+
+    /// After an element: `,` (true) or `]` (false).
+    fn next_element(&mut self) -> Result<bool, NotJson> {
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                Ok(true)
+            }
+            Some(b']') => {
+                self.i += 1;
+                Ok(false)
+            }
+            _ => self.err("expected , or ]"),
+        }
+    }
+
+    /// The members of an object whose `{` was just read, calling `member` with each decoded
+    /// key; `member` reads the value.
+    fn members(
+        &mut self,
+        mut member: impl FnMut(&mut Self, Cow<'a, str>) -> Result<(), NotJson>,
+    ) -> Result<(), NotJson> {
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            if self.peek() != Some(b'"') {
+                return self.err("expected a key");
+            }
+            let key = self.text()?;
+            self.eat(b':', "expected :")?;
+            member(self, key)?;
+            if !self.next_member()? {
+                return Ok(());
             }
         }
-        d.deserialize_str(V)
     }
-}
 
-impl<'de> Deserialize<'de> for Tensor<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Tensor<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a tensor object")
+    /// The elements of an array whose `[` was just read, each read by `element`.
+    fn elements(
+        &mut self,
+        mut element: impl FnMut(&mut Self) -> Result<(), NotJson>,
+    ) -> Result<(), NotJson> {
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            element(self)?;
+            if !self.next_element()? {
+                return Ok(());
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tensor<'de>, A::Error> {
-                let mut t = Tensor {
-                    name: None,
-                    width: 1,
-                    values: Vec::new(),
-                };
-                while let Some(key) = map.next_key::<TensorKey>()? {
-                    match key {
-                        TensorKey::Name => {
-                            t.name = match map.next_value::<AnyValue>()?.0 {
-                                Any::Str(s) => Some(s),
-                                _ => None,
-                            };
+        }
+    }
+
+    /// An object whose keys are decoded and values skipped (a map serde visits entry by entry).
+    fn keys_only(&mut self) -> Result<(), NotJson> {
+        self.members(|s, _| s.skip())
+    }
+
+    /// A number as serde_json gives it to a visitor, as `f64`; `u64` too when it is a
+    /// non-negative integer that fits.
+    fn number_value(&mut self) -> Result<(f64, Option<u64>), NotJson> {
+        let at = self.i;
+        let raw = self.number()?;
+        if let Some(v) = fast_number(raw) {
+            return Ok(v);
+        }
+        // Long or extreme numbers: serde_json's own reading, so values match it bit for bit.
+        let n = serde_json::from_slice::<serde_json::Number>(raw).map_err(|_| NotJson {
+            what: "number out of range",
+            at,
+        })?;
+        Ok((n.as_f64().unwrap_or(f64::NAN), n.as_u64()))
+    }
+
+    /// A `name` or `shape` value (or `shape`'s second element), in container `open`.
+    fn any(&mut self, open: usize) -> Result<Any<'a>, NotJson> {
+        Ok(match self.peek() {
+            Some(b'"') => Any::Str(self.text()?),
+            Some(b'-' | b'0'..=b'9') => match self.number_value()? {
+                (_, Some(u)) => Any::U64(u),
+                _ => Any::Other,
+            },
+            Some(b'[') => {
+                let depth = self.enter(open)?;
+                let mut index = 0;
+                let mut second = None;
+                self.elements(|s| {
+                    index += 1;
+                    if index == 2 {
+                        if let Any::U64(n) = s.any(depth)? {
+                            second = Some(n);
                         }
-                        TensorKey::Shape => {
-                            t.width = match map.next_value::<AnyValue>()?.0 {
-                                Any::Seq(Some(w)) => usize::try_from(w).unwrap_or(1).max(1),
-                                _ => 1,
-                            };
-                        }
-                        TensorKey::Data => {
-                            t.values.clear();
-                            map.next_value_seed(Data(&mut t.values))?;
-                        }
-                        TensorKey::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
+                        Ok(())
+                    } else {
+                        s.skip()
+                    }
+                })?;
+                Any::Seq(second)
+            }
+            Some(b'{') => {
+                self.enter(open)?;
+                self.keys_only()?;
+                Any::Other
+            }
+            _ => {
+                self.skip()?;
+                Any::Other
+            }
+        })
+    }
+
+    /// A tensor's `data`, flat or nested, appended as scalars to `out` up to [`MAX_VALUES`]
+    /// (the rest is checked and skipped).
+    fn data(&mut self, open: usize, out: &mut Vec<Value>) -> Result<(), NotJson> {
+        let value = match self.peek() {
+            Some(b'[') => {
+                let depth = self.enter(open)?;
+                return self.elements(|s| {
+                    if out.len() >= MAX_VALUES {
+                        s.skip()
+                    } else {
+                        s.data(depth, out)
+                    }
+                });
+            }
+            Some(b'{') => {
+                self.enter(open)?;
+                self.keys_only()?;
+                Value::Nested
+            }
+            Some(b'"') => Value::Text(self.text()?.into_owned()),
+            Some(b'-' | b'0'..=b'9') => Value::Number(self.number_value()?.0),
+            Some(b't') => {
+                self.literal(b"true")?;
+                Value::Bool(true)
+            }
+            Some(b'f') => {
+                self.literal(b"false")?;
+                Value::Bool(false)
+            }
+            Some(b'n') => {
+                self.literal(b"null")?;
+                Value::Null
+            }
+            _ => return self.err("expected a value"),
+        };
+        if out.len() < MAX_VALUES {
+            out.push(value);
+        }
+        Ok(())
+    }
+
+    /// One tensor object, in container `open`.
+    fn tensor(&mut self, open: usize) -> Result<Tensor<'a>, NotJson> {
+        if self.peek() != Some(b'{') {
+            return self.err("expected a tensor object");
+        }
+        let depth = self.enter(open)?;
+        let mut t = Tensor {
+            name: None,
+            width: 1,
+            values: Vec::new(),
+        };
+        self.members(|s, key| {
+            match key.as_ref() {
+                "name" => {
+                    t.name = match s.any(depth)? {
+                        Any::Str(name) => Some(name),
+                        _ => None,
                     }
                 }
-                Ok(t)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for Tensors<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Tensors<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of tensors")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tensors<'de>, A::Error> {
-                let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
-                while let Some(t) = seq.next_element::<Tensor>()? {
-                    list.push(t);
+                "shape" => {
+                    t.width = match s.any(depth)? {
+                        Any::Seq(Some(w)) => usize::try_from(w).unwrap_or(1).max(1),
+                        _ => 1,
+                    }
                 }
-                Ok(Tensors::List(list))
+                "data" => {
+                    t.values.clear();
+                    s.data(depth, &mut t.values)?;
+                }
+                _ => s.skip()?,
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tensors<'de>, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Tensors::NotAList)
+            Ok(())
+        })?;
+        Ok(t)
+    }
+
+    /// The `inputs` / `outputs` value: `None` when it is not a list.
+    fn tensor_list(&mut self, open: usize) -> Result<Option<Vec<Tensor<'a>>>, NotJson> {
+        match self.peek() {
+            Some(b'[') => {
+                let depth = self.enter(open)?;
+                let mut list = Vec::with_capacity(4);
+                self.elements(|s| {
+                    list.push(s.tensor(depth)?);
+                    Ok(())
+                })?;
+                Ok(Some(list))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Tensors<'de>, E> {
-                Ok(Tensors::NotAList)
+            Some(b'{') => {
+                self.enter(open)?;
+                self.keys_only()?;
+                Ok(None)
             }
-            fn visit_i64<E>(self, _: i64) -> Result<Tensors<'de>, E> {
-                Ok(Tensors::NotAList)
+            Some(b'"') => {
+                self.text()?;
+                Ok(None)
             }
-            fn visit_u64<E>(self, _: u64) -> Result<Tensors<'de>, E> {
-                Ok(Tensors::NotAList)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Tensors<'de>, E> {
-                Ok(Tensors::NotAList)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Tensors<'de>, E> {
-                Ok(Tensors::NotAList)
-            }
-            fn visit_unit<E>(self) -> Result<Tensors<'de>, E> {
-                Ok(Tensors::NotAList)
+            _ => {
+                self.skip()?;
+                Ok(None)
             }
         }
-        d.deserialize_any(V)
     }
 }
 
-/// The `member` of a JSON object body (the last one, when repeated), every other member skipped.
-struct Member(&'static str);
+/// Powers of ten that are exact in an `f64`.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
 
-impl<'de> Visitor<'de> for Member {
-    type Value = Tensors<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tensors<'de>, A::Error> {
-        let mut found = Tensors::Missing;
-        while let Some(is) = map.next_key_seed(KeyIs(self.0))? {
-            if is {
-                found = map.next_value()?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
+/// The common numbers without a general float parser: integers of up to 18 digits, and
+/// decimals whose digits fit in 2^53 with a power-of-ten scale up to 22, where one
+/// multiplication or division is correctly rounded (so the value equals serde_json's).
+/// `None` for anything else. `raw` is a valid JSON number.
+fn fast_number(raw: &[u8]) -> Option<(f64, Option<u64>)> {
+    let (negative, digits) = match raw.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, raw),
+    };
+    let mut mantissa: u64 = 0;
+    let mut count = 0usize;
+    let mut scale: i64 = 0;
+    let mut i = 0;
+    let mut fraction = false;
+    while let Some(&c) = digits.get(i) {
+        match c {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(c - b'0');
+                count += 1;
+                if count > 18 {
+                    return None;
+                }
+                if fraction {
+                    scale -= 1;
+                }
             }
+            b'.' => fraction = true,
+            _ => break,
         }
-        Ok(found)
+        i += 1;
     }
+    let integer = !fraction && i == digits.len();
+    if integer {
+        return Some(if negative {
+            // As serde_json: negative integers (and -0, as -0.0) carry no u64.
+            (-(mantissa as f64), None)
+        } else {
+            (mantissa as f64, Some(mantissa))
+        });
+    }
+    if i < digits.len() {
+        // An exponent: `e`, optional sign, digits.
+        let exp = &digits[i + 1..];
+        let (sign, exp) = match exp.split_first() {
+            Some((b'-', rest)) => (-1, rest),
+            Some((b'+', rest)) => (1, rest),
+            _ => (1, exp),
+        };
+        if exp.len() > 4 {
+            return None;
+        }
+        let e = exp
+            .iter()
+            .fold(0i64, |acc, &d| acc * 10 + i64::from(d - b'0'));
+        scale += sign * e;
+    }
+    if mantissa > 1 << 53 {
+        return None;
+    }
+    let pow = *POW10.get(usize::try_from(scale.unsigned_abs()).ok()?)?;
+    let m = mantissa as f64;
+    let v = if scale >= 0 { m * pow } else { m / pow };
+    Some((if negative { -v } else { v }, None))
 }
 
 fn read_tensors<'a>(body: &'a [u8], member: &'static str) -> Result<Vec<Tensor<'a>>, CodecError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let tensors = de.deserialize_map(Member(member))?;
-    de.end()?;
-    match tensors {
-        Tensors::List(list) => Ok(list),
-        Tensors::Missing | Tensors::NotAList => {
-            Err(CodecError::Shape("expected a list of tensors"))
-        }
+    let mut s = Scan { b: body, i: 0 };
+    if s.peek() != Some(b'{') {
+        return Err(CodecError::Syntax(NotJson {
+            what: "expected a JSON object",
+            at: s.i,
+        }));
     }
+    let depth = s.enter(0)?;
+    let mut found: Option<Option<Vec<Tensor<'a>>>> = None;
+    s.members(|s, key| {
+        if key == member {
+            found = Some(s.tensor_list(depth)?);
+            Ok(())
+        } else {
+            s.skip()
+        }
+    })?;
+    if s.peek().is_some() {
+        return Err(CodecError::Syntax(NotJson {
+            what: "trailing characters",
+            at: s.i,
+        }));
+    }
+    found
+        .flatten()
+        .ok_or(CodecError::Shape("expected a list of tensors"))
 }
 
 /// Tensors as columns: shape `[N]` or `[N, 1]` is one column named after the tensor; `[N, F]`
@@ -713,6 +789,471 @@ mod tests {
         ));
     }
 
+    /// The decoder before the hand-written reader: serde visitors, one pass. Kept as the
+    /// oracle the reader must agree with, value for value and in what it rejects.
+    mod serde_visitors {
+        use super::super::Tensor;
+        use crate::inspect::table::{CodecError, MAX_VALUES, Value};
+        use std::borrow::Cow;
+        use std::fmt;
+
+        use serde::Deserialize;
+        use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        /// What the body's `inputs` / `outputs` member held.
+        enum Tensors<'a> {
+            Missing,
+            NotAList,
+            List(Vec<Tensor<'a>>),
+        }
+
+        /// Any JSON value, reduced to what a tensor's `name` and `shape` need; arrays keep their
+        /// second element when it is a non-negative integer (`shape[1]`).
+        enum Any<'a> {
+            Str(Cow<'a, str>),
+            U64(u64),
+            Seq(Option<u64>),
+            Other,
+        }
+
+        struct AnyVisitor;
+
+        impl<'de> Visitor<'de> for AnyVisitor {
+            type Value = Any<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Any<'de>, E> {
+                Ok(Any::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Any<'de>, E> {
+                Ok(Any::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Any<'de>, E> {
+                Ok(Any::U64(v))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Any<'de>, E> {
+                Ok(Any::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Any<'de>, E> {
+                Ok(Any::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Any<'de>, E> {
+                Ok(Any::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Any<'de>, E> {
+                Ok(Any::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Any<'de>, A::Error> {
+                let _first = seq.next_element::<IgnoredAny>()?;
+                let second = match seq.next_element::<AnyValue>()? {
+                    Some(AnyValue(Any::U64(n))) => Some(n),
+                    _ => None,
+                };
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Any::Seq(second))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Any<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Any::Other)
+            }
+        }
+
+        struct AnyValue<'a>(Any<'a>);
+
+        impl<'de> Deserialize<'de> for AnyValue<'de> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(AnyVisitor).map(AnyValue)
+            }
+        }
+
+        /// A tensor's `data`, flat or nested, appended as scalars to `out` up to [`MAX_VALUES`] (the
+        /// rest is parsed and skipped).
+        struct Data<'v>(&'v mut Vec<Value>);
+
+        impl<'de> DeserializeSeed<'de> for Data<'_> {
+            type Value = ();
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+
+        impl Data<'_> {
+            fn push(self, v: Value) {
+                if self.0.len() < MAX_VALUES {
+                    self.0.push(v);
+                }
+            }
+        }
+
+        impl<'de> Visitor<'de> for Data<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("tensor data")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+                self.push(Value::Bool(v));
+                Ok(())
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+                self.push(Value::Number(v as f64));
+                Ok(())
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+                self.push(Value::Number(v as f64));
+                Ok(())
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+                self.push(Value::Number(v));
+                Ok(())
+            }
+            fn visit_str<E>(self, v: &str) -> Result<(), E> {
+                if self.0.len() < MAX_VALUES {
+                    self.0.push(Value::Text(v.to_owned()));
+                }
+                Ok(())
+            }
+            fn visit_unit<E>(self) -> Result<(), E> {
+                self.push(Value::Null);
+                Ok(())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                loop {
+                    if self.0.len() >= MAX_VALUES {
+                        while seq.next_element::<IgnoredAny>()?.is_some() {}
+                        return Ok(());
+                    }
+                    if seq.next_element_seed(Data(&mut *self.0))?.is_none() {
+                        return Ok(());
+                    }
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                self.push(Value::Nested);
+                Ok(())
+            }
+        }
+
+        /// Whether an object key is `want` (compared without allocating).
+        struct KeyIs(&'static str);
+
+        impl<'de> DeserializeSeed<'de> for KeyIs {
+            type Value = bool;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+                d.deserialize_str(self)
+            }
+        }
+
+        impl Visitor<'_> for KeyIs {
+            type Value = bool;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+                Ok(v == self.0)
+            }
+        }
+
+        /// Which member of a tensor object a key names.
+        enum TensorKey {
+            Name,
+            Shape,
+            Data,
+            Other,
+        }
+
+        impl<'de> Deserialize<'de> for TensorKey {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = TensorKey;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("an object key")
+                    }
+                    fn visit_str<E>(self, v: &str) -> Result<TensorKey, E> {
+                        Ok(match v {
+                            "name" => TensorKey::Name,
+                            "shape" => TensorKey::Shape,
+                            "data" => TensorKey::Data,
+                            _ => TensorKey::Other,
+                        })
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for Tensor<'de> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Tensor<'de>;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a tensor object")
+                    }
+                    fn visit_map<A: MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<Tensor<'de>, A::Error> {
+                        let mut t = Tensor {
+                            name: None,
+                            width: 1,
+                            values: Vec::new(),
+                        };
+                        while let Some(key) = map.next_key::<TensorKey>()? {
+                            match key {
+                                TensorKey::Name => {
+                                    t.name = match map.next_value::<AnyValue>()?.0 {
+                                        Any::Str(s) => Some(s),
+                                        _ => None,
+                                    };
+                                }
+                                TensorKey::Shape => {
+                                    t.width = match map.next_value::<AnyValue>()?.0 {
+                                        Any::Seq(Some(w)) => usize::try_from(w).unwrap_or(1).max(1),
+                                        _ => 1,
+                                    };
+                                }
+                                TensorKey::Data => {
+                                    t.values.clear();
+                                    map.next_value_seed(Data(&mut t.values))?;
+                                }
+                                TensorKey::Other => {
+                                    map.next_value::<IgnoredAny>()?;
+                                }
+                            }
+                        }
+                        Ok(t)
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for Tensors<'de> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Tensors<'de>;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a list of tensors")
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(
+                        self,
+                        mut seq: A,
+                    ) -> Result<Tensors<'de>, A::Error> {
+                        let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
+                        while let Some(t) = seq.next_element::<Tensor>()? {
+                            list.push(t);
+                        }
+                        Ok(Tensors::List(list))
+                    }
+                    fn visit_map<A: MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<Tensors<'de>, A::Error> {
+                        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                        Ok(Tensors::NotAList)
+                    }
+                    fn visit_bool<E>(self, _: bool) -> Result<Tensors<'de>, E> {
+                        Ok(Tensors::NotAList)
+                    }
+                    fn visit_i64<E>(self, _: i64) -> Result<Tensors<'de>, E> {
+                        Ok(Tensors::NotAList)
+                    }
+                    fn visit_u64<E>(self, _: u64) -> Result<Tensors<'de>, E> {
+                        Ok(Tensors::NotAList)
+                    }
+                    fn visit_f64<E>(self, _: f64) -> Result<Tensors<'de>, E> {
+                        Ok(Tensors::NotAList)
+                    }
+                    fn visit_str<E>(self, _: &str) -> Result<Tensors<'de>, E> {
+                        Ok(Tensors::NotAList)
+                    }
+                    fn visit_unit<E>(self) -> Result<Tensors<'de>, E> {
+                        Ok(Tensors::NotAList)
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+
+        /// The `member` of a JSON object body (the last one, when repeated), every other member skipped.
+        struct Member(&'static str);
+
+        impl<'de> Visitor<'de> for Member {
+            type Value = Tensors<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tensors<'de>, A::Error> {
+                let mut found = Tensors::Missing;
+                while let Some(is) = map.next_key_seed(KeyIs(self.0))? {
+                    if is {
+                        found = map.next_value()?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(found)
+            }
+        }
+
+        pub fn read_tensors<'a>(
+            body: &'a [u8],
+            member: &'static str,
+        ) -> Result<Vec<Tensor<'a>>, CodecError> {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let tensors = de.deserialize_map(Member(member))?;
+            de.end()?;
+            match tensors {
+                Tensors::List(list) => Ok(list),
+                Tensors::Missing | Tensors::NotAList => {
+                    Err(CodecError::Shape("expected a list of tensors"))
+                }
+            }
+        }
+    }
+
+    /// What the reader and the serde visitors make of a body, for both members (Debug
+    /// strings, so floats compare bit for bit, -0 included).
+    fn reader_matches_visitors(body: &[u8]) {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        for (member, names) in [("inputs", Some(&names[..])), ("outputs", None)] {
+            let ours = read_tensors(body, member).and_then(|list| tensors(list, names));
+            let theirs =
+                serde_visitors::read_tensors(body, member).and_then(|list| tensors(list, names));
+            assert_eq!(
+                format!("{:?}", ours.as_ref().ok()),
+                format!("{:?}", theirs.as_ref().ok()),
+                "{member} of {}",
+                String::from_utf8_lossy(body)
+            );
+            // Rejected for the same reason: not JSON, or JSON of the wrong shape.
+            assert_eq!(
+                matches!(ours, Err(CodecError::Shape(_))),
+                matches!(theirs, Err(CodecError::Shape(_))),
+                "{member} of {}: {ours:?} / {theirs:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn the_reader_agrees_with_the_serde_visitors_on_every_corpus_input_and_mutation() {
+        let mut cases: Vec<Vec<u8>> = [
+            &br#"{"inputs":[{"name":"x","shape":[2,3],"data":[[1,2,3],[4,null,6]]}]}"#[..],
+            br#"{"inputs":[{"data":[1,{"a":1},[true,"s\u00e9"]],"shape":[3,"2"],"name":"n\"q"}],"inputs":[{"name":"last","data":[7]}]}"#,
+            br#"{"outputs":[{"name":"p","shape":[1,2],"data":[0.3,0.7]},{"name":"p","shape":[2],"data":[1,2]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[-0,-0.0,0.1,4.35,1e22,1e23,1E5,1e+5,-1e-5,1.5e-7]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[9007199254740993,18446744073709551615,18446744073709551616,-9223372036854775808,-9223372036854775809]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[123456789012345678901234567890,0.30000000000000004,2.2250738585072014e-308,1e-400,4.9e-324]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[1e400]}]}"#,
+            br#"{"inputs":[{"name":"x","shape":[1,0],"data":[1]},{"name":"y","shape":[1,-2],"data":[1]},{"name":"z","shape":[1,2.0],"data":[1]}]}"#,
+            br#"{"inputs":[{"name":"x","shape":[1,[2]],"data":[1]},{"name":"y","shape":3,"data":[1]},{"name":"z","shape":{"a":1},"data":[1]}]}"#,
+            br#"{"inputs":[{"name":1,"data":[1]}]}"#,
+            br#"{"inputs":[{"name":["a"],"data":[1]}]}"#,
+            br#"{"inputs":[{"data":[1]}]}"#,
+            br#"{"inputs":[1]}"#,
+            br#"{"inputs":{"a":1}}"#,
+            br#"{"inputs":"x"}"#,
+            br#"{"inputs":null}"#,
+            br#"{"outputs":[]}"#,
+            br#"{"inputs":[{"name":"x","data":"solo"}]}"#,
+            br#"{"inputs":[{"name":"x","data":{"k":[1,2]}}]}"#,
+            br#"{"inputs":[{"name":"x","data":[1,]}]}"#,
+            br#"{"inputs":[{"name":"x",}]}"#,
+            br#"{"inputs":[{"name":"\ud800","data":[1]}]}"#,
+            br#"{"\ud800":1,"inputs":[{"name":"x","data":[1]}]}"#,
+            br#"{"a":"\ud800","inputs":[{"name":"x","data":[1]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[{"\ud800":1}]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[{"k":"\ud800"}]}]}"#,
+            br#"{"inputs":[{"name":"x\u0041\n","data":["\t"]}]} "#,
+            br#"{"inputs":[{"name":"x","data":[1]}]} x"#,
+            br#"[]"#,
+            b"",
+            b"  ",
+        ]
+        .iter()
+        .map(|c| c.to_vec())
+        .collect();
+        let bad_utf8 = |prefix: &str, suffix: &str| {
+            let mut v = prefix.as_bytes().to_vec();
+            v.extend_from_slice(b"\xff\xfe");
+            v.extend_from_slice(suffix.as_bytes());
+            v
+        };
+        cases.push(bad_utf8(
+            r#"{"a":""#,
+            r#"","inputs":[{"name":"x","data":[1]}]}"#,
+        ));
+        cases.push(bad_utf8(r#"{"inputs":[{"name":""#, r#"","data":[1]}]}"#));
+        cases.push(bad_utf8(r#"{"inputs":[{"name":"x","data":[""#, r#""]}]}"#));
+        cases.push(bad_utf8(
+            r#"{"inputs":[{"name":"x","data":[{""#,
+            r#"":1}]}]}"#,
+        ));
+        cases.push(bad_utf8(
+            r#"{"inputs":[{"name":"x","data":[{"k":""#,
+            r#""}]}]}"#,
+        ));
+        cases.push(bad_utf8(r#"{""#, r#"":1,"inputs":[]}"#));
+        // Nesting around serde_json's limit: in data, in shape, in name, and in skipped values.
+        for depth in [120, 123, 124, 125, 126, 200] {
+            let open = "[".repeat(depth);
+            let close = "]".repeat(depth);
+            for body in [
+                format!(r#"{{"inputs":[{{"name":"x","data":{open}1{close}}}]}}"#),
+                format!(r#"{{"inputs":[{{"name":"x","shape":[1,{open}2{close}],"data":[1]}}]}}"#),
+                format!(r#"{{"inputs":[{{"name":{open}"x"{close},"data":[1]}}]}}"#),
+                format!(
+                    r#"{{"inputs":[{{"name":"x","shape":[1,[0,{open}2{close}]],"data":[1]}}]}}"#
+                ),
+                format!(r#"{{"skip":{open}1{close},"inputs":[{{"name":"x","data":[1]}}]}}"#),
+                format!(
+                    r#"{{"inputs":[{{"name":"x","p":{open}1{close},"data":[{{"k":{open}{close}}}]}}]}}"#
+                ),
+            ] {
+                cases.push(body.into_bytes());
+            }
+        }
+        for c in &cases {
+            reader_matches_visitors(c);
+        }
+        let abyss = format!("{{\"a\":{}", "[{\"b\":".repeat(1_000_000));
+        assert!(
+            read_tensors(abyss.as_bytes(), "inputs").is_err(),
+            "no stack to overflow"
+        );
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/codecs");
+        let mut seed: u64 = 0x7e57;
+        let mut n = 0;
+        for entry in std::fs::read_dir(corpus).into_iter().flatten().flatten() {
+            let Ok(body) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            reader_matches_visitors(&body);
+            for _ in 0..6 {
+                if body.is_empty() {
+                    break;
+                }
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let i = usize::try_from(seed >> 33).unwrap_or(0) % body.len();
+                let mut m = body.clone();
+                let pool = b"[]{},:\"\\-.e0 x\xff";
+                m[i] = pool[usize::from((seed >> 20) as u8) % pool.len()];
+                reader_matches_visitors(&m);
+                let mut flipped = body.clone();
+                flipped[i] = (seed >> 17) as u8;
+                reader_matches_visitors(&flipped);
+                reader_matches_visitors(&body[..i]);
+            }
+            n += 1;
+        }
+        assert!(n > 1000, "the committed codecs corpus ({n} files) was read");
+    }
+
     /// The decoder before the one-pass rewrite: a `serde_json::Value` tree, then the tensors.
     /// Kept as the oracle the one-pass decoder must agree with.
     fn oracle(body: &[u8], member: &str, names: Option<&[String]>) -> Option<Columns> {
@@ -800,7 +1341,7 @@ mod tests {
     /// The reader before the scanner: serde_json with a derived struct. The oracle the
     /// scanner must agree with, on what it answers and on whether the body is JSON.
     fn serde_reported(body: &[u8]) -> Result<Option<String>, ()> {
-        #[derive(Deserialize)]
+        #[derive(serde::Deserialize)]
         struct Reported {
             model_version: Option<serde_json::Value>,
         }

@@ -179,6 +179,9 @@ pub enum CodecError {
     /// Not JSON (or nested too deeply).
     #[error("not JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// Not JSON, as a hand-written reader found (what and where).
+    #[error("not JSON: {0}")]
+    Syntax(#[from] super::open_inference::NotJson),
     /// JSON, but not this protocol's shape.
     #[error("unexpected shape: {0}")]
     Shape(&'static str),
