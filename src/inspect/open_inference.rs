@@ -64,16 +64,43 @@ impl<'a> Scan<'a> {
 
     /// A string starting at `"`: its raw bytes between the quotes and whether it has escapes.
     fn string(&mut self) -> Result<(&'a [u8], bool), NotJson> {
+        self.string_ascii().map(|(raw, escaped, _)| (raw, escaped))
+    }
+
+    /// [`Self::string`], also saying whether every byte is ASCII (then it is valid UTF-8).
+    /// Runs of plain bytes are skipped eight at a time.
+    fn string_ascii(&mut self) -> Result<(&'a [u8], bool, bool), NotJson> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
         self.eat(b'"', "expected a string")?;
         let start = self.i;
         let mut escaped = false;
+        let mut high = 0u64;
         loop {
+            if let Some(chunk) = self.b.get(self.i..self.i + 8) {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(chunk);
+                let w = u64::from_le_bytes(word);
+                let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+                // Bytes that end the run: `"`, `\`, controls. The lowest flag is exact.
+                let special = (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+                    | zero(w ^ (ONES * u64::from(b'"')))
+                    | zero(w ^ (ONES * u64::from(b'\\')));
+                if special == 0 {
+                    high |= w & HIGH;
+                    self.i += 8;
+                    continue;
+                }
+                let plain = special.trailing_zeros() / 8;
+                high |= w & HIGH & ((1u64 << (plain * 8)) - 1);
+                self.i += plain as usize;
+            }
             match self.b.get(self.i) {
                 None => return self.err("unterminated string"),
                 Some(b'"') => {
                     let raw = &self.b[start..self.i];
                     self.i += 1;
-                    return Ok((raw, escaped));
+                    return Ok((raw, escaped, high == 0));
                 }
                 Some(b'\\') => {
                     escaped = true;
@@ -90,7 +117,10 @@ impl<'a> Scan<'a> {
                     }
                 }
                 Some(c) if *c < 0x20 => return self.err("control character in a string"),
-                Some(_) => self.i += 1,
+                Some(c) => {
+                    high |= u64::from(*c & 0x80);
+                    self.i += 1;
+                }
             }
         }
     }
@@ -346,6 +376,11 @@ impl<'a> Scan<'a> {
     fn text(&mut self) -> Result<Cow<'a, str>, NotJson> {
         let at = self.i;
         let (raw, escaped) = self.string()?;
+        self.decode(at, raw, escaped)
+    }
+
+    /// The text of a string read at `at`.
+    fn decode(&self, at: usize, raw: &'a [u8], escaped: bool) -> Result<Cow<'a, str>, NotJson> {
         if escaped {
             let quoted = &self.b[self.i - raw.len() - 2..self.i];
             serde_json::from_slice::<String>(quoted)
@@ -394,11 +429,11 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// The members of an object whose `{` was just read, calling `member` with each decoded
-    /// key; `member` reads the value.
+    /// The members of an object whose `{` was just read, calling `member` with each key
+    /// (decoded and checked; plain ASCII keys are their raw bytes); `member` reads the value.
     fn members(
         &mut self,
-        mut member: impl FnMut(&mut Self, Cow<'a, str>) -> Result<(), NotJson>,
+        mut member: impl FnMut(&mut Self, &[u8]) -> Result<(), NotJson>,
     ) -> Result<(), NotJson> {
         if self.peek() == Some(b'}') {
             self.i += 1;
@@ -408,9 +443,15 @@ impl<'a> Scan<'a> {
             if self.peek() != Some(b'"') {
                 return self.err("expected a key");
             }
-            let key = self.text()?;
+            let at = self.i;
+            let (raw, escaped, ascii) = self.string_ascii()?;
             self.eat(b':', "expected :")?;
-            member(self, key)?;
+            if ascii && !escaped {
+                member(self, raw)?;
+            } else {
+                let key = self.decode(at, raw, escaped)?;
+                member(self, key.as_bytes())?;
+            }
             if !self.next_member()? {
                 return Ok(());
             }
@@ -545,20 +586,20 @@ impl<'a> Scan<'a> {
             values: Vec::new(),
         };
         self.members(|s, key| {
-            match key.as_ref() {
-                "name" => {
+            match key {
+                b"name" => {
                     t.name = match s.any(depth)? {
                         Any::Str(name) => Some(name),
                         _ => None,
                     }
                 }
-                "shape" => {
+                b"shape" => {
                     t.width = match s.any(depth)? {
                         Any::Seq(Some(w)) => usize::try_from(w).unwrap_or(1).max(1),
                         _ => 1,
                     }
                 }
-                "data" => {
+                b"data" => {
                     t.values.clear();
                     s.data(depth, &mut t.values)?;
                 }
@@ -680,7 +721,7 @@ fn read_tensors<'a>(body: &'a [u8], member: &'static str) -> Result<Vec<Tensor<'
     let depth = s.enter(0)?;
     let mut found: Option<Option<Vec<Tensor<'a>>>> = None;
     s.members(|s, key| {
-        if key == member {
+        if key == member.as_bytes() {
             found = Some(s.tensor_list(depth)?);
             Ok(())
         } else {
