@@ -36,13 +36,16 @@ const CLIENT_CLOSED: u16 = 499;
 #[derive(Clone)]
 pub struct TeeLayer {
     telemetry: Arc<Telemetry>,
-    shadow: Shadower,
+    shadow: Arc<Shadower>,
 }
 
 impl TeeLayer {
     /// Emit into these sinks; mirror to shadows with `shadow`.
     pub fn new(telemetry: Arc<Telemetry>, shadow: Shadower) -> Self {
-        Self { telemetry, shadow }
+        Self {
+            telemetry,
+            shadow: Arc::new(shadow),
+        }
     }
 }
 
@@ -61,7 +64,7 @@ impl<S> Layer<S> for TeeLayer {
 #[derive(Clone)]
 pub struct Tee<S> {
     telemetry: Arc<Telemetry>,
-    shadow: Shadower,
+    shadow: Arc<Shadower>,
     inner: S,
 }
 
@@ -116,7 +119,7 @@ struct Pending {
     ctx: Arc<RequestCtx>,
     client_span: Option<crate::observe::spans::Span>,
     telemetry: Arc<Telemetry>,
-    shadow: Shadower,
+    shadow: Arc<Shadower>,
     status: u16,
     upstream_status: Option<u16>,
     upstream_latency: Option<Duration>,
@@ -135,7 +138,7 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(ctx: Arc<RequestCtx>, telemetry: Arc<Telemetry>, shadow: Shadower) -> Self {
+    fn new(ctx: Arc<RequestCtx>, telemetry: Arc<Telemetry>, shadow: Arc<Shadower>) -> Self {
         ctx.resolved.served.metrics.in_flight.inc();
         Self {
             ctx,
