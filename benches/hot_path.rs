@@ -8,6 +8,8 @@
 //! - `request_path`: the sum a request pays before and after forwarding, minus I/O.
 //! - `span/*`: building and ending the server and client spans (sampled: the full cost; a
 //!   dropped span should cost next to nothing).
+//! - `access_log/write_json`: the JSON line, on the log thread (escaping or number formatting
+//!   got slower).
 //! - `inspect/*`: the codecs that read the copied bodies after the response, the schema check
 //!   and the counting (off the byte path, but on the one worker thread's budget: a regression
 //!   lowers the exchanges per second it keeps up with before `queue_full` skips start).
@@ -129,7 +131,7 @@ fn benches(c: &mut Criterion) {
 }
 
 fn span_benches(c: &mut Criterion) {
-    use modelstamp::config::{Sampler, Traces};
+    use modelstamp::config::{OtlpExport, OtlpProtocol, Sampler, Traces};
     use modelstamp::observe::spans::Tracing;
     use opentelemetry::KeyValue;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -142,10 +144,16 @@ fn span_benches(c: &mut Criterion) {
         ("sampled", Sampler::AlwaysOn),
         ("dropped", Sampler::AlwaysOff),
     ] {
+        // Spans are recorded only when exported: send them toward a closed port (the queue
+        // fills and the rest are counted as dropped; the worker-side cost is what is measured).
         let cfg = Traces {
             service_name: "bench".into(),
             sampler,
-            export: None,
+            export: Some(OtlpExport {
+                endpoint: "http://127.0.0.1:9".into(),
+                protocol: OtlpProtocol::Grpc,
+                timeout: std::time::Duration::from_millis(100),
+            }),
             queue: 1024,
             batch: 512,
             lineage_url: "http://x/lineage/{lineage_id}".into(),
@@ -241,5 +249,45 @@ fn inspect_worker_benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_path, benches, span_benches, inspect_benches);
+fn access_log_benches(c: &mut Criterion) {
+    use modelstamp::observe::access_log::AccessLine;
+    let line = AccessLine {
+        time: std::time::SystemTime::now(),
+        request_id: new_request_id(),
+        trace_id: Some(TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736u128)),
+        span_id: Some(SpanId::from(0x00f0_67aa_0ba9_02b7u64)),
+        route: Some("models".into()),
+        model: "churn".into(),
+        version: "3".into(),
+        lineage_id: "ln_526204c212f0100a".into(),
+        reported_version: Some("3".into()),
+        client: "127.0.0.1:50312".parse().unwrap(),
+        method: http::Method::POST,
+        path: http::uri::PathAndQuery::from_static("/v2/models/churn/infer"),
+        protocol: "1.1",
+        status: 200,
+        upstream_status: Some(200),
+        duration_ms: 0.412_345,
+        upstream_ms: Some(0.25),
+        bytes_in: 213,
+        bytes_out: 187,
+        error: None,
+    };
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function("access_log/write_json", |b| {
+        b.iter(|| {
+            out.clear();
+            black_box(&line).write_json(&mut out);
+            black_box(out.len())
+        })
+    });
+}
+
+criterion_group!(
+    hot_path,
+    benches,
+    span_benches,
+    access_log_benches,
+    inspect_benches
+);
 criterion_main!(hot_path);

@@ -237,9 +237,31 @@ pub fn sse_events(n: usize, every: Duration) -> TestBody {
     body
 }
 
-/// Unique temp directory under the system temp dir.
+/// Unique temp directory under the system temp dir. The first call in a test process removes
+/// the directories of test processes that are gone, so repeated runs do not fill the disk (a
+/// directory is kept while its process runs, for a look at a failing test).
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("modelstamp-test-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && pid != std::process::id()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
     let dir = std::env::temp_dir().join(format!(
         "modelstamp-test-{}-{tag}-{}",
         std::process::id(),
