@@ -34,12 +34,13 @@ impl Slice {
     }
 }
 
-/// Requests, errors and latencies of one version over a rolling window.
+/// Requests, errors and latencies of one version over a rolling window. The slices (8 KB) are
+/// allocated by the first request, so versions that take no traffic cost next to nothing.
 #[derive(Debug)]
 pub struct RollingWindow {
     start: Instant,
     slice: Duration,
-    slices: [Slice; SLICES],
+    slices: std::sync::OnceLock<Box<[Slice; SLICES]>>,
 }
 
 /// What a window holds now.
@@ -96,7 +97,7 @@ impl RollingWindow {
         Self {
             start: Instant::now(),
             slice: (length / u32::try_from(SLICES).unwrap_or(10)).max(Duration::from_millis(1)),
-            slices: std::array::from_fn(|_| Slice::new()),
+            slices: std::sync::OnceLock::new(),
         }
     }
 
@@ -108,7 +109,10 @@ impl RollingWindow {
     /// Record one request.
     pub fn record(&self, latency: Duration, error: bool) {
         let epoch = self.epoch(Instant::now());
-        let s = &self.slices[(epoch % SLICES as u64) as usize];
+        let slices = self
+            .slices
+            .get_or_init(|| Box::new(std::array::from_fn(|_| Slice::new())));
+        let s = &slices[(epoch % SLICES as u64) as usize];
         let seen = s.epoch.load(Ordering::Acquire);
         if seen != epoch
             && s.epoch
@@ -135,7 +139,7 @@ impl RollingWindow {
             latency: vec![0; BUCKETS],
             ..WindowTotals::default()
         };
-        for s in &self.slices {
+        for s in self.slices.get().into_iter().flat_map(|b| b.iter()) {
             let e = s.epoch.load(Ordering::Acquire);
             if e == u64::MAX || e > now || now - e >= SLICES as u64 {
                 continue;
@@ -165,6 +169,8 @@ mod tests {
             assert!(upper >= s && upper < s * GROWTH * 1.0001, "{s} -> {upper}");
         }
         let w = RollingWindow::new(Duration::from_secs(60));
+        assert_eq!(w.totals().requests, 0);
+        assert!(w.slices.get().is_none(), "no slices before the first request");
         for i in 0..100 {
             w.record(
                 Duration::from_millis(if i < 90 { 1 } else { 100 }),
