@@ -28,6 +28,19 @@ impl std::fmt::Display for NotJson {
     }
 }
 
+/// The bytes of a little-endian word that end a run of plain JSON string content (`"`, `\`,
+/// control characters), as their high bits. Never misses one; the lowest flag is exact (a
+/// higher one can be a false alarm after a true one), so `trailing_zeros() / 8` is the index
+/// of the first.
+pub fn string_specials(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+        | zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+}
+
 /// A validating one-pass JSON reader that answers one question, the top-level
 /// `model_version`, without building or decoding anything else. Every response of an Open
 /// Inference route goes through it on the request path; serde_json's derive took about 4,000
@@ -70,7 +83,6 @@ impl<'a> Scan<'a> {
     /// [`Self::string`], also saying whether every byte is ASCII (then it is valid UTF-8).
     /// Runs of plain bytes are skipped eight at a time.
     fn string_ascii(&mut self) -> Result<(&'a [u8], bool, bool), NotJson> {
-        const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGH: u64 = 0x8080_8080_8080_8080;
         self.eat(b'"', "expected a string")?;
         let start = self.i;
@@ -81,11 +93,7 @@ impl<'a> Scan<'a> {
                 let mut word = [0u8; 8];
                 word.copy_from_slice(chunk);
                 let w = u64::from_le_bytes(word);
-                let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-                // Bytes that end the run: `"`, `\`, controls. The lowest flag is exact.
-                let special = (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
-                    | zero(w ^ (ONES * u64::from(b'"')))
-                    | zero(w ^ (ONES * u64::from(b'\\')));
+                let special = string_specials(w);
                 if special == 0 {
                     high |= w & HIGH;
                     self.i += 8;

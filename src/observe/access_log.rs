@@ -18,6 +18,7 @@ use tracing::warn;
 use super::metrics::{Metrics, ObserveDrop};
 use super::recent::RecentRequests;
 use crate::config::AccessLogTarget;
+use crate::inspect::open_inference::string_specials;
 
 /// One access-log line.
 #[derive(Debug, Clone, Serialize)]
@@ -198,7 +199,7 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
         if let Some(chunk) = b.get(i..i + 8) {
             let mut word = [0u8; 8];
             word.copy_from_slice(chunk);
-            if !may_need_escape(u64::from_le_bytes(word)) {
+            if string_specials(u64::from_le_bytes(word)) == 0 {
                 i += 8;
                 continue;
             }
@@ -227,16 +228,6 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&b[start..]);
     out.push(b'"');
-}
-
-/// Whether any of eight bytes may be `"`, `\\` or below 0x20 (never false when one is; the
-/// classic has-zero-byte / has-less-than tests).
-fn may_need_escape(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    (control | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))) != 0
 }
 
 /// `ip:port` (IPv4 by hand; IPv6 through `fmt`, bracketed).
@@ -605,13 +596,32 @@ mod tests {
                 let mut word = *b"plain ok";
                 word[pos] = byte;
                 let needs = byte < 0x20 || byte == b'"' || byte == b'\\';
-                let flagged = may_need_escape(u64::from_le_bytes(word));
+                let flagged = string_specials(u64::from_le_bytes(word)) != 0;
                 assert!(flagged || !needs, "byte {byte:#x} at {pos}");
                 if !needs {
                     assert!(
                         !flagged,
                         "plain byte {byte:#x} at {pos} sent to the slow path"
                     );
+                }
+            }
+        }
+        // The lowest flag is the first byte to escape, whatever else the word holds (the
+        // scanner of the Open Inference readers relies on it).
+        let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+        for first in 0..8 {
+            for marker in [b'"', b'\\', 0x00, 0x1f] {
+                for other in 0..8 {
+                    for byte in 0..=255u8 {
+                        let mut word = *b"plain ok";
+                        word[first] = marker;
+                        if other != first {
+                            word[other] = byte;
+                        }
+                        let expected = word.iter().position(|&b| special(b));
+                        let found = string_specials(u64::from_le_bytes(word)).trailing_zeros() / 8;
+                        assert_eq!(expected, Some(found as usize), "{word:?}");
+                    }
                 }
             }
         }

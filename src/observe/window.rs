@@ -170,7 +170,10 @@ mod tests {
         }
         let w = RollingWindow::new(Duration::from_secs(60));
         assert_eq!(w.totals().requests, 0);
-        assert!(w.slices.get().is_none(), "no slices before the first request");
+        assert!(
+            w.slices.get().is_none(),
+            "no slices before the first request"
+        );
         for i in 0..100 {
             w.record(
                 Duration::from_millis(if i < 90 { 1 } else { 100 }),
