@@ -387,10 +387,16 @@ impl<'a> Scan<'a> {
         self.decode(at, raw, escaped)
     }
 
-    /// The text of a string read at `at`.
+    /// The text of a string whose contents `raw` (a slice of the body) were read at `at`.
+    /// Escaped strings are decoded by serde_json from their quoted bytes, found from where
+    /// `raw` lies in the body (the reader may have moved on, past a key's colon).
     fn decode(&self, at: usize, raw: &'a [u8], escaped: bool) -> Result<Cow<'a, str>, NotJson> {
         if escaped {
-            let quoted = &self.b[self.i - raw.len() - 2..self.i];
+            let start = (raw.as_ptr() as usize).wrapping_sub(self.b.as_ptr() as usize);
+            let quoted = start
+                .checked_sub(1)
+                .and_then(|from| self.b.get(from..start + raw.len() + 1))
+                .unwrap_or_default();
             serde_json::from_slice::<String>(quoted)
                 .map(Cow::Owned)
                 .map_err(|_| NotJson {
@@ -1220,6 +1226,9 @@ mod tests {
             br#"{"inputs":[{"name":"x","data":[{"k":"\ud800"}]}]}"#,
             br#"{"inputs":[{"name":"x\u0041\n","data":["\t"]}]} "#,
             br#"{"inputs":[{"name":"x","data":[1]}]} x"#,
+            // Escaped keys, decoded after the reader has moved past their colon.
+            br#"{"in\u0070uts" : [{"n\u0061me"  :  "x", "d\u0061ta":[1, {"k\u0065y" : 2}]}]}"#,
+            br#"{"\u0069nputs":{"\u006b":1},"outputs":[{"name":"p","sh\u0061pe":[1,2],"data":[1,2]}]}"#,
             br#"[]"#,
             b"",
             b"  ",
