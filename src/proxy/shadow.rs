@@ -26,9 +26,13 @@ use crate::routing::split;
 /// Header marking a mirrored call, so model servers and logs can tell it apart.
 pub const SHADOW_HEADER: &str = "x-modelstamp-shadow";
 
-/// Sends shadow calls; cheap to clone.
+/// Sends shadow calls; cheap to clone (one reference count: every request's response state
+/// holds one).
 #[derive(Clone, Debug)]
-pub struct Shadower {
+pub struct Shadower(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
     client: Client<HttpConnector, Full<Bytes>>,
     stats: Arc<ShadowStats>,
     in_flight: Arc<AtomicUsize>,
@@ -48,14 +52,14 @@ impl Shadower {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
-        Self {
+        Self(Arc::new(Shared {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(settings.pool_idle_timeout)
                 .pool_timer(TokioTimer::new())
                 .build(connector),
             stats,
             in_flight: Arc::new(AtomicUsize::new(0)),
-        }
+        }))
     }
 
     /// Whether this exchange wants its bodies copied for a shadow call.
@@ -80,16 +84,16 @@ impl Shadower {
             return;
         }
         if !primary_ok {
-            return self.stats.skip(ShadowSkip::PrimaryFailed);
+            return self.0.stats.skip(ShadowSkip::PrimaryFailed);
         }
         let (Some(request), Some(primary)) = (request, primary) else {
-            return self.stats.skip(ShadowSkip::NoCopy);
+            return self.0.stats.skip(ShadowSkip::NoCopy);
         };
-        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= shadow.max_in_flight {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            return self.stats.skip(ShadowSkip::InFlight);
+        if self.0.in_flight.fetch_add(1, Ordering::Relaxed) >= shadow.max_in_flight {
+            self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return self.0.stats.skip(ShadowSkip::InFlight);
         }
-        let guard = InFlight(self.in_flight.clone());
+        let guard = InFlight(self.0.in_flight.clone());
         let served = &ctx.resolved.served;
         let upstream = shadow.upstream.as_ref().unwrap_or(&route.route.upstream);
         let path = split::with_version(ctx.path.as_str(), &served.model, version)
@@ -118,12 +122,16 @@ impl Shadower {
         );
         let (timeout, abs, rel) = (shadow.timeout, shadow.abs_tolerance, shadow.rel_tolerance);
         let cap = ctx.snapshot.config.limits.max_inspect_bytes;
-        let (client, stats) = (self.client.clone(), self.stats.clone());
+        let shared = self.0.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let start = Instant::now();
             let answer = tokio::time::timeout(timeout, async {
-                let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                let resp = shared
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let ok = resp.status().is_success();
                 let body = Limited::new(resp.into_body(), cap.max(1))
                     .collect()
@@ -146,7 +154,7 @@ impl Shadower {
                     agreement(codec, &primary.bytes, &body, abs, rel),
                 ),
             };
-            stats.record(k, outcome, start.elapsed(), agreed);
+            shared.stats.record(k, outcome, start.elapsed(), agreed);
         });
     }
 }

@@ -36,16 +36,13 @@ const CLIENT_CLOSED: u16 = 499;
 #[derive(Clone)]
 pub struct TeeLayer {
     telemetry: Arc<Telemetry>,
-    shadow: Arc<Shadower>,
+    shadow: Shadower,
 }
 
 impl TeeLayer {
     /// Emit into these sinks; mirror to shadows with `shadow`.
     pub fn new(telemetry: Arc<Telemetry>, shadow: Shadower) -> Self {
-        Self {
-            telemetry,
-            shadow: Arc::new(shadow),
-        }
+        Self { telemetry, shadow }
     }
 }
 
@@ -64,7 +61,7 @@ impl<S> Layer<S> for TeeLayer {
 #[derive(Clone)]
 pub struct Tee<S> {
     telemetry: Arc<Telemetry>,
-    shadow: Arc<Shadower>,
+    shadow: Shadower,
     inner: S,
 }
 
@@ -119,7 +116,7 @@ struct Pending {
     ctx: Arc<RequestCtx>,
     client_span: Option<crate::observe::spans::Span>,
     telemetry: Arc<Telemetry>,
-    shadow: Arc<Shadower>,
+    shadow: Shadower,
     status: u16,
     upstream_status: Option<u16>,
     upstream_latency: Option<Duration>,
@@ -138,7 +135,7 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(ctx: Arc<RequestCtx>, telemetry: Arc<Telemetry>, shadow: Arc<Shadower>) -> Self {
+    fn new(ctx: Arc<RequestCtx>, telemetry: Arc<Telemetry>, shadow: Shadower) -> Self {
         ctx.resolved.served.metrics.in_flight.inc();
         Self {
             ctx,
