@@ -96,22 +96,21 @@ fn ser_path<S: serde::Serializer>(p: &PathAndQuery, s: S) -> Result<S::Ok, S::Er
 }
 
 fn ser_trace_id<S: serde::Serializer>(v: &Option<TraceId>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(t) => {
-            let mut hex = [0u8; 32];
-            super::trace::hex_into(&mut hex, &t.to_bytes());
-            s.serialize_str(std::str::from_utf8(&hex).unwrap_or_default())
-        }
-        None => s.serialize_none(),
-    }
+    ser_hex(v.map(|t| t.to_bytes()).as_ref().map(|b| &b[..]), s)
 }
 
 fn ser_span_id<S: serde::Serializer>(v: &Option<SpanId>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(id) => {
-            let mut hex = [0u8; 16];
-            super::trace::hex_into(&mut hex, &id.to_bytes());
-            s.serialize_str(std::str::from_utf8(&hex).unwrap_or_default())
+    ser_hex(v.map(|id| id.to_bytes()).as_ref().map(|b| &b[..]), s)
+}
+
+/// An ID of up to 16 bytes as a lowercase hex string, or null.
+fn ser_hex<S: serde::Serializer>(bytes: Option<&[u8]>, s: S) -> Result<S::Ok, S::Error> {
+    match bytes {
+        Some(b) => {
+            let mut hex = [0u8; 32];
+            let hex = &mut hex[..b.len() * 2];
+            super::trace::hex_into(hex, b);
+            s.serialize_str(std::str::from_utf8(hex).unwrap_or_default())
         }
         None => s.serialize_none(),
     }

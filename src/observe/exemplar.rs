@@ -22,20 +22,11 @@ impl TraceExemplar {
     }
 }
 
-fn hex<const N: usize, const M: usize>(bytes: &[u8; N]) -> [u8; M] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [b'0'; M];
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = DIGITS[usize::from(b >> 4)];
-        out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
-    }
-    out
-}
-
 impl EncodeLabelSet for TraceExemplar {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        let trace: [u8; 32] = hex(&self.trace_id);
-        let span: [u8; 16] = hex(&self.span_id);
+        let (mut trace, mut span) = ([0u8; 32], [0u8; 16]);
+        super::trace::hex_into(&mut trace, &self.trace_id);
+        super::trace::hex_into(&mut span, &self.span_id);
         let trace = std::str::from_utf8(&trace).map_err(|_| std::fmt::Error)?;
         let span = std::str::from_utf8(&span).map_err(|_| std::fmt::Error)?;
         [("trace_id", trace), ("span_id", span)].encode(encoder)
@@ -55,7 +46,8 @@ mod tests {
         let unsampled = SpanContext::new(t, s, TraceFlags::default(), false, TraceState::default());
         assert!(TraceExemplar::of(&unsampled).is_none());
         let e = TraceExemplar::of(&sampled).unwrap_or_else(|| unreachable!());
-        let trace: [u8; 32] = hex(&e.trace_id);
+        let mut trace = [0u8; 32];
+        crate::observe::trace::hex_into(&mut trace, &e.trace_id);
         assert_eq!(&trace, b"4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }
