@@ -280,69 +280,28 @@ pub fn reported_version(body: &[u8]) -> Result<Option<String>, NotJson> {
     let mut s = Scan { b: body, i: 0 };
     s.eat(b'{', "expected a JSON object")?;
     let mut found: Option<Option<String>> = None;
-    if s.peek() == Some(b'}') {
-        s.i += 1;
-    } else {
-        loop {
-            let (key, escaped) = s.string()?;
-            let is_version = if escaped {
-                serde_json::from_slice::<String>(&body[s.i - key.len() - 2..s.i])
-                    .ok()
-                    .is_some_and(|k| k == "model_version")
-            } else {
-                key == b"model_version"
-            };
-            s.eat(b':', "expected :")?;
-            if !is_version {
-                s.skip()?;
-            } else if found.is_some() {
-                return s.err("duplicate field model_version");
-            } else {
-                let at = s.i;
-                found = Some(match s.peek() {
-                    Some(b'"') => {
-                        let (raw, escaped) = s.string()?;
-                        if escaped {
-                            let quoted = &body[s.i - raw.len() - 2..s.i];
-                            Some(
-                                serde_json::from_slice::<String>(quoted).map_err(|_| NotJson {
-                                    what: "invalid string escape",
-                                    at,
-                                })?,
-                            )
-                        } else {
-                            Some(
-                                std::str::from_utf8(raw)
-                                    .map_err(|_| NotJson {
-                                        what: "invalid UTF-8",
-                                        at,
-                                    })?
-                                    .to_string(),
-                            )
-                        }
-                    }
-                    Some(b'-' | b'0'..=b'9') => {
-                        let raw = s.number()?;
-                        serde_json::from_slice::<serde_json::Number>(raw)
-                            .ok()
-                            .map(|n| n.to_string())
-                    }
-                    _ => {
-                        s.skip()?;
-                        None
-                    }
-                });
-            }
-            match s.peek() {
-                Some(b',') => s.i += 1,
-                Some(b'}') => {
-                    s.i += 1;
-                    break;
-                }
-                _ => return s.err("expected , or }"),
-            }
+    s.members(|s, key| {
+        if key != b"model_version" {
+            return s.skip();
         }
-    }
+        if found.is_some() {
+            return s.err("duplicate field model_version");
+        }
+        found = Some(match s.peek() {
+            Some(b'"') => Some(s.text()?.into_owned()),
+            Some(b'-' | b'0'..=b'9') => {
+                let raw = s.number()?;
+                serde_json::from_slice::<serde_json::Number>(raw)
+                    .ok()
+                    .map(|n| n.to_string())
+            }
+            _ => {
+                s.skip()?;
+                None
+            }
+        });
+        Ok(())
+    })?;
     if s.peek().is_some() {
         return s.err("trailing characters");
     }
@@ -1438,6 +1397,8 @@ mod tests {
             br#"{"model_version":{"a":[1,2,{"b":null}]}}"#,
             br#" { "model_version" : "v\u00e9\n" } "#,
             br#"{"model\u005fversion":"7"}"#,
+            br#"{"\ud800":"x","model_version":"1"}"#,
+            br#"{"model_version" : "1" , "a\u0062" : 2}"#,
             br#"{"model_version":"1","model_version":"2"}"#,
             br#"{"model_version":"1"} x"#,
             br#"{"model_version":"1",}"#,
