@@ -251,13 +251,12 @@ impl Inspector {
             return true;
         }
         // A Weyl sequence through splitmix64: uniform, lock-free, no RNG dependency.
-        let mut z = self
-            .shared
-            .sampler
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+        let z = crate::observe::trace::mix(
+            self.shared
+                .sampler
+                .fetch_add(crate::observe::trace::GOLDEN, Ordering::Relaxed),
+        );
+        let u = (z >> 11) as f64 / (1u64 << 53) as f64;
         let keep = u < ratio;
         if !keep {
             self.skip(Skip::SampledOut);

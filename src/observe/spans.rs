@@ -271,6 +271,7 @@ fn sample(sampler: Sampler, parent: Option<&SpanContext>, trace_id: TraceId) -> 
 /// IDs and ratio sampling need).
 mod ids {
     use super::*;
+    use crate::observe::trace::{GOLDEN, mix};
 
     thread_local! {
         static STATE: Cell<u64> = Cell::new(seed());
@@ -290,11 +291,9 @@ mod ids {
 
     fn next() -> u64 {
         STATE.with(|s| {
-            let z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let z = s.get().wrapping_add(GOLDEN);
             s.set(z);
-            let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
+            mix(z)
         })
     }
 

@@ -1,4 +1,16 @@
-//! W3C Trace Context: parse an incoming `traceparent` so the access log can carry its IDs.
+//! W3C Trace Context: parse an incoming `traceparent` so the access log can carry its IDs; write
+//! IDs as hex; and splitmix64, the mixer behind every generated ID and sampling draw.
+
+/// splitmix64's increment (the golden ratio): a Weyl sequence stepping by it, mixed by [`mix`],
+/// is splitmix64.
+pub const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// splitmix64's finalizer: a bijective 64-bit mix.
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// The IDs of a valid `traceparent` header, lowercase hex.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use opentelemetry::KeyValue;
 use crate::inspect::Codec;
 use crate::observe::Telemetry;
 use crate::observe::spans::remote_parent;
-use crate::observe::trace::parse_traceparent;
+use crate::observe::trace::{GOLDEN, mix, parse_traceparent};
 use crate::routing::{Resolved, Snapshot, resolve};
 
 const TRACEPARENT: &str = "traceparent";
@@ -263,7 +263,7 @@ pub fn new_request_id() -> HeaderValue {
         );
         h.write_u32(std::process::id());
         let a = h.finish();
-        (splitmix64(a), splitmix64(a ^ 0x9e37_79b9_7f4a_7c15))
+        (splitmix64(a), splitmix64(a ^ GOLDEN))
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut id = [0u8; 32];
@@ -275,11 +275,8 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+fn splitmix64(z: u64) -> u64 {
+    mix(z.wrapping_add(GOLDEN))
 }
 
 /// The future type the outer layers return.

@@ -6,12 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderMap;
 
-/// splitmix64's finalizer: a bijective 64-bit mix.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+use crate::observe::trace::{GOLDEN, mix};
 
 /// A stable hash of a sticky key (FNV-1a, then mixed): the same on every sidecar and restart.
 pub fn key_hash(bytes: &[u8]) -> u64 {
@@ -26,7 +21,7 @@ pub fn key_hash(bytes: &[u8]) -> u64 {
 /// A fresh key for requests without a sticky key.
 pub fn random_key() -> u64 {
     static STATE: AtomicU64 = AtomicU64::new(0x5eed_cafe);
-    mix(STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed))
+    mix(STATE.fetch_add(GOLDEN, Ordering::Relaxed))
 }
 
 /// A uniform number in (0, 1] for (key, backend).
