@@ -4,7 +4,7 @@
 //! ```text
 //! client ─▶ proxy::server (h1 + h2c)
 //!             └▶ resolve ─▶ stamp ─▶ tee ─▶ enforce ─▶ forward ─▶ model server
-//!                  │          │       │                  (pooled hyper-util client)
+//!                  │          │       │                  (proxy::pool: lent h1 connections)
 //!      routing::Snapshot      │       ├▶ observe: metrics, spans, access log (once per request)
 //!      (ArcSwap, hot reload,  │       ├▶ inspect: bounded body copies → worker → quality, drift
 //!       canary split)         │       └▶ proxy::shadow: mirrored call, prediction agreement

@@ -606,3 +606,185 @@ async fn one_access_log_line_per_request_with_trace_ids() {
     );
     assert_eq!(lines[1]["version"], "2");
 }
+
+/// Sequential requests share one upstream connection; concurrent ones open more; idle ones
+/// close at `upstream.pool_idle_timeout`.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_closed_once_idle() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let h = Harness::start(
+        &churn_route(up.addr, "1", ""),
+        "[upstream]\npool_idle_timeout = \"400ms\"\n",
+    )
+    .await;
+    let url = h.url("/v2/models/churn/infer");
+    for _ in 0..20 {
+        let (resp, _) = send(post(&url, INFER_BODY)).await;
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(
+        up.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "twenty sequential requests, one upstream connection"
+    );
+    let mut batch = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        batch.spawn(send(post(&url, INFER_BODY)));
+    }
+    while let Some(done) = batch.join_next().await {
+        assert_eq!(done.unwrap().0.status(), 200);
+    }
+    let accepted = up.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        accepted <= 9,
+        "{accepted} connections for 8 concurrent requests"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            up.open.load(std::sync::atomic::Ordering::SeqCst) == 0
+        })
+        .await,
+        "idle upstream connections stayed open past the pool idle timeout"
+    );
+    let (resp, _) = send(post(&url, INFER_BODY)).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "a new connection after the idle ones closed"
+    );
+}
+
+/// An upstream that closes every connection after one response (without saying so) costs
+/// nothing: the closed connection is never used again.
+#[tokio::test]
+async fn connections_the_upstream_closed_are_not_reused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut got = Vec::new();
+                // Read the head and the declared body, answer, close.
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let body = r#"{"model_name":"churn","model_version":"1","outputs":[]}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let h = Harness::start(&churn_route(addr, "1", ""), "").await;
+    let url = h.url("/v2/models/churn/infer");
+    for i in 0..20 {
+        let (resp, body) = send(post(&url, INFER_BODY)).await;
+        assert_eq!(resp.status(), 200, "request {i}: {body:?}");
+        if i % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20);
+}
+
+/// An upstream may answer before it has read the request body: the answer goes out at once,
+/// and the connection (which hyper closes) is not lent to the next request.
+#[tokio::test]
+async fn an_early_answer_while_the_request_body_streams_does_not_hang_the_connection() {
+    let handler: Handler = Arc::new(|_req| {
+        Box::pin(async {
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(r#"{"model_version":"1","outputs":[]}"#))
+                .unwrap()
+        })
+    });
+    let up = Upstream::start(handler).await;
+    let h = Harness::start(&churn_route(up.addr, "1", ""), "").await;
+    let url = h.url("/v2/models/churn/infer");
+    let (tx, body) = channel_body(1);
+    tx.send(Frame::data(Bytes::from("{\"inputs\":")))
+        .await
+        .unwrap();
+    let req = Request::post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let client = h1_client();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .expect("the answer came before the body ended")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    tx.send(Frame::data(Bytes::from("[]}"))).await.ok();
+    drop(tx);
+    for _ in 0..3 {
+        let (resp, _) = tokio::time::timeout(Duration::from_secs(5), send(post(&url, INFER_BODY)))
+            .await
+            .expect("later requests are not stuck behind the early answer");
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+/// A client that goes away mid-body leaves the upstream connection in an unknown state: it is
+/// closed, never lent again.
+#[tokio::test]
+async fn a_connection_whose_response_was_abandoned_is_closed() {
+    let handler: Handler = Arc::new(|_req| {
+        Box::pin(async {
+            let (tx, body) = channel_body(1);
+            tokio::spawn(async move {
+                let _ = tx.send(Frame::data(Bytes::from("{\"outputs\":["))).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(tx);
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap()
+        })
+    });
+    let up = Upstream::start(handler).await;
+    let h = Harness::start(&churn_route(up.addr, "1", ""), "").await;
+    let resp = h1_client()
+        .request(post(&h.url("/v2/models/churn/infer"), INFER_BODY))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "{\"outputs\":[");
+    drop(body);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            up.open.load(std::sync::atomic::Ordering::SeqCst) == 0
+        })
+        .await,
+        "the abandoned exchange's upstream connection stayed open"
+    );
+}

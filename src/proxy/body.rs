@@ -210,7 +210,7 @@ fn request_read(tee: Option<Box<BodyCopy>>, ctx: &RequestCtx) {
 #[derive(Debug)]
 pub enum ProxyBody {
     /// Streamed from the model server.
-    Upstream(Incoming),
+    Upstream(super::pool::UpstreamBody),
     /// Generated here (errors); `None` once sent.
     Full(Option<Bytes>),
 }

@@ -1,6 +1,6 @@
-//! `upstream_peer` phase: send the request to the route's model server over a pooled
-//! hyper-util client (HTTP/1.1, or h2c with prior knowledge), with connect and response
-//! timeouts, and classify failures.
+//! `upstream_peer` phase: send the request to the route's model server over pooled
+//! connections (HTTP/1.1 from [`super::pool`], h2c with prior knowledge from hyper-util's
+//! client), with connect and response timeouts, and classify failures.
 
 use std::error::Error as StdError;
 use std::sync::Arc;
@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version, header};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 
-use super::body::LimitedBody;
+use super::body::{BoxError, LimitedBody};
 use super::ctx::ProxyRequest;
 use super::error::ProxyError;
 use super::headers::{add_forwarded, remove_hop_by_hop};
+use super::pool::{Pool, UpstreamBody};
 use super::resolve::{BoxFuture, method_value, protocol_version};
 use crate::inspect::Inspector;
 use crate::observe::spans::{Span, Tracing, propagation_headers};
@@ -37,8 +37,8 @@ type HttpClient = Client<HttpConnector, LimitedBody>;
 /// The upstream's response, how long its headers took, and the client span (ended with the body).
 #[derive(Debug)]
 pub struct Forwarded {
-    /// The response, body still streaming.
-    pub response: Response<Incoming>,
+    /// The response, body still streaming (and holding its connection until it ends).
+    pub response: Response<UpstreamBody>,
     /// Time until response headers.
     pub upstream_latency: Duration,
     /// The client span of the upstream call.
@@ -46,7 +46,7 @@ pub struct Forwarded {
 }
 
 /// Forwards requests over pooled connections. Cloned into every request's future, so it is
-/// one reference count (the two clients alone hold a dozen).
+/// one reference count.
 #[derive(Clone, Debug)]
 pub struct Forward {
     inner: Arc<Clients>,
@@ -54,30 +54,28 @@ pub struct Forward {
 
 #[derive(Debug)]
 struct Clients {
-    http1: HttpClient,
+    http1: Pool,
     http2: HttpClient,
     tracing: Tracing,
     inspector: Inspector,
 }
 
 impl Forward {
-    /// Build the two pooled clients.
+    /// Build the HTTP/1 pool and the h2c client.
     pub fn new(settings: &UpstreamSettings, tracing: Tracing, inspector: Inspector) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
-        let build = |h2: bool| {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(settings.pool_idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .http2_only(h2)
-                .build(connector.clone())
-        };
+        let http2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .build(connector);
         Self {
             inner: Arc::new(Clients {
-                http1: build(false),
-                http2: build(true),
+                http1: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
+                http2,
                 tracing,
                 inspector,
             }),
@@ -123,7 +121,14 @@ impl Clients {
         };
         let (mut parts, body) = req.into_parts();
         let (authority, pq) = target(route, &ctx, parts.uri.path_and_query());
-        parts.uri = upstream_uri(authority, pq.as_ref())?;
+        let pq = pq.unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // HTTP/1 requests carry the origin form (the pool knows the authority); h2c ones the
+        // absolute URI, from which hyper takes `:authority`.
+        parts.uri = if h2 {
+            upstream_uri(authority, pq.clone())?
+        } else {
+            Uri::from(pq.clone())
+        };
         parts.version = if h2 {
             Version::HTTP_2
         } else {
@@ -131,13 +136,25 @@ impl Clients {
         };
         remove_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, &ctx.client_ip, route.trusted);
-        let span = self.client_span(&ctx.span, &parts);
+        let span = self.client_span(&ctx.span, &parts, authority, &pq);
         inject(&mut parts.headers, &span);
         let body = LimitedBody::new(body, ctx.clone(), limit, self.inspector.clone());
         let req = Request::from_parts(parts, body);
-        let client = if h2 { &self.http2 } else { &self.http1 };
         let start = Instant::now();
-        let result = tokio::time::timeout(route.response_timeout, client.request(req)).await;
+        let result = if h2 {
+            let sent = tokio::time::timeout(route.response_timeout, self.http2.request(req)).await;
+            sent.map(|r| {
+                r.map(|resp| resp.map(|b| UpstreamBody::new(b, None)))
+                    .map_err(|e| (classify(&e, e.is_connect()), Box::new(e) as BoxError))
+            })
+        } else {
+            let sent = self.http1.send(authority, req);
+            let sent = tokio::time::timeout(route.response_timeout, sent).await;
+            sent.map(|r| {
+                r.map(|(resp, lease)| resp.map(|b| UpstreamBody::new(b, Some(lease))))
+                    .map_err(|e| (classify(&e, e.is_connect()), Box::new(e) as BoxError))
+            })
+        };
         let upstream_latency = start.elapsed();
         let err = match result {
             Ok(Ok(mut response)) => {
@@ -148,14 +165,11 @@ impl Clients {
                     span,
                 });
             }
-            Ok(Err(e)) if ctx.body_too_large.load(Ordering::Relaxed) => {
+            Ok(Err((_, e))) if ctx.body_too_large.load(Ordering::Relaxed) => {
                 tracing::debug!(error = %e, "Request body over the limit.");
                 ProxyError::BodyTooLarge(limit)
             }
-            Ok(Err(e)) => ProxyError::Upstream {
-                kind: classify(&e),
-                source: Box::new(e),
-            },
+            Ok(Err((kind, source))) => ProxyError::Upstream { kind, source },
             Err(elapsed) => ProxyError::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 source: Box::new(elapsed),
@@ -165,16 +179,19 @@ impl Clients {
         Err(err)
     }
 
-    fn client_span(&self, server: &Span, parts: &http::request::Parts) -> Span {
+    fn client_span(
+        &self,
+        server: &Span,
+        parts: &http::request::Parts,
+        authority: &Authority,
+        pq: &PathAndQuery,
+    ) -> Span {
         let attrs = || {
             vec![
                 KeyValue::new("http.request.method", method_value(&parts.method)),
-                KeyValue::new(
-                    "server.address",
-                    parts.uri.host().unwrap_or_default().to_string(),
-                ),
-                KeyValue::new("server.port", i64::from(parts.uri.port_u16().unwrap_or(80))),
-                KeyValue::new("url.full", parts.uri.to_string()),
+                KeyValue::new("server.address", authority.host().to_string()),
+                KeyValue::new("server.port", i64::from(authority.port_u16().unwrap_or(80))),
+                KeyValue::new("url.full", format!("http://{authority}{pq}")),
                 KeyValue::new("network.protocol.version", protocol_version(parts.version)),
             ]
         };
@@ -247,14 +264,11 @@ fn target<'a>(
     (authority, rewritten.or_else(|| pq.cloned()))
 }
 
-fn upstream_uri(authority: &Authority, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
+fn upstream_uri(authority: &Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
     Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(authority.clone())
-        .path_and_query(
-            pq.cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        )
+        .path_and_query(pq)
         .build()
         .map_err(|e| ProxyError::Upstream {
             kind: UpstreamErrorKind::Connect,
@@ -264,13 +278,13 @@ fn upstream_uri(authority: &Authority, pq: Option<&PathAndQuery>) -> Result<Uri,
 
 /// Connect failures are `connect` unless they timed out; everything after connecting that
 /// fails before response headers is a `reset`.
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+fn classify(e: &(dyn StdError + 'static), is_connect: bool) -> UpstreamErrorKind {
     let timed_out = chain(e).any(|s| {
         s.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
             || s.to_string().contains("timed out")
     });
-    match (e.is_connect(), timed_out) {
+    match (is_connect, timed_out) {
         (_, true) => UpstreamErrorKind::Timeout,
         (true, false) => UpstreamErrorKind::Connect,
         (false, false) => UpstreamErrorKind::Reset,

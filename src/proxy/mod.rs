@@ -14,6 +14,7 @@ mod error;
 mod forward;
 mod headers;
 pub mod idle;
+mod pool;
 mod resolve;
 pub mod server;
 pub mod shadow;

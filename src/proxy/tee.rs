@@ -14,7 +14,6 @@ use crate::inspect::{Job, Skip, open_inference, openai};
 use bytes::Bytes;
 use http::{Response, header};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tower::{Layer, Service};
 use tracing::{debug, warn};
 
@@ -22,6 +21,7 @@ use super::body::{BoxError, ProxyBody};
 use super::ctx::{ProxyRequest, RequestCtx};
 use super::error::{ProxyError, error_response};
 use super::forward::{Forwarded, end_span};
+use super::pool::UpstreamBody;
 use super::resolve::BoxFuture;
 use crate::observe::access_log::AccessLine;
 use crate::observe::exemplar::TraceExemplar;
@@ -159,7 +159,7 @@ impl Pending {
     }
 
     /// Take over the client span and note what the upstream answered; returns the response.
-    fn upstream(&mut self, fwd: Forwarded) -> Response<Incoming> {
+    fn upstream(&mut self, fwd: Forwarded) -> Response<UpstreamBody> {
         let Forwarded {
             response,
             upstream_latency,

@@ -74,6 +74,10 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    /// Connections open now.
+    pub open: Arc<AtomicUsize>,
 }
 
 impl Upstream {
@@ -91,13 +95,18 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hits = Arc::new(AtomicUsize::new(0));
-        let (s, h) = (seen.clone(), hits.clone());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (s, h, a, o) = (seen.clone(), hits.clone(), accepted.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (handler, seen, hits) = (handler.clone(), s.clone(), h.clone());
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let (handler, seen, hits, open) =
+                    (handler.clone(), s.clone(), h.clone(), o.clone());
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -116,10 +125,17 @@ impl Upstream {
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Self { addr, seen, hits }
+        Self {
+            addr,
+            seen,
+            hits,
+            accepted,
+            open,
+        }
     }
 
     pub fn last(&self) -> Seen {
