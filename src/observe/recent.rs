@@ -1,43 +1,177 @@
-//! A bounded index of recent requests (their access-log lines), by trace ID and request ID, so a responder holding either
-//! gets to the model version and lineage record in one step. Fed by the access-log thread (never
-//! the request path); capped by entry count and by approximate bytes, oldest evicted first.
+//! A bounded index of recent requests (their access-log lines), by trace ID and request ID, so
+//! a responder holding either gets to the model version and lineage record in one step. Fed by
+//! the access-log thread (never the request path); capped by entry count and by approximate
+//! bytes, oldest evicted first. Lines are kept as compact entries (what consecutive requests
+//! share is held once) and given back as the lines they were.
 
 use std::collections::VecDeque;
-use std::sync::RwLock;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method};
+use opentelemetry::trace::{SpanId, TraceId};
 
 use super::access_log::AccessLine;
 
-/// Approximate fixed cost of one entry beyond its strings (the boxed line, its deque slot).
-const ENTRY_OVERHEAD: usize = 256;
-
-/// Memory an entry holds beyond its fixed size.
-fn size(l: &AccessLine) -> usize {
-    ENTRY_OVERHEAD
-        + l.request_id.len()
-        + l.reported_version.as_ref().map_or(0, String::len)
-        + l.path.as_str().len()
+/// What consecutive requests share: kept once and referenced by every entry that has it.
+#[derive(PartialEq)]
+struct Shared {
+    route: Option<Arc<str>>,
+    model: Arc<str>,
+    version: Arc<str>,
+    lineage_id: Arc<str>,
+    method: Method,
+    /// A compact copy: the line's path is a slice of hyper's read buffer, which the index must
+    /// not pin.
+    path: PathAndQuery,
+    protocol: &'static str,
 }
 
-/// The path and an incoming request ID are slices of hyper's read buffer: kept as they are, each
-/// entry would pin a whole buffer. The index keeps compact copies.
-fn detach(l: &mut AccessLine) {
-    if let Ok(p) = http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(
-        l.path.as_str().as_bytes(),
-    )) {
-        l.path = p;
+/// Request IDs this sidecar generates are 32 lowercase hex digits: kept as their value.
+enum RequestId {
+    Hex([u64; 2]),
+    Other(Box<[u8]>),
+}
+
+/// The value of 32 lowercase hex digits.
+fn hex_id(b: &[u8]) -> Option<[u64; 2]> {
+    if b.len() != 32 || !b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
     }
-    if let Ok(v) = http::HeaderValue::from_bytes(l.request_id.as_bytes()) {
-        l.request_id = v;
+    let half = |h: &[u8]| {
+        std::str::from_utf8(h)
+            .ok()
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+    };
+    Some([half(&b[..16])?, half(&b[16..])?])
+}
+
+impl RequestId {
+    fn new(v: &HeaderValue) -> Self {
+        match hex_id(v.as_bytes()) {
+            Some(id) => Self::Hex(id),
+            None => Self::Other(v.as_bytes().into()),
+        }
+    }
+
+    fn header(&self) -> HeaderValue {
+        let v = match self {
+            Self::Hex([hi, lo]) => HeaderValue::from_str(&format!("{hi:016x}{lo:016x}")),
+            Self::Other(b) => HeaderValue::from_bytes(b),
+        };
+        // Both were valid header values when they came in.
+        v.unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    fn is(&self, id: &[u8]) -> bool {
+        match self {
+            Self::Hex(v) => hex_id(id) == Some(*v),
+            Self::Other(b) => **b == *id,
+        }
+    }
+
+    fn heap(&self) -> usize {
+        match self {
+            Self::Hex(_) => 0,
+            Self::Other(b) => b.len(),
+        }
     }
 }
+
+/// One request: about 190 bytes and, in the common case, no allocation of its own (an
+/// `AccessLine` kept whole cost about 520 bytes in three allocations).
+struct Entry {
+    time: SystemTime,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    has_ids: (bool, bool),
+    shared: Arc<Shared>,
+    request_id: RequestId,
+    reported_version: Option<Box<str>>,
+    client: SocketAddr,
+    status: u16,
+    upstream_status: Option<u16>,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    bytes_in: u64,
+    bytes_out: u64,
+    error: Option<&'static str>,
+    /// What this entry added to the byte count (its share included when it created one).
+    cost: u32,
+}
+
+impl Entry {
+    fn line(&self) -> AccessLine {
+        let s = &*self.shared;
+        AccessLine {
+            time: self.time,
+            request_id: self.request_id.header(),
+            trace_id: self.has_ids.0.then(|| TraceId::from_bytes(self.trace_id)),
+            span_id: self.has_ids.1.then(|| SpanId::from_bytes(self.span_id)),
+            route: s.route.clone(),
+            model: s.model.clone(),
+            version: s.version.clone(),
+            lineage_id: s.lineage_id.clone(),
+            reported_version: self.reported_version.as_deref().map(str::to_string),
+            client: self.client,
+            method: s.method.clone(),
+            path: s.path.clone(),
+            protocol: s.protocol,
+            status: self.status,
+            upstream_status: self.upstream_status,
+            duration_ms: self.duration_ms,
+            upstream_ms: self.upstream_ms,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            error: self.error,
+        }
+    }
+}
+
+/// Shared parts recently used, checked before making a new one (a canary alternates between a
+/// few).
+const SHARED_CACHE: usize = 4;
+
+/// Approximate cost of a shared part beyond its path (its allocation, the `Arc`s it holds).
+const SHARED_OVERHEAD: usize = 160;
 
 /// Entries oldest first. There is no map: inserting is a push (the access-log thread does it
 /// for every request), and a lookup, an admin call, scans at most `traces.recent_requests`
 /// entries (10,000 by default: tens of microseconds).
 #[derive(Default)]
 struct Ring {
-    entries: VecDeque<Box<AccessLine>>,
+    entries: VecDeque<Entry>,
     bytes: usize,
+    shared: [Option<Arc<Shared>>; SHARED_CACHE],
+    next_shared: usize,
+}
+
+impl Ring {
+    /// The shared part for `line`, and whether it is new.
+    fn shared(&mut self, line: AccessLine) -> (Arc<Shared>, bool) {
+        let wanted = Shared {
+            route: line.route,
+            model: line.model,
+            version: line.version,
+            lineage_id: line.lineage_id,
+            method: line.method,
+            path: line.path,
+            protocol: line.protocol,
+        };
+        if let Some(hit) = self.shared.iter().flatten().find(|s| ***s == wanted) {
+            return (hit.clone(), false);
+        }
+        let path = PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(
+            wanted.path.as_str().as_bytes(),
+        ))
+        .unwrap_or(wanted.path.clone());
+        let made = Arc::new(Shared { path, ..wanted });
+        self.shared[self.next_shared] = Some(made.clone());
+        self.next_shared = (self.next_shared + 1) % SHARED_CACHE;
+        (made, true)
+    }
 }
 
 /// The index.
@@ -60,29 +194,75 @@ impl RecentRequests {
     /// An index keeping at most `max_entries` requests and about `max_bytes` of memory.
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         Self {
-            ring: RwLock::new(Ring::default()),
+            // Room for every entry the caps allow, reserved once: growing by doubling would
+            // copy the ring at each step and leave up to half of it unused but touched.
+            ring: RwLock::new(Ring {
+                entries: VecDeque::with_capacity(
+                    max_entries.min(max_bytes / std::mem::size_of::<Entry>()) + 1,
+                ),
+                ..Ring::default()
+            }),
             max_entries,
             max_bytes,
         }
     }
 
     /// Add a finished request, evicting the oldest beyond either cap.
-    pub fn insert(&self, mut entry: Box<AccessLine>) {
+    pub fn insert(&self, line: Box<AccessLine>) {
         if self.max_entries == 0 {
             return;
         }
-        detach(&mut entry);
+        let line = *line;
+        let request_id = RequestId::new(&line.request_id);
+        let reported_version = line.reported_version.as_deref().map(Box::<str>::from);
+        let own = std::mem::size_of::<Entry>()
+            + request_id.heap()
+            + reported_version.as_ref().map_or(0, |r| r.len());
+        let (time, client, status, upstream_status) =
+            (line.time, line.client, line.status, line.upstream_status);
+        let (duration_ms, upstream_ms, bytes_in, bytes_out, error) = (
+            line.duration_ms,
+            line.upstream_ms,
+            line.bytes_in,
+            line.bytes_out,
+            line.error,
+        );
+        let (trace_id, span_id) = (line.trace_id, line.span_id);
         let mut ring = self
             .ring
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ring.bytes += size(&entry);
-        ring.entries.push_back(entry);
+        let (shared, new) = ring.shared(line);
+        let share = if new {
+            SHARED_OVERHEAD + shared.path.as_str().len()
+        } else {
+            0
+        };
+        let cost = own + share;
+        ring.bytes += cost;
+        ring.entries.push_back(Entry {
+            time,
+            trace_id: trace_id.map_or([0; 16], TraceId::to_bytes),
+            span_id: span_id.map_or([0; 8], SpanId::to_bytes),
+            has_ids: (trace_id.is_some(), span_id.is_some()),
+            shared,
+            request_id,
+            reported_version,
+            client,
+            status,
+            upstream_status,
+            duration_ms,
+            upstream_ms,
+            bytes_in,
+            bytes_out,
+            error,
+            cost: u32::try_from(cost).unwrap_or(u32::MAX),
+        });
         while ring.entries.len() > self.max_entries || ring.bytes > self.max_bytes {
             let Some(old) = ring.entries.pop_front() else {
                 break;
             };
-            ring.bytes = ring.bytes.saturating_sub(size(&old));
+            ring.bytes = ring.bytes.saturating_sub(old.cost as usize);
         }
     }
 
@@ -94,16 +274,15 @@ impl RecentRequests {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Trace IDs are 32 lowercase hex digits, as the access log and the span exporters
         // print them (a request ID may look the same: the trace is looked up first).
-        let trace = (id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-            .then(|| u128::from_str_radix(id, 16).ok())
-            .flatten()
-            .map(opentelemetry::trace::TraceId::from);
-        if trace.is_some() {
+        if let Some([hi, lo]) = hex_id(id.as_bytes()) {
+            let mut trace = [0u8; 16];
+            trace[..8].copy_from_slice(&hi.to_be_bytes());
+            trace[8..].copy_from_slice(&lo.to_be_bytes());
             let found: Vec<AccessLine> = ring
                 .entries
                 .iter()
-                .filter(|e| e.trace_id == trace)
-                .map(|e| (**e).clone())
+                .filter(|e| e.has_ids.0 && e.trace_id == trace)
+                .map(Entry::line)
                 .collect();
             if !found.is_empty() {
                 return found;
@@ -113,8 +292,8 @@ impl RecentRequests {
         ring.entries
             .iter()
             .rev()
-            .find(|e| e.request_id.as_bytes() == id.as_bytes())
-            .map(|e| (**e).clone())
+            .find(|e| e.request_id.is(id.as_bytes()))
+            .map(Entry::line)
             .into_iter()
             .collect()
     }
@@ -188,13 +367,103 @@ mod tests {
 
     #[test]
     fn the_byte_cap_bounds_memory() {
-        let one = size(&line(0, 1));
-        let idx = RecentRequests::new(1_000_000, one * 10);
+        let cap = 10 * (std::mem::size_of::<Entry>() + "req-9999".len()) + SHARED_OVERHEAD;
+        let idx = RecentRequests::new(1_000_000, cap);
         for i in 0..10_000 {
             idx.insert(line(i, i as u128 + 1));
         }
         let (n, bytes) = idx.usage();
-        assert!(n <= 10 && bytes <= one * 10, "{n} entries, {bytes} bytes");
+        assert!(
+            (9..=11).contains(&n) && bytes <= cap,
+            "{n} entries, {bytes} bytes"
+        );
         assert_eq!(idx.lookup("req-9999").len(), 1);
+    }
+
+    #[test]
+    fn entries_are_compact_and_share_what_consecutive_requests_have_in_common() {
+        assert!(
+            std::mem::size_of::<Entry>() <= 192,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+        let idx = RecentRequests::new(10_000, usize::MAX);
+        for i in 0..10_000 {
+            let mut l = line(i, i as u128 + 1);
+            l.request_id = HeaderValue::from_str(&format!("{:032x}", i as u128 * 7919))
+                .unwrap_or(HeaderValue::from_static("x"));
+            if i % 2 == 1 {
+                l.version = "2".into();
+            }
+            idx.insert(l);
+        }
+        let (n, bytes) = idx.usage();
+        assert_eq!(n, 10_000);
+        // Two versions alternating: two shared parts; generated request IDs held as values.
+        assert_eq!(
+            bytes,
+            10_000 * std::mem::size_of::<Entry>() + 2 * (SHARED_OVERHEAD + 22)
+        );
+        let ring = idx
+            .ring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = &ring.entries[0].shared;
+        assert!(Arc::ptr_eq(first, &ring.entries[2].shared));
+        assert!(!Arc::ptr_eq(first, &ring.entries[1].shared));
+    }
+
+    /// What comes out of the index is what went in, field for field.
+    #[test]
+    fn lookups_give_back_the_line_as_logged() {
+        let mut lines = Vec::new();
+        let mut a = line(1, 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);
+        a.request_id = HeaderValue::from_static("0af7651916cd43dd8448eb211c80319c");
+        a.reported_version = Some("3".into());
+        a.client = "[2001:db8::1]:443"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        a.path = PathAndQuery::from_static("/v2/models/churn/infer?x=1&y=%20");
+        a.error = Some("upstream_5xx");
+        a.upstream_status = None;
+        a.upstream_ms = None;
+        a.method = Method::from_bytes(b"PURGE").unwrap_or(Method::GET);
+        lines.push(a);
+        let mut b = line(2, 0xbb);
+        b.request_id = HeaderValue::from_static("0AF7651916CD43DD8448EB211C80319C");
+        b.route = None;
+        b.trace_id = None;
+        b.span_id = None;
+        lines.push(b);
+        let mut c = line(3, 0xcc);
+        c.request_id = HeaderValue::from_static("caller id: 42 ~");
+        c.duration_ms = 0.1 + 0.2;
+        c.bytes_out = u64::MAX;
+        lines.push(c);
+        // Not UTF-8: found by its trace only (lookups take text).
+        let mut d = line(4, 0xdd);
+        d.request_id =
+            HeaderValue::from_bytes(b"caller-\xff").unwrap_or(HeaderValue::from_static("x"));
+        let json = |l: &AccessLine| {
+            let mut out = Vec::new();
+            l.write_json(&mut out);
+            String::from_utf8_lossy(&out).to_string()
+        };
+        let idx = RecentRequests::new(10, usize::MAX);
+        for l in lines.iter().chain([&d]) {
+            idx.insert(l.clone());
+        }
+        for l in &lines {
+            let found = idx.lookup(&String::from_utf8_lossy(l.request_id.as_bytes()));
+            assert_eq!(found.len(), 1, "{:?}", l.request_id);
+            assert_eq!(json(&found[0]), json(l));
+            assert_eq!(format!("{:?}", found[0]), format!("{l:?}"));
+        }
+        let by_trace = idx.lookup("4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(by_trace.len(), 1);
+        assert_eq!(json(&by_trace[0]), json(&lines[0]));
+        let by_trace = idx.lookup(&format!("{:032x}", 0xddu128));
+        assert_eq!(by_trace.len(), 1);
+        assert_eq!(by_trace[0].request_id.as_bytes(), b"caller-\xff");
     }
 }
