@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -144,7 +143,7 @@ pub async fn serve<F, S, B, C>(
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let service = TowerToHyperService::new(make_service(peer));
+                    let service = Direct::new(make_service(peer));
                     // Idle timeouts are counted by the stream itself: hyper reports one on an idle
                     // keep-alive connection as a clean close.
                     let idle = conf.metrics.counter(ConnErrorKind::IdleTimeout);
@@ -189,6 +188,74 @@ pub async fn serve<F, S, B, C>(
     }
 }
 
+/// Hands hyper's requests to a connection's tower service. hyper-util's adapter clones the
+/// whole stack into a `Oneshot` for every request (a reference count per layer, and the state
+/// machine moved into place); the proxy's layers are always ready, so this calls the
+/// connection's own service instead, and takes that path only when it is not ready.
+struct Direct<S> {
+    // hyper calls services one request at a time from the connection's task.
+    service: std::cell::RefCell<S>,
+}
+
+impl<S> Direct<S> {
+    fn new(service: S) -> Self {
+        Self {
+            service: std::cell::RefCell::new(service),
+        }
+    }
+}
+
+impl<S, R> hyper::service::Service<R> for Direct<S>
+where
+    S: tower::Service<R> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = DirectFuture<S::Future, tower::util::Oneshot<S, R>>;
+
+    fn call(&self, req: R) -> Self::Future {
+        let mut service = self.service.borrow_mut();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match service.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => DirectFuture::Ready {
+                inner: service.call(req),
+            },
+            // Not ready (or failed): the general path, which waits for readiness (or reports
+            // the error) like any tower caller.
+            _ => DirectFuture::Waiting {
+                inner: tower::util::Oneshot::new(service.clone(), req),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The called service's future, or the `Oneshot` of one that was not ready.
+    #[project = DirectProj]
+    enum DirectFuture<A, B> {
+        Ready { #[pin] inner: A },
+        Waiting { #[pin] inner: B },
+    }
+}
+
+impl<A, B> std::future::Future for DirectFuture<A, B>
+where
+    A: std::future::Future,
+    B: std::future::Future<Output = A::Output>,
+{
+    type Output = A::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<A::Output> {
+        match self.project() {
+            DirectProj::Ready { inner } => inner.poll(cx),
+            DirectProj::Waiting { inner } => inner.poll(cx),
+        }
+    }
+}
+
 /// Counts one open connection for the cap and the gauge, until dropped.
 struct OpenGuard {
     open: Arc<AtomicUsize>,
@@ -216,5 +283,88 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::service::Service as _;
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Context, Poll};
+
+    /// A service that counts its clones and is ready only once `open` is set.
+    #[derive(Clone)]
+    struct Gate {
+        open: Arc<AtomicBool>,
+        clones: Arc<AtomicUsize>,
+        calls: Arc<AtomicUsize>,
+        waker: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+    }
+
+    struct Counted(Gate);
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.0.clones.fetch_add(1, Ordering::SeqCst);
+            Self(self.0.clone())
+        }
+    }
+
+    impl tower::Service<u32> for Counted {
+        type Response = u32;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<u32, Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.0.open.load(Ordering::SeqCst) {
+                Poll::Ready(Ok(()))
+            } else {
+                *self.0.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+
+        fn call(&mut self, req: u32) -> Self::Future {
+            self.0.calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok(req * 2))
+        }
+    }
+
+    fn gate(open: bool) -> Gate {
+        Gate {
+            open: Arc::new(AtomicBool::new(open)),
+            clones: Arc::default(),
+            calls: Arc::default(),
+            waker: Arc::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ready_service_is_called_without_a_clone() {
+        let g = gate(true);
+        let direct = Direct::new(Counted(g.clone()));
+        for i in 0..3 {
+            assert_eq!(direct.call(i).await, Ok(i * 2));
+        }
+        assert_eq!(g.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(g.clones.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_service_that_is_not_ready_is_waited_for() {
+        let g = gate(false);
+        let direct = Direct::new(Counted(g.clone()));
+        let call = tokio::spawn(direct.call(21));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!call.is_finished(), "called before it was ready");
+        assert_eq!(g.calls.load(Ordering::SeqCst), 0);
+        g.open.store(true, Ordering::SeqCst);
+        if let Some(w) = g.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            w.wake();
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
+        assert!(matches!(answer, Ok(Ok(Ok(42)))), "{answer:?}");
+        assert_eq!(g.calls.load(Ordering::SeqCst), 1);
     }
 }
