@@ -35,17 +35,24 @@ enum RequestId {
     Other(Box<[u8]>),
 }
 
-/// The value of 32 lowercase hex digits.
+/// The value of 32 lowercase hex digits (every request's ID goes through here: one pass, no
+/// parsing library).
 fn hex_id(b: &[u8]) -> Option<[u64; 2]> {
-    if b.len() != 32 || !b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+    if b.len() != 32 {
         return None;
     }
-    let half = |h: &[u8]| {
-        std::str::from_utf8(h)
-            .ok()
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-    };
-    Some([half(&b[..16])?, half(&b[16..])?])
+    let mut out = [0u64; 2];
+    for (half, digits) in out.iter_mut().zip(b.chunks_exact(16)) {
+        for &c in digits {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            *half = (*half << 4) | u64::from(d);
+        }
+    }
+    Some(out)
 }
 
 impl RequestId {
@@ -363,6 +370,24 @@ mod tests {
         idx.insert(line(5, 0xe5));
         assert!(idx.lookup(&hex(0xbb)).is_empty(), "and then the other");
         assert_eq!(idx.lookup(&hex(0xBB).to_uppercase()).len(), 0);
+    }
+
+    #[test]
+    fn hex_ids_are_read_exactly() {
+        assert_eq!(
+            hex_id(b"0123456789abcdeffedcba9876543210"),
+            Some([0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210])
+        );
+        assert_eq!(hex_id(&[b'f'; 32]), Some([u64::MAX; 2]));
+        for bad in [
+            &b"0123456789abcdeffedcba987654321"[..],
+            b"0123456789abcdeffedcba98765432100",
+            b"0123456789ABCDEFfedcba9876543210",
+            b"0123456789abcdeffedcba987654321g",
+            b"+123456789abcdeffedcba9876543210",
+        ] {
+            assert_eq!(hex_id(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
