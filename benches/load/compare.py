@@ -388,8 +388,11 @@ def report(runs, targets, scenarios):
 
 def versions_mode(a, procs, binary, tmp, up_port, upstream, otlp, lua):
     rows = []
-    for n in [int(x) for x in a.versions.split(",")]:
-        for rep in range(a.reps):
+    sizes = [int(x) for x in a.versions.split(",")]
+    # Interleaved like the main mode (the host drifts): each repetition runs every size, in
+    # an order rotated by one.
+    for rep in range(a.reps):
+        for n in sizes[rep % len(sizes):] + sizes[:rep % len(sizes)]:
             port = free_port()
             cfg = modelstamp_config(tmp, port, free_port(), up_port, otlp, versions=n)
             proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)], env=MODELSTAMP_ENV)
