@@ -1,6 +1,7 @@
 //! The floor of the stack modelstamp is built on: the smallest reverse proxy hyper 1.x and
-//! hyper-util can make (the same server builder, the same pooled legacy client with TCP_NODELAY,
-//! the same multi-threaded tokio runtime), with no routing, stamping, telemetry or logging. The
+//! hyper-util can make (the same server builder and multi-threaded tokio runtime, and
+//! hyper-util's pooled legacy client with TCP_NODELAY, which modelstamp used on the HTTP/1 path
+//! until its own leaner pool), with no routing, stamping, telemetry or logging. The
 //! load comparison runs it as the `hyper-floor` target, so the table separates what modelstamp's
 //! features cost from what the HTTP stack itself costs next to nginx and haproxy.
 //!
