@@ -200,13 +200,24 @@ impl Inner {
                 loop {
                     tick.tick().await;
                     let Some(inner) = weak.upgrade() else { return };
-                    let slots: Vec<Arc<Slot>> = lock(&inner.slots).values().cloned().collect();
-                    for slot in slots {
-                        slot.sweep(inner.idle_timeout);
-                    }
+                    inner.sweep();
                 }
             });
         });
+    }
+
+    /// Close connections idle for too long, and forget upstreams that nothing uses any more
+    /// (a reload that moved a route elsewhere): the map holds only live upstreams.
+    fn sweep(&self) {
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        for slot in &slots {
+            slot.sweep(self.idle_timeout);
+        }
+        drop(slots);
+        // A slot in no lease and with no idle connection is unused; one taken again later is
+        // simply made again.
+        lock(&self.slots)
+            .retain(|_, slot| Arc::strong_count(slot) > 1 || !lock(&slot.idle).is_empty());
     }
 }
 
@@ -346,5 +357,28 @@ impl Hasher for Fnv {
         for &b in bytes {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_sweeper_forgets_upstreams_nothing_uses() {
+        let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(60));
+        let a: Authority = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
+        let b: Authority = "127.0.0.1:2".parse().unwrap_or_else(|_| unreachable!());
+        let held = pool.slot(&a);
+        drop(pool.slot(&b));
+        assert_eq!(lock(&pool.inner.slots).len(), 2);
+        pool.inner.sweep();
+        let slots = lock(&pool.inner.slots);
+        assert_eq!(slots.len(), 1, "the unused upstream is forgotten");
+        assert!(slots.contains_key(&a), "the one in use stays");
+        drop(slots);
+        drop(held);
+        pool.inner.sweep();
+        assert!(lock(&pool.inner.slots).is_empty());
     }
 }
