@@ -14,6 +14,7 @@ use http::{HeaderValue, Method};
 use opentelemetry::trace::{SpanId, TraceId};
 
 use super::access_log::AccessLine;
+use super::trace::hex_into;
 
 /// What consecutive requests share: kept once and referenced by every entry that has it.
 #[derive(PartialEq)]
@@ -31,26 +32,24 @@ struct Shared {
 
 /// Request IDs this sidecar generates are 32 lowercase hex digits: kept as their value.
 enum RequestId {
-    Hex([u64; 2]),
+    Hex([u8; 16]),
     Other(Box<[u8]>),
 }
 
-/// The value of 32 lowercase hex digits (every request's ID goes through here: one pass, no
-/// parsing library).
-fn hex_id(b: &[u8]) -> Option<[u64; 2]> {
+/// The 16 bytes written as 32 lowercase hex digits, the inverse of [`hex_into`] (every
+/// request's ID goes through here: one pass, no parsing library).
+fn hex_id(b: &[u8]) -> Option<[u8; 16]> {
     if b.len() != 32 {
         return None;
     }
-    let mut out = [0u64; 2];
-    for (half, digits) in out.iter_mut().zip(b.chunks_exact(16)) {
-        for &c in digits {
-            let d = match c {
-                b'0'..=b'9' => c - b'0',
-                b'a'..=b'f' => c - b'a' + 10,
-                _ => return None,
-            };
-            *half = (*half << 4) | u64::from(d);
-        }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 16];
+    for (byte, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
     }
     Some(out)
 }
@@ -65,7 +64,11 @@ impl RequestId {
 
     fn header(&self) -> HeaderValue {
         let v = match self {
-            Self::Hex([hi, lo]) => HeaderValue::from_str(&format!("{hi:016x}{lo:016x}")),
+            Self::Hex(id) => {
+                let mut hex = [0u8; 32];
+                hex_into(&mut hex, id);
+                HeaderValue::from_bytes(&hex)
+            }
             Self::Other(b) => HeaderValue::from_bytes(b),
         };
         // Both were valid header values when they came in.
@@ -156,17 +159,9 @@ struct Ring {
 }
 
 impl Ring {
-    /// The shared part for `line`, and whether it is new.
-    fn shared(&mut self, line: AccessLine) -> (Arc<Shared>, bool) {
-        let wanted = Shared {
-            route: line.route,
-            model: line.model,
-            version: line.version,
-            lineage_id: line.lineage_id,
-            method: line.method,
-            path: line.path,
-            protocol: line.protocol,
-        };
+    /// The shared part equal to `wanted` (a compact copy of it if none is cached), and whether
+    /// it is new.
+    fn shared(&mut self, wanted: Shared) -> (Arc<Shared>, bool) {
         if let Some(hit) = self.shared.iter().flatten().find(|s| ***s == wanted) {
             return (hit.clone(), false);
         }
@@ -225,21 +220,20 @@ impl RecentRequests {
         let own = std::mem::size_of::<Entry>()
             + request_id.heap()
             + reported_version.as_ref().map_or(0, |r| r.len());
-        let (time, client, status, upstream_status) =
-            (line.time, line.client, line.status, line.upstream_status);
-        let (duration_ms, upstream_ms, bytes_in, bytes_out, error) = (
-            line.duration_ms,
-            line.upstream_ms,
-            line.bytes_in,
-            line.bytes_out,
-            line.error,
-        );
-        let (trace_id, span_id) = (line.trace_id, line.span_id);
+        let wanted = Shared {
+            route: line.route,
+            model: line.model,
+            version: line.version,
+            lineage_id: line.lineage_id,
+            method: line.method,
+            path: line.path,
+            protocol: line.protocol,
+        };
         let mut ring = self
             .ring
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (shared, new) = ring.shared(line);
+        let (shared, new) = ring.shared(wanted);
         let share = if new {
             SHARED_OVERHEAD + shared.path.as_str().len()
         } else {
@@ -248,21 +242,21 @@ impl RecentRequests {
         let cost = own + share;
         ring.bytes += cost;
         ring.entries.push_back(Entry {
-            time,
-            trace_id: trace_id.map_or([0; 16], TraceId::to_bytes),
-            span_id: span_id.map_or([0; 8], SpanId::to_bytes),
-            has_ids: (trace_id.is_some(), span_id.is_some()),
+            time: line.time,
+            trace_id: line.trace_id.map_or([0; 16], TraceId::to_bytes),
+            span_id: line.span_id.map_or([0; 8], SpanId::to_bytes),
+            has_ids: (line.trace_id.is_some(), line.span_id.is_some()),
             shared,
             request_id,
             reported_version,
-            client,
-            status,
-            upstream_status,
-            duration_ms,
-            upstream_ms,
-            bytes_in,
-            bytes_out,
-            error,
+            client: line.client,
+            status: line.status,
+            upstream_status: line.upstream_status,
+            duration_ms: line.duration_ms,
+            upstream_ms: line.upstream_ms,
+            bytes_in: line.bytes_in,
+            bytes_out: line.bytes_out,
+            error: line.error,
             cost: u32::try_from(cost).unwrap_or(u32::MAX),
         });
         while ring.entries.len() > self.max_entries || ring.bytes > self.max_bytes {
@@ -281,10 +275,7 @@ impl RecentRequests {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Trace IDs are 32 lowercase hex digits, as the access log and the span exporters
         // print them (a request ID may look the same: the trace is looked up first).
-        if let Some([hi, lo]) = hex_id(id.as_bytes()) {
-            let mut trace = [0u8; 16];
-            trace[..8].copy_from_slice(&hi.to_be_bytes());
-            trace[8..].copy_from_slice(&lo.to_be_bytes());
+        if let Some(trace) = hex_id(id.as_bytes()) {
             let found: Vec<AccessLine> = ring
                 .entries
                 .iter()
@@ -376,9 +367,9 @@ mod tests {
     fn hex_ids_are_read_exactly() {
         assert_eq!(
             hex_id(b"0123456789abcdeffedcba9876543210"),
-            Some([0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210])
+            Some(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128.to_be_bytes())
         );
-        assert_eq!(hex_id(&[b'f'; 32]), Some([u64::MAX; 2]));
+        assert_eq!(hex_id(&[b'f'; 32]), Some([0xff; 16]));
         for bad in [
             &b"0123456789abcdeffedcba987654321"[..],
             b"0123456789abcdeffedcba98765432100",
