@@ -141,23 +141,24 @@ impl Clients {
         let body = LimitedBody::new(body, ctx.clone(), limit, self.inspector.clone());
         let req = Request::from_parts(parts, body);
         let start = Instant::now();
-        let result = if h2 {
-            let sent = tokio::time::timeout(route.response_timeout, self.http2.request(req)).await;
-            sent.map(|r| {
-                r.map(|resp| resp.map(|b| UpstreamBody::new(b, None)))
-                    .map_err(|e| (classify(&e, e.is_connect()), Box::new(e) as BoxError))
-            })
-        } else {
-            let sent = self.http1.send(authority, req);
-            let sent = tokio::time::timeout(route.response_timeout, sent).await;
-            sent.map(|r| {
-                r.map(|(resp, lease)| resp.map(|b| UpstreamBody::new(b, Some(lease))))
-                    .map_err(|e| (classify(&e, e.is_connect()), Box::new(e) as BoxError))
-            })
+        let sent = async {
+            if h2 {
+                match self.http2.request(req).await {
+                    Ok(response) => Ok((response, None)),
+                    Err(e) => Err(failure(e.is_connect(), e)),
+                }
+            } else {
+                match self.http1.send(authority, req).await {
+                    Ok((response, lease)) => Ok((response, Some(lease))),
+                    Err(e) => Err(failure(e.is_connect(), e)),
+                }
+            }
         };
+        let result = tokio::time::timeout(route.response_timeout, sent).await;
         let upstream_latency = start.elapsed();
         let err = match result {
-            Ok(Ok(mut response)) => {
+            Ok(Ok((response, lease))) => {
+                let mut response = response.map(|b| UpstreamBody::new(b, lease));
                 remove_hop_by_hop(response.headers_mut());
                 return Ok(Forwarded {
                     response,
@@ -274,6 +275,14 @@ fn upstream_uri(authority: &Authority, pq: PathAndQuery) -> Result<Uri, ProxyErr
             kind: UpstreamErrorKind::Connect,
             source: Box::new(e),
         })
+}
+
+/// An upstream error with its kind.
+fn failure(
+    is_connect: bool,
+    e: impl StdError + Send + Sync + 'static,
+) -> (UpstreamErrorKind, BoxError) {
+    (classify(&e, is_connect), Box::new(e))
 }
 
 /// Connect failures are `connect` unless they timed out; everything after connecting that
