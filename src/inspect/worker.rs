@@ -21,6 +21,7 @@ use super::profile::Profile;
 use super::stats::{DriftWatch, QualityEvent, VersionStats};
 use crate::config::Inspect;
 use crate::explain::journal::{Journal, Kind};
+use crate::observe::pace::Gather;
 use crate::observe::spans::Tracing;
 
 /// Why a message was not inspected.
@@ -229,9 +230,10 @@ impl Inspector {
             stats: Mutex::new(BTreeMap::new()),
         });
         let worker = shared.clone();
+        let queue = settings.queue;
         std::thread::Builder::new()
             .name("modelstamp-inspect".into())
-            .spawn(move || run(&rx, &worker, &tracing, &journal))?;
+            .spawn(move || run(&rx, queue, &worker, &tracing, &journal))?;
         Ok(Self { shared, tx })
     }
 
@@ -321,22 +323,15 @@ impl Inspector {
 /// How often drift levels are compared with the thresholds.
 const DRIFT_CHECK: Duration = Duration::from_secs(1);
 
-/// How long the worker lets jobs gather while it is busy.
-const GATHER: Duration = Duration::from_millis(2);
-
-fn run(rx: &Receiver<Job>, shared: &Shared, tracing: &Tracing, journal: &Journal) {
+fn run(rx: &Receiver<Job>, queue: usize, shared: &Shared, tracing: &Tracing, journal: &Journal) {
     let mut watch = DriftWatch::default();
     let mut checked = Instant::now();
-    let mut busy = false;
+    let mut gather = Gather::new(queue);
     loop {
         match rx.recv_timeout(DRIFT_CHECK) {
             Ok(first) => {
-                // Under load, sleep a moment before draining: a sender only wakes a thread
-                // blocked in `recv`, so this costs one wake-up per batch instead of one per
-                // exchange (the queue holds `inspect.queue` jobs meanwhile).
-                if busy {
-                    std::thread::sleep(GATHER);
-                }
+                // Let jobs gather before draining (see `pace`): one wake-up per interval.
+                gather.wait();
                 let mut next = Some(first);
                 let mut drained = 0usize;
                 while let Some(job) = next {
@@ -349,9 +344,9 @@ fn run(rx: &Receiver<Job>, shared: &Shared, tracing: &Tracing, journal: &Journal
                     drained += 1;
                     next = rx.try_recv().ok();
                 }
-                busy = drained > 1;
+                gather.drained(drained);
             }
-            Err(RecvTimeoutError::Timeout) => busy = false,
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
         if checked.elapsed() >= DRIFT_CHECK {

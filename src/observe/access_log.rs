@@ -16,6 +16,7 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::metrics::{Metrics, ObserveDrop};
+use super::pace::Gather;
 use super::recent::RecentRequests;
 use crate::config::AccessLogTarget;
 use crate::inspect::open_inference::string_specials;
@@ -369,7 +370,7 @@ impl AccessLog {
         let (m, r) = (metrics.clone(), recent.clone());
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(rx, out, m, r))?;
+            .spawn(move || write_loop(rx, queue, out, m, r))?;
         Ok(Self {
             tx: Some(tx),
             metrics,
@@ -431,6 +432,7 @@ impl Batch {
 
 fn write_loop(
     rx: Receiver<Msg>,
+    queue: usize,
     mut out: Option<Box<dyn Write + Send>>,
     metrics: Metrics,
     recent: Arc<RecentRequests>,
@@ -441,13 +443,10 @@ fn write_loop(
         failures: 0,
     };
     let mut acks = Vec::new();
-    let mut busy = false;
+    let mut gather = Gather::new(queue);
     while let Ok(mut msg) = rx.recv() {
-        // Under load, sleep a moment before draining: senders only wake a thread blocked in
-        // `recv`, so this turns one wake-up per request into one per few milliseconds.
-        if busy {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        // Let lines gather before draining (see `pace`): one wake-up per interval, not per line.
+        gather.wait();
         let mut drained = 0usize;
         loop {
             drained += 1;
@@ -485,7 +484,7 @@ fn write_loop(
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
-        busy = drained > 1;
+        gather.drained(drained);
     }
 }
 

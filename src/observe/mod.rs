@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod exemplar;
 pub mod metrics;
 pub mod otlp;
+pub mod pace;
 pub mod recent;
 pub mod spans;
 pub mod trace;
