@@ -132,7 +132,7 @@ fn benches(c: &mut Criterion) {
 
 fn span_benches(c: &mut Criterion) {
     use modelstamp::config::{OtlpExport, OtlpProtocol, Sampler, Traces};
-    use modelstamp::observe::spans::Tracing;
+    use modelstamp::observe::spans::{SharedAttributes, Tracing};
     use opentelemetry::KeyValue;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -160,19 +160,23 @@ fn span_benches(c: &mut Criterion) {
             recent_requests: 0,
         };
         let tracing = Tracing::start(&cfg, &metrics).unwrap();
+        // The version's attributes are shared, built once per snapshot as the proxy does.
+        let shared = std::sync::Arc::new(SharedAttributes::new(vec![
+            KeyValue::new("ml.model.name", "churn"),
+            KeyValue::new("ml.model.version", "1"),
+            KeyValue::new("ml.lineage.id", "ln_526204c212f0100a"),
+            KeyValue::new("ml.lineage.url", tracing.lineage_url("ln_526204c212f0100a")),
+        ]));
         c.bench_function(&format!("span/server_and_client_{name}"), |b| {
             b.iter(|| {
                 let attrs = || {
                     vec![
                         KeyValue::new("http.request.method", "POST"),
                         KeyValue::new("url.path", "/v2/models/churn/infer"),
-                        KeyValue::new("ml.model.name", "churn"),
-                        KeyValue::new("ml.model.version", "1"),
-                        KeyValue::new("ml.lineage.id", "ln_526204c212f0100a"),
-                        KeyValue::new("ml.lineage.url", tracing.lineage_url("ln_526204c212f0100a")),
                     ]
                 };
-                let server = tracing.server_span(None, "POST churn".to_string(), attrs);
+                let server =
+                    tracing.server_span(None, "POST churn".to_string(), Some(&shared), attrs);
                 let client = tracing.client_span(&server, "POST".to_string(), || {
                     vec![KeyValue::new("server.port", 8081i64)]
                 });

@@ -157,6 +157,14 @@ fn attributes<'a>(buf: &mut Vec<u8>, field: u32, kvs: impl IntoIterator<Item = &
     }
 }
 
+/// `attributes` as they appear in a `Span` message (field 9): what [`super::spans::SharedAttributes`]
+/// keeps, so spans that share them copy the bytes instead of encoding them again.
+pub(crate) fn span_attributes(kvs: &[KeyValue]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    attributes(&mut buf, 9, kvs);
+    buf
+}
+
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -190,6 +198,9 @@ fn span(buf: &mut Vec<u8>, s: &SpanRecord) {
     uint_field(buf, 6, kind(&s.kind));
     fixed64_field(buf, 7, nanos(s.start));
     fixed64_field(buf, 8, nanos(s.end));
+    if let Some(shared) = &s.shared {
+        buf.extend_from_slice(shared.encoded());
+    }
     attributes(buf, 9, &s.attributes);
     for e in &s.events {
         message(buf, 11, |buf| {
@@ -490,6 +501,7 @@ mod tests {
             name: Cow::Borrowed(name),
             start: t0,
             end: t0 + Duration::from_micros(850),
+            shared: None,
             attributes: attrs.clone(),
             events: Vec::new(),
             status: Status::Unset,
@@ -502,6 +514,16 @@ mod tests {
             "POST /v2/models/{model}/infer",
         );
         server.status = Status::error("upstream_5xx");
+        // Shared attributes are written (pre-encoded) before the span's own.
+        server.shared = Some(std::sync::Arc::new(
+            super::super::spans::SharedAttributes::new(vec![
+                KeyValue::new("ml.model.name", "churn"),
+                KeyValue::new(
+                    "ml.model.version",
+                    opentelemetry::StringValue::from(std::sync::Arc::<str>::from("2")),
+                ),
+            ]),
+        ));
         let client = span(ctx(1, 3, false), 2, false, SpanKind::Client, "POST");
         let mut event = span(
             ctx(1, 4, false),
@@ -535,7 +557,7 @@ mod tests {
             name: s.name.clone(),
             start_time: s.start,
             end_time: s.end,
-            attributes: s.attributes.clone(),
+            attributes: s.all_attributes().cloned().collect(),
             dropped_attributes_count: 0,
             events,
             links: SpanLinks::default(),

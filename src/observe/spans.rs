@@ -44,12 +44,56 @@ pub struct SpanRecord {
     pub start: SystemTime,
     /// End time.
     pub end: SystemTime,
-    /// Attributes, in the order they were set.
+    /// Attributes shared with other spans, encoded once; exported before `attributes`.
+    pub shared: Option<Arc<SharedAttributes>>,
+    /// Attributes of this span alone, in the order they were set.
     pub attributes: Vec<KeyValue>,
     /// Events.
     pub events: Vec<Event>,
     /// Status (5xx and transport errors are errors).
     pub status: Status,
+}
+
+impl SpanRecord {
+    /// Every attribute as exported: the shared ones, then the span's own.
+    pub fn all_attributes(&self) -> impl Iterator<Item = &KeyValue> {
+        let shared = self
+            .shared
+            .as_deref()
+            .map_or(&[][..], |s| &s.attributes[..]);
+        shared.iter().chain(&self.attributes)
+    }
+}
+
+/// Attributes many spans carry alike (a version's `ml.*` attributes, the registry's URI),
+/// encoded once when the snapshot is built. A span holds one reference to them instead of a
+/// clone of each value (a reference count each, an allocation for owned strings), and the
+/// exporter copies their bytes instead of encoding them for every span.
+#[derive(Debug, PartialEq)]
+pub struct SharedAttributes {
+    attributes: Vec<KeyValue>,
+    encoded: Vec<u8>,
+}
+
+impl SharedAttributes {
+    /// Encode `attributes` once.
+    pub fn new(attributes: Vec<KeyValue>) -> Self {
+        let encoded = super::otlp::span_attributes(&attributes);
+        Self {
+            attributes,
+            encoded,
+        }
+    }
+
+    /// The attributes.
+    pub fn attributes(&self) -> &[KeyValue] {
+        &self.attributes
+    }
+
+    /// Their OTLP encoding, as `Span.attributes` entries.
+    pub(crate) fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
 }
 
 /// A span: its context always (it propagates even when not sampled) and, when sampled and
@@ -147,17 +191,20 @@ impl Tracing {
     }
 
     /// Start a server span, continuing `parent` when given (the sampler decides either way).
-    /// `attributes` are built only when the span is recorded (the samplers do not read them).
+    /// It carries `shared` and `attributes`; these are built only when the span is recorded
+    /// (the samplers do not read them).
     pub fn server_span(
         &self,
         parent: Option<SpanContext>,
         name: String,
+        shared: Option<&Arc<SharedAttributes>>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Span {
         self.begin(
             parent.as_ref(),
             SpanKind::Server,
             Cow::Owned(name),
+            shared,
             attributes,
         )
     }
@@ -173,6 +220,7 @@ impl Tracing {
             Some(&parent.context),
             SpanKind::Client,
             Cow::Owned(name),
+            None,
             attributes,
         )
     }
@@ -184,6 +232,7 @@ impl Tracing {
             Some(parent),
             SpanKind::Internal,
             Cow::Borrowed(name),
+            None,
             || attributes.clone(),
         );
         span.end_with(|r| {
@@ -197,6 +246,7 @@ impl Tracing {
         parent: Option<&SpanContext>,
         kind: SpanKind,
         name: Cow<'static, str>,
+        shared: Option<&Arc<SharedAttributes>>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Span {
         let parent = parent.filter(|p| p.is_valid());
@@ -221,6 +271,7 @@ impl Tracing {
                     name,
                     start: now,
                     end: now,
+                    shared: shared.cloned(),
                     attributes: attributes(),
                     events: Vec::new(),
                     status: Status::Unset,
@@ -632,9 +683,16 @@ mod tests {
     fn spans_continue_the_parent_and_end_once() {
         let (tracing, rx) = tracer(Sampler::ParentBasedAlwaysOn);
         let parent = remote(true);
-        let server = tracing.server_span(Some(parent.clone()), "POST churn".into(), || {
-            vec![KeyValue::new("ml.model.name", "churn")]
-        });
+        let shared = Arc::new(SharedAttributes::new(vec![KeyValue::new(
+            "ml.model.version",
+            "2",
+        )]));
+        let server = tracing.server_span(
+            Some(parent.clone()),
+            "POST churn".into(),
+            Some(&shared),
+            || vec![KeyValue::new("ml.model.name", "churn")],
+        );
         let sc = server.context().clone();
         assert_eq!(sc.trace_id(), parent.trace_id());
         assert_ne!(sc.span_id(), parent.span_id());
@@ -663,6 +721,15 @@ mod tests {
         assert!(server.parent_is_remote);
         assert_eq!(server.status, Status::error("upstream_5xx"));
         assert_eq!(server.attributes, [KeyValue::new("ml.model.name", "churn")]);
+        assert_eq!(server.shared.as_ref(), Some(&shared));
+        assert_eq!(
+            server.all_attributes().cloned().collect::<Vec<_>>(),
+            [
+                KeyValue::new("ml.model.version", "2"),
+                KeyValue::new("ml.model.name", "churn")
+            ]
+        );
+        assert_eq!(client.shared, None, "only server spans share attributes");
         assert!(server.end >= server.start);
     }
 
@@ -670,7 +737,7 @@ mod tests {
     fn unsampled_spans_propagate_ids_but_record_nothing() {
         let (tracing, rx) = tracer(Sampler::ParentBasedAlwaysOn);
         let mut built = false;
-        let server = tracing.server_span(Some(remote(false)), "GET".into(), || {
+        let server = tracing.server_span(Some(remote(false)), "GET".into(), None, || {
             built = true;
             Vec::new()
         });
@@ -685,7 +752,7 @@ mod tests {
             sink: None,
             ..tracing.clone()
         };
-        let root = quiet.server_span(None, "GET".into(), Vec::new);
+        let root = quiet.server_span(None, "GET".into(), None, Vec::new);
         assert!(root.context().is_sampled() && !root.is_recording());
         drop(root);
         assert!(finished(&rx).is_empty());
@@ -694,7 +761,7 @@ mod tests {
     #[test]
     fn event_spans_carry_their_event() {
         let (tracing, rx) = tracer(Sampler::ParentBasedAlwaysOn);
-        let server = tracing.server_span(None, "POST".into(), Vec::new);
+        let server = tracing.server_span(None, "POST".into(), None, Vec::new);
         let attrs = vec![KeyValue::new("ml.feature.name", "age")];
         tracing.event_span(server.context(), "modelstamp.data_quality", attrs.clone());
         let spans = finished(&rx);

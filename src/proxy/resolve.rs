@@ -189,8 +189,7 @@ impl<S> Resolve<S> {
         name.push(' ');
         name.push_str(route_name);
         let attrs = || {
-            let mut attrs = Vec::with_capacity(16);
-            attrs.extend_from_slice(&served.span_attrs);
+            let mut attrs = Vec::with_capacity(9);
             attrs.extend([
                 KeyValue::new("http.request.method", method_value(req.method())),
                 KeyValue::new("url.path", req.uri().path().to_string()),
@@ -201,7 +200,6 @@ impl<S> Resolve<S> {
                 ),
                 KeyValue::new("network.protocol.version", protocol_version(req.version())),
                 KeyValue::new("client.address", self.peer.attr.clone()),
-                snap.span_registry.clone(),
                 KeyValue::new(
                     "modelstamp.request_id",
                     request_id.to_str().unwrap_or_default().to_string(),
@@ -212,7 +210,9 @@ impl<S> Resolve<S> {
             }
             attrs
         };
-        self.telemetry.tracing.server_span(parent, name, attrs)
+        self.telemetry
+            .tracing
+            .server_span(parent, name, Some(&served.span_attrs), attrs)
     }
 }
 

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use crate::config::{Config, ConfigError, ConfigErrors, Inspect, RegistrySource, Route, Serves};
 use crate::inspect::Profile;
 use crate::observe::metrics::{InfoLabels, Metrics, VersionMetrics};
+use crate::observe::spans::SharedAttributes;
 use crate::registry::{DatasetKey, LineageRecord, RegistryData};
 
 /// The label and header value for anything the registry does not know.
@@ -35,8 +36,8 @@ pub struct Served {
     pub record: Option<Arc<LineageRecord>>,
     /// Set when the dataset the version was trained on has a newer digest.
     pub stale: Option<Stale>,
-    /// `ml.*` span attributes, built once per snapshot (values are refcounted, not copied).
-    pub span_attrs: Vec<KeyValue>,
+    /// The server span's `ml.*` attributes and `ml.registry.uri`, encoded once per snapshot.
+    pub span_attrs: Arc<SharedAttributes>,
     /// What the inspector checks and counts for this version.
     pub profile: Arc<Profile>,
 }
@@ -80,6 +81,10 @@ impl Served {
                 lineage_url.replace("{lineage_id}", &lineage_id),
             ));
         }
+        span_attrs.push(KeyValue::new(
+            "ml.registry.uri",
+            StringValue::from(ctx.registry_uri.clone()),
+        ));
         let profile = Arc::new(Profile::new(
             model.clone(),
             version.clone(),
@@ -89,7 +94,7 @@ impl Served {
         ));
         Self {
             profile,
-            span_attrs,
+            span_attrs: Arc::new(SharedAttributes::new(span_attrs)),
             header_values: [hv(&model), hv(&version), hv(&lineage_id)],
             metrics: metrics.version(&model, &version),
             model,
@@ -117,6 +122,7 @@ struct BuildCtx<'a> {
     metrics: &'a Metrics,
     lineage_url: &'a str,
     inspect: &'a Inspect,
+    registry_uri: Arc<str>,
 }
 
 /// A model's versions plus its `unknown` version.
@@ -179,8 +185,6 @@ pub struct Snapshot {
     pub no_route: Counter,
     /// `ml.registry.uri`: where the records came from.
     pub registry_uri: String,
-    /// The `ml.registry.uri` span attribute.
-    pub span_registry: KeyValue,
 }
 
 impl Snapshot {
@@ -196,10 +200,12 @@ impl Snapshot {
         metrics: &Metrics,
     ) -> Result<Self, ConfigErrors> {
         let strict = matches!(config.registry, RegistrySource::File(_));
+        let registry_uri = config.registry.uri();
         let build = BuildCtx {
             metrics,
             lineage_url: &config.traces.lineage_url,
             inspect: &config.inspect,
+            registry_uri: registry_uri.as_str().into(),
         };
         let mut errs = Vec::new();
         let mut models = HashMap::new();
@@ -264,6 +270,7 @@ impl Snapshot {
                     &registry,
                 )
             });
+            let name: Arc<str> = route.name.as_str().into();
             routes.push(RouteState {
                 weights: route.backends.iter().map(|b| b.weight).collect(),
                 backends,
@@ -272,14 +279,13 @@ impl Snapshot {
                 default_version,
                 unknown_model: metrics.unresolved(&route.name, "unknown_model"),
                 unknown_version: metrics.unresolved(&route.name, "unknown_version"),
-                span_route: KeyValue::new("ml.route", route.name.clone()),
-                name: route.name.as_str().into(),
+                span_route: KeyValue::new("ml.route", StringValue::from(name.clone())),
+                name,
             });
         }
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
-        let registry_uri = config.registry.uri();
         let unknown_model = Arc::new(Served::unknown(UNKNOWN, &build));
         Ok(Self {
             generation,
@@ -289,7 +295,6 @@ impl Snapshot {
             models,
             unknown_model,
             no_route: metrics.unresolved("none", "no_route"),
-            span_registry: KeyValue::new("ml.registry.uri", registry_uri.clone()),
             registry_uri,
         })
     }
