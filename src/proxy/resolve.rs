@@ -110,7 +110,7 @@ where
             req.headers()
                 .get(&snapshot.config.headers.request_id)
                 .filter(|v| valid_request_id(v))
-                .cloned()
+                .map(owned_header)
                 .unwrap_or_else(new_request_id)
         } else {
             new_request_id()
@@ -135,8 +135,7 @@ where
             path: req
                 .uri()
                 .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                .map_or_else(|| http::uri::PathAndQuery::from_static("/"), owned_path),
             version: req.version(),
             client: self.client,
             client_ip: self.peer.header.clone(),
@@ -242,6 +241,25 @@ pub fn protocol_version(v: http::Version) -> &'static str {
     }
 }
 
+// hyper parses the request head without copying: the URI and header values are slices of the
+// connection's read buffer (8 KiB or more). What outlives the exchange (the access-log line,
+// queued for the log thread) takes a copy, or every queued line would keep a whole read
+// buffer allocated until the log thread has written it.
+
+/// The path and query in storage of its own.
+fn owned_path(pq: &http::uri::PathAndQuery) -> http::uri::PathAndQuery {
+    http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(
+        pq.as_str().as_bytes(),
+    ))
+    // A valid path parses again; keeping the shared one is the fallback, not an error.
+    .unwrap_or_else(|_| pq.clone())
+}
+
+/// A header value in storage of its own.
+fn owned_header(v: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone())
+}
+
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
@@ -285,6 +303,26 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_outlives_the_request_does_not_share_the_read_buffer() {
+        // As hyper builds them: slices of the connection's read buffer.
+        let buf = bytes::Bytes::from(
+            b"POST /v2/models/churn/infer?x=1 HTTP/1.1\r\nx-request-id: abc-123\r\n".repeat(100),
+        );
+        let inside = |p: *const u8| buf.as_ptr_range().contains(&p);
+        let uri = http::Uri::from_maybe_shared(buf.slice(5..31)).unwrap();
+        let pq = uri.path_and_query().unwrap();
+        let id = HeaderValue::from_maybe_shared(buf.slice(56..63)).unwrap();
+        assert!(inside(pq.as_str().as_ptr()) && inside(id.as_bytes().as_ptr()));
+        let (pq2, id2) = (owned_path(pq), owned_header(&id));
+        assert_eq!(
+            (pq2.as_str(), id2.as_bytes()),
+            ("/v2/models/churn/infer?x=1", &b"abc-123"[..])
+        );
+        assert!(!inside(pq2.as_str().as_ptr()), "the path is a copy");
+        assert!(!inside(id2.as_bytes().as_ptr()), "the request ID is a copy");
+    }
 
     #[test]
     fn request_ids_are_unique_and_well_formed() {
