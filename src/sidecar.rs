@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
@@ -79,7 +79,7 @@ pub struct Sidecar {
     admin_shutdown: watch::Sender<bool>,
     hup: watch::Sender<u64>,
     proxy_task: JoinHandle<()>,
-    admin_task: JoinHandle<()>,
+    admin_task: oneshot::Receiver<()>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -195,19 +195,26 @@ impl Sidecar {
         });
         let admin = Admin::new(admin_state.clone());
         let admin_limits = snapshots.clone();
-        let admin_task = tokio::spawn(serve(
-            admin_listener,
-            move |_| admin.clone(),
-            admin_shutdown_rx,
-            Listener {
-                name: "admin",
-                settings: move || ListenerSettings {
-                    grace: Duration::from_secs(1),
-                    limits: admin_limits.load().config.limits,
+        let admin_metrics = telemetry.metrics.listener("admin");
+        let admin_task = admin_thread(admin_listener, move |listener| {
+            serve(
+                listener,
+                move |_| admin.clone(),
+                admin_shutdown_rx,
+                Listener {
+                    name: "admin",
+                    settings: move || ListenerSettings {
+                        grace: Duration::from_secs(1),
+                        limits: admin_limits.load().config.limits,
+                    },
+                    metrics: admin_metrics,
                 },
-                metrics: telemetry.metrics.listener("admin"),
-            },
-        ));
+            )
+        })
+        .map_err(|source| StartError::Bind {
+            addr: admin_addr,
+            source,
+        })?;
         tokio::spawn(canary.clone().watch(shutdown_rx.clone()));
         tokio::spawn(reloader.clone().watch(hup_rx, shutdown_rx));
         info!(%proxy_addr, %admin_addr, "modelstamp started.");
@@ -249,4 +256,35 @@ impl Sidecar {
         })
         .await;
     }
+}
+
+/// Serve the admin listener on a thread and runtime of its own, as linkerd2-proxy runs its
+/// admin server: rendering `/metrics` for a large registry (tens of milliseconds at 1,000
+/// versions) or answering `explain` never holds up a proxy thread, which matters most when the
+/// proxy runs on one. The receiver completes when the admin server has stopped.
+fn admin_thread<F, Fut>(listener: TcpListener, serve: F) -> std::io::Result<oneshot::Receiver<()>>
+where
+    F: FnOnce(TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    // The listener moves to the admin runtime's reactor.
+    let listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, stopped) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("modelstamp-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener).await,
+                    Err(e) => tracing::error!(error = %e, "The admin listener could not start."),
+                }
+            });
+            // Tasks the admin server spawned end with its runtime, here.
+            drop(runtime);
+            let _ = done.send(());
+        })?;
+    Ok(stopped)
 }

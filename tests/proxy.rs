@@ -788,3 +788,25 @@ async fn a_connection_whose_response_was_abandoned_is_closed() {
         "the abandoned exchange's upstream connection stayed open"
     );
 }
+
+/// The admin server has a thread and runtime of its own: it answers while every thread of the
+/// proxy's runtime is busy (here the test's single-threaded runtime, blocked on purpose).
+#[tokio::test]
+async fn the_admin_server_answers_while_the_proxy_runtime_is_blocked() {
+    use std::io::{Read, Write};
+    let up = Upstream::start(oi_handler("1")).await;
+    let h = Harness::start(&churn_route(up.addr, "1", ""), "").await;
+    // Blocking I/O on the runtime's only thread: nothing else on this runtime runs meanwhile.
+    let mut s = std::net::TcpStream::connect(h.sidecar.admin_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    let read = s.read_to_string(&mut reply);
+    assert!(
+        read.is_ok(),
+        "no answer while the proxy runtime was blocked: {read:?}"
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("ok\n"), "{reply}");
+}
