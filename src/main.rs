@@ -138,10 +138,17 @@ struct DemoArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = match workers() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if matches!(cli.command, None | Some(Command::Run(_) | Command::Demo(_))) {
+        info!(workers, "Proxy threads (MODELSTAMP_WORKERS).");
+    }
+    let runtime = match runtime(workers) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -170,6 +177,44 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Proxy threads, from `MODELSTAMP_WORKERS`: a number, or `auto` for the cores available to
+/// the process (its CPU quota included). Unset: one, as linkerd2-proxy runs unless told
+/// otherwise: a sidecar shares its pod with the model server, and one thread costs the least
+/// CPU per request (no work stealing between threads; see BENCHMARKS.md). The admin server,
+/// the access log, inspection and span export have threads of their own either way.
+fn workers() -> Result<usize, String> {
+    let auto = || std::thread::available_parallelism().map_or(1, |n| n.get());
+    parse_workers(std::env::var("MODELSTAMP_WORKERS").ok().as_deref(), auto)
+}
+
+fn parse_workers(v: Option<&str>, auto: impl FnOnce() -> usize) -> Result<usize, String> {
+    match v {
+        None => Ok(1),
+        Some("auto") => Ok(auto()),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "MODELSTAMP_WORKERS={v:?}: expected a number of threads from 1 to 1024, or auto"
+            )),
+        },
+    }
+}
+
+/// One proxy thread runs tokio's single-threaded scheduler (no work stealing, no cross-thread
+/// wake-ups); more run the multi-threaded one.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
     }
 }
 
@@ -347,4 +392,28 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     running.stop().await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_counts_default_to_one_and_reject_nonsense() {
+        assert_eq!(parse_workers(None, || 8), Ok(1));
+        assert_eq!(parse_workers(Some("auto"), || 8), Ok(8));
+        assert_eq!(parse_workers(Some("4"), || 8), Ok(4));
+        for bad in ["0", "-1", "two", "", "1025"] {
+            let err = parse_workers(Some(bad), || 8).unwrap_err();
+            assert!(err.contains("MODELSTAMP_WORKERS"), "{err}");
+        }
+    }
+
+    #[test]
+    fn one_worker_is_the_single_threaded_scheduler() {
+        use tokio::runtime::RuntimeFlavor;
+        let flavor = |n| runtime(n).unwrap().handle().runtime_flavor();
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(2), RuntimeFlavor::MultiThread);
+    }
 }

@@ -4,8 +4,9 @@
 Targets run interleaved (the order rotates every repetition) against one fast upstream stub
 (`modelstamp demo-model --fixed`, Open Inference v2 JSON). modelstamp runs with every feature on:
 stamping, metrics with exemplars, 100 % sampled spans exported over OTLP to a local rotel sink,
-response inspection (the reported model_version) and a JSON access log to a file. nginx and
-haproxy proxy with keep-alive upstream pools and an access log on.
+response inspection (the reported model_version) and a JSON access log to a file, with its
+default single proxy thread (`modelstamp`) and with two (`modelstamp-2w`). nginx and haproxy
+proxy with keep-alive upstream pools and an access log on, two workers each (one per core).
 
 Per target and scenario it prints medians over repetitions of: req/s, p50 and p99 latency,
 proxy CPU per request (all threads, /proc), proxy CPU / upstream CPU per request (cancels the
@@ -285,7 +286,7 @@ def main():
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--smoke", action="store_true", help="debug build, 1 rep, 2 s runs: checks the script works")
     ap.add_argument("--versions", default="", help="e.g. 1,100,1000: per-request cost vs configured versions")
-    ap.add_argument("--targets", default="direct,modelstamp,hyper-floor,nginx,nginx-json,haproxy")
+    ap.add_argument("--targets", default="direct,modelstamp,modelstamp-2w,hyper-floor,nginx,nginx-json,haproxy")
     ap.add_argument("--json", default="", help="write all runs here")
     a = ap.parse_args()
     profile = "debug" if a.smoke else "release"
@@ -324,9 +325,12 @@ def main():
                     port = free_port()
                     if target == "direct":
                         proc, url = None, f"http://127.0.0.1:{up_port}{PATH}"
-                    elif target == "modelstamp":
+                    elif target in ("modelstamp", "modelstamp-2w"):
+                        # modelstamp runs one proxy thread unless MODELSTAMP_WORKERS says otherwise;
+                        # modelstamp-2w runs two, as many as nginx's and haproxy's workers here.
                         cfg = modelstamp_config(tmp, port, free_port(), up_port, otlp)
-                        proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)], env=MODELSTAMP_ENV)
+                        env = dict(MODELSTAMP_ENV, MODELSTAMP_WORKERS="2" if target == "modelstamp-2w" else "1")
+                        proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)], env=env)
                     elif target == "hyper-floor":
                         proc = procs.start(target, [str(ROOT / "target" / profile / "examples" / "hyper_floor"),
                                                     f"127.0.0.1:{port}", f"127.0.0.1:{up_port}"])
