@@ -304,7 +304,10 @@ def main():
             lua = tmp / "post.lua"
             lua.write_text(f"wrk.method = 'POST'\nwrk.body = [[{BODY}]]\nwrk.headers['Content-Type'] = 'application/json'\n")
             up_port = free_port()
-            upstream = procs.start("upstream", [str(binary), "demo-model", "--fixed", "--listen", f"127.0.0.1:{up_port}"])
+            # The stub runs a worker per core, as every run before modelstamp's default became one
+            # thread: the CPU ratio's denominator stays comparable across the passes in BENCHMARKS.md.
+            upstream = procs.start("upstream", [str(binary), "demo-model", "--fixed", "--listen", f"127.0.0.1:{up_port}"],
+                                   env={"MODELSTAMP_WORKERS": "auto"})
             wait_port(up_port)
             otlp = None
             if rotel:
