@@ -211,6 +211,7 @@ impl Sidecar {
                 },
             )
         })
+        .await
         .map_err(|source| StartError::Bind {
             addr: admin_addr,
             source,
@@ -261,30 +262,48 @@ impl Sidecar {
 /// Serve the admin listener on a thread and runtime of its own, as linkerd2-proxy runs its
 /// admin server: rendering `/metrics` for a large registry (tens of milliseconds at 1,000
 /// versions) or answering `explain` never holds up a proxy thread, which matters most when the
-/// proxy runs on one. The receiver completes when the admin server has stopped.
-fn admin_thread<F, Fut>(listener: TcpListener, serve: F) -> std::io::Result<oneshot::Receiver<()>>
+/// proxy runs on one. Returns once the admin runtime has taken the listener (or failed to);
+/// the receiver completes when the admin server has stopped.
+async fn admin_thread<F, Fut>(
+    listener: TcpListener,
+    serve: F,
+) -> std::io::Result<oneshot::Receiver<()>>
 where
     F: FnOnce(TcpListener) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
-    // The listener moves to the admin runtime's reactor.
+    // The listener moves to the admin runtime's reactor. The runtime is built on its thread:
+    // one dropped here, in an async context, would panic.
     let listener = listener.into_std()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let (ready, started) = oneshot::channel();
     let (done, stopped) = oneshot::channel();
     std::thread::Builder::new()
         .name("modelstamp-admin".into())
         .spawn(move || {
-            runtime.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener).await,
-                    Err(e) => tracing::error!(error = %e, "The admin listener could not start."),
-                }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let taken = runtime.and_then(|rt| {
+                let listener = rt.block_on(async { TcpListener::from_std(listener) })?;
+                Ok((rt, listener))
             });
+            let (runtime, listener) = match taken {
+                Ok(taken) => {
+                    let _ = ready.send(Ok(()));
+                    taken
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(serve(listener));
             // Tasks the admin server spawned end with its runtime, here.
             drop(runtime);
             let _ = done.send(());
         })?;
+    started
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the admin thread ended at start")))?;
     Ok(stopped)
 }
