@@ -21,6 +21,15 @@ use super::recent::RecentRequests;
 use crate::config::AccessLogTarget;
 use crate::inspect::open_inference::string_specials;
 
+/// The path and query in storage of its own. hyper's are slices of a connection's read
+/// buffer; what keeps a path beyond its request (a queued line, the recent-requests index)
+/// copies it, so as not to keep that whole buffer allocated.
+pub fn owned_path(pq: &PathAndQuery) -> PathAndQuery {
+    PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(pq.as_str().as_bytes()))
+        // A valid path parses again; keeping the shared one is the fallback, not an error.
+        .unwrap_or_else(|_| pq.clone())
+}
+
 /// One access-log line.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccessLine {

@@ -13,7 +13,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method};
 use opentelemetry::trace::{SpanId, TraceId};
 
-use super::access_log::AccessLine;
+use super::access_log::{AccessLine, owned_path};
 use super::trace::hex_into;
 
 /// What consecutive requests share: kept once and referenced by every entry that has it.
@@ -165,10 +165,7 @@ impl Ring {
         if let Some(hit) = self.shared.iter().flatten().find(|s| ***s == wanted) {
             return (hit.clone(), false);
         }
-        let path = PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(
-            wanted.path.as_str().as_bytes(),
-        ))
-        .unwrap_or(wanted.path.clone());
+        let path = owned_path(&wanted.path);
         let made = Arc::new(Shared { path, ..wanted });
         self.shared[self.next_shared] = Some(made.clone());
         self.next_shared = (self.next_shared + 1) % SHARED_CACHE;

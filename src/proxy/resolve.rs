@@ -21,6 +21,7 @@ use opentelemetry::KeyValue;
 
 use crate::inspect::Codec;
 use crate::observe::Telemetry;
+use crate::observe::access_log::owned_path;
 use crate::observe::spans::remote_parent;
 use crate::observe::trace::{GOLDEN, mix, parse_traceparent};
 use crate::routing::{Resolved, Snapshot, resolve};
@@ -243,17 +244,8 @@ pub fn protocol_version(v: http::Version) -> &'static str {
 
 // hyper parses the request head without copying: the URI and header values are slices of the
 // connection's read buffer (8 KiB or more). What outlives the exchange (the access-log line,
-// queued for the log thread) takes a copy, or every queued line would keep a whole read
-// buffer allocated until the log thread has written it.
-
-/// The path and query in storage of its own.
-fn owned_path(pq: &http::uri::PathAndQuery) -> http::uri::PathAndQuery {
-    http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(
-        pq.as_str().as_bytes(),
-    ))
-    // A valid path parses again; keeping the shared one is the fallback, not an error.
-    .unwrap_or_else(|_| pq.clone())
-}
+// queued for the log thread) takes a copy (`owned_path`, `owned_header`), or every queued line
+// would keep a whole read buffer allocated until the log thread has written it.
 
 /// A header value in storage of its own.
 fn owned_header(v: &HeaderValue) -> HeaderValue {
