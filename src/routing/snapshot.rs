@@ -183,8 +183,9 @@ pub struct Snapshot {
     pub unknown_model: Arc<Served>,
     /// Counts requests no route matched.
     pub no_route: Counter,
-    /// `ml.registry.uri`: where the records came from.
-    pub registry_uri: String,
+    /// `ml.registry.uri`: where the records came from (the same string every version's span
+    /// attributes hold).
+    pub registry_uri: Arc<str>,
 }
 
 impl Snapshot {
@@ -200,12 +201,12 @@ impl Snapshot {
         metrics: &Metrics,
     ) -> Result<Self, ConfigErrors> {
         let strict = matches!(config.registry, RegistrySource::File(_));
-        let registry_uri = config.registry.uri();
+        let registry_uri: Arc<str> = config.registry.uri().into();
         let build = BuildCtx {
             metrics,
             lineage_url: &config.traces.lineage_url,
             inspect: &config.inspect,
-            registry_uri: registry_uri.as_str().into(),
+            registry_uri: registry_uri.clone(),
         };
         let mut errs = Vec::new();
         let mut models = HashMap::new();
