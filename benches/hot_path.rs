@@ -167,6 +167,9 @@ fn span_benches(c: &mut Criterion) {
             KeyValue::new("ml.lineage.id", "ln_526204c212f0100a"),
             KeyValue::new("ml.lineage.url", tracing.lineage_url("ln_526204c212f0100a")),
         ]));
+        let upstream = std::sync::Arc::new(SharedAttributes::upstream(
+            &"127.0.0.1:8081".parse().unwrap(),
+        ));
         c.bench_function(&format!("span/server_and_client_{name}"), |b| {
             b.iter(|| {
                 let attrs = || {
@@ -177,8 +180,11 @@ fn span_benches(c: &mut Criterion) {
                 };
                 let server =
                     tracing.server_span(None, "POST churn".to_string(), Some(&shared), attrs);
-                let client = tracing.client_span(&server, "POST".to_string(), || {
-                    vec![KeyValue::new("server.port", 8081i64)]
+                let client = tracing.client_span(&server, "POST".into(), Some(&upstream), || {
+                    vec![KeyValue::new(
+                        "url.full",
+                        "http://127.0.0.1:8081/v2/models/churn/infer",
+                    )]
                 });
                 client.end();
                 server.end();

@@ -111,6 +111,15 @@ async fn server_and_client_spans_reach_a_grpc_collector_with_lineage_attributes(
         attr(&client, "server.port").as_deref(),
         Some(up.addr.port().to_string().as_str())
     );
+    assert_eq!(
+        attr(&client, "server.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        attr(&client, "url.full"),
+        Some(format!("http://{}/v2/models/churn/infer", up.addr))
+    );
+    assert_eq!(client.name, "POST");
     let seen = up.last().headers["traceparent"]
         .to_str()
         .unwrap()

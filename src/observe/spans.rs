@@ -90,6 +90,15 @@ impl SharedAttributes {
         &self.attributes
     }
 
+    /// A model server's `server.address` and `server.port`, which every client span to it
+    /// carries (built once per snapshot, not parsed from the authority per request).
+    pub fn upstream(authority: &http::uri::Authority) -> Self {
+        Self::new(vec![
+            KeyValue::new("server.address", authority.host().to_string()),
+            KeyValue::new("server.port", i64::from(authority.port_u16().unwrap_or(80))),
+        ])
+    }
+
     /// Their OTLP encoding, as `Span.attributes` entries.
     pub(crate) fn encoded(&self) -> &[u8] {
         &self.encoded
@@ -209,18 +218,20 @@ impl Tracing {
         )
     }
 
-    /// Start a client span under `parent`; `attributes` as for [`Self::server_span`].
+    /// Start a client span under `parent`; `shared` and `attributes` as for
+    /// [`Self::server_span`].
     pub fn client_span(
         &self,
         parent: &Span,
-        name: String,
+        name: Cow<'static, str>,
+        shared: Option<&Arc<SharedAttributes>>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Span {
         self.begin(
             Some(&parent.context),
             SpanKind::Client,
-            Cow::Owned(name),
-            None,
+            name,
+            shared,
             attributes,
         )
     }
@@ -700,7 +711,10 @@ mod tests {
         // Other flag bits and the trace state carry over, as in the SDK.
         assert_eq!(sc.trace_flags().to_u8(), 0x03);
         assert_eq!(sc.trace_state().header(), "vendor=v1");
-        let client = tracing.client_span(&server, "POST".into(), Vec::new);
+        let upstream = Arc::new(SharedAttributes::upstream(
+            &"10.0.0.7:8080".parse().unwrap(),
+        ));
+        let client = tracing.client_span(&server, "POST".into(), Some(&upstream), Vec::new);
         assert_eq!(client.context().trace_id(), sc.trace_id());
         drop(client);
         server.end_with(|r| r.status = Status::error("upstream_5xx"));
@@ -729,7 +743,13 @@ mod tests {
                 KeyValue::new("ml.model.name", "churn")
             ]
         );
-        assert_eq!(client.shared, None, "only server spans share attributes");
+        assert_eq!(
+            client.all_attributes().cloned().collect::<Vec<_>>(),
+            [
+                KeyValue::new("server.address", "10.0.0.7"),
+                KeyValue::new("server.port", 8080)
+            ]
+        );
         assert!(server.end >= server.start);
     }
 

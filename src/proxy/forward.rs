@@ -20,15 +20,15 @@ use super::ctx::ProxyRequest;
 use super::error::ProxyError;
 use super::headers::{add_forwarded, remove_hop_by_hop};
 use super::pool::{Pool, UpstreamBody};
-use super::resolve::{BoxFuture, method_value, protocol_version};
+use super::resolve::{BoxFuture, method_name, method_value, protocol_version};
 use crate::inspect::Inspector;
-use crate::observe::spans::{Span, Tracing, propagation_headers};
-use http::HeaderValue;
+use crate::observe::spans::{SharedAttributes, Span, Tracing, propagation_headers};
+use http::{HeaderName, HeaderValue};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::Status;
 
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 use crate::config::{UpstreamProtocol, UpstreamSettings};
 use crate::observe::metrics::UpstreamErrorKind;
 
@@ -104,6 +104,7 @@ impl Clients {
         let Some(route) = ctx.route() else {
             return Err(ProxyError::NoRoute);
         };
+        let route_state = route;
         let route = &route.route;
         let limit = ctx.snapshot.config.limits.max_request_body_bytes;
         let declared = req
@@ -136,7 +137,8 @@ impl Clients {
         };
         remove_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, &ctx.client_ip, route.trusted);
-        let span = self.client_span(&ctx.span, &parts, authority, &pq);
+        let upstream_attrs = route_state.upstream_attrs(authority);
+        let span = self.client_span(&ctx.span, &parts, authority, &pq, &upstream_attrs);
         inject(&mut parts.headers, &span);
         let body = LimitedBody::new(body, ctx.clone(), limit, self.inspector.clone());
         let req = Request::from_parts(parts, body);
@@ -186,18 +188,25 @@ impl Clients {
         parts: &http::request::Parts,
         authority: &Authority,
         pq: &PathAndQuery,
+        upstream: &Arc<SharedAttributes>,
     ) -> Span {
         let attrs = || {
-            vec![
+            let (authority, pq) = (authority.as_str(), pq.as_str());
+            let mut url = String::with_capacity("http://".len() + authority.len() + pq.len());
+            url.push_str("http://");
+            url.push_str(authority);
+            url.push_str(pq);
+            // Room for the status and error added at the end.
+            let mut attrs = Vec::with_capacity(5);
+            attrs.extend([
                 KeyValue::new("http.request.method", method_value(&parts.method)),
-                KeyValue::new("server.address", authority.host().to_string()),
-                KeyValue::new("server.port", i64::from(authority.port_u16().unwrap_or(80))),
-                KeyValue::new("url.full", format!("http://{authority}{pq}")),
+                KeyValue::new("url.full", url),
                 KeyValue::new("network.protocol.version", protocol_version(parts.version)),
-            ]
+            ]);
+            attrs
         };
         self.tracing
-            .client_span(server, parts.method.as_str().to_string(), attrs)
+            .client_span(server, method_name(&parts.method), Some(upstream), attrs)
     }
 }
 

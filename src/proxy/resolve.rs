@@ -1,6 +1,7 @@
 //! `request_filter` phase: load the snapshot once, resolve route, model and version, assign the
 //! request ID, and hand a [`ProxyRequest`] down the stack.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,8 +27,8 @@ use crate::observe::spans::remote_parent;
 use crate::observe::trace::{GOLDEN, mix, parse_traceparent};
 use crate::routing::{Resolved, Snapshot, resolve};
 
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// Builds [`Resolve`] for each connection.
 #[derive(Clone)]
@@ -189,7 +190,9 @@ impl<S> Resolve<S> {
         name.push(' ');
         name.push_str(route_name);
         let attrs = || {
-            let mut attrs = Vec::with_capacity(9);
+            // Room for what the end of the request adds (status, reported version, error), so
+            // the vector is allocated once.
+            let mut attrs = Vec::with_capacity(12);
             attrs.extend([
                 KeyValue::new("http.request.method", method_value(req.method())),
                 KeyValue::new("url.path", req.uri().path().to_string()),
@@ -218,7 +221,15 @@ impl<S> Resolve<S> {
 
 /// `http.request.method` without an allocation for the standard methods.
 pub fn method_value(m: &http::Method) -> opentelemetry::Value {
-    let s: &'static str = match *m {
+    match method_name(m) {
+        Cow::Borrowed(s) => opentelemetry::Value::from(s),
+        Cow::Owned(s) => opentelemetry::Value::from(s),
+    }
+}
+
+/// A method's name, borrowed for the standard ones.
+pub fn method_name(m: &http::Method) -> Cow<'static, str> {
+    Cow::Borrowed(match *m {
         http::Method::GET => "GET",
         http::Method::POST => "POST",
         http::Method::PUT => "PUT",
@@ -226,9 +237,8 @@ pub fn method_value(m: &http::Method) -> opentelemetry::Value {
         http::Method::HEAD => "HEAD",
         http::Method::OPTIONS => "OPTIONS",
         http::Method::PATCH => "PATCH",
-        _ => return opentelemetry::Value::from(m.to_string()),
-    };
-    opentelemetry::Value::from(s)
+        _ => return Cow::Owned(m.to_string()),
+    })
 }
 
 /// `network.protocol.version` values.

@@ -155,6 +155,27 @@ pub struct RouteState {
     pub weights: Vec<u32>,
     /// The shadow version, its alias resolved.
     pub shadow_version: Option<String>,
+    /// The client span's `server.*` attributes for the route's upstream.
+    pub upstream_attrs: Arc<SharedAttributes>,
+}
+
+impl RouteState {
+    /// The client span's `server.*` attributes for `upstream`: the route's own model server or
+    /// a backend's (built here when neither matches, which resolution never produces).
+    pub fn upstream_attrs(&self, upstream: &http::uri::Authority) -> Arc<SharedAttributes> {
+        if *upstream == self.route.upstream {
+            return self.upstream_attrs.clone();
+        }
+        self.backends
+            .iter()
+            .find_map(|b| {
+                b.upstream_attrs
+                    .as_ref()
+                    .filter(|_| b.upstream.as_ref() == Some(upstream))
+            })
+            .cloned()
+            .unwrap_or_else(|| Arc::new(SharedAttributes::upstream(upstream)))
+    }
 }
 
 /// One version backend as a request sees it.
@@ -164,6 +185,8 @@ pub struct BackendState {
     pub version: Option<String>,
     /// Its own model server, if any.
     pub upstream: Option<http::uri::Authority>,
+    /// The client span's `server.*` attributes for that model server.
+    pub upstream_attrs: Option<Arc<SharedAttributes>>,
 }
 
 /// Everything a request needs, immutable once built.
@@ -260,6 +283,8 @@ impl Snapshot {
                         &registry,
                     ),
                     upstream: backend.upstream.clone(),
+                    upstream_attrs: (backend.upstream.as_ref())
+                        .map(|a| Arc::new(SharedAttributes::upstream(a))),
                 })
                 .collect();
             let shadow_version = route.shadow.as_ref().and_then(|s| {
@@ -281,6 +306,7 @@ impl Snapshot {
                 unknown_model: metrics.unresolved(&route.name, "unknown_model"),
                 unknown_version: metrics.unresolved(&route.name, "unknown_version"),
                 span_route: KeyValue::new("ml.route", StringValue::from(name.clone())),
+                upstream_attrs: Arc::new(SharedAttributes::upstream(&route.upstream)),
                 name,
             });
         }
