@@ -144,11 +144,48 @@ fn element(buf: &mut Vec<u8>, v: &Value) {
     message(buf, 1, |buf| any_value(buf, v));
 }
 
+/// The bytes of `v` as a varint.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The encoded length of a scalar `AnyValue`; `None` for arrays and unknown kinds.
+fn scalar_len(v: &Value) -> Option<usize> {
+    Some(match v {
+        Value::String(s) => {
+            let n = s.as_str().len();
+            1 + varint_len(n as u64) + n
+        }
+        Value::Bool(_) => 2,
+        Value::I64(i) => 1 + varint_len(*i as u64),
+        Value::F64(_) => 9,
+        _ => return None,
+    })
+}
+
+/// A `KeyValue`. Scalars (nearly every attribute) have lengths known up front, so their
+/// prefixes are written directly, with one reservation; arrays go through [`message`].
 fn key_value(buf: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
-    message(buf, field, |buf| {
-        bytes_field(buf, 1, k.as_bytes());
-        message(buf, 2, |buf| any_value(buf, v));
-    });
+    let Some(any) = scalar_len(v) else {
+        message(buf, field, |buf| {
+            bytes_field(buf, 1, k.as_bytes());
+            message(buf, 2, |buf| any_value(buf, v));
+        });
+        return;
+    };
+    let key_len = if k.is_empty() {
+        0
+    } else {
+        1 + varint_len(k.len() as u64) + k.len()
+    };
+    let kv = key_len + 1 + varint_len(any as u64) + any;
+    buf.reserve(5 + varint_len(kv as u64) + kv);
+    key(buf, field, LEN);
+    varint(buf, kv as u64);
+    bytes_field(buf, 1, k.as_bytes());
+    key(buf, 2, LEN);
+    varint(buf, any as u64);
+    any_value(buf, v);
 }
 
 fn attributes<'a>(buf: &mut Vec<u8>, field: u32, kvs: impl IntoIterator<Item = &'a KeyValue>) {
@@ -434,6 +471,20 @@ mod tests {
 
     #[test]
     fn varints_and_long_messages_take_the_right_length_prefix() {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut b = Vec::new();
+            varint(&mut b, v);
+            assert_eq!(varint_len(v), b.len(), "{v}");
+        }
         for reserve in 1..=3 {
             for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000, 2_097_152] {
                 let mut buf = b"head".to_vec();
