@@ -56,7 +56,11 @@ impl<'a> Scan<'a> {
     }
 
     fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+        while let Some(&c) = self.b.get(self.i) {
+            // Anything above a space ends it: one comparison for the usual case.
+            if c > b' ' || !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                return;
+            }
             self.i += 1;
         }
     }
@@ -75,16 +79,22 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A string starting at `"`: its raw bytes between the quotes and whether it has escapes.
+    /// A string after any whitespace: its raw bytes between the quotes and whether it has
+    /// escapes.
     fn string(&mut self) -> Result<(&'a [u8], bool), NotJson> {
-        self.string_ascii().map(|(raw, escaped, _)| (raw, escaped))
+        if self.peek() != Some(b'"') {
+            return self.err("expected a string");
+        }
+        self.quoted().map(|(raw, escaped, _)| (raw, escaped))
     }
 
-    /// [`Self::string`], also saying whether every byte is ASCII (then it is valid UTF-8).
-    /// Runs of plain bytes are skipped eight at a time.
-    fn string_ascii(&mut self) -> Result<(&'a [u8], bool, bool), NotJson> {
+    /// The string at `self.i`, which the caller has seen is `"`: its raw bytes, whether it has
+    /// escapes and whether every byte is ASCII (then it is valid UTF-8). Runs of plain bytes
+    /// are skipped eight at a time.
+    fn quoted(&mut self) -> Result<(&'a [u8], bool, bool), NotJson> {
         const HIGH: u64 = 0x8080_8080_8080_8080;
-        self.eat(b'"', "expected a string")?;
+        debug_assert_eq!(self.b.get(self.i), Some(&b'"'));
+        self.i += 1;
         let start = self.i;
         let mut escaped = false;
         let mut high = 0u64;
@@ -202,7 +212,7 @@ impl<'a> Scan<'a> {
         loop {
             match self.peek() {
                 Some(b'"') => {
-                    self.string()?;
+                    self.quoted()?;
                 }
                 Some(b'{') => {
                     self.i += 1;
@@ -338,11 +348,12 @@ impl<'a> Scan<'a> {
         Ok(open + 1)
     }
 
-    /// A string, decoded and checked as serde_json checks strings it decodes (UTF-8, escapes
-    /// and surrogates); borrowed when it has no escapes.
+    /// The string at `self.i` (the caller has seen its `"`), decoded and checked as
+    /// serde_json checks strings it decodes (UTF-8, escapes and surrogates); borrowed when it
+    /// has no escapes.
     fn text(&mut self) -> Result<Cow<'a, str>, NotJson> {
         let at = self.i;
-        let (raw, escaped) = self.string()?;
+        let (raw, escaped, _) = self.quoted()?;
         self.decode(at, raw, escaped)
     }
 
@@ -417,7 +428,7 @@ impl<'a> Scan<'a> {
                 return self.err("expected a key");
             }
             let at = self.i;
-            let (raw, escaped, ascii) = self.string_ascii()?;
+            let (raw, escaped, ascii) = self.quoted()?;
             self.eat(b':', "expected :")?;
             if ascii && !escaped {
                 member(self, raw)?;
@@ -456,6 +467,10 @@ impl<'a> Scan<'a> {
     /// A number as serde_json gives it to a visitor, as `f64`; `u64` too when it is a
     /// non-negative integer that fits.
     fn number_value(&mut self) -> Result<(f64, Option<u64>), NotJson> {
+        if let Some((end, v)) = plain_number(self.b, self.i) {
+            self.i = end;
+            return Ok(v);
+        }
         let at = self.i;
         let raw = self.number()?;
         if let Some(v) = fast_number(raw) {
@@ -574,6 +589,8 @@ impl<'a> Scan<'a> {
                 }
                 b"data" => {
                     t.values.clear();
+                    // Most tensors hold a few values: one allocation instead of growing.
+                    t.values.reserve(4);
                     s.data(depth, &mut t.values)?;
                 }
                 _ => s.skip()?,
@@ -617,6 +634,62 @@ const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
+
+/// The commonest numbers in one pass over the bytes: `-?(0|[1-9][0-9]*)(\.[0-9]+)?` with at
+/// most 18 digits, no exponent, and a value [`fast_number`] would compute the same way. Returns
+/// where the number ends and its value; `None` hands anything else (including every invalid
+/// number) to the validating path.
+fn plain_number(b: &[u8], mut i: usize) -> Option<(usize, (f64, Option<u64>))> {
+    let negative = b.get(i) == Some(&b'-');
+    if negative {
+        i += 1;
+    }
+    let first = *b.get(i).filter(|c| c.is_ascii_digit())?;
+    let mut mantissa = u64::from(first - b'0');
+    let mut count = 1usize;
+    i += 1;
+    let digit = |i: &mut usize, mantissa: &mut u64, count: &mut usize| match b.get(*i) {
+        Some(&c) if c.is_ascii_digit() => {
+            *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+            *count += 1;
+            *i += 1;
+            true
+        }
+        _ => false,
+    };
+    if first != b'0' {
+        while digit(&mut i, &mut mantissa, &mut count) {}
+    }
+    let mut scale = 0usize;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while digit(&mut i, &mut mantissa, &mut count) {}
+        scale = i - start;
+        if scale == 0 {
+            return None;
+        }
+    }
+    // An exponent, a digit after a leading zero, or too many digits: the general path.
+    if count > 18 || matches!(b.get(i), Some(b'e' | b'E' | b'0'..=b'9')) {
+        return None;
+    }
+    if scale == 0 {
+        return Some((
+            i,
+            if negative {
+                (-(mantissa as f64), None)
+            } else {
+                (mantissa as f64, Some(mantissa))
+            },
+        ));
+    }
+    if mantissa > 1 << 53 {
+        return None;
+    }
+    let v = mantissa as f64 / POW10[scale];
+    Some((i, (if negative { -v } else { v }, None)))
+}
 
 /// The common numbers without a general float parser: integers of up to 18 digits, and
 /// decimals whose digits fit in 2^53 with a power-of-ten scale up to 22, where one
@@ -717,7 +790,7 @@ fn read_tensors<'a>(body: &'a [u8], member: &'static str) -> Result<Vec<Tensor<'
 /// features, as many clients send), else `name[i]` (e.g. class probabilities of an output).
 fn tensors(list: Vec<Tensor<'_>>, names: Option<&[String]>) -> Result<Columns, CodecError> {
     let row_names = names.filter(|_| list.len() == 1);
-    let mut out = Columns::default();
+    let mut out = Columns::with_capacity(list.len());
     for t in list {
         let name = t.name.ok_or(CodecError::Shape("tensor without a name"))?;
         if t.width == 1 {
@@ -1164,6 +1237,14 @@ mod tests {
             br#"{"inputs":[{"name":"x","data":[9007199254740993,18446744073709551615,18446744073709551616,-9223372036854775808,-9223372036854775809]}]}"#,
             br#"{"inputs":[{"name":"x","data":[123456789012345678901234567890,0.30000000000000004,2.2250738585072014e-308,1e-400,4.9e-324]}]}"#,
             br#"{"inputs":[{"name":"x","data":[1e400]}]}"#,
+            // The one-pass number path and its hand-offs to the general one.
+            br#"{"inputs":[{"name":"x","data":[123456789012345678,1234567890123456789,0.000000000000000001,99999999999999999.9,-0.5,7,-7,0,10.25]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[9007199254740992.5,9007199254740993.0,0.1e1,5E-1,-0e0]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[01]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[-]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[1.]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[1.e5]}]}"#,
+            br#"{"inputs":[{"name":"x","data":[-01.5]}]}"#,
             br#"{"inputs":[{"name":"x","shape":[1,0],"data":[1]},{"name":"y","shape":[1,-2],"data":[1]},{"name":"z","shape":[1,2.0],"data":[1]}]}"#,
             br#"{"inputs":[{"name":"x","shape":[1,[2]],"data":[1]},{"name":"y","shape":3,"data":[1]},{"name":"z","shape":{"a":1},"data":[1]}]}"#,
             br#"{"inputs":[{"name":1,"data":[1]}]}"#,

@@ -55,6 +55,14 @@ impl PartialEq for Columns {
 }
 
 impl Columns {
+    /// Empty, with room for `columns` columns.
+    pub fn with_capacity(columns: usize) -> Self {
+        Self {
+            columns: Vec::with_capacity(columns),
+            ..Self::default()
+        }
+    }
+
     /// `(name, values)` in payload order.
     pub fn columns(&self) -> &[(String, Vec<Value>)] {
         &self.columns
