@@ -132,7 +132,7 @@ fn benches(c: &mut Criterion) {
 
 fn span_benches(c: &mut Criterion) {
     use modelstamp::config::{OtlpExport, OtlpProtocol, Sampler, Traces};
-    use modelstamp::observe::spans::{SharedAttributes, Tracing};
+    use modelstamp::observe::spans::{Attributes, SharedAttributes, Tracing};
     use opentelemetry::KeyValue;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -172,19 +172,14 @@ fn span_benches(c: &mut Criterion) {
         ));
         c.bench_function(&format!("span/server_and_client_{name}"), |b| {
             b.iter(|| {
-                let attrs = || {
-                    vec![
-                        KeyValue::new("http.request.method", "POST"),
-                        KeyValue::new("url.path", "/v2/models/churn/infer"),
-                    ]
+                let attrs = |a: &mut Attributes| {
+                    a.str("http.request.method", "POST");
+                    a.str("url.path", "/v2/models/churn/infer");
                 };
                 let server =
                     tracing.server_span(None, "POST churn".to_string(), Some(&shared), attrs);
-                let client = tracing.client_span(&server, "POST".into(), Some(&upstream), || {
-                    vec![KeyValue::new(
-                        "url.full",
-                        "http://127.0.0.1:8081/v2/models/churn/infer",
-                    )]
+                let client = tracing.client_span(&server, "POST".into(), Some(&upstream), |a| {
+                    a.str("url.full", "http://127.0.0.1:8081/v2/models/churn/infer")
                 });
                 client.end();
                 server.end();

@@ -173,12 +173,7 @@ fn key_value(buf: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
         });
         return;
     };
-    let key_len = if k.is_empty() {
-        0
-    } else {
-        1 + varint_len(k.len() as u64) + k.len()
-    };
-    let kv = key_len + 1 + varint_len(any as u64) + any;
+    let kv = key_entry_len(k) + 1 + varint_len(any as u64) + any;
     buf.reserve(5 + varint_len(kv as u64) + kv);
     key(buf, field, LEN);
     varint(buf, kv as u64);
@@ -191,6 +186,84 @@ fn key_value(buf: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
 fn attributes<'a>(buf: &mut Vec<u8>, field: u32, kvs: impl IntoIterator<Item = &'a KeyValue>) {
     for kv in kvs {
         key_value(buf, field, kv.key.as_str(), &kv.value);
+    }
+}
+
+/// A span's own attributes, written as OTLP `Span.attributes` entries (field 9) as they are
+/// set. A span carries one byte buffer instead of a vector of `KeyValue`s with an allocation per
+/// owned string value, and the exporter copies the bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attributes {
+    buf: Vec<u8>,
+}
+
+impl Attributes {
+    /// Empty, with room for `bytes` of encoded attributes.
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(bytes),
+        }
+    }
+
+    /// Any attribute.
+    pub fn push(&mut self, kv: &KeyValue) {
+        key_value(&mut self.buf, 9, kv.key.as_str(), &kv.value);
+    }
+
+    /// A string attribute.
+    pub fn str(&mut self, key: &str, value: &str) {
+        self.str_parts(key, &[value]);
+    }
+
+    /// A string attribute whose value is `parts` joined, written without building the string.
+    pub fn str_parts(&mut self, key: &str, parts: &[&str]) {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        let any = 1 + varint_len(n as u64) + n;
+        let kv = key_entry_len(key) + 1 + varint_len(any as u64) + any;
+        let buf = &mut self.buf;
+        buf.reserve(5 + varint_len(kv as u64) + kv);
+        self::key(buf, 9, LEN);
+        varint(buf, kv as u64);
+        bytes_field(buf, 1, key.as_bytes());
+        self::key(buf, 2, LEN);
+        varint(buf, any as u64);
+        self::key(buf, 1, LEN);
+        varint(buf, n as u64);
+        for p in parts {
+            buf.extend_from_slice(p.as_bytes());
+        }
+    }
+
+    /// An integer attribute.
+    pub fn i64(&mut self, key: &str, value: i64) {
+        key_value(&mut self.buf, 9, key, &Value::I64(value));
+    }
+
+    /// Whether none was set.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The encoded entries.
+    pub(crate) fn encoded(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl From<&[KeyValue]> for Attributes {
+    fn from(kvs: &[KeyValue]) -> Self {
+        let mut a = Self::default();
+        kvs.iter().for_each(|kv| a.push(kv));
+        a
+    }
+}
+
+/// The bytes of a `KeyValue.key` field (none for an empty key).
+fn key_entry_len(k: &str) -> usize {
+    if k.is_empty() {
+        0
+    } else {
+        1 + varint_len(k.len() as u64) + k.len()
     }
 }
 
@@ -238,7 +311,7 @@ fn span(buf: &mut Vec<u8>, s: &SpanRecord) {
     if let Some(shared) = &s.shared {
         buf.extend_from_slice(shared.encoded());
     }
-    attributes(buf, 9, &s.attributes);
+    buf.extend_from_slice(s.attributes.encoded());
     for e in &s.events {
         message(buf, 11, |buf| {
             fixed64_field(buf, 1, nanos(e.timestamp));
@@ -512,7 +585,8 @@ mod tests {
         assert_eq!(http.map(|t| t.body(10).len()), Ok(0));
     }
 
-    fn batch() -> Vec<SpanRecord> {
+    /// Spans, each with every attribute it carries (shared, then its own) as `KeyValue`s.
+    fn batch() -> Vec<(SpanRecord, Vec<KeyValue>)> {
         use opentelemetry::trace::{
             Event, SpanContext, SpanId, SpanKind, TraceFlags, TraceId, TraceState,
         };
@@ -544,6 +618,22 @@ mod tests {
             KeyValue::new("ml.floats", Value::Array(Array::F64(vec![0.5]))),
             KeyValue::new("ml.bools", Value::Array(Array::Bool(vec![true, false]))),
         ];
+        // What the typed setters write, and what they stand for.
+        let mut own = Attributes::from(&attrs[..]);
+        own.str("url.path", "/v2/models/churn/infer");
+        own.str_parts(
+            "url.full",
+            &["http://", "10.0.0.1:8080", "/v2/models/churn/infer"],
+        );
+        own.str_parts("joined", &["x".repeat(100).as_str(), &"y".repeat(100)]);
+        own.i64("server.port", 8080);
+        let mut all = attrs.clone();
+        all.extend([
+            KeyValue::new("url.path", "/v2/models/churn/infer"),
+            KeyValue::new("url.full", "http://10.0.0.1:8080/v2/models/churn/infer"),
+            KeyValue::new("joined", format!("{}{}", "x".repeat(100), "y".repeat(100))),
+            KeyValue::new("server.port", 8080i64),
+        ]);
         let span = |context, parent: u64, remote, kind, name: &'static str| SpanRecord {
             context,
             parent_span_id: SpanId::from(parent),
@@ -553,7 +643,7 @@ mod tests {
             start: t0,
             end: t0 + Duration::from_micros(850),
             shared: None,
-            attributes: attrs.clone(),
+            attributes: own.clone(),
             events: Vec::new(),
             status: Status::Unset,
         };
@@ -592,11 +682,20 @@ mod tests {
         event.status = Status::Ok;
         let mut before_epoch = span(ctx(7, 8, false), 0, false, SpanKind::Producer, "");
         before_epoch.start = UNIX_EPOCH;
-        vec![server, client, event, before_epoch]
+        let shared = server.shared.as_ref().map(|s| s.attributes().to_vec());
+        let server_all = shared.unwrap_or_default().into_iter().chain(all.clone());
+        vec![
+            (server, server_all.collect()),
+            (client, all.clone()),
+            (event, all.clone()),
+            (before_epoch, all),
+        ]
     }
 
     /// The SDK's span data for one of ours: what opentelemetry-proto's transform takes.
-    fn sdk_span(s: &SpanRecord) -> opentelemetry_sdk::trace::SpanData {
+    fn sdk_span(
+        (s, attributes): &(SpanRecord, Vec<KeyValue>),
+    ) -> opentelemetry_sdk::trace::SpanData {
         use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
         let mut events = SpanEvents::default();
         events.events = s.events.clone();
@@ -608,7 +707,7 @@ mod tests {
             name: s.name.clone(),
             start_time: s.start,
             end_time: s.end,
-            attributes: s.all_attributes().cloned().collect(),
+            attributes: attributes.clone(),
             dropped_attributes_count: 0,
             events,
             links: SpanLinks::default(),
@@ -644,7 +743,8 @@ mod tests {
         };
         for spans in [batch(), batch()[1..2].to_vec()] {
             let mut ours = Vec::new();
-            Encoder::new(&attributes).encode(&spans, &mut ours);
+            let records: Vec<&SpanRecord> = spans.iter().map(|(s, _)| s).collect();
+            Encoder::new(&attributes).encode(&records, &mut ours);
             let decoded = ExportTraceServiceRequest::decode(&ours[..]).map(sorted);
             let expected = ExportTraceServiceRequest {
                 resource_spans: group_spans_by_resource_and_scope(

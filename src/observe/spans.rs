@@ -23,6 +23,7 @@ use opentelemetry::trace::{
 use tracing::{info, warn};
 
 use super::metrics::{Metrics, SpanDrop};
+pub use super::otlp::Attributes;
 use super::otlp::{Encoder, Transport, env_headers, percent_decode};
 use super::trace::TraceParent;
 use crate::config::{OtlpExport, Sampler, Traces};
@@ -46,23 +47,12 @@ pub struct SpanRecord {
     pub end: SystemTime,
     /// Attributes shared with other spans, encoded once; exported before `attributes`.
     pub shared: Option<Arc<SharedAttributes>>,
-    /// Attributes of this span alone, in the order they were set.
-    pub attributes: Vec<KeyValue>,
+    /// Attributes of this span alone, in the order they were set, encoded as they were set.
+    pub attributes: Attributes,
     /// Events.
     pub events: Vec<Event>,
     /// Status (5xx and transport errors are errors).
     pub status: Status,
-}
-
-impl SpanRecord {
-    /// Every attribute as exported: the shared ones, then the span's own.
-    pub fn all_attributes(&self) -> impl Iterator<Item = &KeyValue> {
-        let shared = self
-            .shared
-            .as_deref()
-            .map_or(&[][..], |s| &s.attributes[..]);
-        shared.iter().chain(&self.attributes)
-    }
 }
 
 /// Attributes many spans carry alike (a version's `ml.*` attributes, the registry's URI),
@@ -159,6 +149,13 @@ impl Drop for Span {
     }
 }
 
+/// Room for a server span's own attributes (method, path, scheme, host, protocol, client,
+/// request ID, route, status, reported version: about 330 bytes encoded), so the buffer is
+/// allocated once.
+const SERVER_ATTRIBUTE_BYTES: usize = 384;
+/// Room for a client span's own attributes (method, URL, protocol, status).
+const CLIENT_ATTRIBUTE_BYTES: usize = 192;
+
 /// Builds spans; cheap to share.
 #[derive(Debug, Clone)]
 pub struct Tracing {
@@ -207,13 +204,14 @@ impl Tracing {
         parent: Option<SpanContext>,
         name: String,
         shared: Option<&Arc<SharedAttributes>>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes),
     ) -> Span {
         self.begin(
             parent.as_ref(),
             SpanKind::Server,
             Cow::Owned(name),
             shared,
+            SERVER_ATTRIBUTE_BYTES,
             attributes,
         )
     }
@@ -225,13 +223,14 @@ impl Tracing {
         parent: &Span,
         name: Cow<'static, str>,
         shared: Option<&Arc<SharedAttributes>>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes),
     ) -> Span {
         self.begin(
             Some(&parent.context),
             SpanKind::Client,
             name,
             shared,
+            CLIENT_ATTRIBUTE_BYTES,
             attributes,
         )
     }
@@ -244,7 +243,8 @@ impl Tracing {
             SpanKind::Internal,
             Cow::Borrowed(name),
             None,
-            || attributes.clone(),
+            0,
+            |a| attributes.iter().for_each(|kv| a.push(kv)),
         );
         span.end_with(|r| {
             r.events
@@ -258,7 +258,8 @@ impl Tracing {
         kind: SpanKind,
         name: Cow<'static, str>,
         shared: Option<&Arc<SharedAttributes>>,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        capacity: usize,
+        attributes: impl FnOnce(&mut Attributes),
     ) -> Span {
         let parent = parent.filter(|p| p.is_valid());
         let trace_id = parent.map_or_else(ids::trace_id, SpanContext::trace_id);
@@ -273,6 +274,8 @@ impl Tracing {
         let context = SpanContext::new(trace_id, span_id, flags, false, state);
         let recording = self.sink.as_ref().filter(|_| sampled).map(|sink| {
             let now = SystemTime::now();
+            let mut attrs = Attributes::with_capacity(capacity);
+            attributes(&mut attrs);
             Recording {
                 record: Mutex::new(Some(Box::new(SpanRecord {
                     context: context.clone(),
@@ -283,7 +286,7 @@ impl Tracing {
                     start: now,
                     end: now,
                     shared: shared.cloned(),
-                    attributes: attributes(),
+                    attributes: attrs,
                     events: Vec::new(),
                     status: Status::Unset,
                 }))),
@@ -702,7 +705,7 @@ mod tests {
             Some(parent.clone()),
             "POST churn".into(),
             Some(&shared),
-            || vec![KeyValue::new("ml.model.name", "churn")],
+            |a| a.str("ml.model.name", "churn"),
         );
         let sc = server.context().clone();
         assert_eq!(sc.trace_id(), parent.trace_id());
@@ -714,7 +717,7 @@ mod tests {
         let upstream = Arc::new(SharedAttributes::upstream(
             &"10.0.0.7:8080".parse().unwrap(),
         ));
-        let client = tracing.client_span(&server, "POST".into(), Some(&upstream), Vec::new);
+        let client = tracing.client_span(&server, "POST".into(), Some(&upstream), |_| {});
         assert_eq!(client.context().trace_id(), sc.trace_id());
         drop(client);
         server.end_with(|r| r.status = Status::error("upstream_5xx"));
@@ -734,21 +737,18 @@ mod tests {
         assert_eq!(server.parent_span_id, parent.span_id());
         assert!(server.parent_is_remote);
         assert_eq!(server.status, Status::error("upstream_5xx"));
-        assert_eq!(server.attributes, [KeyValue::new("ml.model.name", "churn")]);
-        assert_eq!(server.shared.as_ref(), Some(&shared));
         assert_eq!(
-            server.all_attributes().cloned().collect::<Vec<_>>(),
-            [
-                KeyValue::new("ml.model.version", "2"),
-                KeyValue::new("ml.model.name", "churn")
-            ]
+            server.attributes,
+            Attributes::from(&[KeyValue::new("ml.model.name", "churn")][..])
         );
+        assert_eq!(server.shared.as_ref(), Some(&shared));
+        assert!(client.attributes.is_empty());
         assert_eq!(
-            client.all_attributes().cloned().collect::<Vec<_>>(),
-            [
+            client.shared.as_ref().map(|s| s.attributes().to_vec()),
+            Some(vec![
                 KeyValue::new("server.address", "10.0.0.7"),
                 KeyValue::new("server.port", 8080)
-            ]
+            ])
         );
         assert!(server.end >= server.start);
     }
@@ -757,9 +757,8 @@ mod tests {
     fn unsampled_spans_propagate_ids_but_record_nothing() {
         let (tracing, rx) = tracer(Sampler::ParentBasedAlwaysOn);
         let mut built = false;
-        let server = tracing.server_span(Some(remote(false)), "GET".into(), None, || {
+        let server = tracing.server_span(Some(remote(false)), "GET".into(), None, |_| {
             built = true;
-            Vec::new()
         });
         assert!(!built, "attributes are built only for recorded spans");
         assert!(!server.is_recording());
@@ -772,7 +771,7 @@ mod tests {
             sink: None,
             ..tracing.clone()
         };
-        let root = quiet.server_span(None, "GET".into(), None, Vec::new);
+        let root = quiet.server_span(None, "GET".into(), None, |_| {});
         assert!(root.context().is_sampled() && !root.is_recording());
         drop(root);
         assert!(finished(&rx).is_empty());
@@ -781,7 +780,7 @@ mod tests {
     #[test]
     fn event_spans_carry_their_event() {
         let (tracing, rx) = tracer(Sampler::ParentBasedAlwaysOn);
-        let server = tracing.server_span(None, "POST".into(), None, Vec::new);
+        let server = tracing.server_span(None, "POST".into(), None, |_| {});
         let attrs = vec![KeyValue::new("ml.feature.name", "age")];
         tracing.event_span(server.context(), "modelstamp.data_quality", attrs.clone());
         let spans = finished(&rx);
@@ -789,7 +788,7 @@ mod tests {
         let e = &spans[0];
         assert_eq!(e.kind, SpanKind::Internal);
         assert_eq!(e.parent_span_id, server.context().span_id());
-        assert_eq!(e.attributes, attrs);
+        assert_eq!(e.attributes, Attributes::from(&attrs[..]));
         assert_eq!(e.events.len(), 1);
         assert_eq!(e.events[0].name, "modelstamp.data_quality");
         assert_eq!(e.events[0].attributes, attrs);

@@ -20,11 +20,10 @@ use super::ctx::ProxyRequest;
 use super::error::ProxyError;
 use super::headers::{add_forwarded, remove_hop_by_hop};
 use super::pool::{Pool, UpstreamBody};
-use super::resolve::{BoxFuture, method_name, method_value, protocol_version};
+use super::resolve::{BoxFuture, method_name, protocol_version};
 use crate::inspect::Inspector;
-use crate::observe::spans::{SharedAttributes, Span, Tracing, propagation_headers};
+use crate::observe::spans::{Attributes, SharedAttributes, Span, Tracing, propagation_headers};
 use http::{HeaderName, HeaderValue};
-use opentelemetry::KeyValue;
 use opentelemetry::trace::Status;
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -190,20 +189,10 @@ impl Clients {
         pq: &PathAndQuery,
         upstream: &Arc<SharedAttributes>,
     ) -> Span {
-        let attrs = || {
-            let (authority, pq) = (authority.as_str(), pq.as_str());
-            let mut url = String::with_capacity("http://".len() + authority.len() + pq.len());
-            url.push_str("http://");
-            url.push_str(authority);
-            url.push_str(pq);
-            // Room for the status and error added at the end.
-            let mut attrs = Vec::with_capacity(5);
-            attrs.extend([
-                KeyValue::new("http.request.method", method_value(&parts.method)),
-                KeyValue::new("url.full", url),
-                KeyValue::new("network.protocol.version", protocol_version(parts.version)),
-            ]);
-            attrs
+        let attrs = |a: &mut Attributes| {
+            a.str("http.request.method", parts.method.as_str());
+            a.str_parts("url.full", &["http://", authority.as_str(), pq.as_str()]);
+            a.str("network.protocol.version", protocol_version(parts.version));
         };
         self.tracing
             .client_span(server, method_name(&parts.method), Some(upstream), attrs)
@@ -231,22 +220,23 @@ pub fn end_span(
     span: &Span,
     status: Option<u16>,
     error: Option<&'static str>,
-    extra: impl FnOnce(&mut Vec<KeyValue>),
+    extra: impl FnOnce(&mut Attributes),
 ) {
     span.end_with(|record| {
         let attrs = &mut record.attributes;
         extra(attrs);
         if let Some(code) = status {
-            attrs.push(KeyValue::new("http.response.status_code", i64::from(code)));
+            attrs.i64("http.response.status_code", i64::from(code));
         }
         match (error, status) {
             (Some(e), _) => {
-                attrs.push(KeyValue::new("error.type", e));
+                attrs.str("error.type", e);
                 record.status = Status::error(e);
             }
             (None, Some(code)) if code >= 500 => {
-                attrs.push(KeyValue::new("error.type", code.to_string()));
-                record.status = Status::error(code.to_string());
+                let code = code.to_string();
+                attrs.str("error.type", &code);
+                record.status = Status::error(code);
             }
             _ => {}
         }

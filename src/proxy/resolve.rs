@@ -18,12 +18,11 @@ use tower::{Layer, Service};
 
 use super::body::ClientBody;
 use super::ctx::{ProxyRequest, RequestCtx};
-use opentelemetry::KeyValue;
 
 use crate::inspect::Codec;
 use crate::observe::Telemetry;
 use crate::observe::access_log::owned_path;
-use crate::observe::spans::remote_parent;
+use crate::observe::spans::{Attributes, remote_parent};
 use crate::observe::trace::{GOLDEN, mix, parse_traceparent};
 use crate::routing::{Resolved, Snapshot, resolve};
 
@@ -43,7 +42,6 @@ pub struct ResolveLayer {
 #[derive(Clone)]
 struct Peer {
     header: HeaderValue,
-    attr: opentelemetry::Value,
 }
 
 impl ResolveLayer {
@@ -54,14 +52,11 @@ impl ResolveLayer {
         client: SocketAddr,
     ) -> Self {
         let header = super::headers::ip_value(client);
-        let attr = opentelemetry::Value::String(
-            Arc::<str>::from(header.to_str().unwrap_or_default()).into(),
-        );
         Self {
             snapshots,
             telemetry,
             client,
-            peer: Peer { header, attr },
+            peer: Peer { header },
         }
     }
 }
@@ -189,41 +184,27 @@ impl<S> Resolve<S> {
         name.push_str(method);
         name.push(' ');
         name.push_str(route_name);
-        let attrs = || {
-            // Room for what the end of the request adds (status, reported version, error), so
-            // the vector is allocated once.
-            let mut attrs = Vec::with_capacity(12);
-            attrs.extend([
-                KeyValue::new("http.request.method", method_value(req.method())),
-                KeyValue::new("url.path", req.uri().path().to_string()),
-                KeyValue::new("url.scheme", "http"),
-                KeyValue::new(
-                    "server.address",
-                    host.split(':').next().unwrap_or_default().to_string(),
-                ),
-                KeyValue::new("network.protocol.version", protocol_version(req.version())),
-                KeyValue::new("client.address", self.peer.attr.clone()),
-                KeyValue::new(
-                    "modelstamp.request_id",
-                    request_id.to_str().unwrap_or_default().to_string(),
-                ),
-            ]);
+        let attrs = |a: &mut Attributes| {
+            a.str("http.request.method", req.method().as_str());
+            a.str("url.path", req.uri().path());
+            a.str("url.scheme", "http");
+            a.str("server.address", host.split(':').next().unwrap_or_default());
+            a.str("network.protocol.version", protocol_version(req.version()));
+            a.str(
+                "client.address",
+                self.peer.header.to_str().unwrap_or_default(),
+            );
+            a.str(
+                "modelstamp.request_id",
+                request_id.to_str().unwrap_or_default(),
+            );
             if let Some(r) = route {
-                attrs.push(r.span_route.clone());
+                a.push(&r.span_route);
             }
-            attrs
         };
         self.telemetry
             .tracing
             .server_span(parent, name, Some(&served.span_attrs), attrs)
-    }
-}
-
-/// `http.request.method` without an allocation for the standard methods.
-pub fn method_value(m: &http::Method) -> opentelemetry::Value {
-    match method_name(m) {
-        Cow::Borrowed(s) => opentelemetry::Value::from(s),
-        Cow::Owned(s) => opentelemetry::Value::from(s),
     }
 }
 

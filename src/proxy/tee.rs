@@ -27,7 +27,6 @@ use crate::observe::access_log::AccessLine;
 use crate::observe::exemplar::TraceExemplar;
 use crate::observe::metrics::{Recorded, RequestErrorKind, UpstreamErrorKind};
 use crate::observe::{RequestOutcome, Telemetry};
-use opentelemetry::KeyValue;
 
 /// Status logged when the client left before a response was sent (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
@@ -275,15 +274,15 @@ impl Pending {
         let gen_ai_response_model = self.gen_ai_response_model.take();
         end_span(&ctx.span, Some(self.status), self.error, |attrs| {
             if let Some(reported) = &self.reported {
-                attrs.push(KeyValue::new("ml.model.reported_version", reported.clone()));
+                attrs.str("ml.model.reported_version", reported);
             }
             if let Some(op) = ctx.resolved.openai {
-                attrs.push(KeyValue::new("gen_ai.operation.name", op));
+                attrs.str("gen_ai.operation.name", op);
                 if let Some(m) = ctx.gen_ai_request_model.get() {
-                    attrs.push(KeyValue::new("gen_ai.request.model", m.clone()));
+                    attrs.str("gen_ai.request.model", m);
                 }
-                if let Some(m) = gen_ai_response_model {
-                    attrs.push(KeyValue::new("gen_ai.response.model", m));
+                if let Some(m) = &gen_ai_response_model {
+                    attrs.str("gen_ai.response.model", m);
                 }
             }
         });
