@@ -212,6 +212,19 @@ impl Attributes {
 
     /// A string attribute.
     pub fn str(&mut self, key: &str, value: &str) {
+        let (k, n) = (key.len(), value.len());
+        // The usual entry: every length fits one varint byte, so the prefixes are constants
+        // but for those bytes.
+        let kv = k + n + 6;
+        if k > 0 && kv < 0x80 {
+            let buf = &mut self.buf;
+            buf.reserve(2 + kv);
+            buf.extend_from_slice(&[ATTRIBUTE_TAG, kv as u8, KEY_TAG, k as u8]);
+            buf.extend_from_slice(key.as_bytes());
+            buf.extend_from_slice(&[VALUE_TAG, (n + 2) as u8, STRING_TAG, n as u8]);
+            buf.extend_from_slice(value.as_bytes());
+            return;
+        }
         self.str_parts(key, &[value]);
     }
 
@@ -257,6 +270,13 @@ impl From<&[KeyValue]> for Attributes {
         a
     }
 }
+
+/// `Span.attributes`, `KeyValue.key`, `KeyValue.value` and `AnyValue.string_value` tags, all
+/// length-delimited.
+const ATTRIBUTE_TAG: u8 = (9 << 3) | LEN;
+const KEY_TAG: u8 = (1 << 3) | LEN;
+const VALUE_TAG: u8 = (2 << 3) | LEN;
+const STRING_TAG: u8 = (1 << 3) | LEN;
 
 /// The bytes of a `KeyValue.key` field (none for an empty key).
 fn key_entry_len(k: &str) -> usize {
@@ -621,6 +641,7 @@ mod tests {
         // What the typed setters write, and what they stand for.
         let mut own = Attributes::from(&attrs[..]);
         own.str("url.path", "/v2/models/churn/infer");
+        own.str("long.str", &"z".repeat(130));
         own.str_parts(
             "url.full",
             &["http://", "10.0.0.1:8080", "/v2/models/churn/infer"],
@@ -630,6 +651,7 @@ mod tests {
         let mut all = attrs.clone();
         all.extend([
             KeyValue::new("url.path", "/v2/models/churn/infer"),
+            KeyValue::new("long.str", "z".repeat(130)),
             KeyValue::new("url.full", "http://10.0.0.1:8080/v2/models/churn/infer"),
             KeyValue::new("joined", format!("{}{}", "x".repeat(100), "y".repeat(100))),
             KeyValue::new("server.port", 8080i64),
