@@ -48,11 +48,41 @@ pub fn string_specials(w: u64) -> u64 {
 struct Scan<'a> {
     b: &'a [u8],
     i: usize,
+    /// What stopped the reader, and where (set with [`Stop`]).
+    failure: Option<NotJson>,
 }
 
+/// The reader's own error: what and where are kept in [`Scan::failure`], so a result carries no
+/// error payload (a `Read<()>` is one byte) and the success path of every step stays small.
+#[derive(Debug)]
+struct Stop;
+
+type Read<T> = Result<T, Stop>;
+
 impl<'a> Scan<'a> {
-    fn err<T>(&self, what: &'static str) -> Result<T, NotJson> {
-        Err(NotJson { what, at: self.i })
+    fn new(b: &'a [u8]) -> Self {
+        Self {
+            b,
+            i: 0,
+            failure: None,
+        }
+    }
+
+    fn err<T>(&mut self, what: &'static str) -> Read<T> {
+        self.fail_at(what, self.i)
+    }
+
+    fn fail_at<T>(&mut self, what: &'static str, at: usize) -> Read<T> {
+        self.failure = Some(NotJson { what, at });
+        Err(Stop)
+    }
+
+    /// What stopped the reader.
+    fn failure(&mut self) -> NotJson {
+        self.failure.take().unwrap_or(NotJson {
+            what: "invalid JSON",
+            at: self.i,
+        })
     }
 
     fn ws(&mut self) {
@@ -70,7 +100,7 @@ impl<'a> Scan<'a> {
         self.b.get(self.i).copied()
     }
 
-    fn eat(&mut self, c: u8, what: &'static str) -> Result<(), NotJson> {
+    fn eat(&mut self, c: u8, what: &'static str) -> Read<()> {
         if self.peek() == Some(c) {
             self.i += 1;
             Ok(())
@@ -81,7 +111,7 @@ impl<'a> Scan<'a> {
 
     /// A string after any whitespace: its raw bytes between the quotes and whether it has
     /// escapes.
-    fn string(&mut self) -> Result<(&'a [u8], bool), NotJson> {
+    fn string(&mut self) -> Read<(&'a [u8], bool)> {
         if self.peek() != Some(b'"') {
             return self.err("expected a string");
         }
@@ -91,7 +121,7 @@ impl<'a> Scan<'a> {
     /// The string at `self.i`, which the caller has seen is `"`: its raw bytes, whether it has
     /// escapes and whether every byte is ASCII (then it is valid UTF-8). Runs of plain bytes
     /// are skipped eight at a time.
-    fn quoted(&mut self) -> Result<(&'a [u8], bool, bool), NotJson> {
+    fn quoted(&mut self) -> Read<(&'a [u8], bool, bool)> {
         const HIGH: u64 = 0x8080_8080_8080_8080;
         debug_assert_eq!(self.b.get(self.i), Some(&b'"'));
         self.i += 1;
@@ -152,7 +182,7 @@ impl<'a> Scan<'a> {
     }
 
     /// A number, by JSON's grammar: its raw bytes.
-    fn number(&mut self) -> Result<&'a [u8], NotJson> {
+    fn number(&mut self) -> Read<&'a [u8]> {
         let start = self.i;
         if self.b.get(self.i) == Some(&b'-') {
             self.i += 1;
@@ -185,7 +215,7 @@ impl<'a> Scan<'a> {
         Ok(&self.b[start..self.i])
     }
 
-    fn literal(&mut self, word: &'static [u8]) -> Result<(), NotJson> {
+    fn literal(&mut self, word: &'static [u8]) -> Read<()> {
         if self.b.get(self.i..self.i + word.len()) == Some(word) {
             self.i += word.len();
             Ok(())
@@ -197,7 +227,7 @@ impl<'a> Scan<'a> {
     /// Skip any value, checking its syntax. Iterative, so nesting depth costs no stack (as in
     /// serde_json, which does not limit the depth of values it ignores); the kinds of the open
     /// containers are kept as bits, in a word for the first 64 levels.
-    fn skip(&mut self) -> Result<(), NotJson> {
+    fn skip(&mut self) -> Read<()> {
         let mut bits = 0u64;
         let mut deep: Vec<bool> = Vec::new();
         let mut depth = 0usize;
@@ -276,7 +306,7 @@ impl<'a> Scan<'a> {
     }
 
     /// An object key and its colon; the key's raw bytes (escapes undecoded).
-    fn key(&mut self) -> Result<(&'a [u8], bool), NotJson> {
+    fn key(&mut self) -> Read<(&'a [u8], bool)> {
         let key = self.string()?;
         self.eat(b':', "expected :")?;
         Ok(key)
@@ -287,7 +317,11 @@ impl<'a> Scan<'a> {
 /// body is not a JSON object; `Ok(None)` when it carries no version (or not as a string or
 /// number).
 pub fn reported_version(body: &[u8]) -> Result<Option<String>, NotJson> {
-    let mut s = Scan { b: body, i: 0 };
+    let mut s = Scan::new(body);
+    reported(&mut s).map_err(|Stop| s.failure())
+}
+
+fn reported(s: &mut Scan<'_>) -> Read<Option<String>> {
     s.eat(b'{', "expected a JSON object")?;
     let mut found: Option<Option<String>> = None;
     s.members(|s, key| {
@@ -340,7 +374,7 @@ enum Any<'a> {
 
 impl<'a> Scan<'a> {
     /// Open a decoded container (one more than `open`), within serde_json's depth limit.
-    fn enter(&mut self, open: usize) -> Result<usize, NotJson> {
+    fn enter(&mut self, open: usize) -> Read<usize> {
         self.i += 1;
         if open + 1 >= MAX_DEPTH {
             return self.err("recursion limit exceeded");
@@ -351,7 +385,7 @@ impl<'a> Scan<'a> {
     /// The string at `self.i` (the caller has seen its `"`), decoded and checked as
     /// serde_json checks strings it decodes (UTF-8, escapes and surrogates); borrowed when it
     /// has no escapes.
-    fn text(&mut self) -> Result<Cow<'a, str>, NotJson> {
+    fn text(&mut self) -> Read<Cow<'a, str>> {
         let at = self.i;
         let (raw, escaped, _) = self.quoted()?;
         self.decode(at, raw, escaped)
@@ -360,31 +394,27 @@ impl<'a> Scan<'a> {
     /// The text of a string whose contents `raw` (a slice of the body) were read at `at`.
     /// Escaped strings are decoded by serde_json from their quoted bytes, found from where
     /// `raw` lies in the body (the reader may have moved on, past a key's colon).
-    fn decode(&self, at: usize, raw: &'a [u8], escaped: bool) -> Result<Cow<'a, str>, NotJson> {
+    fn decode(&mut self, at: usize, raw: &'a [u8], escaped: bool) -> Read<Cow<'a, str>> {
         if escaped {
             let start = (raw.as_ptr() as usize).wrapping_sub(self.b.as_ptr() as usize);
             let quoted = start
                 .checked_sub(1)
                 .and_then(|from| self.b.get(from..start + raw.len() + 1))
                 .unwrap_or_default();
-            serde_json::from_slice::<String>(quoted)
-                .map(Cow::Owned)
-                .map_err(|_| NotJson {
-                    what: "invalid string escape",
-                    at,
-                })
+            match serde_json::from_slice::<String>(quoted) {
+                Ok(text) => Ok(Cow::Owned(text)),
+                Err(_) => self.fail_at("invalid string escape", at),
+            }
         } else {
-            std::str::from_utf8(raw)
-                .map(Cow::Borrowed)
-                .map_err(|_| NotJson {
-                    what: "invalid UTF-8",
-                    at,
-                })
+            match std::str::from_utf8(raw) {
+                Ok(text) => Ok(Cow::Borrowed(text)),
+                Err(_) => self.fail_at("invalid UTF-8", at),
+            }
         }
     }
 
     /// After a member's value: `,` (true, another member follows) or `}` (false).
-    fn next_member(&mut self) -> Result<bool, NotJson> {
+    fn next_member(&mut self) -> Read<bool> {
         match self.peek() {
             Some(b',') => {
                 self.i += 1;
@@ -399,7 +429,7 @@ impl<'a> Scan<'a> {
     }
 
     /// After an element: `,` (true) or `]` (false).
-    fn next_element(&mut self) -> Result<bool, NotJson> {
+    fn next_element(&mut self) -> Read<bool> {
         match self.peek() {
             Some(b',') => {
                 self.i += 1;
@@ -415,10 +445,7 @@ impl<'a> Scan<'a> {
 
     /// The members of an object whose `{` was just read, calling `member` with each key
     /// (decoded and checked; plain ASCII keys are their raw bytes); `member` reads the value.
-    fn members(
-        &mut self,
-        mut member: impl FnMut(&mut Self, &[u8]) -> Result<(), NotJson>,
-    ) -> Result<(), NotJson> {
+    fn members(&mut self, mut member: impl FnMut(&mut Self, &[u8]) -> Read<()>) -> Read<()> {
         if self.peek() == Some(b'}') {
             self.i += 1;
             return Ok(());
@@ -443,10 +470,7 @@ impl<'a> Scan<'a> {
     }
 
     /// The elements of an array whose `[` was just read, each read by `element`.
-    fn elements(
-        &mut self,
-        mut element: impl FnMut(&mut Self) -> Result<(), NotJson>,
-    ) -> Result<(), NotJson> {
+    fn elements(&mut self, mut element: impl FnMut(&mut Self) -> Read<()>) -> Read<()> {
         if self.peek() == Some(b']') {
             self.i += 1;
             return Ok(());
@@ -460,13 +484,13 @@ impl<'a> Scan<'a> {
     }
 
     /// An object whose keys are decoded and values skipped (a map serde visits entry by entry).
-    fn keys_only(&mut self) -> Result<(), NotJson> {
+    fn keys_only(&mut self) -> Read<()> {
         self.members(|s, _| s.skip())
     }
 
     /// A number as serde_json gives it to a visitor, as `f64`; `u64` too when it is a
     /// non-negative integer that fits.
-    fn number_value(&mut self) -> Result<(f64, Option<u64>), NotJson> {
+    fn number_value(&mut self) -> Read<(f64, Option<u64>)> {
         if let Some((end, v)) = plain_number(self.b, self.i) {
             self.i = end;
             return Ok(v);
@@ -477,15 +501,14 @@ impl<'a> Scan<'a> {
             return Ok(v);
         }
         // Long or extreme numbers: serde_json's own reading, so values match it bit for bit.
-        let n = serde_json::from_slice::<serde_json::Number>(raw).map_err(|_| NotJson {
-            what: "number out of range",
-            at,
-        })?;
-        Ok((n.as_f64().unwrap_or(f64::NAN), n.as_u64()))
+        match serde_json::from_slice::<serde_json::Number>(raw) {
+            Ok(n) => Ok((n.as_f64().unwrap_or(f64::NAN), n.as_u64())),
+            Err(_) => self.fail_at("number out of range", at),
+        }
     }
 
     /// A `name` or `shape` value (or `shape`'s second element), in container `open`.
-    fn any(&mut self, open: usize) -> Result<Any<'a>, NotJson> {
+    fn any(&mut self, open: usize) -> Read<Any<'a>> {
         Ok(match self.peek() {
             Some(b'"') => Any::Str(self.text()?),
             Some(b'-' | b'0'..=b'9') => match self.number_value()? {
@@ -523,7 +546,7 @@ impl<'a> Scan<'a> {
 
     /// A tensor's `data`, flat or nested, appended as scalars to `out` up to [`MAX_VALUES`]
     /// (the rest is checked and skipped).
-    fn data(&mut self, open: usize, out: &mut Vec<Value>) -> Result<(), NotJson> {
+    fn data(&mut self, open: usize, out: &mut Vec<Value>) -> Read<()> {
         let value = match self.peek() {
             Some(b'[') => {
                 let depth = self.enter(open)?;
@@ -563,7 +586,7 @@ impl<'a> Scan<'a> {
     }
 
     /// One tensor object, in container `open`.
-    fn tensor(&mut self, open: usize) -> Result<Tensor<'a>, NotJson> {
+    fn tensor(&mut self, open: usize) -> Read<Tensor<'a>> {
         if self.peek() != Some(b'{') {
             return self.err("expected a tensor object");
         }
@@ -571,7 +594,8 @@ impl<'a> Scan<'a> {
         let mut t = Tensor {
             name: None,
             width: 1,
-            values: Vec::new(),
+            // Most tensors hold a few values: allocated once, at that size.
+            values: Vec::with_capacity(4),
         };
         self.members(|s, key| {
             match key {
@@ -589,8 +613,6 @@ impl<'a> Scan<'a> {
                 }
                 b"data" => {
                     t.values.clear();
-                    // Most tensors hold a few values: one allocation instead of growing.
-                    t.values.reserve(4);
                     s.data(depth, &mut t.values)?;
                 }
                 _ => s.skip()?,
@@ -601,7 +623,7 @@ impl<'a> Scan<'a> {
     }
 
     /// The `inputs` / `outputs` value: `None` when it is not a list.
-    fn tensor_list(&mut self, open: usize) -> Result<Option<Vec<Tensor<'a>>>, NotJson> {
+    fn tensor_list(&mut self, open: usize) -> Read<Option<Vec<Tensor<'a>>>> {
         match self.peek() {
             Some(b'[') => {
                 let depth = self.enter(open)?;
@@ -757,12 +779,16 @@ fn fast_number(raw: &[u8]) -> Option<(f64, Option<u64>)> {
 }
 
 fn read_tensors<'a>(body: &'a [u8], member: &'static str) -> Result<Vec<Tensor<'a>>, CodecError> {
-    let mut s = Scan { b: body, i: 0 };
+    let mut s = Scan::new(body);
+    tensor_member(&mut s, member)
+        .map_err(|Stop| CodecError::Syntax(s.failure()))?
+        .ok_or(CodecError::Shape("expected a list of tensors"))
+}
+
+/// The tensors of the top-level `member`, when it is a list.
+fn tensor_member<'a>(s: &mut Scan<'a>, member: &'static str) -> Read<Option<Vec<Tensor<'a>>>> {
     if s.peek() != Some(b'{') {
-        return Err(CodecError::Syntax(NotJson {
-            what: "expected a JSON object",
-            at: s.i,
-        }));
+        return s.err("expected a JSON object");
     }
     let depth = s.enter(0)?;
     let mut found: Option<Option<Vec<Tensor<'a>>>> = None;
@@ -775,14 +801,9 @@ fn read_tensors<'a>(body: &'a [u8], member: &'static str) -> Result<Vec<Tensor<'
         }
     })?;
     if s.peek().is_some() {
-        return Err(CodecError::Syntax(NotJson {
-            what: "trailing characters",
-            at: s.i,
-        }));
+        return s.err("trailing characters");
     }
-    found
-        .flatten()
-        .ok_or(CodecError::Shape("expected a list of tensors"))
+    Ok(found.flatten())
 }
 
 /// Tensors as columns: shape `[N]` or `[N, 1]` is one column named after the tensor; `[N, F]`
