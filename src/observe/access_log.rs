@@ -266,15 +266,27 @@ fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 fn json_u64(out: &mut Vec<u8>, mut v: u64) {
+    // Two digits per division: most values here (status codes, byte counts) take one or two.
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut digits = [0u8; 20];
     let mut i = digits.len();
-    loop {
+    while v >= 100 {
+        let pair = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if v >= 10 {
+        let pair = v as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+        digits[i] = b'0' + v as u8;
     }
     out.extend_from_slice(&digits[i..]);
 }
@@ -632,6 +644,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn integers_are_written_as_their_decimal_digits() {
+        let check = |v: u64| {
+            let mut out = Vec::new();
+            json_u64(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes(), "{v}");
+        };
+        (0..10_000).for_each(check);
+        [65_535, 99_999, 100_000, 1 << 32, u64::MAX / 10, u64::MAX]
+            .into_iter()
+            .for_each(check);
     }
 
     #[test]
