@@ -1554,6 +1554,39 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_body_says_what_stopped_the_reader_and_where() {
+        let not_json = |what, at| Err(NotJson { what, at });
+        assert_eq!(
+            reported_version(b"not json"),
+            not_json("expected a JSON object", 0)
+        );
+        assert_eq!(
+            reported_version(br#"{"a":1} x"#),
+            not_json("trailing characters", 8)
+        );
+        assert_eq!(
+            reported_version(br#"{"model_version":"1","model_version":"2"}"#),
+            not_json("duplicate field model_version", 37)
+        );
+        let syntax = |body: &[u8]| match read_tensors(body, "inputs") {
+            Err(CodecError::Syntax(e)) => Some((e.what, e.at)),
+            _ => None,
+        };
+        assert_eq!(
+            syntax(b"{\"inputs\":[{\"name\":\"\xff\",\"data\":[1]}]}"),
+            Some(("invalid UTF-8", 19))
+        );
+        assert_eq!(
+            syntax(br#"{"inputs":[{"name":"x","data":[1e400]}]}"#),
+            Some(("number out of range", 31))
+        );
+        assert_eq!(
+            syntax(br#"{"inputs":[{"name":"x","data":[1,]}]}"#),
+            Some(("expected a value", 33))
+        );
+    }
+
+    #[test]
     fn reads_mlserver_responses() {
         // MLServer 1.7.1, mlserver-mlflow runtime (shared/reference/mlserver-1.7.1).
         let body = br#"{"model_name":"churn","model_version":"2","id":"req-1","parameters":{"content_type":"np"},
