@@ -173,6 +173,13 @@ fn key_value(buf: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
         });
         return;
     };
+    key_value_head(buf, field, k, any);
+    any_value(buf, v);
+}
+
+/// A `KeyValue` entry up to its value's body, which is `any` bytes long: room for the whole
+/// entry, then its tag and length, the key, and the value's tag and length.
+fn key_value_head(buf: &mut Vec<u8>, field: u32, k: &str, any: usize) {
     let kv = key_entry_len(k) + 1 + varint_len(any as u64) + any;
     buf.reserve(5 + varint_len(kv as u64) + kv);
     key(buf, field, LEN);
@@ -180,7 +187,6 @@ fn key_value(buf: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
     bytes_field(buf, 1, k.as_bytes());
     key(buf, 2, LEN);
     varint(buf, any as u64);
-    any_value(buf, v);
 }
 
 fn attributes<'a>(buf: &mut Vec<u8>, field: u32, kvs: impl IntoIterator<Item = &'a KeyValue>) {
@@ -232,14 +238,8 @@ impl Attributes {
     pub fn str_parts(&mut self, key: &str, parts: &[&str]) {
         let n: usize = parts.iter().map(|p| p.len()).sum();
         let any = 1 + varint_len(n as u64) + n;
-        let kv = key_entry_len(key) + 1 + varint_len(any as u64) + any;
         let buf = &mut self.buf;
-        buf.reserve(5 + varint_len(kv as u64) + kv);
-        self::key(buf, 9, LEN);
-        varint(buf, kv as u64);
-        bytes_field(buf, 1, key.as_bytes());
-        self::key(buf, 2, LEN);
-        varint(buf, any as u64);
+        key_value_head(buf, 9, key, any);
         self::key(buf, 1, LEN);
         varint(buf, n as u64);
         for p in parts {

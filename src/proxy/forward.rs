@@ -100,11 +100,10 @@ impl Service<ProxyRequest> for Forward {
 impl Clients {
     async fn forward(&self, pr: ProxyRequest) -> Result<Forwarded, ProxyError> {
         let ProxyRequest { req, ctx } = pr;
-        let Some(route) = ctx.route() else {
+        let Some(state) = ctx.route() else {
             return Err(ProxyError::NoRoute);
         };
-        let route_state = route;
-        let route = &route.route;
+        let route = &state.route;
         let limit = ctx.snapshot.config.limits.max_request_body_bytes;
         let declared = req
             .headers()
@@ -136,7 +135,7 @@ impl Clients {
         };
         remove_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, &ctx.client_ip, route.trusted);
-        let upstream_attrs = route_state.upstream_attrs(authority);
+        let upstream_attrs = state.upstream_attrs(authority);
         let span = self.client_span(&ctx.span, &parts, authority, &pq, &upstream_attrs);
         inject(&mut parts.headers, &span);
         let body = LimitedBody::new(body, ctx.clone(), limit, self.inspector.clone());
