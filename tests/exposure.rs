@@ -7,6 +7,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
@@ -51,7 +52,21 @@ async fn a_hundred_thousand_bogus_names_add_no_metric_series() {
             .unwrap();
         let _ = send(req).await;
     }
-    let before = h.metrics().await;
+    // The inspector creates its series off the request path, a few milliseconds later:
+    // count only once its queue is empty and the number of series has stopped changing.
+    let mut before = h.metrics().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = h.metrics().await;
+        let settled = metric_value(&now, "modelstamp_inspect_queue_depth") == 0.0
+            && series(&now).len() == series(&before).len();
+        before = now;
+        if settled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the inspector never settled");
+    }
 
     const TOTAL: usize = 100_000;
     let next = Arc::new(AtomicUsize::new(0));
