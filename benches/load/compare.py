@@ -13,7 +13,12 @@ proxy CPU per request (all threads, /proc), proxy CPU / upstream CPU per request
 host's speed drift), peak RSS, and ratios to direct, nginx and haproxy. Before each run it waits
 for a quiet machine and it reports how much CPU other processes used during the run.
 
-Usage: compare.py [--reps 5] [--seconds 10] [--smoke] [--versions 1,100,1000]
+`--features` instead runs modelstamp with one observation feature off at a time
+(`modelstamp-no-inspect`, `modelstamp-no-spans`, `modelstamp-no-log`), all three off
+(`modelstamp-bare`) and hyper-floor: what each feature costs. The OTLP sink's CPU per request
+is reported too (it shares the cores).
+
+Usage: compare.py [--reps 5] [--seconds 10] [--smoke] [--versions 1,100,1000] [--features]
 """
 
 import argparse
@@ -37,6 +42,16 @@ BODY = json.dumps({"id": "bench", "inputs": [
 PATH = "/v2/models/churn/infer"
 # As deployed (README, "Memory"): mimalloc without eager arena commit keeps RSS near glibc's.
 MODELSTAMP_ENV = {"MODELSTAMP_LOG": "warn", "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
+# modelstamp targets: the observation features each one turns off.
+MODELSTAMP_TARGETS = {
+    "modelstamp": frozenset(),
+    "modelstamp-2w": frozenset(),
+    "modelstamp-no-inspect": frozenset({"inspect"}),
+    "modelstamp-no-spans": frozenset({"spans"}),
+    "modelstamp-no-log": frozenset({"log"}),
+    "modelstamp-bare": frozenset({"inspect", "spans", "log"}),
+}
+FEATURE_TARGETS = "direct,modelstamp,modelstamp-no-inspect,modelstamp-no-spans,modelstamp-no-log,modelstamp-bare,hyper-floor"
 
 
 def free_port():
@@ -137,7 +152,8 @@ class Procs:
             self.stop(p)
 
 
-def modelstamp_config(tmp, port, admin, upstream, otlp, versions=1):
+def modelstamp_config(tmp, port, admin, upstream, otlp, versions=1, off=frozenset()):
+    """Every feature on, except those in `off` ("inspect", "spans", "log")."""
     reg = tmp / f"registry-{versions}.yaml"
     lines = ["models:"]
     for i in range(versions):
@@ -145,24 +161,25 @@ def modelstamp_config(tmp, port, admin, upstream, otlp, versions=1):
         lines += [f"  {name}:", "    aliases: { champion: \"1\" }", "    versions:",
                   f"      \"1\": {{ code: {{ commit: c{i:07x} }}, training_data: {{ name: d{i}, digest: x{i:07x} }} }}"]
     reg.write_text("\n".join(lines) + "\n")
-    cfg = tmp / f"modelstamp-{versions}.toml"
+    cfg = tmp / f"modelstamp-{versions}-{'-'.join(sorted(off)) or 'all'}.toml"
     cfg.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
 [admin]
 listen = "127.0.0.1:{admin}"
 [access_log]
-target = "{tmp / 'modelstamp-access.log'}"
+target = "{'off' if 'log' in off else tmp / 'modelstamp-access.log'}"
 [registry]
 path = "{reg}"
 [traces]
-sampler = "always_on"
+sampler = "{'always_off' if 'spans' in off else 'always_on'}"
 {f'otlp_endpoint = "http://127.0.0.1:{otlp}"' if otlp else ''}
 [[routes]]
 name = "models"
 upstream = "127.0.0.1:{upstream}"
 serves = "@champion"
 match = {{ open_inference = true }}
+{'[routes.inspect]' + chr(10) + 'codec = "off"' if 'inspect' in off else ''}
 """)
     return cfg
 
@@ -261,20 +278,20 @@ def run_rate(loadgen, url, rate, secs, body_file):
     return {"rps": r["rate"], "requests": r["ok"], "p50_us": r["p50_us"], "p99_us": r["p99_us"], "errors": r["errors"]}
 
 
-def measure(fn, proxy_pids, upstream_pids, self_pids):
+def measure(fn, proxy_pids, upstream_pids, sink_pids):
     quiet = wait_quiet()
-    c0p, c0u = proc_cpu(proxy_pids), proc_cpu(upstream_pids)
+    c0p, c0u, c0s = proc_cpu(proxy_pids), proc_cpu(upstream_pids), proc_cpu(sink_pids)
     b0, t0 = machine_busy()
     r = fn()
     b1, t1 = machine_busy()
-    c1p, c1u = proc_cpu(proxy_pids), proc_cpu(upstream_pids)
+    c1p, c1u, c1s = proc_cpu(proxy_pids), proc_cpu(upstream_pids), proc_cpu(sink_pids)
     n = max(1, r["requests"])
     ours = (c1p - c0p) + (c1u - c0u)
     # Machine CPU seconds used meanwhile, less our proxy and upstream (the load generator and
     # other tenants remain: reported so a noisy run can be spotted).
     machine = (b1 - b0) / CLK
     r.update(proxy_cpu_us=(c1p - c0p) / n * 1e6, upstream_cpu_us=(c1u - c0u) / n * 1e6,
-             other_cpu_s=max(0.0, machine - ours), quiet_before=quiet)
+             sink_cpu_us=(c1s - c0s) / n * 1e6, other_cpu_s=max(0.0, machine - ours), quiet_before=quiet)
     r["cpu_ratio"] = r["proxy_cpu_us"] / r["upstream_cpu_us"] if r["upstream_cpu_us"] else float("nan")
     return r
 
@@ -287,6 +304,8 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="debug build, 1 rep, 2 s runs: checks the script works")
     ap.add_argument("--versions", default="", help="e.g. 1,100,1000: per-request cost vs configured versions")
     ap.add_argument("--targets", default="direct,modelstamp,modelstamp-2w,hyper-floor,nginx,nginx-json,haproxy")
+    ap.add_argument("--features", action="store_true",
+                    help="what each observation feature costs: modelstamp with each off, all off, hyper-floor")
     ap.add_argument("--json", default="", help="write all runs here")
     a = ap.parse_args()
     profile = "debug" if a.smoke else "release"
@@ -309,10 +328,10 @@ def main():
             upstream = procs.start("upstream", [str(binary), "demo-model", "--fixed", "--listen", f"127.0.0.1:{up_port}"],
                                    env={"MODELSTAMP_WORKERS": "auto"})
             wait_port(up_port)
-            otlp = None
+            otlp, sink = None, None
             if rotel:
                 otlp = free_port()
-                procs.start("rotel", [rotel, "start", "--otlp-grpc-endpoint", f"127.0.0.1:{otlp}", "--exporter", "blackhole",
+                sink = procs.start("rotel", [rotel, "start", "--otlp-grpc-endpoint", f"127.0.0.1:{otlp}", "--exporter", "blackhole",
                                       "--otlp-http-endpoint", f"127.0.0.1:{free_port()}", "--pid-file", str(tmp / "rotel.pid")])
                 wait_port(otlp)
             if a.versions:
@@ -320,7 +339,7 @@ def main():
             scenarios = [("c32", lambda url: run_wrk(url, 32, a.seconds, lua)),
                          ("c64", lambda url: run_wrk(url, 64, a.seconds, lua)),
                          (f"rate{a.rate}", lambda url: run_rate(loadgen, url, a.rate, a.seconds, body_file))]
-            targets = a.targets.split(",")
+            targets = (FEATURE_TARGETS if a.features else a.targets).split(",")
             runs = []
             for rep in range(a.reps):
                 order = targets[rep % len(targets):] + targets[:rep % len(targets)]
@@ -328,10 +347,10 @@ def main():
                     port = free_port()
                     if target == "direct":
                         proc, url = None, f"http://127.0.0.1:{up_port}{PATH}"
-                    elif target in ("modelstamp", "modelstamp-2w"):
+                    elif target in MODELSTAMP_TARGETS:
                         # modelstamp runs one proxy thread unless MODELSTAMP_WORKERS says otherwise;
                         # modelstamp-2w runs two, as many as nginx's and haproxy's workers here.
-                        cfg = modelstamp_config(tmp, port, free_port(), up_port, otlp)
+                        cfg = modelstamp_config(tmp, port, free_port(), up_port, otlp, off=MODELSTAMP_TARGETS[target])
                         env = dict(MODELSTAMP_ENV, MODELSTAMP_WORKERS="2" if target == "modelstamp-2w" else "1")
                         proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)], env=env)
                     elif target == "hyper-floor":
@@ -348,12 +367,12 @@ def main():
                         run_wrk(url, 32, 1, lua)  # warm-up: pools, caches
                     proxy_pids = tree(proc.pid) if proc else []
                     for name, fn in scenarios:
-                        r = measure(lambda: fn(url), proxy_pids, [upstream.pid], [])
+                        r = measure(lambda: fn(url), proxy_pids, [upstream.pid], tree(sink.pid) if sink else [])
                         r.update(target=target, scenario=name, rep=rep)
                         runs.append(r)
-                        print(f"rep {rep} {target:<11} {name:<9} {r['rps']:>9.0f} req/s  p50 {r['p50_us']:>7.0f} us  "
+                        print(f"rep {rep} {target:<21} {name:<9} {r['rps']:>9.0f} req/s  p50 {r['p50_us']:>7.0f} us  "
                               f"p99 {r['p99_us']:>7.0f} us  proxy {r['proxy_cpu_us']:>5.1f} us/req  ratio {r['cpu_ratio']:.2f}  "
-                              f"errors {r['errors']}  other CPU {r['other_cpu_s']:.1f}s", flush=True)
+                              f"sink {r['sink_cpu_us']:.1f} us/req  errors {r['errors']}  other CPU {r['other_cpu_s']:.1f}s", flush=True)
                     if proc:
                         rss = peak_rss_kib(proxy_pids)
                         for r in runs:
@@ -376,8 +395,8 @@ def report(runs, targets, scenarios):
     out = []
     for s in scenarios:
         out.append(f"\n### {s} (medians of {len({r['rep'] for r in runs})} repetitions)\n")
-        out.append("| target | req/s | p50 µs | p99 µs | added p50 µs | added p99 µs | proxy CPU µs/req | proxy ÷ upstream CPU | peak RSS MiB | req/s vs nginx-json | req/s vs haproxy |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("| target | req/s | p50 µs | p99 µs | added p50 µs | added p99 µs | proxy CPU µs/req | proxy ÷ upstream CPU | OTLP sink CPU µs/req | peak RSS MiB | req/s vs nginx-json | req/s vs haproxy |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         d50, d99 = med(runs, "direct", s, "p50_us"), med(runs, "direct", s, "p99_us")
         for t in targets:
             rps = med(runs, t, s, "rps")
@@ -387,7 +406,8 @@ def report(runs, targets, scenarios):
             cpu = med(runs, t, s, "proxy_cpu_us") if t != "direct" else float("nan")
             ratio = med(runs, t, s, "cpu_ratio") if t != "direct" else float("nan")
             rss = med(runs, t, s, "peak_rss_mib")
-            out.append(f"| {t} | {rps:.0f} | {p50:.0f} | {p99:.0f} | {p50 - d50:.0f} | {p99 - d99:.0f} | {cpu:.1f} | {ratio:.2f} | {rss:.1f} | {nj:.2f} | {hp:.2f} |")
+            sink = med(runs, t, s, "sink_cpu_us")
+            out.append(f"| {t} | {rps:.0f} | {p50:.0f} | {p99:.0f} | {p50 - d50:.0f} | {p99 - d99:.0f} | {cpu:.1f} | {ratio:.2f} | {sink:.1f} | {rss:.1f} | {nj:.2f} | {hp:.2f} |")
     other = statistics.median([r["other_cpu_s"] for r in runs]) if runs else 0
     out.append(f"\nOther CPU during a run (load generator and other tenants), median: {other:.1f} s.")
     return "\n".join(out)
