@@ -265,9 +265,9 @@ impl Attributes {
 
 impl From<&[KeyValue]> for Attributes {
     fn from(kvs: &[KeyValue]) -> Self {
-        let mut a = Self::default();
-        kvs.iter().for_each(|kv| a.push(kv));
-        a
+        Self {
+            buf: span_attributes(kvs),
+        }
     }
 }
 

@@ -244,7 +244,7 @@ impl Tracing {
             Cow::Borrowed(name),
             None,
             0,
-            |a| attributes.iter().for_each(|kv| a.push(kv)),
+            |a| *a = Attributes::from(&attributes[..]),
         );
         span.end_with(|r| {
             r.events

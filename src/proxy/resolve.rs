@@ -35,13 +35,8 @@ pub struct ResolveLayer {
     snapshots: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
     client: SocketAddr,
-    peer: Peer,
-}
-
-/// The client's IP, formatted once per connection: `x-forwarded-for` and `client.address`.
-#[derive(Clone)]
-struct Peer {
-    header: HeaderValue,
+    /// The client's IP, formatted once per connection: `x-forwarded-for` and `client.address`.
+    peer: HeaderValue,
 }
 
 impl ResolveLayer {
@@ -51,12 +46,11 @@ impl ResolveLayer {
         telemetry: Arc<Telemetry>,
         client: SocketAddr,
     ) -> Self {
-        let header = super::headers::ip_value(client);
         Self {
             snapshots,
             telemetry,
             client,
-            peer: Peer { header },
+            peer: super::headers::ip_value(client),
         }
     }
 }
@@ -80,7 +74,7 @@ pub struct Resolve<S> {
     snapshots: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
     client: SocketAddr,
-    peer: Peer,
+    peer: HeaderValue,
     inner: S,
 }
 
@@ -135,7 +129,7 @@ where
                 .map_or_else(|| http::uri::PathAndQuery::from_static("/"), owned_path),
             version: req.version(),
             client: self.client,
-            client_ip: self.peer.header.clone(),
+            client_ip: self.peer.clone(),
             start: Instant::now(),
             time: SystemTime::now(),
             grpc,
@@ -190,10 +184,7 @@ impl<S> Resolve<S> {
             a.str("url.scheme", "http");
             a.str("server.address", host.split(':').next().unwrap_or_default());
             a.str("network.protocol.version", protocol_version(req.version()));
-            a.str(
-                "client.address",
-                self.peer.header.to_str().unwrap_or_default(),
-            );
+            a.str("client.address", self.peer.to_str().unwrap_or_default());
             a.str(
                 "modelstamp.request_id",
                 request_id.to_str().unwrap_or_default(),
