@@ -346,4 +346,39 @@ mod tests {
             r#"{"a":"s","b":{"x":[{"c":2,"d":1}],"y":1}}"#
         );
     }
+
+    /// The product's primary key must not change by accident: these pin the canonical form of a
+    /// small record and the IDs of every version the shipped registry holds. A failure here
+    /// means every stamped lineage ID would change; see docs/registry.md before touching it.
+    #[test]
+    fn golden_canonical_form_and_id() {
+        let mut r = record();
+        r.metrics.insert("auc".into(), 0.9);
+        r.metrics.insert("accuracy".into(), 1.0);
+        r.promotion.reason = Some("a \"quoted\" reason, ünïcode".into());
+        let value = serde_json::to_value(&r).unwrap_or_default();
+        assert_eq!(
+            canonical_json(&value),
+            r#"{"code":{"commit":"97f447d"},"environment":{},"metrics":{"accuracy":1.0,"auc":0.9},"model":"churn","promotion":{"reason":"a \"quoted\" reason, ünïcode"},"training_data":{"digest":"e5d39153","name":"churn-train"},"version":"1"}"#
+        );
+        assert_eq!(r.lineage_id(), "ln_ac6b7e4eda0aee79");
+    }
+
+    #[test]
+    fn golden_ids_of_the_shipped_registry() {
+        let data = crate::registry::parse_registry(
+            include_str!("../../config/registry.yaml"),
+            "config/registry.yaml",
+        )
+        .unwrap_or_default();
+        let ids: Vec<(String, String)> = (data.models.values())
+            .flat_map(|m| m.versions.values())
+            .map(|v| (v.record.version.clone(), v.lineage_id.clone()))
+            .collect();
+        assert_eq!(
+            ids,
+            [("1", "ln_cb2e6173797431e6"), ("2", "ln_b0f12873165f486e")]
+                .map(|(v, id)| (v.to_string(), id.to_string()))
+        );
+    }
 }

@@ -139,7 +139,7 @@ fn split(
         None => None,
     }
     .unwrap_or_else(split::random_key);
-    let index = split::choose(&state.weights, key);
+    let index = split::choose(&state.split_ids, &state.weights, key);
     let backend = index.and_then(|i| state.backends.get(i));
     let upstream = backend.and_then(|b| b.upstream.clone());
     let choice = SplitChoice {

@@ -15,6 +15,7 @@ use crate::inspect::Profile;
 use crate::observe::metrics::{InfoLabels, Metrics, VersionMetrics};
 use crate::observe::spans::SharedAttributes;
 use crate::registry::{DatasetKey, LineageRecord, RegistryData};
+use crate::routing::split;
 
 /// The label and header value for anything the registry does not know.
 pub const UNKNOWN: &str = "unknown";
@@ -153,6 +154,8 @@ pub struct RouteState {
     pub backends: Vec<BackendState>,
     /// The backends' weights, in order (what the split reads).
     pub weights: Vec<u32>,
+    /// The backends' identities, in order: the split hashes these, not positions.
+    pub split_ids: Vec<u64>,
     /// The shadow version, its alias resolved.
     pub shadow_version: Option<String>,
     /// The client span's `server.*` attributes for the route's upstream.
@@ -299,6 +302,12 @@ impl Snapshot {
             let name: Arc<str> = route.name.as_str().into();
             routes.push(RouteState {
                 weights: route.backends.iter().map(|b| b.weight).collect(),
+                split_ids: (route.backends.iter())
+                    .map(|b| match &b.version {
+                        Serves::Version(v) => split::backend_id(v),
+                        Serves::Alias(a) => split::backend_id(&format!("@{a}")),
+                    })
+                    .collect(),
                 backends,
                 shadow_version,
                 route: route.clone(),
