@@ -1,6 +1,11 @@
 //! A running sidecar: loads the first snapshot, binds both listeners, starts the reload watcher,
 //! and shuts down in order (readiness off → proxy drains → admin stops). Used by `run`, `demo`
 //! and the in-process integration tests alike.
+//!
+//! Two planes, two runtimes: the proxy serves on the runtime `start` is called on; the control
+//! plane (reloader and MLflow poller, canary controller and automatic rollback, the admin API
+//! with `explain`) runs on a thread and runtime of its own, so reading, parsing and building a
+//! large registry or answering an `explain` never holds up a proxied request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +15,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::{Admin, AdminState};
 use crate::canary::audit::AuditLog;
@@ -60,6 +65,9 @@ pub enum StartError {
     /// The inspection worker could not start.
     #[error("cannot start the inspection worker: {0}")]
     Inspector(std::io::Error),
+    /// The control plane's thread could not start.
+    #[error("cannot start the control plane: {0}")]
+    Control(std::io::Error),
 }
 
 /// A started sidecar.
@@ -79,7 +87,8 @@ pub struct Sidecar {
     admin_shutdown: watch::Sender<bool>,
     hup: watch::Sender<u64>,
     proxy_task: JoinHandle<()>,
-    admin_task: oneshot::Receiver<()>,
+    admin_task: JoinHandle<()>,
+    control: ControlPlane,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -91,8 +100,12 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 impl Sidecar {
     /// Load config and registry, bind, and start serving.
     pub async fn start(source: Source) -> Result<Self, StartError> {
+        let control = ControlPlane::start().map_err(StartError::Control)?;
         let (metrics, registry) = Metrics::new();
-        let reloader = Reloader::start(source, metrics.clone()).await?;
+        let reloader = control
+            .run(Reloader::start(source, metrics.clone()))
+            .await
+            .map_err(StartError::Control)??;
         let snapshots = reloader.current();
         let config = snapshots.load().config.clone();
         let access_log = AccessLog::start(
@@ -196,7 +209,18 @@ impl Sidecar {
         let admin = Admin::new(admin_state.clone());
         let admin_limits = snapshots.clone();
         let admin_metrics = telemetry.metrics.listener("admin");
-        let admin_task = admin_thread(admin_listener, move |listener| {
+        // The listener moves to the control runtime's reactor.
+        let admin_listener = admin_listener
+            .into_std()
+            .map_err(|source| StartError::Bind {
+                addr: admin_addr,
+                source,
+            })?;
+        let admin_task = control.spawn(async move {
+            let listener = match TcpListener::from_std(admin_listener) {
+                Ok(l) => l,
+                Err(e) => return warn!(error = %e, "The admin listener could not start."),
+            };
             serve(
                 listener,
                 move |_| admin.clone(),
@@ -210,14 +234,10 @@ impl Sidecar {
                     metrics: admin_metrics,
                 },
             )
-        })
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: admin_addr,
-            source,
-        })?;
-        tokio::spawn(canary.clone().watch(shutdown_rx.clone()));
-        tokio::spawn(reloader.clone().watch(hup_rx, shutdown_rx));
+            .await
+        });
+        control.spawn(canary.clone().watch(shutdown_rx.clone()));
+        control.spawn(reloader.clone().watch(hup_rx, shutdown_rx));
         info!(%proxy_addr, %admin_addr, "modelstamp started.");
         Ok(Self {
             proxy_addr,
@@ -231,6 +251,7 @@ impl Sidecar {
             hup,
             proxy_task,
             admin_task,
+            control,
         })
     }
 
@@ -250,6 +271,7 @@ impl Sidecar {
         let _ = self.proxy_task.await;
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin_task.await;
+        self.control.stop().await;
         let telemetry = self.telemetry.clone();
         let _ = tokio::task::spawn_blocking(move || {
             telemetry.access_log.flush(Duration::from_secs(5));
@@ -259,51 +281,75 @@ impl Sidecar {
     }
 }
 
-/// Serve the admin listener on a thread and runtime of its own, as linkerd2-proxy runs its
-/// admin server: rendering `/metrics` for a large registry (tens of milliseconds at 1,000
-/// versions) or answering `explain` never holds up a proxy thread, which matters most when the
-/// proxy runs on one. Returns once the admin runtime has taken the listener (or failed to);
-/// the receiver completes when the admin server has stopped.
-async fn admin_thread<F, Fut>(
-    listener: TcpListener,
-    serve: F,
-) -> std::io::Result<oneshot::Receiver<()>>
-where
-    F: FnOnce(TcpListener) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    // The listener moves to the admin runtime's reactor. The runtime is built on its thread:
-    // one dropped here, in an async context, would panic.
-    let listener = listener.into_std()?;
-    let (ready, started) = oneshot::channel();
-    let (done, stopped) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("modelstamp-admin".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            let taken = runtime.and_then(|rt| {
-                let listener = rt.block_on(async { TcpListener::from_std(listener) })?;
-                Ok((rt, listener))
-            });
-            let (runtime, listener) = match taken {
-                Ok(taken) => {
-                    let _ = ready.send(Ok(()));
-                    taken
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(e));
-                    return;
-                }
-            };
-            runtime.block_on(serve(listener));
-            // Tasks the admin server spawned end with its runtime, here.
-            drop(runtime);
-            let _ = done.send(());
-        })?;
-    started
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::other("the admin thread ended at start")))?;
-    Ok(stopped)
+/// The control plane's thread and single-threaded runtime, as linkerd2-proxy runs its admin
+/// server apart from the data plane. Tasks are spawned onto it through its handle; it stops
+/// (dropping whatever still runs there) on `stop` or when dropped.
+struct ControlPlane {
+    handle: tokio::runtime::Handle,
+    stop: Option<oneshot::Sender<()>>,
+    stopped: Option<oneshot::Receiver<()>>,
+}
+
+impl ControlPlane {
+    fn start() -> std::io::Result<Self> {
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (done, stopped) = oneshot::channel();
+        let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("modelstamp-control".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                // Runs every spawned task until told to stop (or the sidecar is dropped).
+                let _ = runtime.block_on(stop_rx);
+                // Tasks still running end with the runtime, here, on its own thread.
+                drop(runtime);
+                let _ = done.send(());
+            })?;
+        let handle = handle_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the control thread ended at start"))??;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+            stopped: Some(stopped),
+        })
+    }
+
+    /// Run `task` on the control plane.
+    fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(task)
+    }
+
+    /// Run `task` on the control plane and wait for its result.
+    async fn run<F>(&self, task: F) -> std::io::Result<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn(task).await.map_err(std::io::Error::other)
+    }
+
+    /// Stop the runtime and wait until its thread has dropped it.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.await;
+        }
+    }
 }

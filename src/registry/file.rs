@@ -34,12 +34,23 @@ impl Registry for FileRegistry {
     fn fetch(
         &self,
     ) -> Pin<Box<dyn Future<Output = Result<RegistryData, ConfigErrors>> + Send + '_>> {
+        let path = self.path.clone();
+        // Reading and parsing a large registry takes long: never on an async worker thread.
         Box::pin(async move {
-            let origin = self.path.display().to_string();
-            let text = std::fs::read_to_string(&self.path).map_err(|e| {
-                ConfigErrors(vec![ConfigError::new(&origin, format!("cannot read: {e}"))])
-            })?;
-            parse_registry(&text, &origin)
+            let origin = path.display().to_string();
+            tokio::task::spawn_blocking(move || {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigErrors(vec![ConfigError::new(&origin, format!("cannot read: {e}"))])
+                })?;
+                parse_registry(&text, &origin)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ConfigErrors(vec![ConfigError::new(
+                    "registry",
+                    format!("the parser stopped: {e}"),
+                )]))
+            })
         })
     }
 }

@@ -57,13 +57,21 @@ impl Source {
         }
     }
 
+    /// Read and validate the config on a blocking thread: parsing a large file must not hold
+    /// up the runtime that asks.
+    pub async fn config(&self) -> Result<Config, ConfigErrors> {
+        let source = self.clone();
+        blocking(move || source.load_config()).await
+    }
+
     /// Read and validate config and a file registry (the form `check` uses); an MLflow
     /// registry is fetched once.
     pub async fn load(&self) -> Result<(Config, RegistryData), ConfigErrors> {
-        let config = self.load_config()?;
+        let config = self.config().await?;
         let registry = match (&config.registry, self) {
             (_, Source::Embedded { registry_yaml, .. }) => {
-                parse_registry(registry_yaml, "embedded registry")?
+                let yaml = registry_yaml.clone();
+                blocking(move || parse_registry(&yaml, "embedded registry")).await?
             }
             (RegistrySource::File(p), _) => FileRegistry::new(p.clone()).fetch().await?,
             (RegistrySource::Mlflow(m), _) => MlflowRegistry::new(m.clone())?.fetch().await?,
@@ -71,17 +79,97 @@ impl Source {
         Ok((config, registry))
     }
 
-    /// A hash of every file the source reads, to notice changes cheaply.
-    fn fingerprint(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        if let Source::File(path) = self {
-            hash_file(&mut h, path);
-            if let Ok(RegistrySource::File(p)) = self.load_config().map(|c| c.registry) {
-                hash_file(&mut h, &p);
-            }
+    /// The files a reload reads for `config`: the config file and a file registry.
+    fn watched_paths(&self, config: &Config) -> Vec<PathBuf> {
+        let Source::File(path) = self else {
+            return Vec::new();
+        };
+        let mut paths = vec![path.clone()];
+        if let RegistrySource::File(p) = &config.registry {
+            paths.push(p.clone());
         }
-        h.finish()
+        paths
     }
+}
+
+/// Run parsing, validation or a snapshot build on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ConfigErrors> + Send + 'static,
+) -> Result<T, ConfigErrors> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(ConfigErrors(vec![ConfigError::new(
+            "reload",
+            format!("the loader stopped: {e}"),
+        )]))
+    })
+}
+
+/// One watched file's metadata: what the poll compares on every tick without reading the file.
+/// `metadata` follows symlinks, so a Kubernetes ConfigMap update (an atomic swap of the
+/// `..data` link) shows as a new inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    ctime: (i64, i64),
+    inode: (u64, u64),
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        len: m.len(),
+        modified: m.modified().ok(),
+        ctime: (m.ctime(), m.ctime_nsec()),
+        inode: (m.dev(), m.ino()),
+    })
+}
+
+/// The watched files: their metadata, checked every poll, and a hash of their content,
+/// computed only when the metadata moved (a `touch` or a rewrite with the same bytes reloads
+/// nothing).
+#[derive(Debug, Default, Clone)]
+struct Watched {
+    paths: Vec<PathBuf>,
+    stamps: Vec<Option<FileStamp>>,
+    content: u64,
+}
+
+impl Watched {
+    /// Stamp and hash `paths` now (reads every file: call on a blocking thread).
+    fn read(paths: Vec<PathBuf>) -> Self {
+        let stamps = paths.iter().map(|p| stamp(p)).collect();
+        let mut h = DefaultHasher::new();
+        for p in &paths {
+            hash_file(&mut h, p);
+        }
+        Self {
+            paths,
+            stamps,
+            content: h.finish(),
+        }
+    }
+
+    /// Whether any file's metadata differs from when it was stamped.
+    fn moved(&self) -> bool {
+        self.paths
+            .iter()
+            .zip(&self.stamps)
+            .any(|(p, s)| stamp(p) != *s)
+    }
+}
+
+/// Build a snapshot on a blocking thread: a large registry takes long to build.
+async fn build_snapshot(
+    generation: u64,
+    config: Config,
+    registry: RegistryData,
+    events: &BTreeMap<DatasetKey, (i64, String, String)>,
+    metrics: &Metrics,
+) -> Result<Snapshot, ConfigErrors> {
+    let (events, metrics) = (events.clone(), metrics.clone());
+    blocking(move || Snapshot::build(generation, config, registry, &events, &metrics)).await
 }
 
 fn base_dir(path: &Path) -> &Path {
@@ -222,7 +310,7 @@ pub struct Reloader {
     current: Arc<ArcSwap<Snapshot>>,
     metrics: Metrics,
     generation: AtomicU64,
-    fingerprint: AtomicU64,
+    watched: std::sync::Mutex<Watched>,
     state: Mutex<State>,
     refresh_now: Notify,
     audit: std::sync::OnceLock<Arc<crate::canary::audit::AuditLog>>,
@@ -246,8 +334,9 @@ impl Reloader {
     /// Load the first snapshot. A file registry must be valid; an unreachable MLflow starts
     /// with lineage `unknown` and keeps retrying, unless `fail_fast` is set.
     pub async fn start(source: Source, metrics: Metrics) -> Result<Arc<Self>, ConfigErrors> {
-        let fingerprint = source.fingerprint();
-        let config = source.load_config()?;
+        let config = source.config().await?;
+        let paths = source.watched_paths(&config);
+        let watched = blocking(move || Ok(Watched::read(paths))).await?;
         metrics.set_window(config.inspect.window);
         let mut state = State {
             file_weights: weights_of(&config),
@@ -284,14 +373,14 @@ impl Reloader {
                 data
             }
         };
-        let snapshot = Snapshot::build(1, config, registry, &state.events, &metrics)?;
+        let snapshot = build_snapshot(1, config, registry, &state.events, &metrics).await?;
         publish(&metrics, &snapshot, None);
         Ok(Arc::new(Self {
             source,
             current: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics,
             generation: AtomicU64::new(1),
-            fingerprint: AtomicU64::new(fingerprint),
+            watched: std::sync::Mutex::new(watched),
             state: Mutex::new(state),
             refresh_now: Notify::new(),
             audit: std::sync::OnceLock::new(),
@@ -375,13 +464,14 @@ impl Reloader {
         overrides.insert(route.clone(), new);
         apply_overrides(&mut config, &overrides);
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let snapshot = Snapshot::build(
+        let snapshot = build_snapshot(
             generation,
             config,
             (*old.registry).clone(),
             &state.events,
             &self.metrics,
-        )?;
+        )
+        .await?;
         state.overrides = overrides;
         self.swap(snapshot);
         let after = route_weights(&self.current.load_full(), index);
@@ -397,6 +487,33 @@ impl Reloader {
     /// The shared handle requests load their snapshot from.
     pub fn current(&self) -> Arc<ArcSwap<Snapshot>> {
         self.current.clone()
+    }
+
+    fn watched(&self) -> Watched {
+        self.watched.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    fn remember(&self, watched: Watched) {
+        if let Ok(mut w) = self.watched.lock() {
+            *w = watched;
+        }
+    }
+
+    /// Whether a watched file changed: metadata on every poll, content only when that moved.
+    async fn files_changed(&self) -> bool {
+        let known = self.watched();
+        if !known.moved() {
+            return false;
+        }
+        let paths = known.paths.clone();
+        let Ok(now) = blocking(move || Ok(Watched::read(paths))).await else {
+            return false;
+        };
+        let changed = now.content != known.content;
+        if !changed {
+            self.remember(now);
+        }
+        changed
     }
 
     fn swap(&self, snapshot: Snapshot) -> u64 {
@@ -418,12 +535,25 @@ impl Reloader {
     /// old one keeps serving.
     pub async fn reload(&self) -> Result<u64, ConfigErrors> {
         let mut state = self.state.lock().await;
-        self.fingerprint
-            .store(self.source.fingerprint(), Ordering::Relaxed);
+        // Stamped before reading, so a write during the read is seen by the next poll.
+        let paths = self.source.watched_paths(&self.current.load().config);
+        self.remember(
+            blocking(move || Ok(Watched::read(paths)))
+                .await
+                .unwrap_or_default(),
+        );
         let result = self.prepare(&mut state).await;
         self.metrics.reload(result.is_ok());
         match result {
             Ok((snapshot, file_weights)) => {
+                let paths = self.source.watched_paths(&snapshot.config);
+                if paths != self.watched().paths {
+                    self.remember(
+                        blocking(move || Ok(Watched::read(paths)))
+                            .await
+                            .unwrap_or_default(),
+                    );
+                }
                 let old = self.current.load_full();
                 state.file_weights = file_weights;
                 state.overrides = std::mem::take(&mut state.overrides)
@@ -493,7 +623,7 @@ impl Reloader {
         &self,
         state: &mut State,
     ) -> Result<(Snapshot, BTreeMap<String, Vec<u32>>), ConfigErrors> {
-        let mut config = self.source.load_config()?;
+        let mut config = self.source.config().await?;
         // An edit of a route's weights in the file wins over weights set through the API.
         let file_weights = weights_of(&config);
         let overrides: BTreeMap<String, Vec<u32>> = state
@@ -535,7 +665,8 @@ impl Reloader {
             }
         };
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let snapshot = Snapshot::build(generation, config, registry, &state.events, &self.metrics)?;
+        let snapshot =
+            build_snapshot(generation, config, registry, &state.events, &self.metrics).await?;
         Ok((snapshot, file_weights))
     }
 
@@ -568,13 +699,15 @@ impl Reloader {
                     return;
                 }
                 let generation = self.generation.load(Ordering::Relaxed) + 1;
-                match Snapshot::build(
+                match build_snapshot(
                     generation,
                     (*old.config).clone(),
                     data,
                     &state.events,
                     &self.metrics,
-                ) {
+                )
+                .await
+                {
                     Ok(s) => {
                         let g = self.swap(s);
                         info!(
@@ -620,13 +753,15 @@ impl Reloader {
         );
         let old = self.current.load_full();
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        match Snapshot::build(
+        match build_snapshot(
             generation,
             (*old.config).clone(),
             (*old.registry).clone(),
             &state.events,
             &self.metrics,
-        ) {
+        )
+        .await
+        {
             Ok(s) => {
                 let flagged = s
                     .stale_versions()
@@ -683,7 +818,7 @@ impl Reloader {
                 self.refresh().await;
                 next_refresh = Instant::now() + interval;
             }
-            if files && self.source.fingerprint() != self.fingerprint.load(Ordering::Relaxed) {
+            if files && self.files_changed().await {
                 info!("Config or registry file changed.");
                 let _ = self.reload().await;
             }
@@ -901,4 +1036,36 @@ fn restart_required(old: &Config, new: &Config) -> Vec<ConfigError> {
     );
     check(old.inspect.window != new.inspect.window, "inspect.window");
     errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_poll_reads_metadata_and_hashes_content_only_when_it_moved() {
+        let dir = std::env::temp_dir().join(format!("modelstamp-watch-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("registry.yaml");
+        let _ = std::fs::write(&file, "models: {}\n");
+        let known = Watched::read(vec![file.clone(), dir.join("missing.yaml")]);
+        assert!(!known.moved(), "nothing changed");
+
+        // The same bytes written again: the metadata moves, the content does not.
+        let _ = std::fs::remove_file(&file);
+        let _ = std::fs::write(&file, "models: {}\n");
+        assert!(known.moved());
+        let again = Watched::read(known.paths.clone());
+        assert_eq!(again.content, known.content);
+
+        // New bytes: both move.
+        let _ = std::fs::write(&file, "models: {a: {}}\n");
+        assert!(again.moved());
+        assert_ne!(Watched::read(known.paths.clone()).content, known.content);
+
+        // A file that appears where none was.
+        let _ = std::fs::write(dir.join("missing.yaml"), "x");
+        assert!(again.moved());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
