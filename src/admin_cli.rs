@@ -163,9 +163,9 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&comparison)?);
+        outln!("{}", serde_json::to_string_pretty(&comparison)?);
     } else {
-        print!("{}", render(&comparison));
+        out!("{}", render(&comparison));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -182,7 +182,7 @@ pub async fn change(args: ChangeArgs, action: &str) -> anyhow::Result<ExitCode> 
     let path = format!("/canary/{}/{action}", args.model);
     match client.post_json(&path, &body, args.token.as_deref()).await {
         Ok(entry) => {
-            println!(
+            outln!(
                 "{action}: route {} weights {} -> {} (audit #{} {})",
                 entry["route"].as_str().unwrap_or("-"),
                 entry["before"],
@@ -215,7 +215,7 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                             file.display()
                         ));
                     }
-                    println!(
+                    outln!(
                         "{}: {} entries, chain intact, head {last}",
                         file.display(),
                         entries.len()
@@ -229,13 +229,13 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             let client = AdminClient::new(&admin.url().await)?;
             match client.get_json("/audit").await {
                 Ok(v) => {
-                    println!(
+                    outln!(
                         "chain: {} {}",
                         v["chain"]["status"].as_str().unwrap_or("-"),
                         v["chain"]["detail"].as_str().unwrap_or("")
                     );
                     for e in v["entries"].as_array().into_iter().flatten() {
-                        println!(
+                        outln!(
                             "#{:<4} {} {:<14} {:<10} route {} {} -> {} by {}: {}",
                             e["seq"],
                             e["time"].as_str().unwrap_or("-"),
@@ -264,7 +264,7 @@ pub struct ExplainArgs {
     /// Window ending now (default 1h).
     #[arg(long, conflicts_with = "from")]
     since: Option<String>,
-    /// Window start (RFC 3339 UTC or ms since the epoch).
+    /// Window start (RFC 3339 with `Z` or an offset, or ms since the epoch).
     #[arg(long)]
     from: Option<String>,
     /// Window end (default: now).
@@ -284,17 +284,15 @@ pub struct ExplainArgs {
 pub async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     use modelstamp::explain::rules::{Explanation, explain};
     let client = AdminClient::new(&args.admin.url().await)?;
-    let mut q = Vec::new();
-    for (k, v) in [
-        ("since", &args.since),
-        ("from", &args.from),
-        ("to", &args.to),
-    ] {
-        if let Some(v) = v {
-            q.push(format!("{k}={v}"));
-        }
-    }
-    let query = q.join("&");
+    let query = modelstamp::codec::percent::query(
+        [
+            ("since", &args.since),
+            ("from", &args.from),
+            ("to", &args.to),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_deref()?))),
+    );
     let local = client
         .get_json(&format!("/explain/{}?{query}", args.model))
         .await;
@@ -345,9 +343,9 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&explanation)?);
+        outln!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {
-        print!("{}", modelstamp::explain::render::render(&explanation));
+        out!("{}", modelstamp::explain::render::render(&explanation));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod canary;
+pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod explain;

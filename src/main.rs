@@ -3,6 +3,24 @@
 //! `audit verify`.
 
 use std::path::PathBuf;
+
+/// `print!` that returns the write error instead of panicking: a closed pipe
+/// (`modelstamp compare | head -1`) ends the command quietly, as `ls | head` does.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `println!` that returns the write error; see [`out`].
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -135,6 +153,14 @@ struct DemoArgs {
     access_log: Option<PathBuf>,
 }
 
+/// Whether `e` is stdout's reader having gone away.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -173,6 +199,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        Err(e) if closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -287,7 +314,7 @@ async fn check(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     match result {
         Ok((registry, routes, models, versions)) => {
-            println!(
+            outln!(
                 "{}: ok ({routes} routes; registry {registry}: {models} models, {versions} versions)",
                 args.config.display()
             );
@@ -329,8 +356,8 @@ async fn demo_model(args: DemoModelArgs) -> anyhow::Result<ExitCode> {
 async fn lineage(args: LineageArgs) -> anyhow::Result<ExitCode> {
     let client = AdminClient::new(&args.admin.url().await)?;
     match client.lineage(&args.id).await {
-        Ok(answer) if args.json => println!("{}", serde_json::to_string_pretty(&answer)?),
-        Ok(answer) => print!("{}", render_lineage(&answer)),
+        Ok(answer) if args.json => outln!("{}", serde_json::to_string_pretty(&answer)?),
+        Ok(answer) => out!("{}", render_lineage(&answer)),
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::FAILURE);
@@ -378,16 +405,16 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .telemetry
         .access_log
         .flush(Duration::from_secs(5));
-    println!(
+    outln!(
         "\nmodelstamp demo: {} requests through the sidecar, grouped by the version stamped on each response\n",
         opts.requests
     );
-    println!("{}", demo::render_table(&rows));
-    println!("{}", demo::render_inspection(&running));
-    println!("{}", demo::render_canary(&running));
-    println!("{}", demo::render_urls(&running, &rows, &access_log));
+    outln!("{}", demo::render_table(&rows));
+    outln!("{}", demo::render_inspection(&running));
+    outln!("{}", demo::render_canary(&running));
+    outln!("{}", demo::render_urls(&running, &rows, &access_log));
     if args.keep_running {
-        println!("Running until Ctrl-C.");
+        outln!("Running until Ctrl-C.");
         let _ = tokio::signal::ctrl_c().await;
     }
     running.stop().await;

@@ -52,6 +52,22 @@ fn check_accepts_the_shipped_demo_config() {
 }
 
 #[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    // The reader is gone before the command writes: `modelstamp check … | head -0`.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["check", "--config", "config/demo.toml"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn check_prints_every_error_with_its_path_and_exits_1() {
     let dir = temp_dir("check");
     std::fs::write(dir.join("registry.yaml"), REGISTRY).unwrap();

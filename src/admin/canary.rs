@@ -12,9 +12,10 @@ use http_body_util::Full;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Admin, bearer_ok, error, json_response, query_param};
+use super::{Admin, bearer_ok, error, json_response};
 use crate::canary::audit::Chain;
 use crate::canary::control::{CanaryError, Who};
+use crate::codec::percent::query_param;
 use crate::routing::WeightsError;
 
 /// The body of a traffic change.
@@ -31,7 +32,7 @@ struct Change {
     ticket: Option<String>,
 }
 
-fn query<'a>(q: Option<&'a str>, key: &str) -> Option<&'a str> {
+fn query(q: Option<&str>, key: &str) -> Option<String> {
     query_param(q, key).filter(|v| !v.is_empty())
 }
 
@@ -49,10 +50,11 @@ fn status_of(e: &CanaryError) -> StatusCode {
 impl Admin {
     /// `GET /canary/{model}?baseline=V&candidate=V`.
     pub(super) fn canary(&self, model: &str, q: Option<&str>) -> Response<Full<Bytes>> {
-        let c = self
-            .state
-            .canary
-            .compare(model, query(q, "baseline"), query(q, "candidate"));
+        let c = self.state.canary.compare(
+            model,
+            query(q, "baseline").as_deref(),
+            query(q, "candidate").as_deref(),
+        );
         match c {
             Ok(c) => json_response(StatusCode::OK, &json!(c)),
             Err(e) => error(status_of(&e), &e.to_string()),

@@ -6,51 +6,26 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
-use super::{Admin, error, json_response, query_param};
+use super::{Admin, error, json_response};
+use crate::codec::percent::query_param;
 use crate::explain::journal::now_ms;
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Milliseconds since the epoch of `2026-11-26T10:42:00Z` (fraction optional), or of a number.
-pub fn parse_time(s: &str) -> Option<i64> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
-    }
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>().ok());
-    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let ms: i64 = format!("{frac:0<3}").get(..3)?.parse().ok()?;
-    Some(((days_from_civil(y, mo, da) * 24 + h) * 60 + mi) * 60_000 + se * 1000 + ms)
-}
+/// Milliseconds since the epoch of an RFC 3339 time or of a number.
+pub use crate::codec::time::parse_ms as parse_time;
 
 /// The window a query asks for: `(from_ms, to_ms)`.
 pub fn window(q: Option<&str>) -> Result<(i64, i64), String> {
     let get = |key: &str| query_param(q, key);
     let now = now_ms();
     let to = match get("to") {
-        Some(t) => parse_time(t).ok_or_else(|| format!("invalid `to` {t:?}"))?,
+        Some(t) => parse_time(&t).ok_or_else(|| format!("invalid `to` {t:?}"))?,
         None => now,
     };
     let from = match (get("from"), get("since")) {
-        (Some(f), _) => parse_time(f).ok_or_else(|| format!("invalid `from` {f:?}"))?,
+        (Some(f), _) => parse_time(&f).ok_or_else(|| format!("invalid `from` {f:?}"))?,
         (None, Some(s)) => {
             let d =
-                crate::config::parse_duration(s).map_err(|e| format!("invalid `since`: {e}"))?;
+                crate::config::parse_duration(&s).map_err(|e| format!("invalid `since`: {e}"))?;
             to - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
         }
         (None, None) => to - 3_600_000,

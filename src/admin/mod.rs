@@ -336,15 +336,6 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-/// The raw value of `key` in a query string (the first one), if present.
-fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
-}
-
 fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(v).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -10,11 +10,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
+use super::Admin;
 use super::ui_graph::lineage_graph;
-use super::{Admin, query_param};
 use crate::canary::audit::Chain;
 use crate::canary::diff::lineage_diff;
 use crate::canary::verdict::Verdict;
+use crate::codec::percent::query_param;
 use crate::routing::{Reloader, Served, Snapshot, route_weights};
 
 /// Escape text for HTML element content and attribute values.
@@ -33,33 +34,11 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-use crate::canary::prometheus::percent as seg;
+use crate::codec::percent::component as seg;
 
-/// Decode a query value (`+` and `%XX`).
-fn unquery(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// A path segment, percent-decoded.
+fn unescape(s: &str) -> String {
+    String::from_utf8_lossy(&crate::codec::percent::decode(s)).into_owned()
 }
 
 const CSS: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}\
@@ -145,9 +124,9 @@ impl Admin {
             "/lookup" => self.ui_lookup(query),
             _ => {
                 if let Some(id) = rest.strip_prefix("/lineage/") {
-                    self.ui_lineage(&unquery(id))
+                    self.ui_lineage(&unescape(id))
                 } else if let Some(model) = rest.strip_prefix("/canary/") {
-                    self.ui_canary(&unquery(model))
+                    self.ui_canary(&unescape(model))
                 } else {
                     html(StatusCode::NOT_FOUND, "not found", "<h1>No such page</h1>")
                 }
@@ -265,7 +244,7 @@ impl Admin {
 
     fn ui_lookup(&self, query: Option<&str>) -> Response<Full<Bytes>> {
         let q = query_param(query, "q")
-            .map(|v| unquery(v).trim().to_string())
+            .map(|v| v.trim().to_string())
             .unwrap_or_default();
         if q.starts_with("ln_") {
             return redirect(&format!("/ui/lineage/{}", seg(&q)));
@@ -590,7 +569,7 @@ mod tests {
             esc("<script>alert('x')</script>&\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
         );
-        assert_eq!(unquery("ln_ab%20cd+e%zz"), "ln_ab cd e%zz");
+        assert_eq!(unescape("ln_ab%20cd+e%zz"), "ln_ab cd+e%zz");
         assert_eq!(seg("a/b c"), "a%2Fb%20c");
     }
 }

@@ -29,19 +29,6 @@ pub struct Prometheus {
     client: reqwest::Client,
 }
 
-/// Percent-encode a query parameter or path segment (everything but unreserved characters).
-pub fn percent(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 2);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Escape a PromQL label value.
 pub fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
@@ -80,9 +67,13 @@ impl Prometheus {
                 Some(t) => format!(
                     "{}/api/v1/query?query={}&time={t}",
                     self.base,
-                    percent(promql)
+                    crate::codec::percent::component(promql)
                 ),
-                None => format!("{}/api/v1/query?query={}", self.base, percent(promql)),
+                None => format!(
+                    "{}/api/v1/query?query={}",
+                    self.base,
+                    crate::codec::percent::component(promql)
+                ),
             })
             .send()
             .await

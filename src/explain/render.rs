@@ -68,7 +68,7 @@ pub fn render(e: &Explanation) -> String {
         let _ = writeln!(out, "  (no changes recorded in the window)");
     }
     for ev in &e.timeline {
-        let at = crate::observe::access_log::rfc3339_ms(ev.at_ms);
+        let at = crate::codec::time::rfc3339_ms(ev.at_ms);
         let kind = serde_json::to_value(ev.kind)
             .ok()
             .and_then(|k| k.as_str().map(str::to_string))

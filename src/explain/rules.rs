@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use super::journal::{Event, Kind};
 use crate::canary::diff::{Change, lineage_diff};
 use crate::canary::stats::error_rate_p_value;
+use crate::codec::time::rfc3339_ms;
 use crate::config::{Inspect, Thresholds};
-use crate::observe::access_log::rfc3339_ms;
 use crate::registry::LineageRecord;
 
 /// The smallest p99 increase (seconds) reported as a latency regression.

@@ -5,7 +5,9 @@
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use crate::codec::time::rfc3339_bytes;
 
 use std::net::SocketAddr;
 
@@ -298,55 +300,6 @@ fn json_f64(out: &mut Vec<u8>, v: f64) {
     }
 }
 
-/// Format milliseconds since the epoch as RFC 3339 UTC (negative times as the epoch).
-pub fn rfc3339_ms(ms: i64) -> String {
-    rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
-}
-
-/// Format a time as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    String::from_utf8_lossy(&rfc3339_bytes(t)).into_owned()
-}
-
-/// [`rfc3339`] into a fixed buffer (`YYYY-MM-DDTHH:MM:SS.mmmZ`), without `fmt`; years past
-/// 9999 are written as 9999.
-fn rfc3339_bytes(t: SystemTime) -> [u8; 24] {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(i64::try_from(days).unwrap_or(0));
-    let mut out = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, v: u64| {
-        let mut v = v;
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, 4, u64::try_from(y).unwrap_or(0).min(9999));
-    put(5, 2, u64::from(m));
-    put(8, 2, u64::from(day));
-    put(11, 2, rem / 3600);
-    put(14, 2, rem % 3600 / 60);
-    put(17, 2, rem % 60);
-    put(20, 3, u64::from(d.subsec_millis()));
-    out
-}
-
-/// Days since 1970-01-01 → (year, month, day), after Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 enum Msg {
     Line(Box<AccessLine>),
     Flush(SyncSender<()>),
@@ -512,7 +465,7 @@ fn write_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn line() -> AccessLine {
         AccessLine {
@@ -657,14 +610,5 @@ mod tests {
         [65_535, 99_999, 100_000, 1 << 32, u64::MAX / 10, u64::MAX]
             .into_iter()
             .for_each(check);
-    }
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_795_673_127_853);
-        assert_eq!(rfc3339(t), "2026-11-26T06:05:27.853Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
     }
 }

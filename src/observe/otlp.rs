@@ -401,36 +401,11 @@ pub fn env_headers(generic: Option<&str>, traces: Option<&str>) -> HeaderMap {
             };
             let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(k.trim().as_bytes()),
-                HeaderValue::from_bytes(&percent_decode(v.trim())),
+                HeaderValue::from_bytes(&crate::codec::percent::decode(v.trim())),
             ) else {
                 continue;
             };
             out.insert(name, value);
-        }
-    }
-    out
-}
-
-/// `%XX` escapes decoded; anything else kept as it is.
-pub fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| char::from(c).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
         }
     }
     out

@@ -24,8 +24,9 @@ use tracing::{info, warn};
 
 use super::metrics::{Metrics, SpanDrop};
 pub use super::otlp::Attributes;
-use super::otlp::{Encoder, Transport, env_headers, percent_decode};
+use super::otlp::{Encoder, Transport, env_headers};
 use super::trace::TraceParent;
+use crate::codec::percent::decode as percent_decode;
 use crate::config::{OtlpExport, Sampler, Traces};
 
 /// A finished span, as the exporter writes it.

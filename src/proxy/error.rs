@@ -107,7 +107,7 @@ pub fn error_response(
             HeaderValue::from_static("application/grpc"),
         );
         h.insert("grpc-status", HeaderValue::from_static(grpc_status));
-        if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
+        if let Ok(v) = HeaderValue::from_str(&crate::codec::percent::grpc_message(&message)) {
             h.insert("grpc-message", v);
         }
         r
@@ -135,19 +135,6 @@ pub fn error_response(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
-}
-
-/// gRPC's grpc-message is percent-encoded outside printable ASCII.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -194,6 +181,6 @@ mod tests {
         assert_eq!(r.headers()["grpc-status"], "14");
         let r = error_response(&upstream(UpstreamErrorKind::Timeout), true, &id);
         assert_eq!(r.headers()["grpc-status"], "4");
-        assert_eq!(percent_encode("a%b\n"), "a%25b%0A");
+        assert_eq!(crate::codec::percent::grpc_message("a%b\n"), "a%25b%0A");
     }
 }

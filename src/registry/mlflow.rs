@@ -17,8 +17,8 @@ use super::{
     Code, DatasetKey, Environment, Feature, LineageRecord, ModelRecord, Promotion, Registry,
     RegistryData, TrainingData, VersionRecord,
 };
+use crate::codec::time::rfc3339_ms;
 use crate::config::{ConfigError, ConfigErrors, MlflowSettings};
-use crate::observe::access_log::rfc3339_ms;
 
 /// Reads models from an MLflow tracking server.
 pub struct MlflowRegistry {
@@ -319,7 +319,7 @@ impl MlflowRegistry {
     }
 
     async fn fetch_model(&self, name: &str, data: &mut RegistryData) -> Result<(), MlflowError> {
-        let q = encode(name);
+        let q = crate::codec::percent::component(name);
         let registered: RegisteredModelAnswer = match self
             .get_json(&format!("/api/2.0/mlflow/registered-models/get?name={q}"))
             .await
@@ -340,9 +340,10 @@ impl MlflowRegistry {
         loop {
             let token = page
                 .as_deref()
-                .map(|t| format!("&page_token={}", encode(t)))
+                .map(|t| format!("&page_token={}", crate::codec::percent::component(t)))
                 .unwrap_or_default();
-            let filter = encode(&format!("name='{}'", name.replace('\'', "\\'")));
+            let filter =
+                crate::codec::percent::component(&format!("name='{}'", name.replace('\'', "\\'")));
             let answer: SearchAnswer = self
                 .get_json(&format!(
                     "/api/2.0/mlflow/model-versions/search?filter={filter}&max_results=200{token}"
@@ -364,7 +365,7 @@ impl MlflowRegistry {
                 Some(id) if !id.is_empty() => Some(
                     self.get_json::<RunAnswer>(&format!(
                         "/api/2.0/mlflow/runs/get?run_id={}",
-                        encode(id)
+                        crate::codec::percent::component(id)
                     ))
                     .await?
                     .run,
@@ -441,7 +442,7 @@ impl MlflowRegistry {
         let logged: LoggedModelAnswer = match self
             .get_json(&format!(
                 "/api/2.0/mlflow/logged-models/{}",
-                encode(model_id)
+                crate::codec::percent::component(model_id)
             ))
             .await
         {
@@ -472,19 +473,6 @@ impl MlflowRegistry {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Percent-encode a query or path value.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A dataset `source` is JSON inside a string (`{"uri": "file:///data/churn.parquet"}`).
@@ -761,6 +749,9 @@ mod tests {
             source_uri(Some("s3://bucket/x")).as_deref(),
             Some("s3://bucket/x")
         );
-        assert_eq!(encode("name='a b'"), "name%3D%27a%20b%27");
+        assert_eq!(
+            crate::codec::percent::component("name='a b'"),
+            "name%3D%27a%20b%27"
+        );
     }
 }
