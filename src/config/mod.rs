@@ -189,6 +189,20 @@ pub struct HeaderNames {
     pub stale: HeaderName,
 }
 
+impl HeaderNames {
+    /// Whether `name` is one of these.
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        [
+            &self.model,
+            &self.version,
+            &self.lineage,
+            &self.request_id,
+            &self.stale,
+        ]
+        .contains(&name)
+    }
+}
+
 /// Upstream connection settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {

@@ -147,11 +147,12 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
     let traces = traces(&mut errs, raw, admin_listen);
     let inspect = super::inspect::inspect(&mut errs, &raw.inspect);
     let routes = routes(&mut errs, raw, upstream.response_timeout, &headers);
+    let admin_token = secret(&mut errs, "admin.token", raw.admin.token.as_deref());
     if errs.is_empty() {
         Ok(Config {
             listen,
             admin_listen,
-            admin_token: secret(&mut errs, "admin.token", raw.admin.token.as_deref()),
+            admin_token,
             drain_grace,
             headers,
             upstream,
@@ -716,6 +717,19 @@ mod tests {
                 "routes[1].model: invalid model name \"b c\"".into(),
             ]
         );
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused() {
+        let route = "[[routes]]\nmodel = \"a\"\nupstream = \"127.0.0.1:1\"\n";
+        let errs = check(&format!("[admin]\ntoken = \"short\"\n{route}"))
+            .err()
+            .unwrap_or_default();
+        assert_eq!(
+            errs,
+            ["admin.token: must be at least 16 visible ASCII characters"]
+        );
+        assert!(check(&format!("[admin]\ntoken = \"0123456789abcdef\"\n{route}")).is_ok());
     }
 
     #[test]

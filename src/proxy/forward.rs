@@ -133,7 +133,8 @@ impl Clients {
         } else {
             Version::HTTP_11
         };
-        remove_hop_by_hop(&mut parts.headers);
+        let stamped = |n: &HeaderName| ctx.snapshot.config.headers.contains(n);
+        remove_hop_by_hop(&mut parts.headers, stamped);
         add_forwarded(&mut parts.headers, &ctx.client_ip, route.trusted);
         let upstream_attrs = state.upstream_attrs(authority);
         let span = self.client_span(&ctx.span, &parts, authority, &pq, &upstream_attrs);
@@ -159,7 +160,7 @@ impl Clients {
         let err = match result {
             Ok(Ok((response, lease))) => {
                 let mut response = response.map(|b| UpstreamBody::new(b, lease));
-                remove_hop_by_hop(response.headers_mut());
+                remove_hop_by_hop(response.headers_mut(), stamped);
                 return Ok(Forwarded {
                     response,
                     upstream_latency,

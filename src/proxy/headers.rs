@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 
 use http::HeaderMap;
-use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue, TE, TRANSFER_ENCODING,
+    UPGRADE,
+};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -12,9 +15,24 @@ const TRAILER: HeaderName = HeaderName::from_static("trailer");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Remove hop-by-hop headers. `TE: trailers` survives (gRPC needs it end to end); any other
-/// TE value is dropped.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+/// Headers a `Connection` header can never remove: the target, the framing and what the
+/// sidecar itself stamps or forwards (`Connection: host` or `Connection: x-model-version`
+/// would otherwise strip them after they were set).
+fn end_to_end(n: &HeaderName) -> bool {
+    n == HOST
+        || n == CONTENT_LENGTH
+        || n == CONTENT_TYPE
+        || n == TE
+        || n == X_FORWARDED_FOR
+        || n == X_FORWARDED_PROTO
+        || n == "traceparent"
+        || n == "tracestate"
+}
+
+/// Remove hop-by-hop headers, and those `Connection` names unless they are end to end or
+/// `stamped` (the configured stamp headers). `TE: trailers` survives (gRPC needs it end to
+/// end); any other TE value is dropped.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, stamped: impl Fn(&HeaderName) -> bool) {
     // Most messages carry none: one scan of the names instead of seven removals.
     let hop = |n: &HeaderName| {
         n == CONNECTION
@@ -36,7 +54,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        if name != TE {
+        if !end_to_end(&name) && !stamped(&name) {
             headers.remove(&name);
         }
     }
@@ -102,6 +120,36 @@ mod tests {
     }
 
     #[test]
+    fn connection_cannot_name_the_target_the_framing_or_a_stamp() {
+        let mut h = map(&[
+            (
+                "connection",
+                "Host, X-Model-Version, x-model-name, content-length, traceparent, x-other",
+            ),
+            ("host", "model:8081"),
+            ("x-model-version", "2"),
+            ("x-model-name", "churn"),
+            ("content-length", "3"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("x-other", "1"),
+        ]);
+        remove_hop_by_hop(&mut h, |n| n == "x-model-version" || n == "x-model-name");
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        let want = [
+            "content-length",
+            "host",
+            "traceparent",
+            "x-model-name",
+            "x-model-version",
+        ];
+        assert_eq!(names, want);
+    }
+
+    #[test]
     fn removes_standard_and_connection_named_headers() {
         let mut h = map(&[
             ("connection", "keep-alive, X-Secret"),
@@ -112,12 +160,12 @@ mod tests {
             ("te", "gzip, trailers"),
             ("content-type", "application/json"),
         ]);
-        remove_hop_by_hop(&mut h);
+        remove_hop_by_hop(&mut h, |_| false);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, vec!["content-type", "te"]);
         assert_eq!(h["te"], "trailers");
         let mut h = map(&[("te", "gzip")]);
-        remove_hop_by_hop(&mut h);
+        remove_hop_by_hop(&mut h, |_| false);
         assert!(h.is_empty());
     }
 
