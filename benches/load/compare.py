@@ -40,7 +40,7 @@ BODY = json.dumps({"id": "bench", "inputs": [
     {"name": f, "datatype": "FP64", "shape": [1, 1], "data": [0.25]}
     for f in ("tenure", "monthly_charges", "support_calls", "usage_gb")]})
 PATH = "/v2/models/churn/infer"
-# As deployed (README, "Memory"): mimalloc without eager arena commit keeps RSS near glibc's.
+# As deployed (docs/deployment.md, "Memory"): mimalloc without eager arena commit keeps RSS near glibc's.
 MODELSTAMP_ENV = {"MODELSTAMP_LOG": "warn", "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 # modelstamp targets: the observation features each one turns off.
 MODELSTAMP_TARGETS = {
@@ -324,7 +324,7 @@ def main():
             lua.write_text(f"wrk.method = 'POST'\nwrk.body = [[{BODY}]]\nwrk.headers['Content-Type'] = 'application/json'\n")
             up_port = free_port()
             # The stub runs a worker per core, as every run before modelstamp's default became one
-            # thread: the CPU ratio's denominator stays comparable across the passes in BENCHMARKS.md.
+            # thread: the CPU ratio's denominator stays comparable across the passes in BENCHMARKS.md and docs/perf-history.md.
             upstream = procs.start("upstream", [str(binary), "demo-model", "--fixed", "--listen", f"127.0.0.1:{up_port}"],
                                    env={"MODELSTAMP_WORKERS": "auto"})
             wait_port(up_port)
