@@ -13,19 +13,27 @@
 //!            canary: comparison, verdict, audit log · explain: journal → ranked causes
 //! ```
 //!
-//! Data flows down this list and never back up.
+//! The crates, in data-flow order (each may use only those above it; the build enforces it):
+//!
+//! | crate | holds |
+//! |---|---|
+//! | `modelstamp-codec` | RFC 3339, percent-encoding, W3C trace context, hex |
+//! | `modelstamp-model` | config, registry and lineage records, the split, the journal, verdicts |
+//! | `modelstamp-observe` | metrics, spans and OTLP, access log, recent requests, inspection |
+//! | `modelstamp-proxy` | routing snapshot and resolution, the tower stack, the pool |
+//! | `modelstamp-control` | reload, canary controller and audit, explain, admin API |
+//! | `modelstamp` (here) | the sidecar that wires them, the demo, the CLI |
+//!
+//! This crate re-exports each layer's modules under the names the CLI and the tests use.
 
-pub mod admin;
-pub mod canary;
-pub mod codec;
-pub mod config;
+pub use modelstamp_codec as codec;
+pub use modelstamp_control::{admin, canary, explain, routing};
+pub use modelstamp_model::{config, journal, registry};
+pub use modelstamp_observe as observe;
+pub use modelstamp_observe::inspect;
+pub use modelstamp_proxy as proxy;
+
 pub mod demo;
-pub mod explain;
-pub mod inspect;
-pub mod observe;
-pub mod proxy;
-pub mod registry;
-pub mod routing;
 pub mod sidecar;
 
 pub use sidecar::{Sidecar, StartError};

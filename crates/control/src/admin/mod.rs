@@ -1,0 +1,606 @@
+//! The admin API, served on its own (loopback by default) listener: `/metrics`, `/healthz`,
+//! `/readyz`, `/versions`, `/lineage/{id}`, `/requests/{id}`, `/canary/{model}`, `/audit`, and
+//! the mutating calls `POST /events/dataset-changed`, `POST /webhooks/mlflow` and the traffic
+//! changes (`/routes/{r}/weights`, `/canary/{m}/promote`, `/canary/{m}/rollback`). A plain tower
+//! service, testable without sockets.
+
+mod canary;
+pub mod client;
+pub mod explain;
+mod ui;
+mod ui_graph;
+// The canary endpoints: comparison, audit trail, token-guarded traffic changes.
+mod webhook;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use prometheus_client::registry::Registry as MetricsRegistry;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub use webhook::{WebhookError, bearer_ok, constant_time_eq, verify_mlflow};
+
+use crate::config::RegistrySource;
+use crate::observe::recent::RecentRequests;
+use crate::registry::DatasetKey;
+use crate::routing::{Reloader, Snapshot};
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Largest body a mutating call may send.
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the admin API reads and drives.
+pub struct AdminState {
+    /// Owns the snapshots; mutating calls go through it.
+    pub reloader: Arc<Reloader>,
+    /// Metric registry to encode.
+    pub metrics: MetricsRegistry,
+    /// The trace → lineage index.
+    pub recent: Arc<RecentRequests>,
+    /// Set on SIGTERM: `/readyz` turns 503 so load balancers stop sending.
+    pub draining: AtomicBool,
+    /// Canary comparisons, weight changes and the audit log.
+    pub canary: Arc<crate::canary::control::Controller>,
+    /// Root-cause explanations.
+    pub explainer: Arc<crate::explain::gather::Explainer>,
+}
+
+/// The admin service.
+#[derive(Clone)]
+pub struct Admin {
+    state: Arc<AdminState>,
+}
+
+/// `POST /events/dataset-changed`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatasetChanged {
+    name: String,
+    #[serde(default)]
+    source: Option<String>,
+    digest: String,
+}
+
+impl Admin {
+    /// A service over this state.
+    pub fn new(state: Arc<AdminState>) -> Self {
+        Self { state }
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.reloader.current().load_full()
+    }
+
+    async fn handle<B>(self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_string();
+        match parts.method {
+            Method::GET | Method::HEAD => self.get(&parts, &path),
+            Method::POST
+                if path == "/events/dataset-changed"
+                    || path == "/webhooks/mlflow"
+                    || canary::is_traffic_change(&path) =>
+            {
+                let body = match Limited::new(body, MAX_BODY).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => {
+                        return error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            &format!("cannot read the body: {e}"),
+                        );
+                    }
+                };
+                if path == "/webhooks/mlflow" {
+                    self.mlflow_webhook(&parts.headers, &body)
+                } else if canary::is_traffic_change(&path) {
+                    self.traffic_change(&path, &parts.headers, &body).await
+                } else {
+                    self.dataset_changed(&parts.headers, &body).await
+                }
+            }
+            Method::POST => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+            _ => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET, HEAD and the documented POSTs are allowed here",
+            ),
+        }
+    }
+
+    fn get(&self, parts: &http::request::Parts, path: &str) -> Response<Full<Bytes>> {
+        match path {
+            "/metrics" => self.metrics(parts),
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" if self.state.draining.load(Ordering::Relaxed) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            }
+            "/readyz" => text(StatusCode::OK, "ready\n"),
+            "/versions" => json_response(StatusCode::OK, &versions(&self.snapshot())),
+            "/audit" => self.audit(),
+            _ => {
+                if path == "/ui" || path.starts_with("/ui/") {
+                    self.ui(path, parts.uri.query())
+                } else if let Some(model) = path.strip_prefix("/canary/") {
+                    self.canary(model, parts.uri.query())
+                } else if let Some(model) = path.strip_prefix("/explain/") {
+                    self.explain(model, parts.uri.query())
+                } else if let Some(id) = path.strip_prefix("/lineage/") {
+                    self.lineage(id)
+                } else if let Some(id) = path.strip_prefix("/requests/") {
+                    self.requests(id)
+                } else {
+                    error(StatusCode::NOT_FOUND, "no such admin endpoint")
+                }
+            }
+        }
+    }
+
+    /// Mutating calls need the bearer token when one is configured.
+    fn authorized(&self, headers: &http::HeaderMap) -> bool {
+        self.snapshot()
+            .config
+            .admin_token
+            .as_ref()
+            .is_none_or(|t| bearer_ok(headers, &t.0))
+    }
+
+    async fn dataset_changed(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Response<Full<Bytes>> {
+        if !self.authorized(headers) {
+            return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        }
+        let event: DatasetChanged = match serde_json::from_slice(body) {
+            Ok(e) => e,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("expected {{\"name\", \"source\", \"digest\"}}: {e}"),
+                );
+            }
+        };
+        if event.name.is_empty() || event.digest.is_empty() {
+            return error(StatusCode::BAD_REQUEST, "name and digest must not be empty");
+        }
+        let key = DatasetKey {
+            name: event.name,
+            source: event.source,
+        };
+        let flagged = self.state.reloader.dataset_changed(key, event.digest).await;
+        let flagged: Vec<Value> = flagged
+            .into_iter()
+            .map(|(m, v)| json!({ "model": m, "version": v }))
+            .collect();
+        json_response(StatusCode::OK, &json!({ "stale": flagged }))
+    }
+
+    /// An MLflow webhook (alias moved, version created): refresh now rather than at the next poll.
+    fn mlflow_webhook(&self, headers: &http::HeaderMap, body: &[u8]) -> Response<Full<Bytes>> {
+        let snap = self.snapshot();
+        let RegistrySource::Mlflow(settings) = &snap.config.registry else {
+            return error(StatusCode::NOT_FOUND, "the registry backend is not mlflow");
+        };
+        match &settings.webhook_secret {
+            Some(secret) => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if let Err(e) = verify_mlflow(headers, body, &secret.0, now) {
+                    return error(StatusCode::UNAUTHORIZED, &format!("webhook refused: {e}"));
+                }
+            }
+            None if !self.authorized(headers) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "set registry.webhook_secret to accept MLflow webhooks",
+                );
+            }
+            None => {}
+        }
+        self.state.reloader.refresh_soon();
+        json_response(StatusCode::ACCEPTED, &json!({ "refresh": "scheduled" }))
+    }
+
+    fn metrics(&self, req: &http::request::Parts) -> Response<Full<Bytes>> {
+        let openmetrics = req
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/openmetrics-text"));
+        let mut out = String::with_capacity(16 * 1024);
+        let (result, content_type) = if openmetrics {
+            (
+                prometheus_client::encoding::text::encode(&mut out, &self.state.metrics),
+                OPENMETRICS,
+            )
+        } else {
+            (
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.state.metrics),
+                PROMETHEUS_TEXT,
+            )
+        };
+        if result.is_err() {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");
+        }
+        let mut r = Response::new(Full::new(Bytes::from(out)));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        r
+    }
+
+    /// `/requests/{trace_id | request_id}`: the requests and the lineage records behind them.
+    fn requests(&self, id: &str) -> Response<Full<Bytes>> {
+        let found = self.state.recent.lookup(id);
+        if found.is_empty() {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!("no recent request with trace ID or request ID {id:?}"),
+            );
+        }
+        let snap = self.snapshot();
+        let mut lineage = serde_json::Map::new();
+        for r in &found {
+            if let Some(v) = snap.registry.by_lineage_id(&r.lineage_id) {
+                lineage.insert(r.lineage_id.to_string(), json!(&*v.record));
+            }
+        }
+        json_response(
+            StatusCode::OK,
+            &json!({ "requests": found, "lineage": lineage }),
+        )
+    }
+
+    fn lineage(&self, id: &str) -> Response<Full<Bytes>> {
+        let snap = self.snapshot();
+        match snap.registry.by_lineage_id(id) {
+            Some(v) => json_response(
+                StatusCode::OK,
+                &json!({ "lineage_id": v.lineage_id, "record": &*v.record }),
+            ),
+            None => error(StatusCode::NOT_FOUND, &format!("unknown lineage ID {id:?}")),
+        }
+    }
+}
+
+/// `/versions`: models, their versions and lineage IDs, and what each route serves.
+pub fn versions(snap: &Snapshot) -> Value {
+    let models: Vec<Value> = snap
+        .registry
+        .models
+        .iter()
+        .map(|(name, m)| {
+            let versions: Vec<Value> = m
+                .versions
+                .iter()
+                .map(|(v, rec)| {
+                    json!({
+                        "version": v,
+                        "lineage_id": rec.lineage_id,
+                        "git_commit": rec.record.code.commit,
+                        "dataset_digest": rec.record.dataset_digest(),
+                    })
+                })
+                .collect();
+            json!({ "name": name, "aliases": m.aliases, "versions": versions })
+        })
+        .collect();
+    let routes: Vec<Value> = snap
+        .routes
+        .iter()
+        .map(|r| {
+            let serves = r.route.serves.as_ref().map(|s| match s {
+                crate::config::Serves::Version(v) => v.clone(),
+                crate::config::Serves::Alias(a) => format!("@{a}"),
+            });
+            let lineage = r
+                .route
+                .model
+                .as_deref()
+                .zip(r.default_version.as_deref())
+                .map(|(m, v)| snap.served(m, Some(v)).0.lineage_id.to_string());
+            json!({
+                "name": r.route.name,
+                "model": r.route.model,
+                "upstream": r.route.upstream.as_str(),
+                "serves": serves,
+                "version": r.default_version,
+                "lineage_id": lineage,
+            })
+        })
+        .collect();
+    json!({ "generation": snap.generation, "models": models, "routes": routes })
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({ "error": message }))
+}
+
+impl<B> tower::Service<Request<B>> for Admin
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::metrics::Metrics;
+    use crate::routing::Source;
+    use tower::ServiceExt;
+
+    const REGISTRY: &str = "models:\n  churn:\n    aliases: { champion: 1 }\n    versions:\n      1:\n        code: { commit: abc }\n        training_data: { name: churn-train, source: s3://d/train.parquet, digest: e5d3 }\n";
+
+    async fn admin_with(extra: &str) -> (Admin, String, Metrics) {
+        let text = format!(
+            "{extra}\n[[routes]]\nmodel=\"churn\"\nupstream=\"h:1\"\nserves=\"@champion\"\n"
+        );
+        let raw = crate::config::parse(&text, "c").unwrap_or_default();
+        let (metrics, registry) = Metrics::new();
+        let source = Source::Embedded {
+            config: Box::new(raw),
+            registry_yaml: REGISTRY.to_string(),
+        };
+        let reloader = Reloader::start(source, metrics.clone())
+            .await
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let id = reloader.current().load().registry.models["churn"].versions["1"]
+            .lineage_id
+            .clone();
+        let config = reloader.current().load().config.clone();
+        let tracing = crate::observe::spans::Tracing::start(&config.traces, &metrics)
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let journal = Arc::new(crate::journal::Journal::default());
+        let inspector = crate::inspect::Inspector::start(&config.inspect, tracing, journal.clone())
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let canary = Arc::new(crate::canary::control::Controller::new(
+            reloader.clone(),
+            Arc::new(
+                crate::canary::audit::AuditLog::open(None).unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            inspector.shared().clone(),
+            Arc::new(crate::canary::shadow::ShadowStats::new(
+                std::time::Duration::from_secs(60),
+            )),
+            metrics.clone(),
+        ));
+        let explainer = Arc::new(crate::explain::gather::Explainer::new(
+            reloader.clone(),
+            inspector.shared().clone(),
+            journal,
+        ));
+        let state = AdminState {
+            reloader,
+            metrics: registry,
+            recent: Arc::new(RecentRequests::new(10, 1 << 20)),
+            draining: AtomicBool::new(false),
+            canary,
+            explainer,
+        };
+        (Admin::new(Arc::new(state)), id, metrics)
+    }
+
+    async fn admin() -> (Admin, String) {
+        let (a, id, _) = admin_with("").await;
+        (a, id)
+    }
+
+    async fn call(a: &Admin, req: Request<Full<Bytes>>) -> (StatusCode, String, String) {
+        let resp = a.clone().oneshot(req).await.unwrap_or_else(|e| match e {});
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (status, ct, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn get(a: &Admin, path: &str, accept: Option<&str>) -> (StatusCode, String, String) {
+        let mut req = Request::get(path);
+        if let Some(acc) = accept {
+            req = req.header(header::ACCEPT, acc);
+        }
+        call(a, req.body(Full::default()).unwrap_or_default()).await
+    }
+
+    fn post(path: &str, body: &str, token: Option<&str>) -> Request<Full<Bytes>> {
+        let mut req = Request::post(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        req.body(Full::new(Bytes::from(body.to_string())))
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn lineage_lookup_and_unknown_id() {
+        let (a, id) = admin().await;
+        let (status, _, body) = get(&a, &format!("/lineage/{id}"), None).await;
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(v["record"]["code"]["commit"], "abc");
+        assert_eq!(v["lineage_id"], id.as_str());
+        let (status, ct, body) = get(&a, "/lineage/ln_0000000000000000", None).await;
+        assert_eq!(
+            (status, ct.as_str()),
+            (StatusCode::NOT_FOUND, "application/json")
+        );
+        assert!(body.contains("unknown lineage ID"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn versions_and_metrics_negotiation() {
+        let (a, id) = admin().await;
+        let (_, _, body) = get(&a, "/versions", None).await;
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(v["routes"][0]["version"], "1");
+        assert_eq!(v["routes"][0]["lineage_id"], id.as_str());
+        let (_, ct, text) = get(&a, "/metrics", None).await;
+        assert_eq!(ct, PROMETHEUS_TEXT);
+        let info = format!(
+            "modelstamp_model_version_info{{model=\"churn\",version=\"1\",lineage_id=\"{id}\",git_commit=\"abc\",dataset_digest=\"e5d3\"}} 1"
+        );
+        assert!(text.contains(&info), "{text}");
+        assert!(!text.contains("# EOF"));
+        let (_, ct, text) = get(
+            &a,
+            "/metrics",
+            Some("application/openmetrics-text;version=1.0.0"),
+        )
+        .await;
+        assert_eq!(ct, OPENMETRICS);
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_draining_and_methods_are_limited() {
+        let (a, _) = admin().await;
+        assert_eq!(get(&a, "/readyz", None).await.0, 200);
+        a.state.draining.store(true, Ordering::Relaxed);
+        assert_eq!(get(&a, "/readyz", None).await.0, 503);
+        assert_eq!(call(&a, post("/versions", "", None)).await.0, 404);
+        let put = Request::put("/versions")
+            .body(Full::default())
+            .unwrap_or_default();
+        assert_eq!(call(&a, put).await.0, 405);
+    }
+
+    #[tokio::test]
+    async fn a_dataset_event_flags_dependent_versions_stale() {
+        let (a, _, _) = admin_with("").await;
+        let other = r#"{"name":"churn-train","source":"s3://elsewhere","digest":"ffff"}"#;
+        let (status, _, body) = call(&a, post("/events/dataset-changed", other, None)).await;
+        assert_eq!(
+            (status.as_u16(), body.contains(r#""stale": []"#)),
+            (200, true),
+            "{body}"
+        );
+        let same = r#"{"name":"churn-train","source":"s3://d/train.parquet","digest":"9a41"}"#;
+        let (status, _, body) = call(&a, post("/events/dataset-changed", same, None)).await;
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(v["stale"][0], json!({"model": "churn", "version": "1"}));
+        let snap = a.snapshot();
+        let stale = snap
+            .served("churn", Some("1"))
+            .0
+            .stale
+            .clone()
+            .unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            (stale.trained_on.as_str(), stale.latest.as_str()),
+            ("e5d3", "9a41")
+        );
+        let (_, _, text) = get(&a, "/metrics", None).await;
+        assert!(
+            text.contains("modelstamp_model_version_stale{model=\"churn\",version=\"1\"} 1"),
+            "{text}"
+        );
+        let (status, _, _) = call(
+            &a,
+            post("/events/dataset-changed", "{\"name\":\"x\"}", None),
+        )
+        .await;
+        assert_eq!(status, 400, "digest is required");
+    }
+
+    #[tokio::test]
+    async fn mutating_calls_need_the_token_when_one_is_set() {
+        let (a, _, _) = admin_with("[admin]\ntoken = \"0123456789abcdef\"").await;
+        let event = r#"{"name":"churn-train","source":"s3://d/train.parquet","digest":"9a41"}"#;
+        assert_eq!(
+            call(&a, post("/events/dataset-changed", event, None))
+                .await
+                .0,
+            401
+        );
+        assert_eq!(
+            call(
+                &a,
+                post("/events/dataset-changed", event, Some("wrong-token-xxxxx"))
+            )
+            .await
+            .0,
+            401
+        );
+        assert!(
+            a.snapshot().served("churn", Some("1")).0.stale.is_none(),
+            "refused calls change nothing"
+        );
+        assert_eq!(
+            call(
+                &a,
+                post("/events/dataset-changed", event, Some("0123456789abcdef"))
+            )
+            .await
+            .0,
+            200
+        );
+        let (_, _, versions) = get(&a, "/versions", None).await;
+        assert!(
+            !versions.contains("0123456789abcdef"),
+            "secrets are never returned"
+        );
+        assert_eq!(
+            call(&a, post("/webhooks/mlflow", "{}", None)).await.0,
+            404,
+            "file backend: no webhook"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! The snapshot and resolution from modelstamp-proxy, and the reloader that builds and swaps
+//! snapshots.
+
+pub use modelstamp_proxy::routing::*;
+
+mod reload;
+
+pub use reload::{Reloader, Source, WeightChange, WeightsError, route_weights};

@@ -1,0 +1,1071 @@
+//! Loading and hot reload: read → validate → build a snapshot (fallible, off the hot path) →
+//! swap it in with arc-swap (infallible). An invalid file logs its errors and changes nothing.
+//!
+//! Three things trigger a new snapshot: the config or file registry changing (polled, or
+//! SIGHUP), an MLflow refresh that returns different records (polled, or a webhook), and a
+//! dataset-changed event. A failed MLflow refresh keeps the last known good records.
+
+use std::collections::BTreeMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Mutex, Notify, watch};
+use tracing::{info, warn};
+
+use super::Snapshot;
+use crate::config::{
+    self, Config, ConfigError, ConfigErrors, MlflowSettings, RegistrySource, raw::RawConfig,
+};
+use crate::journal::{Journal, Kind};
+use crate::observe::metrics::{Metrics, VersionLabels};
+use crate::registry::mlflow::MlflowRegistry;
+use crate::registry::{DatasetKey, FileRegistry, Registry, RegistryData, parse_registry};
+
+/// Where config and registry come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A config file on disk (and the registry it names); watched for changes.
+    File(PathBuf),
+    /// A config and registry held in memory (the demo); never changes.
+    Embedded {
+        /// The raw config.
+        config: Box<RawConfig>,
+        /// Registry YAML.
+        registry_yaml: String,
+    },
+}
+
+impl Source {
+    /// Read and validate the config.
+    pub fn load_config(&self) -> Result<Config, ConfigErrors> {
+        match self {
+            Source::File(path) => {
+                let origin = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigErrors(vec![ConfigError::new(&origin, format!("cannot read: {e}"))])
+                })?;
+                let mut raw = config::parse(&text, &origin)?;
+                raw.apply_env(|k| std::env::var(k).ok());
+                config::validate(&raw, base_dir(path))
+            }
+            Source::Embedded { config, .. } => config::validate(config, Path::new(".")),
+        }
+    }
+
+    /// Read and validate the config on a blocking thread: parsing a large file must not hold
+    /// up the runtime that asks.
+    pub async fn config(&self) -> Result<Config, ConfigErrors> {
+        let source = self.clone();
+        blocking(move || source.load_config()).await
+    }
+
+    /// Read and validate config and a file registry (the form `check` uses); an MLflow
+    /// registry is fetched once.
+    pub async fn load(&self) -> Result<(Config, RegistryData), ConfigErrors> {
+        let config = self.config().await?;
+        let registry = match (&config.registry, self) {
+            (_, Source::Embedded { registry_yaml, .. }) => {
+                let yaml = registry_yaml.clone();
+                blocking(move || parse_registry(&yaml, "embedded registry")).await?
+            }
+            (RegistrySource::File(p), _) => FileRegistry::new(p.clone()).fetch().await?,
+            (RegistrySource::Mlflow(m), _) => MlflowRegistry::new(m.clone())?.fetch().await?,
+        };
+        Ok((config, registry))
+    }
+
+    /// The files a reload reads for `config`: the config file and a file registry.
+    fn watched_paths(&self, config: &Config) -> Vec<PathBuf> {
+        let Source::File(path) = self else {
+            return Vec::new();
+        };
+        let mut paths = vec![path.clone()];
+        if let RegistrySource::File(p) = &config.registry {
+            paths.push(p.clone());
+        }
+        paths
+    }
+}
+
+/// Run parsing, validation or a snapshot build on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ConfigErrors> + Send + 'static,
+) -> Result<T, ConfigErrors> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(ConfigErrors(vec![ConfigError::new(
+            "reload",
+            format!("the loader stopped: {e}"),
+        )]))
+    })
+}
+
+/// One watched file's metadata: what the poll compares on every tick without reading the file.
+/// `metadata` follows symlinks, so a Kubernetes ConfigMap update (an atomic swap of the
+/// `..data` link) shows as a new inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    ctime: (i64, i64),
+    inode: (u64, u64),
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        len: m.len(),
+        modified: m.modified().ok(),
+        ctime: (m.ctime(), m.ctime_nsec()),
+        inode: (m.dev(), m.ino()),
+    })
+}
+
+/// The watched files: their metadata, checked every poll, and a hash of their content,
+/// computed only when the metadata moved (a `touch` or a rewrite with the same bytes reloads
+/// nothing).
+#[derive(Debug, Default, Clone)]
+struct Watched {
+    paths: Vec<PathBuf>,
+    stamps: Vec<Option<FileStamp>>,
+    content: u64,
+}
+
+impl Watched {
+    /// Stamp and hash `paths` now (reads every file: call on a blocking thread).
+    fn read(paths: Vec<PathBuf>) -> Self {
+        let stamps = paths.iter().map(|p| stamp(p)).collect();
+        let mut h = DefaultHasher::new();
+        for p in &paths {
+            hash_file(&mut h, p);
+        }
+        Self {
+            paths,
+            stamps,
+            content: h.finish(),
+        }
+    }
+
+    /// Whether any file's metadata differs from when it was stamped.
+    fn moved(&self) -> bool {
+        self.paths
+            .iter()
+            .zip(&self.stamps)
+            .any(|(p, s)| stamp(p) != *s)
+    }
+}
+
+/// Build a snapshot on a blocking thread: a large registry takes long to build.
+async fn build_snapshot(
+    generation: u64,
+    config: Config,
+    registry: RegistryData,
+    events: &BTreeMap<DatasetKey, (i64, String, String)>,
+    metrics: &Metrics,
+) -> Result<Snapshot, ConfigErrors> {
+    let (events, metrics) = (events.clone(), metrics.clone());
+    blocking(move || Snapshot::build(generation, config, registry, &events, &metrics)).await
+}
+
+fn base_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn hash_file(h: &mut DefaultHasher, path: &Path) {
+    match std::fs::read(path) {
+        Ok(bytes) => bytes.hash(h),
+        Err(e) => e.kind().hash(h),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A live MLflow client and its settings (rebuilt when a reload changes them).
+struct Remote {
+    settings: MlflowSettings,
+    client: Arc<MlflowRegistry>,
+    last_success: Option<Instant>,
+}
+
+/// What rebuilds read besides config and registry; guarded so rebuilds never race.
+#[derive(Default)]
+struct State {
+    remote: Option<Remote>,
+    /// Dataset digests announced by `POST /events/dataset-changed`.
+    events: BTreeMap<DatasetKey, (i64, String, String)>,
+    /// Weights set through the admin API, by route; they outlive reloads until the config file
+    /// changes that route's weights.
+    overrides: BTreeMap<String, Vec<u32>>,
+    /// Weights as the config file last had them, by route.
+    file_weights: BTreeMap<String, Vec<u32>>,
+}
+
+/// The configured weights of every split route.
+fn weights_of(config: &Config) -> BTreeMap<String, Vec<u32>> {
+    config
+        .routes
+        .iter()
+        .filter(|r| !r.backends.is_empty())
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.backends.iter().map(|b| b.weight).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Put admin-set weights into a config.
+fn apply_overrides(config: &mut Config, overrides: &BTreeMap<String, Vec<u32>>) {
+    for r in &mut config.routes {
+        if let Some(w) = overrides
+            .get(&r.name)
+            .filter(|w| w.len() == r.backends.len())
+        {
+            for (b, w) in r.backends.iter_mut().zip(w) {
+                b.weight = *w;
+            }
+        }
+    }
+}
+
+/// Weights by version label of a route in a snapshot.
+pub fn route_weights(snap: &Snapshot, route: usize) -> BTreeMap<String, u32> {
+    let Some(r) = snap.routes.get(route) else {
+        return BTreeMap::new();
+    };
+    r.backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            (
+                backend_label(r, i, b),
+                r.weights.get(i).copied().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// A backend's name in weights maps: its version, else the configured version or alias.
+fn backend_label(r: &super::RouteState, i: usize, b: &super::BackendState) -> String {
+    b.version
+        .clone()
+        .unwrap_or_else(|| match &r.route.backends[i].version {
+            config::Serves::Version(v) => v.clone(),
+            config::Serves::Alias(a) => format!("@{a}"),
+        })
+}
+
+/// A manual weight change that could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// No split route by that name or model.
+    #[error("no route named or serving \"{0}\" splits traffic between versions")]
+    NoSplit(String),
+    /// A version the route does not have.
+    #[error("\"{version}\" is not a backend of route {route} (it has {have})")]
+    UnknownVersion {
+        /// The version asked for.
+        version: String,
+        /// The route.
+        route: String,
+        /// What it has.
+        have: String,
+    },
+    /// Weights out of range.
+    #[error("weights must be 0..=10000 and not all 0")]
+    Invalid,
+    /// The new snapshot could not be built.
+    #[error(transparent)]
+    Build(#[from] ConfigErrors),
+}
+
+/// A weight change that was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightChange {
+    /// Route.
+    pub route: String,
+    /// Model.
+    pub model: String,
+    /// Weights by version before.
+    pub before: BTreeMap<String, u32>,
+    /// Weights by version after.
+    pub after: BTreeMap<String, u32>,
+}
+
+/// Owns the current snapshot and replaces it.
+pub struct Reloader {
+    source: Source,
+    current: Arc<ArcSwap<Snapshot>>,
+    metrics: Metrics,
+    generation: AtomicU64,
+    watched: std::sync::Mutex<Watched>,
+    state: Mutex<State>,
+    refresh_now: Notify,
+    audit: std::sync::OnceLock<Arc<crate::canary::audit::AuditLog>>,
+    journal: std::sync::OnceLock<Arc<Journal>>,
+    registry_down: std::sync::atomic::AtomicBool,
+    on_swap: std::sync::OnceLock<SwapHook>,
+}
+
+/// Called with every snapshot swapped in.
+type SwapHook = Box<dyn Fn(&Snapshot) + Send + Sync>;
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Reloader {
+    /// Load the first snapshot. A file registry must be valid; an unreachable MLflow starts
+    /// with lineage `unknown` and keeps retrying, unless `fail_fast` is set.
+    pub async fn start(source: Source, metrics: Metrics) -> Result<Arc<Self>, ConfigErrors> {
+        let config = source.config().await?;
+        let paths = source.watched_paths(&config);
+        let watched = blocking(move || Ok(Watched::read(paths))).await?;
+        metrics.set_window(config.inspect.window);
+        let mut state = State {
+            file_weights: weights_of(&config),
+            ..State::default()
+        };
+        let registry = match (&config.registry, &source) {
+            (RegistrySource::Mlflow(settings), Source::File(_)) => {
+                let client = Arc::new(MlflowRegistry::new(settings.clone())?);
+                let mut remote = Remote {
+                    settings: settings.clone(),
+                    client: client.clone(),
+                    last_success: None,
+                };
+                let data = match client.fetch().await {
+                    Ok(d) => {
+                        remote.last_success = Some(Instant::now());
+                        metrics.registry_result(true, Some(0.0));
+                        d
+                    }
+                    Err(e) if settings.fail_fast => return Err(e),
+                    Err(e) => {
+                        warn!(error = %e, "MLflow is unreachable at start; serving with lineage unknown and retrying.");
+                        metrics.registry_result(false, None);
+                        RegistryData::default()
+                    }
+                };
+                state.remote = Some(remote);
+                data
+            }
+            _ => {
+                let data = source.load().await?.1;
+                // A file (or embedded) registry that loaded is up; it has no remote to lose.
+                metrics.registry_loaded();
+                data
+            }
+        };
+        let snapshot = build_snapshot(1, config, registry, &state.events, &metrics).await?;
+        publish(&metrics, &snapshot, None);
+        Ok(Arc::new(Self {
+            source,
+            current: Arc::new(ArcSwap::from_pointee(snapshot)),
+            metrics,
+            generation: AtomicU64::new(1),
+            watched: std::sync::Mutex::new(watched),
+            state: Mutex::new(state),
+            refresh_now: Notify::new(),
+            audit: std::sync::OnceLock::new(),
+            journal: std::sync::OnceLock::new(),
+            registry_down: std::sync::atomic::AtomicBool::new(false),
+            on_swap: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// Call `hook` with the current snapshot now and with every snapshot swapped in later.
+    pub fn on_swap(&self, hook: impl Fn(&Snapshot) + Send + Sync + 'static) {
+        hook(&self.current.load());
+        let _ = self.on_swap.set(Box::new(hook));
+    }
+
+    /// Record what changes (versions, aliases, weights, reloads, outages, stale flags) here.
+    pub fn set_journal(&self, journal: Arc<Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// The journal, once set.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.get()
+    }
+
+    /// Record reloads that change weights in this audit log.
+    pub fn set_audit(&self, log: Arc<crate::canary::audit::AuditLog>) {
+        let _ = self.audit.set(log);
+    }
+
+    /// The split route called `name`, else the first split route serving model `name`.
+    pub fn find_split(snap: &Snapshot, name: &str) -> Option<usize> {
+        let split = |r: &&super::RouteState| !r.backends.is_empty();
+        snap.routes
+            .iter()
+            .position(|r| split(&r) && r.route.name == name)
+            .or_else(|| {
+                snap.routes
+                    .iter()
+                    .position(|r| split(&r) && r.route.model.as_deref() == Some(name))
+            })
+    }
+
+    /// Set some of a split route's weights (by version); the rest keep theirs. The change
+    /// outlives reloads until the config file changes this route's weights.
+    pub async fn set_weights(
+        &self,
+        name: &str,
+        weights: &BTreeMap<String, u32>,
+    ) -> Result<WeightChange, WeightsError> {
+        let mut state = self.state.lock().await;
+        let old = self.current.load_full();
+        let index =
+            Self::find_split(&old, name).ok_or_else(|| WeightsError::NoSplit(name.to_string()))?;
+        let r = &old.routes[index];
+        let before = route_weights(&old, index);
+        let labels: Vec<String> = r
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| backend_label(r, i, b))
+            .collect();
+        let mut new = r.weights.clone();
+        for (version, w) in weights {
+            let i = labels.iter().position(|l| l == version).ok_or_else(|| {
+                WeightsError::UnknownVersion {
+                    version: version.clone(),
+                    route: r.route.name.clone(),
+                    have: labels.join(", "),
+                }
+            })?;
+            new[i] = *w;
+        }
+        if new.iter().any(|w| *w > 10_000) || new.iter().all(|w| *w == 0) {
+            return Err(WeightsError::Invalid);
+        }
+        let route = r.route.name.clone();
+        let model = r.route.model.clone().unwrap_or_default();
+        let mut config = (*old.config).clone();
+        let mut overrides = state.overrides.clone();
+        overrides.insert(route.clone(), new);
+        apply_overrides(&mut config, &overrides);
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let snapshot = build_snapshot(
+            generation,
+            config,
+            (*old.registry).clone(),
+            &state.events,
+            &self.metrics,
+        )
+        .await?;
+        state.overrides = overrides;
+        self.swap(snapshot);
+        let after = route_weights(&self.current.load_full(), index);
+        info!(route = %route, ?before, ?after, "Weights changed.");
+        Ok(WeightChange {
+            route,
+            model,
+            before,
+            after,
+        })
+    }
+
+    /// The shared handle requests load their snapshot from.
+    pub fn current(&self) -> Arc<ArcSwap<Snapshot>> {
+        self.current.clone()
+    }
+
+    fn watched(&self) -> Watched {
+        self.watched.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    fn remember(&self, watched: Watched) {
+        if let Ok(mut w) = self.watched.lock() {
+            *w = watched;
+        }
+    }
+
+    /// Whether a watched file changed: metadata on every poll, content only when that moved.
+    async fn files_changed(&self) -> bool {
+        let known = self.watched();
+        if !known.moved() {
+            return false;
+        }
+        let paths = known.paths.clone();
+        let Ok(now) = blocking(move || Ok(Watched::read(paths))).await else {
+            return false;
+        };
+        let changed = now.content != known.content;
+        if !changed {
+            self.remember(now);
+        }
+        changed
+    }
+
+    fn swap(&self, snapshot: Snapshot) -> u64 {
+        let generation = snapshot.generation;
+        self.generation.store(generation, Ordering::Relaxed);
+        let old = self.current.load_full();
+        publish(&self.metrics, &snapshot, Some(&old));
+        if let Some(j) = self.journal.get() {
+            journal_changes(j, &old, &snapshot);
+        }
+        if let Some(hook) = self.on_swap.get() {
+            hook(&snapshot);
+        }
+        self.current.store(Arc::new(snapshot));
+        generation
+    }
+
+    /// Re-read config (and a file registry), build a snapshot and swap it in; on any error the
+    /// old one keeps serving.
+    pub async fn reload(&self) -> Result<u64, ConfigErrors> {
+        let mut state = self.state.lock().await;
+        // Stamped before reading, so a write during the read is seen by the next poll.
+        let paths = self.source.watched_paths(&self.current.load().config);
+        self.remember(
+            blocking(move || Ok(Watched::read(paths)))
+                .await
+                .unwrap_or_default(),
+        );
+        let result = self.prepare(&mut state).await;
+        self.metrics.reload(result.is_ok());
+        match result {
+            Ok((snapshot, file_weights)) => {
+                let paths = self.source.watched_paths(&snapshot.config);
+                if paths != self.watched().paths {
+                    self.remember(
+                        blocking(move || Ok(Watched::read(paths)))
+                            .await
+                            .unwrap_or_default(),
+                    );
+                }
+                let old = self.current.load_full();
+                state.file_weights = file_weights;
+                state.overrides = std::mem::take(&mut state.overrides)
+                    .into_iter()
+                    .filter(|(route, _)| {
+                        snapshot
+                            .config
+                            .routes
+                            .iter()
+                            .any(|r| &r.name == route && !r.backends.is_empty())
+                    })
+                    .collect();
+                let changes = weight_changes(&old, &snapshot);
+                let generation = self.swap(snapshot);
+                info!(generation, "Config reloaded.");
+                if let Some(j) = self.journal.get() {
+                    j.record(
+                        Kind::Reload,
+                        "",
+                        None,
+                        format!("config reloaded (generation {generation})"),
+                        &[],
+                    );
+                }
+                self.audit_reload(changes);
+                Ok(generation)
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    warn!(path = %e.path, error = %e.message, "Reload rejected; previous config keeps serving.");
+                }
+                if let (Some(j), Some(first)) = (self.journal.get(), errors.0.first()) {
+                    j.record(
+                        Kind::ReloadRejected,
+                        "",
+                        None,
+                        format!("reload rejected: {first}"),
+                        &[],
+                    );
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    /// Audit weight changes a reload made.
+    fn audit_reload(&self, changes: Vec<WeightChange>) {
+        let Some(log) = self.audit.get() else { return };
+        for c in changes {
+            let draft = crate::canary::audit::Draft {
+                actor: "config-reload".into(),
+                action: "reload".into(),
+                route: c.route,
+                model: c.model,
+                reason: Some("the config file changed the weights".into()),
+                before: c.before,
+                after: c.after,
+                ..Default::default()
+            };
+            if let Err(e) = log.append(draft) {
+                warn!(error = %e, "Audit entry for a reload could not be written.");
+            }
+        }
+    }
+
+    async fn prepare(
+        &self,
+        state: &mut State,
+    ) -> Result<(Snapshot, BTreeMap<String, Vec<u32>>), ConfigErrors> {
+        let mut config = self.source.config().await?;
+        // An edit of a route's weights in the file wins over weights set through the API.
+        let file_weights = weights_of(&config);
+        let overrides: BTreeMap<String, Vec<u32>> = state
+            .overrides
+            .iter()
+            .filter(|(route, _)| state.file_weights.get(*route) == file_weights.get(*route))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        state.overrides = overrides;
+        apply_overrides(&mut config, &state.overrides);
+        let old = self.current.load_full();
+        let errs = restart_required(&old.config, &config);
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
+        let registry = match &config.registry {
+            RegistrySource::Mlflow(settings)
+                if state
+                    .remote
+                    .as_ref()
+                    .is_some_and(|r| &r.settings == settings) =>
+            {
+                // Records come from the refresher; a config reload never waits on MLflow.
+                (*old.registry).clone()
+            }
+            RegistrySource::Mlflow(settings) => {
+                let client = Arc::new(MlflowRegistry::new(settings.clone())?);
+                let data = client.fetch().await?;
+                state.remote = Some(Remote {
+                    settings: settings.clone(),
+                    client,
+                    last_success: Some(Instant::now()),
+                });
+                data
+            }
+            RegistrySource::File(_) => {
+                state.remote = None;
+                self.source.load().await?.1
+            }
+        };
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let snapshot =
+            build_snapshot(generation, config, registry, &state.events, &self.metrics).await?;
+        Ok((snapshot, file_weights))
+    }
+
+    /// Fetch MLflow now; swap a new snapshot in if anything changed. Failures keep the last
+    /// known good records and flip `modelstamp_registry_up` to 0.
+    pub async fn refresh(&self) {
+        let mut state = self.state.lock().await;
+        let Some(remote) = state.remote.as_mut() else {
+            return;
+        };
+        let result = remote.client.fetch().await;
+        let age = |r: &Remote| r.last_success.map(|t| t.elapsed().as_secs_f64());
+        match result {
+            Ok(data) => {
+                remote.last_success = Some(Instant::now());
+                self.metrics.registry_result(true, Some(0.0));
+                if self.registry_down.swap(false, Ordering::Relaxed)
+                    && let Some(j) = self.journal.get()
+                {
+                    j.record(
+                        Kind::RegistryUp,
+                        "",
+                        None,
+                        "the registry answers again".into(),
+                        &[],
+                    );
+                }
+                let old = self.current.load_full();
+                if same_records(&old.registry, &data) {
+                    return;
+                }
+                let generation = self.generation.load(Ordering::Relaxed) + 1;
+                match build_snapshot(
+                    generation,
+                    (*old.config).clone(),
+                    data,
+                    &state.events,
+                    &self.metrics,
+                )
+                .await
+                {
+                    Ok(s) => {
+                        let g = self.swap(s);
+                        info!(
+                            generation = g,
+                            "Registry records changed; new snapshot serving."
+                        );
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "Registry records rejected; previous records keep serving.")
+                    }
+                }
+            }
+            Err(e) => {
+                self.metrics.registry_result(false, age(remote));
+                if !self.registry_down.swap(true, Ordering::Relaxed)
+                    && let Some(j) = self.journal.get()
+                {
+                    j.record(
+                        Kind::RegistryDown,
+                        "",
+                        None,
+                        format!("the registry is unreachable: {e}"),
+                        &[],
+                    );
+                }
+                warn!(error = %e, "MLflow refresh failed; serving the last known good records.");
+            }
+        }
+    }
+
+    /// Ask the refresher to fetch now (an MLflow webhook).
+    pub fn refresh_soon(&self) {
+        self.refresh_now.notify_one();
+    }
+
+    /// A dataset got a new digest: versions trained on another digest of it become stale.
+    /// Returns `(model, version)` of every version now stale because of it.
+    pub async fn dataset_changed(&self, key: DatasetKey, digest: String) -> Vec<(String, String)> {
+        let mut state = self.state.lock().await;
+        state.events.insert(
+            key.clone(),
+            (now_ms(), digest, "dataset-changed event".to_string()),
+        );
+        let old = self.current.load_full();
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        match build_snapshot(
+            generation,
+            (*old.config).clone(),
+            (*old.registry).clone(),
+            &state.events,
+            &self.metrics,
+        )
+        .await
+        {
+            Ok(s) => {
+                let flagged = s
+                    .stale_versions()
+                    .filter(|(_, st)| st.dataset == key)
+                    .map(|(served, _)| (served.model.to_string(), served.version.to_string()))
+                    .collect();
+                self.swap(s);
+                flagged
+            }
+            Err(e) => {
+                warn!(error = %e, "Dataset event could not be applied.");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Reload when a watched file changes or on SIGHUP, and refresh MLflow on its interval or
+    /// on a webhook, until `shutdown` fires.
+    pub async fn watch(
+        self: Arc<Self>,
+        mut hup: watch::Receiver<u64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut next_refresh = Instant::now();
+        loop {
+            let snap = self.current.load_full();
+            let files = matches!(self.source, Source::File(_));
+            let mlflow = match &snap.config.registry {
+                RegistrySource::Mlflow(m) => Some(m.poll_interval),
+                RegistrySource::File(_) => None,
+            };
+            let poll = if files {
+                snap.config.reload_poll_interval
+            } else {
+                Duration::from_secs(3600)
+            };
+            let until_refresh = mlflow.map_or(Duration::from_secs(3600), |_| {
+                next_refresh.saturating_duration_since(Instant::now())
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(poll.min(until_refresh)) => {}
+                changed = hup.changed() => {
+                    if changed.is_err() { return; }
+                    info!("SIGHUP received.");
+                    let _ = self.reload().await;
+                    continue;
+                }
+                _ = self.refresh_now.notified() => next_refresh = Instant::now(),
+                _ = crate::proxy::server::stopped(&mut shutdown) => return,
+            }
+            if let Some(interval) = mlflow
+                && Instant::now() >= next_refresh
+            {
+                self.refresh().await;
+                next_refresh = Instant::now() + interval;
+            }
+            if files && self.files_changed().await {
+                info!("Config or registry file changed.");
+                let _ = self.reload().await;
+            }
+        }
+    }
+}
+
+/// After a swap: info series, generation, stale gauges, and one warning per newly stale version.
+fn publish(metrics: &Metrics, new: &Snapshot, old: Option<&Snapshot>) {
+    metrics.set_version_info(&new.info_labels());
+    metrics.set_generation(new.generation);
+    for (i, r) in new.routes.iter().enumerate() {
+        for (version, w) in route_weights(new, i) {
+            metrics.set_weight(&r.route.name, &version, w);
+        }
+    }
+    let versions: Vec<(VersionLabels, bool)> = new
+        .models
+        .values()
+        .flat_map(|m| m.versions.values())
+        .map(|s| {
+            (
+                VersionLabels {
+                    model: s.model.to_string(),
+                    version: s.version.to_string(),
+                },
+                s.stale.is_some(),
+            )
+        })
+        .collect();
+    metrics.set_stale(&versions);
+    for (served, st) in new.stale_versions() {
+        let before = old
+            .and_then(|o| o.models.get(&*served.model))
+            .and_then(|m| m.versions.get(&*served.version))
+            .and_then(|s| s.stale.as_ref());
+        if before != Some(st) {
+            warn!(
+                model = %served.model,
+                version = %served.version,
+                lineage_id = %served.lineage_id,
+                dataset = %st.dataset.name,
+                source = st.dataset.source.as_deref().unwrap_or("-"),
+                trained_on = %st.trained_on,
+                latest = %st.latest,
+                seen_in = %st.seen_in,
+                "Lineage is stale: the training dataset has a newer digest."
+            );
+        }
+    }
+}
+
+/// Whether two fetches describe the same records, aliases and dataset digests.
+fn same_records(a: &RegistryData, b: &RegistryData) -> bool {
+    let digest = |d: &RegistryData| {
+        d.models
+            .iter()
+            .map(|(name, m)| {
+                (
+                    name.clone(),
+                    m.aliases.clone(),
+                    m.versions
+                        .iter()
+                        .map(|(v, r)| (v.clone(), r.lineage_id.clone()))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    digest(a) == digest(b)
+        && a.datasets
+            .iter()
+            .map(|(k, v)| (k, &v.1))
+            .eq(b.datasets.iter().map(|(k, v)| (k, &v.1)))
+}
+
+/// Record what differs between two snapshots: versions, aliases, stale flags, weights.
+fn journal_changes(j: &Journal, old: &Snapshot, new: &Snapshot) {
+    for (model, m) in &new.registry.models {
+        let before = old.registry.models.get(model);
+        for v in m.versions.keys() {
+            if before.is_none_or(|b| !b.versions.contains_key(v)) && old.generation > 0 {
+                j.record(
+                    Kind::VersionAdded,
+                    model,
+                    Some(v),
+                    format!("version {v} appeared in the registry"),
+                    &[],
+                );
+            }
+        }
+        for (alias, to) in &m.aliases {
+            let was = before.and_then(|b| b.aliases.get(alias));
+            if was != Some(to) {
+                let from = was.map_or("(none)", String::as_str);
+                j.record(
+                    Kind::AliasMoved,
+                    model,
+                    Some(to),
+                    format!("alias {alias} moved {from} -> {to}"),
+                    &[
+                        ("alias", alias.clone()),
+                        ("from", from.to_string()),
+                        ("to", to.clone()),
+                    ],
+                );
+            }
+        }
+        if let Some(b) = before {
+            for v in b.versions.keys().filter(|v| !m.versions.contains_key(*v)) {
+                j.record(
+                    Kind::VersionRemoved,
+                    model,
+                    Some(v),
+                    format!("version {v} left the registry"),
+                    &[],
+                );
+            }
+        }
+    }
+    for (served, st) in new.stale_versions() {
+        let was = old
+            .models
+            .get(&*served.model)
+            .and_then(|m| m.versions.get(&*served.version))
+            .and_then(|s| s.stale.as_ref());
+        if was != Some(st) {
+            j.record(
+                Kind::Stale,
+                &served.model,
+                Some(&served.version),
+                format!(
+                    "dataset {} has a newer digest {} (trained on {}; seen in {})",
+                    st.dataset.name, st.latest, st.trained_on, st.seen_in
+                ),
+                &[
+                    ("dataset", st.dataset.name.clone()),
+                    ("latest", st.latest.clone()),
+                ],
+            );
+        }
+    }
+    for c in weight_changes(old, new) {
+        for (v, after) in &c.after {
+            let before = c.before.get(v).copied().unwrap_or(0);
+            if before != *after {
+                j.record(
+                    Kind::WeightsChanged,
+                    &c.model,
+                    Some(v),
+                    format!("route {} version {v} weight {before} -> {after}", c.route),
+                    &[
+                        ("route", c.route.clone()),
+                        ("before", before.to_string()),
+                        ("after", after.to_string()),
+                    ],
+                );
+            }
+        }
+    }
+}
+
+/// Routes whose effective weights differ between two snapshots.
+fn weight_changes(old: &Snapshot, new: &Snapshot) -> Vec<WeightChange> {
+    new.routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.backends.is_empty())
+        .filter_map(|(i, r)| {
+            let after = route_weights(new, i);
+            let j = old.routes.iter().position(|o| o.route.name == r.route.name);
+            let before = j.map(|j| route_weights(old, j)).unwrap_or_default();
+            (before != after).then(|| WeightChange {
+                route: r.route.name.clone(),
+                model: r.route.model.clone().unwrap_or_default(),
+                before,
+                after,
+            })
+        })
+        .collect()
+}
+
+/// Settings a running process cannot change: a reload that changes them is refused.
+fn restart_required(old: &Config, new: &Config) -> Vec<ConfigError> {
+    let mut errs = Vec::new();
+    let mut check = |changed: bool, path: &str| {
+        if changed {
+            errs.push(ConfigError::new(
+                path,
+                "cannot change on reload; restart modelstamp",
+            ));
+        }
+    };
+    check(old.listen != new.listen, "server.listen");
+    check(old.admin_listen != new.admin_listen, "admin.listen");
+    check(
+        old.upstream.connect_timeout != new.upstream.connect_timeout,
+        "upstream.connect_timeout",
+    );
+    check(
+        old.upstream.pool_idle_timeout != new.upstream.pool_idle_timeout,
+        "upstream.pool_idle_timeout",
+    );
+    check(old.access_log != new.access_log, "access_log.target");
+    check(
+        old.access_log_queue != new.access_log_queue,
+        "access_log.queue",
+    );
+    check(old.traces != new.traces, "traces");
+    // The inspection worker's queue, budget and window slices are sized at start.
+    check(old.inspect.queue != new.inspect.queue, "inspect.queue");
+    check(
+        old.inspect.memory_budget_bytes != new.inspect.memory_budget_bytes,
+        "inspect.memory_budget_bytes",
+    );
+    check(old.inspect.window != new.inspect.window, "inspect.window");
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_poll_reads_metadata_and_hashes_content_only_when_it_moved() {
+        let dir = std::env::temp_dir().join(format!("modelstamp-watch-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("registry.yaml");
+        let _ = std::fs::write(&file, "models: {}\n");
+        let known = Watched::read(vec![file.clone(), dir.join("missing.yaml")]);
+        assert!(!known.moved(), "nothing changed");
+
+        // The same bytes written again: the metadata moves, the content does not.
+        let _ = std::fs::remove_file(&file);
+        let _ = std::fs::write(&file, "models: {}\n");
+        assert!(known.moved());
+        let again = Watched::read(known.paths.clone());
+        assert_eq!(again.content, known.content);
+
+        // New bytes: both move.
+        let _ = std::fs::write(&file, "models: {a: {}}\n");
+        assert!(again.moved());
+        assert_ne!(Watched::read(known.paths.clone()).content, known.content);
+
+        // A file that appears where none was.
+        let _ = std::fs::write(dir.join("missing.yaml"), "x");
+        assert!(again.moved());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
