@@ -611,6 +611,35 @@ fn export_loop(
     }
 }
 
+/// End a span with its HTTP status and error, per the semantic conventions: 5xx and transport
+/// errors mark the span as an error. `extra` adds attributes first (only for a recorded span).
+pub fn end_http_span(
+    span: &Span,
+    status: Option<u16>,
+    error: Option<&'static str>,
+    extra: impl FnOnce(&mut Attributes),
+) {
+    span.end_with(|record| {
+        let attrs = &mut record.attributes;
+        extra(attrs);
+        if let Some(code) = status {
+            attrs.i64("http.response.status_code", i64::from(code));
+        }
+        match (error, status) {
+            (Some(e), _) => {
+                attrs.str("error.type", e);
+                record.status = Status::error(e);
+            }
+            (None, Some(code)) if code >= 500 => {
+                let code = code.to_string();
+                attrs.str("error.type", &code);
+                record.status = Status::error(code);
+            }
+            _ => {}
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,9 +22,10 @@ use super::headers::{add_forwarded, remove_hop_by_hop};
 use super::pool::{Pool, UpstreamBody};
 use super::resolve::{BoxFuture, method_name, protocol_version};
 use crate::inspect::Inspector;
-use crate::observe::spans::{Attributes, SharedAttributes, Span, Tracing, propagation_headers};
+use crate::observe::spans::{
+    Attributes, SharedAttributes, Span, Tracing, end_http_span, propagation_headers,
+};
 use http::{HeaderName, HeaderValue};
-use opentelemetry::trace::Status;
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -177,7 +178,7 @@ impl Clients {
                 source: Box::new(elapsed),
             },
         };
-        end_span(&span, None, Some(err.kind_str()), |_| {});
+        end_http_span(&span, None, Some(err.kind_str()), |_| {});
         Err(err)
     }
 
@@ -212,35 +213,6 @@ fn inject(headers: &mut http::HeaderMap, span: &Span) {
     {
         headers.insert(TRACESTATE, v);
     }
-}
-
-/// End a span with its HTTP status and error, per the semantic conventions: 5xx and transport
-/// errors mark the span as an error. `extra` adds attributes first (only for a recorded span).
-pub fn end_span(
-    span: &Span,
-    status: Option<u16>,
-    error: Option<&'static str>,
-    extra: impl FnOnce(&mut Attributes),
-) {
-    span.end_with(|record| {
-        let attrs = &mut record.attributes;
-        extra(attrs);
-        if let Some(code) = status {
-            attrs.i64("http.response.status_code", i64::from(code));
-        }
-        match (error, status) {
-            (Some(e), _) => {
-                attrs.str("error.type", e);
-                record.status = Status::error(e);
-            }
-            (None, Some(code)) if code >= 500 => {
-                let code = code.to_string();
-                attrs.str("error.type", &code);
-                record.status = Status::error(code);
-            }
-            _ => {}
-        }
-    });
 }
 
 /// Where a request goes: a split backend's own model server, else the route's; a backend that

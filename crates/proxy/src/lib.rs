@@ -49,6 +49,7 @@ pub use stamp::stamp;
 pub use tee::ObservedBody;
 
 use crate::observe::Telemetry;
+use crate::observe::exchange::Observer;
 use crate::routing::Snapshot;
 
 /// What every connection's stack is built from.
@@ -56,8 +57,8 @@ use crate::routing::Snapshot;
 pub struct Proxy {
     snapshots: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
+    observer: Arc<Observer<ctx::RequestCtx>>,
     forward: Forward,
-    shadow: shadow::Shadower,
 }
 
 impl Proxy {
@@ -68,11 +69,13 @@ impl Proxy {
         forward: Forward,
         shadow: shadow::Shadower,
     ) -> Self {
+        // Every finished exchange goes to the standard sinks, then to the shadow calls.
+        let observer = Arc::new(Observer::standard(&telemetry, vec![Box::new(shadow)]));
         Self {
             snapshots,
             telemetry,
+            observer,
             forward,
-            shadow,
         }
     }
 
@@ -92,7 +95,8 @@ impl Proxy {
     + use<> {
         // Outermost first: resolve once, stamp both ways, observe everything, then forward.
         let forward = enforce::EnforceLayer.layer(self.forward.clone());
-        let tee = tee::TeeLayer::new(self.telemetry.clone(), self.shadow.clone()).layer(forward);
+        let tee = tee::TeeLayer::new(self.observer.clone(), self.telemetry.inspector.clone())
+            .layer(forward);
         let stamp = stamp::StampLayer.layer(tee);
         resolve::ResolveLayer::new(self.snapshots.clone(), self.telemetry.clone(), client)
             .layer(stamp)

@@ -21,6 +21,7 @@ use crate::config::UpstreamSettings;
 use crate::inspect::Codec;
 use crate::inspect::codec::Predicted;
 use crate::inspect::worker::Copied;
+use crate::observe::exchange::{Exchange, Sink};
 use crate::routing::split;
 
 /// Header marking a mirrored call, so model servers and logs can tell it apart.
@@ -156,6 +157,20 @@ impl Shadower {
             };
             shared.stats.record(k, outcome, start.elapsed(), agreed);
         });
+    }
+}
+
+/// Shadow calls are one of the observer's sinks: a finished exchange is mirrored from there.
+impl Sink<RequestCtx> for Shadower {
+    fn finish(&self, ex: &Exchange<'_, RequestCtx>) {
+        if Self::wanted(ex.ctx) {
+            self.mirror(
+                ex.ctx,
+                ex.succeeded(),
+                ex.request_copy.cloned(),
+                ex.response_copy.cloned(),
+            );
+        }
     }
 }
 

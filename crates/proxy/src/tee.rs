@@ -1,6 +1,8 @@
 //! `logging` phase: times the exchange, turns errors into responses, copies a bounded prefix of
-//! the response (to read the version the model server reports), and emits the request's
-//! telemetry exactly once, when the response body ends or is dropped, success or failure.
+//! the response (to read the version the model server reports), and, exactly once, when the
+//! response body ends or is dropped (success or failure), builds the [`Exchange`] and hands it
+//! to the [`Observer`], which decides what is observed of it. Nothing here writes a metric, a
+//! span or a log line itself.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -8,25 +10,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::shadow::Shadower;
-use crate::inspect::worker::{BodyCopy, Copied};
-use crate::inspect::{Job, Skip, open_inference, openai};
+use crate::inspect::worker::BodyCopy;
+use crate::inspect::{Inspector, Skip, open_inference, openai};
 use bytes::Bytes;
 use http::{Response, header};
 use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::body::{BoxError, ProxyBody};
 use super::ctx::{ProxyRequest, RequestCtx};
 use super::error::{ProxyError, error_response};
-use super::forward::{Forwarded, end_span};
+use super::forward::Forwarded;
 use super::pool::UpstreamBody;
 use super::resolve::BoxFuture;
-use crate::observe::access_log::AccessLine;
-use crate::observe::exemplar::TraceExemplar;
-use crate::observe::metrics::{Recorded, RequestErrorKind, UpstreamErrorKind};
-use crate::observe::{RequestOutcome, Telemetry};
+use crate::observe::exchange::{Exchange, GenAi, Observer, ServedBy};
+use crate::observe::metrics::{RequestErrorKind, UpstreamErrorKind};
 
 /// Status logged when the client left before a response was sent (nginx's convention).
 const CLIENT_CLOSED: u16 = 499;
@@ -34,14 +33,17 @@ const CLIENT_CLOSED: u16 = 499;
 /// Adds [`Tee`].
 #[derive(Clone)]
 pub struct TeeLayer {
-    telemetry: Arc<Telemetry>,
-    shadow: Shadower,
+    observer: Arc<Observer<RequestCtx>>,
+    inspector: Inspector,
 }
 
 impl TeeLayer {
-    /// Emit into these sinks; mirror to shadows with `shadow`.
-    pub fn new(telemetry: Arc<Telemetry>, shadow: Shadower) -> Self {
-        Self { telemetry, shadow }
+    /// Hand finished exchanges to `observer`; copy bodies within `inspector`'s budget.
+    pub fn new(observer: Arc<Observer<RequestCtx>>, inspector: Inspector) -> Self {
+        Self {
+            observer,
+            inspector,
+        }
     }
 }
 
@@ -49,8 +51,8 @@ impl<S> Layer<S> for TeeLayer {
     type Service = Tee<S>;
     fn layer(&self, inner: S) -> Tee<S> {
         Tee {
-            telemetry: self.telemetry.clone(),
-            shadow: self.shadow.clone(),
+            observer: self.observer.clone(),
+            inspector: self.inspector.clone(),
             inner,
         }
     }
@@ -59,8 +61,8 @@ impl<S> Layer<S> for TeeLayer {
 /// Observes each exchange.
 #[derive(Clone)]
 pub struct Tee<S> {
-    telemetry: Arc<Telemetry>,
-    shadow: Shadower,
+    observer: Arc<Observer<RequestCtx>>,
+    inspector: Inspector,
     inner: S,
 }
 
@@ -85,8 +87,8 @@ where
         // Boxed: the response body is moved several times on its way out, and Pending is most of it.
         let mut pending = Box::new(Pending::new(
             pr.ctx.clone(),
-            self.telemetry.clone(),
-            self.shadow.clone(),
+            self.observer.clone(),
+            self.inspector.clone(),
         ));
         let fut = self.inner.call(pr);
         Box::pin(async move {
@@ -109,13 +111,13 @@ where
     }
 }
 
-/// Everything known about an exchange until it is emitted; emitting on drop guarantees one
+/// Everything known about an exchange until it is observed; observing on drop guarantees one
 /// outcome per request even when the client goes away mid-flight.
 struct Pending {
     ctx: Arc<RequestCtx>,
     client_span: Option<crate::observe::spans::Span>,
-    telemetry: Arc<Telemetry>,
-    shadow: Shadower,
+    observer: Arc<Observer<RequestCtx>>,
+    inspector: Inspector,
     status: u16,
     upstream_status: Option<u16>,
     upstream_latency: Option<Duration>,
@@ -134,13 +136,17 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(ctx: Arc<RequestCtx>, telemetry: Arc<Telemetry>, shadow: Shadower) -> Self {
+    fn new(
+        ctx: Arc<RequestCtx>,
+        observer: Arc<Observer<RequestCtx>>,
+        inspector: Inspector,
+    ) -> Self {
         ctx.resolved.served.metrics.in_flight.inc();
         Self {
             ctx,
             client_span: None,
-            telemetry,
-            shadow,
+            observer,
+            inspector,
             status: 0,
             upstream_status: None,
             upstream_latency: None,
@@ -196,10 +202,10 @@ impl Pending {
         let oi = self.reported.is_none() && self.ctx.resolved.open_inference_infer && json;
         let openai = self.ctx.resolved.openai.is_some() && (json || sse);
         let inspect = self.ctx.inspect.is_some() && (json || sse);
-        let shadow = Shadower::wanted(&self.ctx) && json;
+        let shadow = super::shadow::Shadower::wanted(&self.ctx) && json;
         if status.is_success() && (oi || openai || inspect || shadow) {
             let cap = self.ctx.snapshot.config.limits.max_inspect_bytes;
-            self.tee = Some(self.telemetry.inspector.copy(cap));
+            self.tee = Some(self.inspector.copy(cap));
             self.tee_sse = sse;
         }
         response
@@ -226,7 +232,7 @@ impl Pending {
                 self.tee = None;
             }
             if self.ctx.inspect.is_some() {
-                self.telemetry.inspector.skip(why);
+                self.inspector.skip(why);
             }
         }
     }
@@ -248,78 +254,49 @@ impl Pending {
         let response = copy
             .filter(|_| self.finished && !self.tee_truncated)
             .map(BodyCopy::freeze);
-        let request = self.ctx.request_copy.get().cloned();
-        if Shadower::wanted(&self.ctx) {
-            let ok = (200..300).contains(&self.status) && self.error.is_none();
-            self.shadow
-                .mirror(&self.ctx, ok, request.clone(), response.clone());
-        }
-        self.submit(request, response);
-        if let Some(reported) = &self.reported {
-            self.check_mismatch(reported);
-        }
         served.metrics.in_flight.dec();
-        let total = ctx.start.elapsed();
-        let server = ctx.span.context();
-        let upstream_exemplar = self
-            .client_span
-            .as_ref()
-            .and_then(|span| TraceExemplar::of(span.context()));
-        if let Some(client) = self.client_span.take() {
-            let error = self
-                .upstream_error
-                .map(|_| self.error.unwrap_or("upstream_error"));
-            end_span(&client, self.upstream_status, error, |_| {});
-        }
-        let gen_ai_response_model = self.gen_ai_response_model.take();
-        end_span(&ctx.span, Some(self.status), self.error, |attrs| {
-            if let Some(reported) = &self.reported {
-                attrs.str("ml.model.reported_version", reported);
-            }
-            if let Some(op) = ctx.resolved.openai {
-                attrs.str("gen_ai.operation.name", op);
-                if let Some(m) = ctx.gen_ai_request_model.get() {
-                    attrs.str("gen_ai.request.model", m);
-                }
-                if let Some(m) = &gen_ai_response_model {
-                    attrs.str("gen_ai.response.model", m);
-                }
-            }
-        });
-        let line = AccessLine {
+        let client_span = self.client_span.take();
+        let reported = self.reported.as_deref();
+        let exchange = Exchange {
+            ctx: &*ctx,
+            served: ServedBy {
+                model: &served.model,
+                version: &served.version,
+                lineage_id: &served.lineage_id,
+                metrics: &served.metrics,
+                profile: &served.profile,
+            },
+            route: ctx.route().map(|r| &r.name),
+            request_id: &ctx.request_id,
             time: ctx.time,
-            request_id: ctx.request_id.clone(),
-            trace_id: Some(server.trace_id()),
-            span_id: Some(server.span_id()),
-            route: ctx.route().map(|r| r.name.clone()),
-            model: served.model.clone(),
-            version: served.version.clone(),
-            lineage_id: served.lineage_id.clone(),
-            reported_version: self.reported.take(),
             client: ctx.client,
-            method: ctx.method.clone(),
-            path: ctx.path.clone(),
+            method: &ctx.method,
+            path: &ctx.path,
             protocol: protocol(ctx.version),
             status: self.status,
             upstream_status: self.upstream_status,
-            duration_ms: total.as_secs_f64() * 1e3,
-            upstream_ms: self.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
-            bytes_in: ctx.bytes_in(),
-            bytes_out: self.bytes_out,
-            error: self.error,
-        };
-        let recorded = Recorded {
-            status: self.status,
-            total_seconds: total.as_secs_f64(),
-            upstream_seconds: self.upstream_latency.map(|d| d.as_secs_f64()),
+            total: ctx.start.elapsed(),
+            upstream_latency: self.upstream_latency,
             upstream_error: self.upstream_error,
             request_error: self.request_error,
-            bytes_in: line.bytes_in,
+            error: self.error,
+            bytes_in: ctx.bytes_in(),
             bytes_out: self.bytes_out,
-            exemplar: TraceExemplar::of(server),
-            upstream_exemplar,
+            server_span: &ctx.span,
+            client_span: client_span.as_ref(),
+            reported,
+            mismatch: reported.and_then(|r| mismatch_label(&ctx, r)),
+            gen_ai: ctx.resolved.openai.map(|operation| GenAi {
+                operation,
+                request_model: ctx.gen_ai_request_model.get().map(String::as_str),
+                response_model: self.gen_ai_response_model.as_deref(),
+            }),
+            inspect: ctx.inspect,
+            request_copy: ctx.request_copy.get(),
+            response_copy: response.as_ref(),
+            sse: self.tee_sse,
         };
-        RequestOutcome { line, recorded }.emit(&served.metrics, &self.telemetry);
+        self.observer.finish(&exchange);
     }
 
     /// Read what the copied response body says (after the exchange, never on the byte path).
@@ -337,54 +314,25 @@ impl Pending {
                     debug!(error = %e, "Response body is not Open Inference JSON.");
                     // Counted here only when the inspector will not read (and count) it.
                     if self.ctx.inspect.is_none() {
-                        self.telemetry.inspector.skip(Skip::Unparseable);
+                        self.inspector.skip(Skip::Unparseable);
                     }
                 }
             }
         }
     }
+}
 
-    /// Queue what was copied for the inspector (after the response went out).
-    fn submit(&self, request: Option<Copied>, response: Option<Copied>) {
-        let Some(codec) = self.ctx.inspect else {
-            return;
-        };
-        let request = request.filter(|_| codec.tabular());
-        if request.is_none() && response.is_none() {
-            return;
-        }
-        let sc = self.ctx.span.context().clone();
-        self.telemetry.inspector.submit(Job {
-            profile: self.ctx.resolved.served.profile.clone(),
-            codec,
-            request,
-            response,
-            sse: self.tee_sse,
-            trace: sc.is_valid().then_some(sc),
-        });
+/// The bounded label of a reported version that is not the one served: the reported version
+/// when the registry knows it, else `other` (label values must stay bounded); `None` when they
+/// agree or the served version itself is unknown.
+fn mismatch_label<'a>(ctx: &RequestCtx, reported: &'a str) -> Option<&'a str> {
+    let served = &ctx.resolved.served;
+    if !served.is_known() || reported == &*served.version {
+        return None;
     }
-
-    fn check_mismatch(&self, reported: &str) {
-        let served = &self.ctx.resolved.served;
-        if !served.is_known() || reported == &*served.version {
-            return;
-        }
-        // Label values must be bounded: a version the registry does not know becomes `other`.
-        let known = self
-            .ctx
-            .snapshot
-            .models
-            .get(&*served.model)
-            .is_some_and(|m| m.versions.contains_key(reported));
-        let label = if known { reported } else { "other" };
-        self.telemetry
-            .metrics
-            .version_mismatch(&served.model, &served.version, label);
-        self.telemetry
-            .journal
-            .mismatch(&served.model, &served.version, label);
-        warn!(model = %served.model, expected = %served.version, reported, request_id = ?self.ctx.request_id, "Model server reported another version than resolved.");
-    }
+    let known = (ctx.snapshot.models.get(&*served.model))
+        .is_some_and(|m| m.versions.contains_key(reported));
+    Some(if known { reported } else { "other" })
 }
 
 impl Drop for Pending {

@@ -68,6 +68,13 @@ pub struct Inspect {
     pub js_warn: f64,
 }
 
+impl Default for Inspect {
+    /// The settings an empty `[inspect]` table gives.
+    fn default() -> Self {
+        inspect(&mut Vec::new(), &RawInspect::default())
+    }
+}
+
 /// Validate `[inspect]`.
 pub fn inspect(errs: &mut Vec<ConfigError>, raw: &RawInspect) -> Inspect {
     let queue = raw.queue.unwrap_or(1024);
