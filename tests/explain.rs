@@ -114,8 +114,18 @@ async fn traffic(s: &Sidecar, n: usize, null_from: Option<usize>) {
             .unwrap();
         send(req).await;
     }
-    // Let the inspection worker catch up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait (with a deadline) until the inspection worker has read every queued exchange:
+    // each was queued before its response's last byte left the sidecar.
+    let metrics = format!("http://127.0.0.1:{}/metrics", s.admin);
+    let drained =
+        eventually(Duration::from_secs(10), || {
+            let metrics = metrics.clone();
+            async move {
+                metric_value(&get_text(&metrics).await, "modelstamp_inspect_queue_depth") == 0.0
+            }
+        })
+        .await;
+    assert!(drained, "the inspection worker never caught up");
 }
 
 async fn explain(s: &Sidecar) -> Value {

@@ -186,7 +186,11 @@ async fn parent_based_sampling_and_ids_for_unsampled_requests() {
     send(unsampled).await;
     send(traced(&h.url("/v2/models/churn/infer"))).await;
     let spans = wait_spans(&received, 2).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Everything the sidecar queued is sent once the exporter is flushed: no waiting.
+    let tracing = h.sidecar.telemetry.tracing.clone();
+    tokio::task::spawn_blocking(move || tracing.flush())
+        .await
+        .unwrap();
     assert_eq!(
         received.spans().len(),
         2,

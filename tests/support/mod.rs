@@ -488,6 +488,17 @@ pub fn spawn_run(cfg: &Path) -> std::process::Child {
 }
 
 /// A free TCP port on 127.0.0.1 (for the real binary, whose ports a test must know).
+/// `full` when `MODELSTAMP_FULL_SCALE` is set (CI's long step, as `SOAK_SECONDS` is for the
+/// soak), else `quick`: the slowest tests keep their bar in CI and stay fast under
+/// `cargo test`.
+pub fn scale(quick: u64, full: u64) -> u64 {
+    if std::env::var_os("MODELSTAMP_FULL_SCALE").is_some() {
+        full
+    } else {
+        quick
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

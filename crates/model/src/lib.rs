@@ -8,6 +8,7 @@
 pub use modelstamp_codec as codec;
 
 pub mod canary;
+pub mod clock;
 pub mod config;
 pub mod journal;
 pub mod registry;

@@ -5,7 +5,9 @@
 //! not a ledger: the Prometheus counters stay exact).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 /// Slices per window.
 pub const SLICES: usize = 10;
@@ -189,12 +191,14 @@ mod tests {
         assert_eq!(WindowTotals::default().quantile(0.5), None);
     }
 
-    #[test]
-    fn old_slices_leave_the_window() {
-        let w = RollingWindow::new(Duration::from_millis(100));
+    #[tokio::test(start_paused = true)]
+    async fn old_slices_leave_the_window() {
+        let w = RollingWindow::new(Duration::from_secs(300));
         w.record(Duration::from_millis(1), false);
         assert_eq!(w.totals().requests, 1);
-        std::thread::sleep(Duration::from_millis(130));
+        tokio::time::advance(Duration::from_secs(290)).await;
+        assert_eq!(w.totals().requests, 1, "still inside the five minutes");
+        tokio::time::advance(Duration::from_secs(40)).await;
         assert_eq!(w.totals().requests, 0);
         w.record(Duration::from_millis(1), true);
         assert_eq!((w.totals().requests, w.totals().errors), (1, 1));

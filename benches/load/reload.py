@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Proxied latency while the registry is rewritten: does a reload hold up requests?
+
+A 1,000-version registry with realistic records (input schema of 40 features with reference
+distributions, lineage, metrics; several MB of YAML) is served by a file registry with
+`reload.poll_interval = "1s"`. Open-loop traffic at a fixed rate (benches/load/loadgen.rs) goes
+through the sidecar to the fast stub (`modelstamp demo-model --fixed`) in two phases, each
+measured separately: `static` (the file never changes) and `rewritten` (a new version of the
+file, one changed promotion reason, is written every second, so every poll reads, parses,
+validates and swaps a new snapshot). Phases and binaries are interleaved over repetitions; the
+medians of p50, p99 and p99.9 are reported, with how many reloads each `rewritten` phase saw.
+
+`--binary` is the sidecar to measure (default target/release/modelstamp); `--baseline` another
+build to measure in the same run (e.g. one built from an older commit by reload.sh).
+
+Usage: reload.py [--reps 3] [--seconds 20] [--rate 1000] [--versions 1000]
+                 [--binary PATH] [--baseline PATH] [--smoke]
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import BODY, PATH, ROOT, MODELSTAMP_ENV, Procs, free_port, wait_port  # noqa: E402
+
+FEATURES = 40
+
+
+def version_record(v, reason):
+    """One version's record (YAML flow style), about 4 KB."""
+    edges = ", ".join(f"{0.1 * k:.1f}" for k in range(1, 10))
+    fractions = ", ".join(["0.1"] * 10)
+    schema = ", ".join(
+        f"{{ name: f{j}, type: double, min: 0.0, max: 1.0, source: warehouse.t{j % 7}.c{j},"
+        f" reference: {{ edges: [{edges}], fractions: [{fractions}] }} }}"
+        for j in range(FEATURES))
+    return (f"      \"{v}\": {{ code: {{ repo: https://git.example.com/ml/churn, commit: {v:040x} }},"
+            f" training_data: {{ name: churn-train, digest: d{v:07x}, source: s3://ml/churn/{v}.parquet,"
+            f" upstream_tables: [crm.accounts, billing.invoices] }},"
+            f" environment: {{ python: 3.11.7, runtime: mlserver 1.7.1, lock_digest: sha256:{v:010x} }},"
+            f" promotion: {{ by: alice, at: '2026-11-20T08:30:00Z', reason: '{reason}' }},"
+            f" metrics: {{ accuracy: 0.91, auc: 0.87 }}, input_schema: [{schema}] }}")
+
+
+def write_registry(path, versions, generation):
+    lines = ["models:", "  churn:", "    aliases: { champion: \"1\" }", "    versions:"]
+    for v in range(1, versions + 1):
+        lines.append(version_record(v, f"generation {generation}" if v == 1 else "initial"))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)  # atomic, as a ConfigMap update is
+
+
+def config(tmp, port, admin, upstream, registry):
+    cfg = tmp / f"reload-{port}.toml"
+    cfg.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+[admin]
+listen = "127.0.0.1:{admin}"
+[access_log]
+target = "off"
+[registry]
+path = "{registry}"
+[reload]
+poll_interval = "1s"
+[[routes]]
+name = "churn"
+upstream = "127.0.0.1:{upstream}"
+serves = "@champion"
+match = {{ open_inference = true }}
+""")
+    return cfg
+
+
+def reloads(admin):
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    m = re.search(r'^modelstamp_config_reloads_total\{result="success"\} (\S+)', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def run_phase(procs, binary, tmp, loadgen, upstream, body_file, a, rewrite):
+    registry = tmp / f"registry-{binary.name}-{rewrite}.yaml"
+    write_registry(registry, a.versions, 0)
+    port, admin = free_port(), free_port()
+    p = procs.start("modelstamp", [str(binary), "run", "--config",
+                                   str(config(tmp, port, admin, upstream, registry))],
+                    env=MODELSTAMP_ENV)
+    wait_port(admin, timeout=120)
+    stop = threading.Event()
+
+    def rewriter():
+        generation = 0
+        while not stop.wait(1.0):
+            generation += 1
+            write_registry(registry, a.versions, generation)
+
+    before = reloads(admin)
+    t = threading.Thread(target=rewriter, daemon=True)
+    if rewrite:
+        t.start()
+        time.sleep(2)  # the first rewrites land before measuring
+    url = f"http://127.0.0.1:{port}{PATH}"
+    out = subprocess.run([str(loadgen), url, str(a.rate), str(a.seconds), "32", str(body_file)],
+                         capture_output=True, text=True, check=True)
+    stop.set()
+    if rewrite:
+        t.join()
+    r = json.loads(out.stdout)
+    r["reloads"] = reloads(admin) - before
+    procs.stop(p)
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--versions", type=int, default=1000)
+    ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "modelstamp"))
+    ap.add_argument("--baseline", default="")
+    ap.add_argument("--smoke", action="store_true", help="debug build, 2 s phases, 50 versions")
+    a = ap.parse_args()
+    profile = "release"
+    if a.smoke:
+        a.reps, a.seconds, a.versions, profile = 1, 2, 50, "debug"
+        a.binary = str(ROOT / "target" / "debug" / "modelstamp")
+    loadgen = ROOT / "target" / profile / "examples" / "loadgen"
+    binaries = [Path(a.binary)] + ([Path(a.baseline)] if a.baseline else [])
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        body_file = tmp / "body.json"
+        body_file.write_text(BODY)
+        procs = Procs(tmp)
+        try:
+            up = free_port()
+            procs.start("upstream", [str(binaries[0]), "demo-model", "--fixed", "--listen",
+                                     f"127.0.0.1:{up}"])
+            wait_port(up)
+            size = None
+            rows = []
+            for rep in range(a.reps):
+                order = binaries if rep % 2 == 0 else binaries[::-1]
+                for binary in order:
+                    for rewrite in ([False, True] if rep % 2 == 0 else [True, False]):
+                        r = run_phase(procs, binary, tmp, loadgen, up, body_file, a, rewrite)
+                        if size is None:
+                            size = (tmp / f"registry-{binary.name}-{rewrite}.yaml").stat().st_size
+                        r.update(binary=str(binary), phase="rewritten" if rewrite else "static")
+                        rows.append(r)
+                        print(f"rep {rep} {binary} {r['phase']:9}: p50 {r['p50_us']} µs, p99 {r['p99_us']} µs,"
+                              f" p99.9 {r['p999_us']} µs, {r['errors']} errors, {r['reloads']:.0f} reloads",
+                              flush=True)
+        finally:
+            procs.stop_all()
+    print(f"\n{a.versions} versions, registry {size / 1e6:.1f} MB, {a.rate} req/s for {a.seconds:.0f} s per phase,"
+          f" medians of {a.reps}\n")
+    print("| binary | phase | p50 µs | p99 µs | p99.9 µs | errors | reloads |\n|---|---|---|---|---|---|---|")
+    for binary in binaries:
+        for phase in ("static", "rewritten"):
+            sel = [r for r in rows if r["binary"] == str(binary) and r["phase"] == phase]
+            med = lambda k: statistics.median(r[k] for r in sel)  # noqa: E731
+            print(f"| {binary} | {phase} | {med('p50_us'):.0f} | {med('p99_us'):.0f} | {med('p999_us'):.0f}"
+                  f" | {sum(r['errors'] for r in sel)} | {med('reloads'):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
