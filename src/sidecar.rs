@@ -281,6 +281,25 @@ impl Sidecar {
     }
 }
 
+/// The control plane's blocking threads (reading, parsing and validating config and
+/// registry, building snapshots) run under `SCHED_IDLE`: on a sidecar's one or two cores the
+/// proxy thread always wins, and a reload takes the CPU the proxy leaves. Measured in
+/// BENCHMARKS.md ("Reloads under load"). Where the policy cannot be set, they run as before.
+fn background_priority() {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(e) = set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        idle,
+    ) {
+        tracing::debug!(error = ?e, "Control-plane thread keeps its scheduling policy.");
+    }
+}
+
 /// The control plane's thread and single-threaded runtime, as linkerd2-proxy runs its admin
 /// server apart from the data plane. Tasks are spawned onto it through its handle; it stops
 /// (dropping whatever still runs there) on `stop` or when dropped.
@@ -300,6 +319,7 @@ impl ControlPlane {
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .on_thread_start(background_priority)
                     .build()
                 {
                     Ok(rt) => rt,

@@ -310,3 +310,24 @@ async fn reload_under_load_at_1000_rps_with_one_reload_in_six_invalid() {
     );
     assert!(a.hits.load(Ordering::Relaxed) > 0 && b.hits.load(Ordering::Relaxed) > 0);
 }
+
+/// A replaced snapshot is freed by the control plane, never by the request that held it last:
+/// freeing a large one costs thousands of deallocations, which must not land on a proxy thread.
+#[tokio::test]
+async fn a_replaced_snapshot_is_freed_by_the_control_plane_not_its_last_request() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let h = Harness::start_manual(&churn_route(up.addr, "1", "")).await;
+    // What an in-flight request holds.
+    let held = h.sidecar.reloader.current().load_full();
+    let weak = std::sync::Arc::downgrade(&held);
+    h.sidecar.reloader.reload().await.unwrap();
+    // The request ends: its reference was not the last one.
+    drop(held);
+    assert!(weak.upgrade().is_some(), "freed by the request's drop");
+    let freed = eventually(Duration::from_secs(5), || {
+        let weak = weak.clone();
+        async move { weak.upgrade().is_none() }
+    })
+    .await;
+    assert!(freed, "the control plane never freed the replaced snapshot");
+}

@@ -311,6 +311,10 @@ pub struct Reloader {
     metrics: Metrics,
     generation: AtomicU64,
     watched: std::sync::Mutex<Watched>,
+    /// Replaced snapshots that requests may still hold (see `retire`).
+    retired: std::sync::Mutex<Vec<Arc<Snapshot>>>,
+    /// Wakes the watch loop to look at a newly retired snapshot.
+    retired_now: Notify,
     state: Mutex<State>,
     refresh_now: Notify,
     audit: std::sync::OnceLock<Arc<crate::canary::audit::AuditLog>>,
@@ -381,6 +385,8 @@ impl Reloader {
             metrics,
             generation: AtomicU64::new(1),
             watched: std::sync::Mutex::new(watched),
+            retired: std::sync::Mutex::new(Vec::new()),
+            retired_now: Notify::new(),
             state: Mutex::new(state),
             refresh_now: Notify::new(),
             audit: std::sync::OnceLock::new(),
@@ -516,6 +522,33 @@ impl Reloader {
         changed
     }
 
+    /// Keep `old` until no request holds it, then drop it here: the last request to finish
+    /// with a large snapshot would otherwise free it (thousands of allocations) on a proxy
+    /// thread.
+    fn retire(&self, old: Arc<Snapshot>) {
+        if let Ok(mut retired) = self.retired.lock() {
+            retired.retain(|s| Arc::strong_count(s) > 1);
+            retired.push(old);
+        }
+        self.retired_now.notify_one();
+    }
+
+    /// Free retired snapshots no request holds any more, on a blocking thread of the control
+    /// plane; whether some are still held.
+    fn reap(&self) -> bool {
+        let Ok(mut retired) = self.retired.lock() else {
+            return false;
+        };
+        let (unused, held): (Vec<_>, Vec<_>) = std::mem::take(&mut *retired)
+            .into_iter()
+            .partition(|s| Arc::strong_count(s) == 1);
+        *retired = held;
+        if !unused.is_empty() {
+            tokio::task::spawn_blocking(move || drop(unused));
+        }
+        !retired.is_empty()
+    }
+
     fn swap(&self, snapshot: Snapshot) -> u64 {
         let generation = snapshot.generation;
         self.generation.store(generation, Ordering::Relaxed);
@@ -527,7 +560,8 @@ impl Reloader {
         if let Some(hook) = self.on_swap.get() {
             hook(&snapshot);
         }
-        self.current.store(Arc::new(snapshot));
+        let old = self.current.swap(Arc::new(snapshot));
+        self.retire(old);
         generation
     }
 
@@ -801,8 +835,14 @@ impl Reloader {
             let until_refresh = mlflow.map_or(Duration::from_secs(3600), |_| {
                 next_refresh.saturating_duration_since(Instant::now())
             });
+            // Snapshots still held by requests are looked at again within a second.
+            let until_reap = if self.reap() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(3600)
+            };
             tokio::select! {
-                _ = tokio::time::sleep(poll.min(until_refresh)) => {}
+                _ = tokio::time::sleep(poll.min(until_refresh).min(until_reap)) => {}
                 changed = hup.changed() => {
                     if changed.is_err() { return; }
                     info!("SIGHUP received.");
@@ -810,6 +850,7 @@ impl Reloader {
                     continue;
                 }
                 _ = self.refresh_now.notified() => next_refresh = Instant::now(),
+                _ = self.retired_now.notified() => continue,
                 _ = crate::proxy::server::stopped(&mut shutdown) => return,
             }
             if let Some(interval) = mlflow
