@@ -290,6 +290,11 @@ fn background_priority() {
         NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
         thread_native_id,
     };
+    // `MODELSTAMP_CONTROL_PRIORITY=normal` keeps the default policy (measurements, or hosts
+    // where an idle-class thread would wait too long).
+    if std::env::var("MODELSTAMP_CONTROL_PRIORITY").is_ok_and(|v| v == "normal") {
+        return;
+    }
     let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
     if let Err(e) = set_thread_priority_and_policy(
         thread_native_id(),

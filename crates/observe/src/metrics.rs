@@ -333,7 +333,7 @@ impl Metrics {
         );
         reg.register(
             "request_errors",
-            "Downstream-side failures by kind: body_too_large, client_abort",
+            "Client-side failures by kind: body_too_large, client_abort, schema_violation, body_malformed, body_timeout, bad_request",
             m.request_errors.clone(),
         );
         reg.register(
@@ -644,14 +644,28 @@ impl Metrics {
 pub enum RequestErrorKind {
     /// The request body exceeded the limit.
     BodyTooLarge,
-    /// The client went away before the response ended.
+    /// The client went away before the response ended (or in the middle of its body).
     ClientAbort,
     /// An `enforce` route rejected inputs that break the training schema.
     SchemaViolation,
+    /// The client's body was malformed (a bad chunk, a short body).
+    BodyMalformed,
+    /// The client stalled its body past `limits.body_read_timeout`.
+    BodyTimeout,
+    /// The request could not be proxied without ambiguity (a disguised framing header, two
+    /// Hosts, a `CONNECT` or `*` target).
+    BadRequest,
 }
 
 impl RequestErrorKind {
-    const ALL: [Self; 3] = [Self::BodyTooLarge, Self::ClientAbort, Self::SchemaViolation];
+    const ALL: [Self; 6] = [
+        Self::BodyTooLarge,
+        Self::ClientAbort,
+        Self::SchemaViolation,
+        Self::BodyMalformed,
+        Self::BodyTimeout,
+        Self::BadRequest,
+    ];
 
     /// The `kind` label value.
     pub fn as_str(self) -> &'static str {
@@ -659,6 +673,9 @@ impl RequestErrorKind {
             Self::BodyTooLarge => "body_too_large",
             Self::ClientAbort => "client_abort",
             Self::SchemaViolation => "schema_violation",
+            Self::BodyMalformed => "body_malformed",
+            Self::BodyTimeout => "body_timeout",
+            Self::BadRequest => "bad_request",
         }
     }
 }
@@ -670,7 +687,7 @@ pub struct VersionMetrics {
     duration: HistogramWithExemplars<TraceExemplar>,
     upstream_duration: HistogramWithExemplars<TraceExemplar>,
     upstream_errors: [Counter; 4],
-    request_errors: [Counter; 3],
+    request_errors: [Counter; 6],
     /// Requests being proxied now.
     pub in_flight: Gauge,
     request_bytes: Counter,
@@ -696,8 +713,10 @@ impl VersionMetrics {
         }
         self.request_bytes.inc_by(r.bytes_in);
         self.response_bytes.inc_by(r.bytes_out);
-        // A client that left is not the version's failure; a 5xx (its own or ours) is.
-        if r.request_error != Some(RequestErrorKind::ClientAbort) {
+        // What the client caused (it left, sent a bad or stalled body, was refused) is not the
+        // version's doing and stays out of the window the canary and `explain` judge from; a
+        // 5xx (its own or ours) is the version's.
+        if r.request_error.is_none() {
             self.window.record(
                 std::time::Duration::from_secs_f64(r.total_seconds.max(0.0)),
                 r.status >= 500,

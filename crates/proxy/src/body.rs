@@ -5,12 +5,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::ctx::RequestCtx;
+use super::error::{BodyReadTimeout, ClientFault};
 use super::shadow::Shadower;
 use crate::inspect::worker::BodyCopy;
 use crate::inspect::{Codec, Inspector};
@@ -106,9 +108,11 @@ impl Body for ClientBody {
 }
 
 pin_project_lite::pin_project! {
-    /// The client's body on its way upstream: streamed, counted, cut at the limit. When the
-    /// exchange is inspected (or on OpenAI-compatible routes, to read the requested `model`) a
-    /// bounded copy is kept, charged to the inspector's memory budget.
+    /// The client's body on its way upstream: streamed, counted, cut at the limit, and given
+    /// at most `limits.body_read_timeout` between frames. When the exchange is inspected (or
+    /// on OpenAI-compatible routes, to read the requested `model`) a bounded copy is kept,
+    /// charged to the inspector's memory budget. A failure on the client's side is noted in
+    /// the context before anything upstream can fail because of it.
     pub struct LimitedBody {
         #[pin]
         inner: ClientBody,
@@ -116,6 +120,9 @@ pin_project_lite::pin_project! {
         limit: u64,
         tee: Option<Box<BodyCopy>>,
         inspector: Inspector,
+        // Armed only when the client makes the body wait: most bodies arrive with the head.
+        stall: Option<Pin<Box<tokio::time::Sleep>>>,
+        stall_after: Duration,
     }
 }
 
@@ -127,12 +134,15 @@ impl LimitedBody {
             || Shadower::wanted(&ctx);
         let cap = ctx.snapshot.config.limits.max_inspect_bytes;
         let tee = wanted.then(|| Box::new(inspector.copy(cap)));
+        let stall_after = ctx.snapshot.config.limits.body_read_timeout;
         Self {
             inner,
             ctx,
             limit,
             tee,
             inspector,
+            stall: None,
+            stall_after,
         }
     }
 }
@@ -146,8 +156,21 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let waiting = polled.is_pending();
+        if this.ctx.awaiting_client.load(Ordering::Relaxed) != waiting {
+            this.ctx.awaiting_client.store(waiting, Ordering::Relaxed);
+        }
+        match polled {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    super::stamp::strip_stamps(trailers, &this.ctx.snapshot.config.headers);
+                }
+                if let Some(stall) = this.stall.as_mut() {
+                    stall
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + *this.stall_after);
+                }
                 if let Some(data) = frame.data_ref() {
                     let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
                     let total = this
@@ -173,12 +196,25 @@ impl Body for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                let _ = this.ctx.client_fault.set(ClientFault::of(&e));
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => {
                 request_read(this.tee.take(), this.ctx);
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let after = *this.stall_after;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+                if stall.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let _ = this.ctx.client_fault.set(ClientFault::Timeout);
+                Poll::Ready(Some(Err(Box::new(BodyReadTimeout(after)))))
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use http::{HeaderValue, Method, Request, Version};
 
 use super::body::ClientBody;
+use super::error::ClientFault;
 use crate::inspect::Codec;
 use crate::inspect::worker::Copied;
 use crate::routing::{Resolved, RouteState, Snapshot};
@@ -44,6 +45,12 @@ pub struct RequestCtx {
     pub bytes_in: AtomicU64,
     /// Set when the request body went over the limit.
     pub body_too_large: AtomicBool,
+    /// Set when the client's side of the body failed (it hung up, sent a malformed body, or
+    /// stalled): an upstream failure that follows is the client's doing, not the version's.
+    pub client_fault: OnceLock<ClientFault>,
+    /// Set while the request body waits for the client's next bytes (cleared when they come):
+    /// a response timeout then is the client's stall, not the model server's.
+    pub awaiting_client: AtomicBool,
     /// The `model` an OpenAI-compatible request asked for (read once the body is complete).
     pub gen_ai_request_model: OnceLock<String>,
     /// How this exchange is inspected; `None` when it is not (no codec, or sampled out).

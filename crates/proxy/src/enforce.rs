@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::body::ClientBody;
 use super::ctx::ProxyRequest;
-use super::error::ProxyError;
+use super::error::{BodyReadTimeout, ClientFault, ProxyError};
 use super::resolve::BoxFuture;
 use crate::inspect::Codec;
 use crate::inspect::quality::violations;
@@ -70,9 +70,10 @@ where
         Box::pin(async move {
             let ProxyRequest { req, ctx } = pr;
             let (parts, body) = req.into_parts();
-            let cap = ctx.snapshot.config.limits.max_inspect_bytes;
+            let limits = &ctx.snapshot.config.limits;
+            let (cap, stall) = (limits.max_inspect_bytes, limits.body_read_timeout);
             let body = match body {
-                ClientBody::Streaming(incoming) => read_ahead(incoming, cap).await?,
+                ClientBody::Streaming(incoming) => read_ahead(incoming, cap, stall).await?,
                 buffered => buffered,
             };
             if let ClientBody::Buffered {
@@ -103,11 +104,22 @@ where
     }
 }
 
-/// Read up to `cap` bytes (or the whole body, with its trailers, if it ends first).
-async fn read_ahead(mut body: Incoming, cap: usize) -> Result<ClientBody, ProxyError> {
+/// Read up to `cap` bytes (or the whole body, with its trailers, if it ends first), waiting
+/// at most `stall` for each frame.
+async fn read_ahead(
+    mut body: Incoming,
+    cap: usize,
+    stall: std::time::Duration,
+) -> Result<ClientBody, ProxyError> {
     let mut head = BytesMut::new();
     loop {
-        match body.frame().await {
+        let Ok(frame) = tokio::time::timeout(stall, body.frame()).await else {
+            return Err(ProxyError::ClientBody {
+                fault: ClientFault::Timeout,
+                source: Box::new(BodyReadTimeout(stall)),
+            });
+        };
+        match frame {
             None => {
                 return Ok(ClientBody::Buffered {
                     head: Some(head.freeze()),
@@ -115,7 +127,12 @@ async fn read_ahead(mut body: Incoming, cap: usize) -> Result<ClientBody, ProxyE
                     rest: None,
                 });
             }
-            Some(Err(e)) => return Err(ProxyError::ClientBody(e)),
+            Some(Err(e)) => {
+                return Err(ProxyError::ClientBody {
+                    fault: ClientFault::of(&e),
+                    source: Box::new(e),
+                });
+            }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     head.extend_from_slice(&data);

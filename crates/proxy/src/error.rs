@@ -6,18 +6,91 @@ use http::{HeaderValue, Response, StatusCode, header};
 use super::body::ProxyBody;
 use crate::observe::metrics::{RequestErrorKind, UpstreamErrorKind};
 
+/// nginx's "client closed request".
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
+/// What a client did wrong while sending its request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// It went away (connection closed or stream reset) before the body ended.
+    Aborted,
+    /// The body broke HTTP framing (a bad chunk size, a short body).
+    Malformed,
+    /// It stopped sending for longer than `limits.body_read_timeout`.
+    Timeout,
+}
+
+impl ClientFault {
+    /// How a failed read of the client's body came about.
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cause = Some(e);
+        while let Some(c) = cause {
+            if c.is::<BodyReadTimeout>() {
+                return Self::Timeout;
+            }
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::{InvalidData, InvalidInput};
+                if matches!(io.kind(), InvalidData | InvalidInput) {
+                    return Self::Malformed;
+                }
+            }
+            if let Some(h) = c.downcast_ref::<hyper::Error>()
+                && h.is_parse()
+            {
+                return Self::Malformed;
+            }
+            cause = c.source();
+        }
+        Self::Aborted
+    }
+
+    /// The `modelstamp_request_errors_total` kind.
+    pub fn request_kind(self) -> RequestErrorKind {
+        match self {
+            Self::Aborted => RequestErrorKind::ClientAbort,
+            Self::Malformed => RequestErrorKind::BodyMalformed,
+            Self::Timeout => RequestErrorKind::BodyTimeout,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Aborted => "aborted by the client",
+            Self::Malformed => "malformed",
+            Self::Timeout => "stalled past limits.body_read_timeout",
+        }
+    }
+}
+
+/// The client sent no body bytes for `limits.body_read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body bytes for {0:?}")]
+pub struct BodyReadTimeout(pub std::time::Duration);
+
 /// Why the proxy answered instead of the model server.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// No route matches the request.
     #[error("no route matches the request")]
     NoRoute,
+    /// The request cannot be proxied without ambiguity.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     /// The request body is over the limit.
     #[error("request body exceeds {0} bytes")]
     BodyTooLarge(u64),
-    /// The client's body could not be read (on a route that reads it ahead).
-    #[error("request body could not be read: {0}")]
-    ClientBody(hyper::Error),
+    /// The client's body failed: it hung up, sent a malformed body, or stalled. Whatever the
+    /// upstream did next is the client's doing, never the version's.
+    #[error("request body {}: {source}", .fault.as_str())]
+    ClientBody {
+        /// What the client did.
+        fault: ClientFault,
+        /// The underlying error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// An `enforce` route found inputs that break the training schema.
     #[error("request violates the training schema of {model} version {version}")]
     SchemaViolation {
@@ -45,9 +118,10 @@ impl ProxyError {
     pub fn kind_str(&self) -> &'static str {
         match self {
             Self::NoRoute => "no_route",
+            Self::BadRequest(_) => "bad_request",
             Self::BodyTooLarge(_) => "body_too_large",
             Self::SchemaViolation { .. } => "schema_violation",
-            Self::ClientBody(_) => "client_abort",
+            Self::ClientBody { fault, .. } => fault.request_kind().as_str(),
             Self::Upstream { kind, .. } => match kind {
                 UpstreamErrorKind::Connect => "upstream_connect",
                 UpstreamErrorKind::Timeout => "upstream_timeout",
@@ -55,6 +129,12 @@ impl ProxyError {
                 UpstreamErrorKind::Status5xx => "upstream_5xx",
             },
         }
+    }
+
+    /// Whether the client's connection cannot carry another request after this one (HTTP/1):
+    /// the request's framing was ambiguous or its body was not read to the end.
+    pub fn ends_connection(&self) -> bool {
+        matches!(self, Self::BadRequest(_) | Self::ClientBody { .. })
     }
 
     /// The upstream error kind, if any.
@@ -69,8 +149,9 @@ impl ProxyError {
     pub fn request_kind(&self) -> Option<RequestErrorKind> {
         match self {
             Self::BodyTooLarge(_) => Some(RequestErrorKind::BodyTooLarge),
+            Self::BadRequest(_) => Some(RequestErrorKind::BadRequest),
             Self::SchemaViolation { .. } => Some(RequestErrorKind::SchemaViolation),
-            Self::ClientBody(_) => Some(RequestErrorKind::ClientAbort),
+            Self::ClientBody { fault, .. } => Some(fault.request_kind()),
             _ => None,
         }
     }
@@ -78,9 +159,23 @@ impl ProxyError {
     fn status_and_grpc(&self) -> (StatusCode, &'static str) {
         match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "12"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "3"),
             Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "8"),
             Self::SchemaViolation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "3"),
-            Self::ClientBody(_) => (StatusCode::BAD_REQUEST, "3"),
+            // 499 as nginx logs a client that left; gRPC CANCELLED, INVALID_ARGUMENT and
+            // DEADLINE_EXCEEDED for the same three.
+            Self::ClientBody {
+                fault: ClientFault::Aborted,
+                ..
+            } => (CLIENT_CLOSED_REQUEST, "1"),
+            Self::ClientBody {
+                fault: ClientFault::Malformed,
+                ..
+            } => (StatusCode::BAD_REQUEST, "3"),
+            Self::ClientBody {
+                fault: ClientFault::Timeout,
+                ..
+            } => (StatusCode::REQUEST_TIMEOUT, "4"),
             Self::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 ..

@@ -17,8 +17,8 @@ use tower::Service;
 
 use super::body::{BoxError, LimitedBody};
 use super::ctx::ProxyRequest;
-use super::error::ProxyError;
-use super::headers::{add_forwarded, remove_hop_by_hop};
+use super::error::{ClientFault, ProxyError};
+use super::headers::{add_forwarded, refusal, remove_hop_by_hop};
 use super::pool::{Pool, UpstreamBody};
 use super::resolve::{BoxFuture, method_name, protocol_version};
 use crate::inspect::Inspector;
@@ -101,6 +101,9 @@ impl Service<ProxyRequest> for Forward {
 impl Clients {
     async fn forward(&self, pr: ProxyRequest) -> Result<Forwarded, ProxyError> {
         let ProxyRequest { req, ctx } = pr;
+        if let Some(why) = refusal(&req) {
+            return Err(ProxyError::BadRequest(why));
+        }
         let Some(state) = ctx.route() else {
             return Err(ProxyError::NoRoute);
         };
@@ -120,6 +123,17 @@ impl Clients {
             UpstreamProtocol::Auto => req.version() == Version::HTTP_2,
         };
         let (mut parts, body) = req.into_parts();
+        // One Host upstream, the one the client addressed: an absolute-form target or HTTP/2
+        // `:authority` wins over a Host header (RFC 9112 §3.2.2); an h2c upstream gets it as
+        // `:authority` alone.
+        if let Some(v) =
+            (parts.uri.authority()).and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        if h2 {
+            parts.headers.remove(header::HOST);
+        }
         let (authority, pq) = target(route, &ctx, parts.uri.path_and_query());
         let pq = pq.unwrap_or_else(|| PathAndQuery::from_static("/"));
         // HTTP/1 requests carry the origin form (the pool knows the authority); h2c ones the
@@ -172,7 +186,22 @@ impl Clients {
                 tracing::debug!(error = %e, "Request body over the limit.");
                 ProxyError::BodyTooLarge(limit)
             }
+            // Who caused it is decided before anything counts it: a call that failed because
+            // the client's body failed, or timed out while the body waited on the client, is
+            // the client's error, never the version's.
+            Ok(Err((_, source))) if ctx.client_fault.get().is_some() => ProxyError::ClientBody {
+                fault: ctx
+                    .client_fault
+                    .get()
+                    .copied()
+                    .unwrap_or(ClientFault::Aborted),
+                source,
+            },
             Ok(Err((kind, source))) => ProxyError::Upstream { kind, source },
+            Err(elapsed) if ctx.awaiting_client.load(Ordering::Relaxed) => ProxyError::ClientBody {
+                fault: ClientFault::Timeout,
+                source: Box::new(elapsed),
+            },
             Err(elapsed) => ProxyError::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 source: Box::new(elapsed),

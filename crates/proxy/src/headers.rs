@@ -15,6 +15,35 @@ const TRAILER: HeaderName = HeaderName::from_static("trailer");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// Why a request cannot be proxied without ambiguity, if it cannot: a `CONNECT` or
+/// asterisk-form (`*`) target, more than one `Host`, or a header name that a server which
+/// reads `_` as `-` would take for `Content-Length`, `Transfer-Encoding` or `Host` (a second,
+/// hidden framing or target).
+pub fn refusal<B>(req: &http::Request<B>) -> Option<&'static str> {
+    if req.method() == http::Method::CONNECT {
+        return Some("CONNECT is not proxied");
+    }
+    if req.uri().path() == "*" {
+        return Some("an asterisk-form target is not proxied");
+    }
+    if req.headers().get_all(HOST).iter().nth(1).is_some() {
+        return Some("more than one Host header");
+    }
+    let disguised = req.headers().keys().any(|name| {
+        let n = name.as_str();
+        n.contains('_')
+            && ["content-length", "transfer-encoding", "host"]
+                .iter()
+                .any(|m| {
+                    n.len() == m.len()
+                        && n.bytes()
+                            .zip(m.bytes())
+                            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+                })
+    });
+    disguised.then_some("a header name that reads as Content-Length, Transfer-Encoding or Host")
+}
+
 /// Headers a `Connection` header can never remove: the target, the framing and what the
 /// sidecar itself stamps or forwards (`Connection: host` or `Connection: x-model-version`
 /// would otherwise strip them after they were set).

@@ -23,7 +23,7 @@ use crate::inspect::Codec;
 use crate::observe::Telemetry;
 use crate::observe::access_log::owned_path;
 use crate::observe::spans::{Attributes, remote_parent};
-use crate::observe::trace::{GOLDEN, mix, parse_traceparent};
+use crate::observe::trace::parse_traceparent;
 use crate::routing::{Resolved, Snapshot, resolve};
 
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
@@ -135,6 +135,8 @@ where
             grpc,
             bytes_in: AtomicU64::new(0),
             body_too_large: AtomicBool::new(false),
+            client_fault: std::sync::OnceLock::new(),
+            awaiting_client: AtomicBool::new(false),
             gen_ai_request_model: std::sync::OnceLock::new(),
             inspect,
             request_copy: std::sync::OnceLock::new(),
@@ -239,36 +241,29 @@ fn valid_request_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
 }
 
-/// A unique, unguessable-enough 32-hex-char request ID: a per-process random half and a
-/// counter mixed through splitmix64 (a bijection, so IDs never repeat within a process).
+/// An unpredictable 32-hex-char request ID: SipHash-1-3, a keyed pseudo-random function, over
+/// a counter and a half number, under a 128-bit key the OS's random source gives this process
+/// (std's `RandomState`): a CSPRNG in counter mode. Each input is used once, so IDs repeat
+/// only if both 64-bit halves collide; the key makes one ID say nothing about the next (the
+/// previous generator, splitmix64 over a counter, could be inverted from a single response).
+/// Two short hashes, no lock, no system call after the first.
 pub fn new_request_id() -> HeaderValue {
+    use std::hash::{BuildHasher, Hasher};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static SEED: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
-    let (hi, salt) = *SEED.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        h.write_u32(std::process::id());
-        let a = h.finish();
-        (splitmix64(a), splitmix64(a ^ GOLDEN))
-    });
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let key = KEY.get_or_init(Default::default);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let half = |which: u8| {
+        let mut h = key.build_hasher();
+        h.write_u64(n);
+        h.write_u8(which);
+        h.finish()
+    };
     let mut id = [0u8; 32];
-    crate::observe::trace::hex_into(&mut id[..16], &hi.to_be_bytes());
-    crate::observe::trace::hex_into(
-        &mut id[16..],
-        &splitmix64(n.wrapping_add(salt)).to_be_bytes(),
-    );
+    crate::observe::trace::hex_into(&mut id[..16], &half(0).to_be_bytes());
+    crate::observe::trace::hex_into(&mut id[16..], &half(1).to_be_bytes());
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
-}
-
-fn splitmix64(z: u64) -> u64 {
-    mix(z.wrapping_add(GOLDEN))
 }
 
 /// The future type the outer layers return.
@@ -303,5 +298,25 @@ mod tests {
         let ids: std::collections::HashSet<_> = (0..10_000).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 10_000);
         assert!(ids.iter().all(|v| v.len() == 32 && valid_request_id(v)));
+    }
+
+    /// Nothing of one ID carries into the next: consecutive IDs share no half, and their bits
+    /// differ in about half the places (a counter or an invertible mix would not).
+    #[test]
+    fn request_ids_are_unpredictable_from_the_previous_one() {
+        let ids: Vec<u128> = (0..2_000)
+            .map(|_| {
+                let id = new_request_id();
+                u128::from_str_radix(id.to_str().unwrap_or("0"), 16).unwrap_or(0)
+            })
+            .collect();
+        let mut flipped = 0u64;
+        for w in ids.windows(2) {
+            assert_ne!(w[0] >> 64, w[1] >> 64, "the first half repeats");
+            assert_ne!(w[0] as u64, w[1] as u64, "the second half repeats");
+            flipped += u64::from((w[0] ^ w[1]).count_ones());
+        }
+        let mean = flipped as f64 / (ids.len() - 1) as f64;
+        assert!((60.0..68.0).contains(&mean), "{mean} of 128 bits differ");
     }
 }

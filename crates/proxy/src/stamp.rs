@@ -27,6 +27,20 @@ pub fn stamp(
     headers.insert(names.request_id.clone(), request_id.clone());
 }
 
+/// Remove every stamp header (and `x-lineage-stale`): from trailers, where no stamp belongs
+/// in either direction.
+pub fn strip_stamps(headers: &mut HeaderMap, names: &HeaderNames) {
+    for name in [
+        &names.model,
+        &names.version,
+        &names.lineage,
+        &names.request_id,
+        &names.stale,
+    ] {
+        headers.remove(name);
+    }
+}
+
 /// Write the stamp headers only where the (trusted) caller did not send them.
 fn stamp_missing(
     headers: &mut HeaderMap,
@@ -80,10 +94,16 @@ where
         let ctx = pr.ctx.clone();
         let names = &ctx.snapshot.config.headers;
         let served = &ctx.resolved.served;
+        let headers = pr.req.headers_mut();
+        // Only the sidecar says whether lineage is stale, to the model server too.
+        headers.remove(&names.stale);
         if ctx.route().is_some_and(|r| r.route.trusted) {
-            stamp_missing(pr.req.headers_mut(), names, served, &ctx.request_id);
+            stamp_missing(headers, names, served, &ctx.request_id);
         } else {
-            stamp(pr.req.headers_mut(), names, served, &ctx.request_id);
+            for name in &names.drop_untrusted {
+                headers.remove(name);
+            }
+            stamp(headers, names, served, &ctx.request_id);
         }
         let fut = self.inner.call(pr);
         Box::pin(async move {
@@ -121,6 +141,7 @@ mod tests {
             lineage: http::HeaderName::from_static("x-lineage-id"),
             request_id: http::HeaderName::from_static("x-request-id"),
             stale: http::HeaderName::from_static("x-lineage-stale"),
+            drop_untrusted: Vec::new(),
         }
     }
 

@@ -99,7 +99,14 @@ where
                 }
                 Err(err) => {
                     pending.failed(&err);
-                    error_response(&err, pending.ctx.grpc, &pending.ctx.request_id)
+                    let mut resp = error_response(&err, pending.ctx.grpc, &pending.ctx.request_id);
+                    // After an ambiguous request or a body read only in part, where the next
+                    // request on the connection would start is unknown: close it (HTTP/1).
+                    if err.ends_connection() && pending.ctx.version < http::Version::HTTP_2 {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
+                    resp
                 }
             };
             pending.status = resp.status().as_u16();
@@ -379,11 +386,15 @@ impl Body for ObservedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &mut polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(p)) = (frame.data_ref(), this.pending.as_mut()) {
                     p.data(data);
+                }
+                // No stamp rides in trailers: the model server's would contradict the head's.
+                if let (Some(trailers), Some(p)) = (frame.trailers_mut(), this.pending.as_ref()) {
+                    super::stamp::strip_stamps(trailers, &p.ctx.snapshot.config.headers);
                 }
                 if this.inner.is_end_stream() {
                     this.finish(None);

@@ -88,6 +88,9 @@ impl Admin {
     {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
+        if let Err(why) = self.guard(&parts, &path) {
+            return error(StatusCode::FORBIDDEN, why);
+        }
         match parts.method {
             Method::GET | Method::HEAD => self.get(&parts, &path),
             Method::POST
@@ -146,6 +149,58 @@ impl Admin {
                 }
             }
         }
+    }
+
+    /// What a browser could do without asking: answer a page that rebinds its own name to this
+    /// address (DNS rebinding), or let another site post to us. Probes and scrapers
+    /// (`/healthz`, `/readyz`, `/metrics`) answer any Host, since they address pods by name;
+    /// every other call needs an IP-literal Host, `localhost`, or a name in
+    /// `admin.allowed_hosts`. A POST must be JSON (a cross-site form cannot send that without
+    /// a preflight) and must not come from another site.
+    fn guard(&self, parts: &http::request::Parts, path: &str) -> Result<(), &'static str> {
+        if matches!(path, "/healthz" | "/readyz" | "/metrics") && parts.method != Method::POST {
+            return Ok(());
+        }
+        let snap = self.snapshot();
+        let allowed = &snap.config.admin_allowed_hosts;
+        let host = (parts.uri.authority().map(|a| a.host().to_string())).or_else(|| {
+            let h = parts.headers.get(header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = h.parse().ok()?;
+            Some(authority.host().to_string())
+        });
+        if let Some(host) = host
+            && !host_allowed(&host, allowed)
+        {
+            return Err("this Host is not allowed here (add it to admin.allowed_hosts)");
+        }
+        if parts.method != Method::POST {
+            return Ok(());
+        }
+        let json = (parts.headers.get(header::CONTENT_TYPE))
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                let mime = v.split(';').next().unwrap_or_default().trim();
+                mime.eq_ignore_ascii_case("application/json")
+            });
+        if !json {
+            return Err("a POST must send content-type: application/json");
+        }
+        let fetch_site = parts
+            .headers
+            .get("sec-fetch-site")
+            .map(HeaderValue::as_bytes);
+        if fetch_site.is_some_and(|s| s != b"same-origin" && s != b"none") {
+            return Err("cross-site requests may not change anything here");
+        }
+        let origin = (parts.headers.get(header::ORIGIN))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|o| o.parse::<http::Uri>().ok());
+        if let Some(origin) = origin
+            && !origin.host().is_some_and(|h| host_allowed(h, allowed))
+        {
+            return Err("cross-site requests may not change anything here");
+        }
+        Ok(())
     }
 
     /// Mutating calls need the bearer token when one is configured.
@@ -336,6 +391,16 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
+/// An IP literal (no name to rebind), `localhost`, or a configured name.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>().is_ok()
+        || host.eq_ignore_ascii_case("localhost")
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(host))
+}
+
 fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(v).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -460,7 +525,7 @@ mod tests {
     }
 
     fn post(path: &str, body: &str, token: Option<&str>) -> Request<Full<Bytes>> {
-        let mut req = Request::post(path);
+        let mut req = Request::post(path).header(header::CONTENT_TYPE, "application/json");
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }

@@ -92,6 +92,9 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Bearer token required by mutating admin calls, when set.
     pub admin_token: Option<Secret>,
+    /// Host names (beyond IP literals and `localhost`) the admin API answers to: a page that
+    /// rebinds its own name to the sidecar's address cannot reach it (`*`: any).
+    pub admin_allowed_hosts: Vec<String>,
     /// How long SIGTERM waits for in-flight requests and streams.
     pub drain_grace: Duration,
     /// Stamp header names.
@@ -187,7 +190,25 @@ pub struct HeaderNames {
     pub request_id: HeaderName,
     /// Set to `true` on responses from a version whose lineage is stale (`x-lineage-stale`).
     pub stale: HeaderName,
+    /// Forwarding headers a client on an untrusted route may not pass to the model server:
+    /// they claim a client address, host, port, prefix or original URL that only a trusted
+    /// proxy may vouch for (`x-forwarded-for` and `-proto` are rewritten, not dropped).
+    pub drop_untrusted: Vec<HeaderName>,
 }
+
+/// The default of `headers.drop_untrusted`.
+pub const DROP_UNTRUSTED: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-original-url",
+    "x-rewrite-url",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+];
 
 impl HeaderNames {
     /// Whether `name` is one of these.
@@ -232,6 +253,10 @@ pub struct Limits {
     /// A client connection with no bytes in either direction for this long is closed (also a
     /// silent stream on it: an SSE stream that sends nothing for this long is cut).
     pub idle_timeout: Duration,
+    /// Longest wait for the next bytes of a request body once it has started (nginx's
+    /// `client_body_timeout`): a client that stalls longer gets 408, counted as its own error
+    /// (`modelstamp_request_errors_total{kind="body_timeout"}`), never the version's.
+    pub body_read_timeout: Duration,
     /// Most client connections open at once per listener; further ones are closed at accept.
     pub max_connections: usize,
     /// Most concurrent streams on one HTTP/2 connection.
@@ -247,6 +272,7 @@ impl Default for Limits {
             max_headers: 100,
             header_read_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
+            body_read_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             h2_max_concurrent_streams: 256,
         }

@@ -137,6 +137,7 @@ pub struct RawServer {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub token: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 /// `[headers]`: names of the stamp headers.
@@ -148,6 +149,7 @@ pub struct RawHeaders {
     pub lineage: Option<String>,
     pub request_id: Option<String>,
     pub stale: Option<String>,
+    pub drop_untrusted: Option<Vec<String>>,
 }
 
 /// `[upstream]`: defaults for every route's upstream.
@@ -169,6 +171,7 @@ pub struct RawLimits {
     pub max_headers: Option<u64>,
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
     pub max_connections: Option<u64>,
     pub h2_max_concurrent_streams: Option<u64>,
 }

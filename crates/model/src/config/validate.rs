@@ -79,6 +79,23 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             h.stale.as_deref(),
             "x-lineage-stale",
         ),
+        drop_untrusted: match &h.drop_untrusted {
+            None => (super::DROP_UNTRUSTED.iter())
+                .map(|n| HeaderName::from_static(n))
+                .collect(),
+            Some(names) => (names.iter().enumerate())
+                .filter_map(|(i, n)| {
+                    HeaderName::from_bytes(n.as_bytes())
+                        .map_err(|_| {
+                            errs.push(ConfigError::new(
+                                format!("headers.drop_untrusted[{i}]"),
+                                format!("invalid header name \"{n}\""),
+                            ))
+                        })
+                        .ok()
+                })
+                .collect(),
+        },
     };
     let stamp_names = [
         &headers.model,
@@ -153,6 +170,10 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             listen,
             admin_listen,
             admin_token,
+            admin_allowed_hosts: (raw.admin.allowed_hosts.clone().unwrap_or_default())
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             drain_grace,
             headers,
             upstream,
@@ -242,9 +263,16 @@ fn limits(errs: &mut Vec<ConfigError>, raw: &RawConfig) -> Limits {
         &l.idle_timeout,
         d.idle_timeout.as_millis() as u64,
     );
+    let body_read_timeout = dur(
+        errs,
+        "limits.body_read_timeout",
+        &l.body_read_timeout,
+        d.body_read_timeout.as_millis() as u64,
+    );
     for (path, value) in [
         ("limits.header_read_timeout", header_read_timeout),
         ("limits.idle_timeout", idle_timeout),
+        ("limits.body_read_timeout", body_read_timeout),
     ] {
         if value.is_zero() {
             errs.push(ConfigError::new(path, "must be greater than 0"));
@@ -257,6 +285,7 @@ fn limits(errs: &mut Vec<ConfigError>, raw: &RawConfig) -> Limits {
         max_headers,
         header_read_timeout,
         idle_timeout,
+        body_read_timeout,
         max_connections,
         h2_max_concurrent_streams,
     }

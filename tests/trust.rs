@@ -1,0 +1,338 @@
+//! What a client can do to the sidecar's answers and to the model server, over real sockets:
+//! a failed, malformed or stalled upload is the client's error (never the version's), stamps
+//! and trust headers cannot be smuggled or stripped, ambiguous requests are refused, and the
+//! admin API answers neither rebound names nor cross-site posts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::*;
+
+const INFER: &str = "/v2/models/churn/infer";
+
+/// Write `bytes` (optionally keeping the connection open without more bytes for `then_wait`),
+/// then read what comes back until the server closes or goes quiet. Returns the first status.
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8], close_after: bool) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    if close_after {
+        // Hang up mid-upload.
+        drop(s);
+        return None;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.get(9..12).and_then(|s| s.parse().ok())
+}
+
+fn head(extra: &str) -> String {
+    format!(
+        "POST {INFER} HTTP/1.1\r\nHost: sidecar\r\ncontent-type: application/json\r\n{extra}\r\n"
+    )
+}
+
+/// Every request error kind and upstream error kind, by name, from the exposition.
+async fn errors(h: &Harness) -> (Vec<(String, f64)>, f64, f64) {
+    let text = h.metrics().await;
+    let nonzero = |prefix: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| {
+                let (series, v) = l.rsplit_once(' ')?;
+                let v: f64 = v.parse().ok()?;
+                (v > 0.0).then(|| (series.to_string(), v))
+            })
+            .collect::<Vec<_>>()
+    };
+    let upstream: f64 = nonzero("modelstamp_upstream_errors_total{")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    let server_errors: f64 = nonzero("modelstamp_requests_total{")
+        .iter()
+        .filter(|(s, _)| s.contains("status_class=\"5xx\""))
+        .map(|(_, v)| v)
+        .sum();
+    (
+        nonzero("modelstamp_request_errors_total{"),
+        upstream,
+        server_errors,
+    )
+}
+
+#[tokio::test]
+async fn a_failed_malformed_or_stalled_upload_is_the_clients_error_not_the_versions() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let extra = "[limits]\nbody_read_timeout = \"300ms\"\n";
+    let h = Harness::start(&churn_route(up.addr, "1", ""), extra).await;
+    let addr = h.sidecar.proxy_addr;
+
+    // Hangs up after 10 of 1,000 declared bytes.
+    let mut bytes = head("content-length: 1000\r\n").into_bytes();
+    bytes.extend_from_slice(b"{\"inputs\":");
+    raw(addr, &bytes, true).await;
+    // A chunk size that is not hex.
+    let mut bytes = head("transfer-encoding: chunked\r\n").into_bytes();
+    bytes.extend_from_slice(b"5\r\n{\"a\":\r\nzz\r\n1\r\n}\r\n0\r\n\r\n");
+    let malformed = raw(addr, &bytes, false).await;
+    // Sends 10 of 1,000 bytes, then nothing for longer than body_read_timeout.
+    let mut bytes = head("content-length: 1000\r\n").into_bytes();
+    bytes.extend_from_slice(b"{\"inputs\":");
+    let stalled = raw(addr, &bytes, false).await;
+    assert_eq!(stalled, Some(408), "a stalled body gets 408");
+    assert!(
+        malformed.is_none_or(|s| s == 400),
+        "a malformed body gets 400 (or the connection is closed): {malformed:?}"
+    );
+
+    let settled = eventually(Duration::from_secs(5), || async {
+        let (kinds, _, _) = errors(&h).await;
+        kinds.len() >= 3
+    })
+    .await;
+    let (kinds, upstream, server_errors) = errors(&h).await;
+    assert!(settled, "{kinds:?}");
+    let has = |k: &str| {
+        kinds
+            .iter()
+            .any(|(s, _)| s.contains(&format!("kind=\"{k}\"")))
+    };
+    assert!(has("client_abort"), "{kinds:?}");
+    assert!(has("body_malformed"), "{kinds:?}");
+    assert!(has("body_timeout"), "{kinds:?}");
+    assert_eq!(upstream, 0.0, "no upstream error charged to the version");
+    assert_eq!(server_errors, 0.0, "no 5xx charged to the version");
+    // And the access log says whose error it was.
+    let log = h.access_log();
+    let kinds: Vec<&str> = log.iter().filter_map(|l| l["error"].as_str()).collect();
+    assert!(kinds.contains(&"body_timeout"), "{kinds:?}");
+    assert!(
+        !kinds.iter().any(|k| k.starts_with("upstream")),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn clients_cannot_strip_stamps_smuggle_trust_headers_or_send_ambiguous_requests() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let h = Harness::start(&churn_route(up.addr, "1", ""), "").await;
+    let addr = h.sidecar.proxy_addr;
+    let body = "{\"inputs\":[]}";
+
+    // Connection names the stamps and Host; the client sends its own stale flag and
+    // forwarding claims.
+    let request = format!(
+        "POST {INFER} HTTP/1.1\r\nHost: sidecar\r\ncontent-type: application/json\r\n\
+         Connection: keep-alive, x-model-name, x-model-version, x-lineage-id, x-request-id, host\r\n\
+         x-lineage-stale: true\r\nForwarded: for=1.2.3.4\r\nX-Real-IP: 1.2.3.4\r\n\
+         X-Forwarded-Host: evil.example\r\nX-Original-URL: /admin\r\nTrue-Client-IP: 1.2.3.4\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(raw(addr, request.as_bytes(), false).await, Some(200));
+    let seen = up.last();
+    for stamp in [
+        "x-model-name",
+        "x-model-version",
+        "x-lineage-id",
+        "x-request-id",
+    ] {
+        assert!(seen.headers.contains_key(stamp), "{stamp} was stripped");
+    }
+    assert_eq!(seen.headers["x-model-version"], "1");
+    assert_eq!(seen.headers["host"], "sidecar", "Host survives Connection");
+    for dropped in [
+        "x-lineage-stale",
+        "forwarded",
+        "x-real-ip",
+        "x-forwarded-host",
+        "x-original-url",
+        "true-client-ip",
+    ] {
+        assert!(
+            !seen.headers.contains_key(dropped),
+            "{dropped} reached the model server"
+        );
+    }
+
+    // An absolute-form target names the host; the Host header does not get a second say.
+    let request = format!(
+        "POST http://model.internal{INFER} HTTP/1.1\r\nHost: other.example\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(raw(addr, request.as_bytes(), false).await, Some(200));
+    let seen = up.last();
+    let hosts: Vec<_> = seen.headers.get_all("host").iter().collect();
+    assert_eq!(hosts, ["model.internal"]);
+
+    // Refused: disguised framing headers, two Hosts, CONNECT and asterisk-form targets.
+    let hits = up.hits.load(std::sync::atomic::Ordering::SeqCst);
+    for request in [
+        format!(
+            "POST {INFER} HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\ncontent-length: 2\r\n\r\n{{}}"
+        ),
+        format!(
+            "POST {INFER} HTTP/1.1\r\nHost: a\r\nContent_Length: 0\r\ncontent-length: 2\r\n\r\n{{}}"
+        ),
+        format!("POST {INFER} HTTP/1.1\r\nHost: a\r\nHost: b\r\ncontent-length: 2\r\n\r\n{{}}"),
+        "CONNECT model.internal:443 HTTP/1.1\r\nHost: model.internal:443\r\n\r\n".to_string(),
+        "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n".to_string(),
+    ] {
+        let status = raw(addr, request.as_bytes(), false).await;
+        assert!(
+            status.is_none_or(|s| s == 400),
+            "{request:?} got {status:?}"
+        );
+    }
+    assert_eq!(
+        up.hits.load(std::sync::atomic::Ordering::SeqCst),
+        hits,
+        "an ambiguous request reached the model server"
+    );
+}
+
+#[tokio::test]
+async fn no_stamp_rides_in_trailers_from_the_model_server() {
+    let up = Upstream::start(std::sync::Arc::new(|_req| {
+        Box::pin(async move {
+            let (tx, body) = channel_body(4);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(hyper::body::Frame::data(Bytes::from_static(b"{}")))
+                    .await;
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("x-model-version", "9".parse().unwrap());
+                trailers.insert("x-lineage-stale", "true".parse().unwrap());
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                let _ = tx.send(hyper::body::Frame::trailers(trailers)).await;
+            });
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body)
+                .unwrap()
+        })
+    }))
+    .await;
+    let route = churn_route(up.addr, "1", "upstream_protocol = \"http2\"");
+    let h = Harness::start(&route, "").await;
+    let req = Request::post(h.url(INFER))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full("{}"))
+        .unwrap();
+    let resp = h2_client().request(req).await.unwrap();
+    assert_eq!(resp.headers()["x-model-version"], "1");
+    let collected = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    assert!(!trailers.contains_key("x-model-version"), "{trailers:?}");
+    assert!(!trailers.contains_key("x-lineage-stale"), "{trailers:?}");
+}
+
+async fn admin(h: &Harness, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", h.sidecar.admin_addr));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = r#"{"name":"churn-train","digest":"ffff"}"#;
+    send(req.body(full(body)).unwrap())
+        .await
+        .0
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn the_admin_api_answers_neither_rebound_names_nor_cross_site_posts() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let h = Harness::start_edited(&churn_route(up.addr, "1", ""), "", REGISTRY, "100ms", |t| {
+        t.replacen(
+            "[admin]\n",
+            "[admin]\nallowed_hosts = [\"admin.internal\"]\n",
+            1,
+        )
+    })
+    .await;
+    // A page whose name was rebound to the sidecar's address.
+    assert_eq!(
+        admin(&h, "GET", "/versions", &[("host", "evil.example")]).await,
+        403
+    );
+    assert_eq!(
+        admin(&h, "GET", "/ui/", &[("host", "evil.example:9901")]).await,
+        403
+    );
+    // Probes and scrapers address pods by any name.
+    assert_eq!(
+        admin(&h, "GET", "/metrics", &[("host", "evil.example")]).await,
+        200
+    );
+    assert_eq!(admin(&h, "GET", "/readyz", &[("host", "pod-a")]).await, 200);
+    // IP literals, localhost and the configured name.
+    for host in [
+        "127.0.0.1:9901",
+        "[::1]:9901",
+        "localhost",
+        "ADMIN.internal",
+    ] {
+        assert_eq!(
+            admin(&h, "GET", "/versions", &[("host", host)]).await,
+            200,
+            "{host}"
+        );
+    }
+    // Mutations: JSON only, and never from another site.
+    let post = "/events/dataset-changed";
+    let json = ("content-type", "application/json");
+    assert_eq!(
+        admin(&h, "POST", post, &[("content-type", "text/plain")]).await,
+        403
+    );
+    assert_eq!(admin(&h, "POST", post, &[]).await, 403);
+    assert_eq!(
+        admin(&h, "POST", post, &[json, ("origin", "http://evil.example")]).await,
+        403
+    );
+    assert_eq!(
+        admin(&h, "POST", post, &[json, ("sec-fetch-site", "cross-site")]).await,
+        403
+    );
+    assert_eq!(
+        admin(
+            &h,
+            "POST",
+            post,
+            &[json, ("origin", "http://localhost:9901")]
+        )
+        .await,
+        200
+    );
+    assert_eq!(admin(&h, "POST", post, &[json]).await, 200);
+}
