@@ -281,30 +281,6 @@ impl Sidecar {
     }
 }
 
-/// The control plane's blocking threads (reading, parsing and validating config and
-/// registry, building snapshots) run under `SCHED_IDLE`: on a sidecar's one or two cores the
-/// proxy thread always wins, and a reload takes the CPU the proxy leaves. Measured in
-/// BENCHMARKS.md ("Reloads under load"). Where the policy cannot be set, they run as before.
-fn background_priority() {
-    use thread_priority::unix::{
-        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
-        thread_native_id,
-    };
-    // `MODELSTAMP_CONTROL_PRIORITY=normal` keeps the default policy (measurements, or hosts
-    // where an idle-class thread would wait too long).
-    if std::env::var("MODELSTAMP_CONTROL_PRIORITY").is_ok_and(|v| v == "normal") {
-        return;
-    }
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(e) = set_thread_priority_and_policy(
-        thread_native_id(),
-        thread_priority::ThreadPriority::Min,
-        idle,
-    ) {
-        tracing::debug!(error = ?e, "Control-plane thread keeps its scheduling policy.");
-    }
-}
-
 /// The control plane's thread and single-threaded runtime, as linkerd2-proxy runs its admin
 /// server apart from the data plane. Tasks are spawned onto it through its handle; it stops
 /// (dropping whatever still runs there) on `stop` or when dropped.
@@ -324,7 +300,6 @@ impl ControlPlane {
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .on_thread_start(background_priority)
                     .build()
                 {
                     Ok(rt) => rt,
@@ -336,8 +311,9 @@ impl ControlPlane {
                 let _ = handle_tx.send(Ok(runtime.handle().clone()));
                 // Runs every spawned task until told to stop (or the sidecar is dropped).
                 let _ = runtime.block_on(stop_rx);
-                // Tasks still running end with the runtime, here, on its own thread.
-                drop(runtime);
+                // Tasks still running end with the runtime, here, on its own thread; a blocking
+                // task (a parse, a DNS lookup) is given five seconds, so shutdown never hangs.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(5));
                 let _ = done.send(());
             })?;
         let handle = handle_rx

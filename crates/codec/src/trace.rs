@@ -1,5 +1,6 @@
 //! W3C Trace Context: parse an incoming `traceparent` so the access log can carry its IDs; write
-//! IDs as hex; and splitmix64, the mixer behind every generated ID and sampling draw.
+//! IDs as hex; and splitmix64, the mixer behind generated span IDs, the split's hashes and
+//! sampling draws (request IDs use a keyed hash instead: they must not be predictable).
 
 /// splitmix64's increment (the golden ratio): a Weyl sequence stepping by it, mixed by [`mix`],
 /// is splitmix64.

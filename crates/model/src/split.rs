@@ -1,9 +1,10 @@
 //! The traffic split: which version backend a request goes to. A pure function of the backends'
 //! identities, their weights and a hash of the sticky key (weighted rendezvous hashing): a key
-//! stays on its backend while the weights stay, and when they change only the share that must
-//! move, moves. A backend is known by its identity (a hash of the version or alias it names),
-//! never by its position, so adding, removing or reordering backends moves only the keys of the
-//! backends that gained or lost weight.
+//! stays on its backend while the weights stay; when one weight changes only the share that
+//! must move, moves (when several change at once, at most about twice that; see the property
+//! tests). A backend is known by its identity (a hash of the version or alias it names), never
+//! by its position, so reordering backends moves nobody, and adding or removing one moves only
+//! its own share.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

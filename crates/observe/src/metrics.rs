@@ -648,7 +648,7 @@ pub enum RequestErrorKind {
     ClientAbort,
     /// An `enforce` route rejected inputs that break the training schema.
     SchemaViolation,
-    /// The client's body was malformed (a bad chunk, a short body).
+    /// The client's body was malformed (a bad chunk size or delimiter).
     BodyMalformed,
     /// The client stalled its body past `limits.body_read_timeout`.
     BodyTimeout,

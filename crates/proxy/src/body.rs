@@ -204,6 +204,12 @@ impl Body for LimitedBody {
                 request_read(this.tee.take(), this.ctx);
                 Poll::Ready(None)
             }
+            // Once the model server answered, a pause in the request body is a stream both
+            // ways taking its time; `limits.idle_timeout` still closes a silent connection.
+            Poll::Pending if this.ctx.responded.load(Ordering::Relaxed) => {
+                *this.stall = None;
+                Poll::Pending
+            }
             Poll::Pending => {
                 let after = *this.stall_after;
                 let stall = this

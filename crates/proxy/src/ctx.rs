@@ -51,6 +51,9 @@ pub struct RequestCtx {
     /// Set while the request body waits for the client's next bytes (cleared when they come):
     /// a response timeout then is the client's stall, not the model server's.
     pub awaiting_client: AtomicBool,
+    /// Set once the model server's response headers arrived: from then on a request body
+    /// that pauses (a gRPC or SSE stream both ways) is a live exchange, not a stalled upload.
+    pub responded: AtomicBool,
     /// The `model` an OpenAI-compatible request asked for (read once the body is complete).
     pub gen_ai_request_model: OnceLock<String>,
     /// How this exchange is inspected; `None` when it is not (no codec, or sampled out).

@@ -17,7 +17,7 @@ const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
 pub enum ClientFault {
     /// It went away (connection closed or stream reset) before the body ended.
     Aborted,
-    /// The body broke HTTP framing (a bad chunk size, a short body).
+    /// The body broke HTTP framing (a bad chunk size or chunk delimiter).
     Malformed,
     /// It stopped sending for longer than `limits.body_read_timeout`.
     Timeout,

@@ -124,11 +124,14 @@ impl Clients {
         };
         let (mut parts, body) = req.into_parts();
         // One Host upstream, the one the client addressed: an absolute-form target or HTTP/2
-        // `:authority` wins over a Host header (RFC 9112 §3.2.2); an h2c upstream gets it as
-        // `:authority` alone.
-        if let Some(v) =
-            (parts.uri.authority()).and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
+        // `:authority` (host and port, never userinfo) wins over a Host header (RFC 9112
+        // §3.2.2). An h2c upstream gets no Host: its `:authority` is the model server's own
+        // address, which the client pool connects to.
+        let addressed = parts.uri.authority().map(|a| match a.port() {
+            Some(port) => format!("{}:{port}", a.host()),
+            None => a.host().to_string(),
+        });
+        if let Some(v) = addressed.and_then(|a| HeaderValue::from_str(&a).ok()) {
             parts.headers.insert(header::HOST, v);
         }
         if h2 {
@@ -174,6 +177,7 @@ impl Clients {
         let upstream_latency = start.elapsed();
         let err = match result {
             Ok(Ok((response, lease))) => {
+                ctx.responded.store(true, Ordering::Relaxed);
                 let mut response = response.map(|b| UpstreamBody::new(b, lease));
                 remove_hop_by_hop(response.headers_mut(), stamped);
                 return Ok(Forwarded {

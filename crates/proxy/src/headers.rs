@@ -17,8 +17,8 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 
 /// Why a request cannot be proxied without ambiguity, if it cannot: a `CONNECT` or
 /// asterisk-form (`*`) target, more than one `Host`, or a header name that a server which
-/// reads `_` as `-` would take for `Content-Length`, `Transfer-Encoding` or `Host` (a second,
-/// hidden framing or target).
+/// reads `_` as `-` would take for `Content-Length` or `Transfer-Encoding` (a second, hidden
+/// framing).
 pub fn refusal<B>(req: &http::Request<B>) -> Option<&'static str> {
     if req.method() == http::Method::CONNECT {
         return Some("CONNECT is not proxied");
@@ -32,16 +32,14 @@ pub fn refusal<B>(req: &http::Request<B>) -> Option<&'static str> {
     let disguised = req.headers().keys().any(|name| {
         let n = name.as_str();
         n.contains('_')
-            && ["content-length", "transfer-encoding", "host"]
-                .iter()
-                .any(|m| {
-                    n.len() == m.len()
-                        && n.bytes()
-                            .zip(m.bytes())
-                            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
-                })
+            && ["content-length", "transfer-encoding"].iter().any(|m| {
+                n.len() == m.len()
+                    && n.bytes()
+                        .zip(m.bytes())
+                        .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+            })
     });
-    disguised.then_some("a header name that reads as Content-Length, Transfer-Encoding or Host")
+    disguised.then_some("a header name that reads as Content-Length or Transfer-Encoding")
 }
 
 /// Headers a `Connection` header can never remove: the target, the framing and what the

@@ -137,6 +137,7 @@ where
             body_too_large: AtomicBool::new(false),
             client_fault: std::sync::OnceLock::new(),
             awaiting_client: AtomicBool::new(false),
+            responded: AtomicBool::new(false),
             gen_ai_request_model: std::sync::OnceLock::new(),
             inspect,
             request_copy: std::sync::OnceLock::new(),
@@ -241,9 +242,9 @@ fn valid_request_id(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic)
 }
 
-/// An unpredictable 32-hex-char request ID: SipHash-1-3, a keyed pseudo-random function, over
-/// a counter and a half number, under a 128-bit key the OS's random source gives this process
-/// (std's `RandomState`): a CSPRNG in counter mode. Each input is used once, so IDs repeat
+/// An unpredictable 32-hex-char request ID: std's keyed hasher (`RandomState`: SipHash-1-3, a
+/// keyed pseudo-random function, under a 128-bit key from the OS's random source) over a
+/// counter and a half number: a keyed PRF in counter mode. Each input is used once, so IDs repeat
 /// only if both 64-bit halves collide; the key makes one ID say nothing about the next (the
 /// previous generator, splitmix64 over a counter, could be inverted from a single response).
 /// Two short hashes, no lock, no system call after the first.

@@ -369,8 +369,15 @@ impl ObservedBody {
         if let Some(mut p) = self.pending.take() {
             p.finished = error.is_none();
             if let Some((kind, upstream)) = error {
-                p.error = Some(kind);
-                p.upstream_error = Some(upstream);
+                // The upstream stream broke because the client's body failed (it hung up,
+                // sent a bad chunk, or stalled): the client's error, not the version's.
+                if let Some(fault) = p.ctx.client_fault.get() {
+                    p.request_error = Some(fault.request_kind());
+                    p.error = Some(fault.request_kind().as_str());
+                } else {
+                    p.error = Some(kind);
+                    p.upstream_error = Some(upstream);
+                }
             }
             drop(p);
         }

@@ -158,16 +158,31 @@ impl Admin {
     /// `admin.allowed_hosts`. A POST must be JSON (a cross-site form cannot send that without
     /// a preflight) and must not come from another site.
     fn guard(&self, parts: &http::request::Parts, path: &str) -> Result<(), &'static str> {
-        if matches!(path, "/healthz" | "/readyz" | "/metrics") && parts.method != Method::POST {
+        let probe =
+            matches!(path, "/healthz" | "/readyz" | "/metrics") && parts.method != Method::POST;
+        // MLflow's webhook is signed (or needs the token) and comes from a server, not a page.
+        if probe || path == "/webhooks/mlflow" {
             return Ok(());
         }
         let snap = self.snapshot();
         let allowed = &snap.config.admin_allowed_hosts;
-        let host = (parts.uri.authority().map(|a| a.host().to_string())).or_else(|| {
-            let h = parts.headers.get(header::HOST)?.to_str().ok()?;
-            let authority: http::uri::Authority = h.parse().ok()?;
-            Some(authority.host().to_string())
-        });
+        let mut hosts = parts.headers.get_all(header::HOST).iter();
+        let (first, second) = (hosts.next(), hosts.next());
+        let host = match (parts.uri.authority(), first, second) {
+            (_, Some(_), Some(_)) => return Err("more than one Host header"),
+            (Some(a), _, _) => Some(a.host().to_string()),
+            (None, Some(h), None) => {
+                let parsed = h
+                    .to_str()
+                    .ok()
+                    .and_then(|h| h.parse::<http::uri::Authority>().ok());
+                match parsed {
+                    Some(a) => Some(a.host().to_string()),
+                    None => return Err("the Host header is not a host"),
+                }
+            }
+            (None, None, _) => None,
+        };
         if let Some(host) = host
             && !host_allowed(&host, allowed)
         {
