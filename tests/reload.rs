@@ -331,3 +331,53 @@ async fn a_replaced_snapshot_is_freed_by_the_control_plane_not_its_last_request(
     .await;
     assert!(freed, "the control plane never freed the replaced snapshot");
 }
+
+/// Series follow the registry: once a version leaves it, none of its series is exported any
+/// more (a registry rotated through many versions must not accumulate them), and a registry
+/// over `registry.max_versions` is refused with the old one serving.
+#[tokio::test]
+async fn series_of_a_version_that_left_the_registry_are_removed() {
+    let up = Upstream::start(oi_handler("2")).await;
+    let h = Harness::start_manual(&churn_route(up.addr, "1", "")).await;
+    for v in ["1", "2"] {
+        let path = format!("/v2/models/churn/versions/{v}/infer");
+        send(post(&h.url(&path), BODY)).await;
+    }
+    let series = |text: &str, v: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("version=\"{v}\"")))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let before = h.metrics().await;
+    assert!(series(&before, "2").len() > 10, "{before}");
+    let without_2 = REGISTRY
+        .replace(", challenger: \"2\"", "")
+        .replace(
+            "      \"2\":\n        code: { commit: \"1c2b8e0\" }\n        training_data: { name: churn-train, digest: 9a41c07e }\n",
+            "",
+        );
+    assert!(!without_2.contains("\"2\":"), "{without_2}");
+    std::fs::write(h.dir.join("registry.yaml"), &without_2).unwrap();
+    h.sidecar.reloader.reload().await.unwrap();
+    let after = h.metrics().await;
+    assert_eq!(series(&after, "2"), Vec::<String>::new());
+    assert!(
+        !series(&after, "1").is_empty(),
+        "version 1 keeps its series"
+    );
+
+    // Over the cap: refused with its reason, the current registry keeps serving.
+    let capped = std::fs::read_to_string(&h.config)
+        .unwrap()
+        .replace("[reload]", "[registry]\nmax_versions = 1\n[reload]");
+    std::fs::write(&h.config, capped).unwrap();
+    std::fs::write(h.dir.join("registry.yaml"), REGISTRY).unwrap();
+    let err = h.sidecar.reloader.reload().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("2 model versions, more than registry.max_versions (1) allows"),
+        "{err}"
+    );
+    assert_eq!(series(&h.metrics().await, "2"), Vec::<String>::new());
+}

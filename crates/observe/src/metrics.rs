@@ -217,6 +217,9 @@ impl ObserveDrop {
 /// Rolling windows keyed by (model, version).
 type WindowsByVersion = HashMap<(String, String), Arc<RollingWindow>>;
 
+/// The `status_class` label values.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// `route`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -246,6 +249,8 @@ pub struct Metrics {
     response_bytes: Family<VersionLabels, Counter>,
     info: Family<InfoLabels, Gauge>,
     mismatch: Family<MismatchLabels, Counter>,
+    /// The mismatch series created, so those of versions that left can be retired.
+    mismatch_set: Arc<Mutex<HashSet<MismatchLabels>>>,
     unresolved: Family<UnresolvedLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     observe_dropped: Family<ReasonLabels, Counter>,
@@ -291,6 +296,7 @@ impl Metrics {
             response_bytes: Family::default(),
             info: Family::default(),
             mismatch: Family::default(),
+            mismatch_set: Arc::default(),
             unresolved: Family::default(),
             reloads: Family::default(),
             observe_dropped: Family::default(),
@@ -495,7 +501,7 @@ impl Metrics {
             })
         };
         VersionMetrics {
-            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(status),
+            requests: STATUS_CLASSES.map(status),
             duration: self.duration.get_or_create_owned(&vl),
             upstream_duration: self.upstream_duration.get_or_create_owned(&vl),
             upstream_errors: UpstreamErrorKind::ALL
@@ -543,13 +549,80 @@ impl Metrics {
 
     /// Count a version reported by the model server that differs from the resolved one.
     pub fn version_mismatch(&self, model: &str, expected: &str, reported: &str) {
-        self.mismatch
-            .get_or_create(&MismatchLabels {
-                model: model.into(),
-                expected: expected.into(),
-                reported: reported.into(),
-            })
-            .inc();
+        let labels = MismatchLabels {
+            model: model.into(),
+            expected: expected.into(),
+            reported: reported.into(),
+        };
+        self.mismatch.get_or_create(&labels).inc();
+        let mut seen = self
+            .mismatch_set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !seen.contains(&labels) {
+            seen.insert(labels);
+        }
+    }
+
+    /// Remove every per-version series (requests, latencies, errors, bytes, in-flight,
+    /// mismatches, the rolling window) of versions that are not in `current`: series follow
+    /// the registry, so versions that left it stop costing memory and exposition. A request
+    /// still holding a retired version's handles records into them unseen.
+    pub fn retire_versions(&self, current: &HashSet<(String, String)>) {
+        let gone: Vec<(String, String)> = {
+            let mut all = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+            let gone = all
+                .keys()
+                .filter(|k| !current.contains(*k))
+                .cloned()
+                .collect();
+            all.retain(|k, _| current.contains(k));
+            gone
+        };
+        for (model, version) in gone {
+            for status_class in STATUS_CLASSES {
+                self.requests.remove(&StatusLabels {
+                    model: model.clone(),
+                    version: version.clone(),
+                    status_class,
+                });
+            }
+            let kinds = |f: &Family<KindLabels, Counter>, kinds: &[&'static str]| {
+                for kind in kinds {
+                    f.remove(&KindLabels {
+                        model: model.clone(),
+                        version: version.clone(),
+                        kind,
+                    });
+                }
+            };
+            kinds(
+                &self.upstream_errors,
+                &UpstreamErrorKind::ALL.map(|k| k.as_str()),
+            );
+            kinds(
+                &self.request_errors,
+                &RequestErrorKind::ALL.map(|k| k.as_str()),
+            );
+            let vl = VersionLabels { model, version };
+            self.duration.remove(&vl);
+            self.upstream_duration.remove(&vl);
+            self.in_flight.remove(&vl);
+            self.request_bytes.remove(&vl);
+            self.response_bytes.remove(&vl);
+        }
+        let mut seen = self
+            .mismatch_set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        seen.retain(|l| {
+            let known = |v: &str| current.contains(&(l.model.clone(), v.to_string()));
+            let keep = known(&l.expected) && (l.reported == "other" || known(&l.reported));
+            if !keep {
+                self.mismatch.remove(l);
+            }
+            keep
+        });
     }
 
     /// Count a request whose model or version the registry does not know.

@@ -891,6 +891,17 @@ fn publish(metrics: &Metrics, new: &Snapshot, old: Option<&Snapshot>) {
         })
         .collect();
     metrics.set_stale(&versions);
+    // Series follow the registry: those of versions (and models) that left it are removed.
+    let current: std::collections::HashSet<(String, String)> = (new.models.values())
+        .flat_map(|m| {
+            m.versions
+                .values()
+                .chain(std::iter::once(&m.unknown_version))
+        })
+        .chain(std::iter::once(&new.unknown_model))
+        .map(|s| (s.model.to_string(), s.version.to_string()))
+        .collect();
+    metrics.retire_versions(&current);
     for (served, st) in new.stale_versions() {
         let before = old
             .and_then(|o| o.models.get(&*served.model))

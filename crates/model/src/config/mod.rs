@@ -109,6 +109,9 @@ pub struct Config {
     pub access_log_queue: usize,
     /// Registry source.
     pub registry: RegistrySource,
+    /// Most model versions a registry may hold; a larger one is refused (every version has
+    /// its own metric series and records in memory).
+    pub registry_max_versions: usize,
     /// How often config and registry files are checked for changes.
     pub reload_poll_interval: Duration,
     /// Spans and the trace → lineage index.

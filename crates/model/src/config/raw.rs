@@ -198,6 +198,7 @@ pub struct RawRegistry {
     pub fail_fast: Option<bool>,
     pub models: Option<Vec<String>>,
     pub webhook_secret: Option<String>,
+    pub max_versions: Option<usize>,
 }
 
 /// `[reload]`: how config and registry files are watched.

@@ -149,6 +149,13 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
         errs.push(ConfigError::new("access_log.queue", "must be at least 1"));
     }
     let registry = registry(&mut errs, raw, base_dir);
+    let registry_max_versions = raw.registry.max_versions.unwrap_or(10_000);
+    if registry_max_versions == 0 {
+        errs.push(ConfigError::new(
+            "registry.max_versions",
+            "must be greater than 0",
+        ));
+    }
     let reload_poll_interval = dur(
         &mut errs,
         "reload.poll_interval",
@@ -181,6 +188,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             access_log,
             access_log_queue,
             registry,
+            registry_max_versions,
             reload_poll_interval,
             traces,
             inspect,

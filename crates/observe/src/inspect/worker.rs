@@ -288,15 +288,18 @@ impl Inspector {
     }
 
     /// Make the stats of these versions exist before their first request, so their counters
-    /// are exported from 0 (Prometheus's `increase()` misses what a series starts with).
+    /// are exported from 0 (Prometheus's `increase()` misses what a series starts with); the
+    /// stats of versions not among them (they left the registry) are dropped.
     pub fn register(&self, profiles: impl IntoIterator<Item = Arc<Profile>>) {
         let mut all = self
             .shared
             .stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let mut current = std::collections::HashSet::new();
         for p in profiles {
             let key = (p.model.clone(), p.version.clone());
+            current.insert(key.clone());
             match all.get_mut(&key) {
                 Some(s) if s.profile.lineage_id == p.lineage_id => s.profile = p,
                 Some(s) => *s = VersionStats::new(p),
@@ -305,6 +308,9 @@ impl Inspector {
                 }
             }
         }
+        // Versions that left the registry take their series with them; `unknown` ones are
+        // created as traffic for them comes.
+        all.retain(|k, _| current.contains(k) || &*k.1 == "unknown");
     }
 
     /// Wait until the queue is empty (tests, shutdown), at most `timeout`.

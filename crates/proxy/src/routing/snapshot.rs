@@ -226,6 +226,16 @@ impl Snapshot {
         events: &BTreeMap<DatasetKey, (i64, String, String)>,
         metrics: &Metrics,
     ) -> Result<Self, ConfigErrors> {
+        let held: usize = registry.models.values().map(|m| m.versions.len()).sum();
+        if held > config.registry_max_versions {
+            return Err(ConfigErrors(vec![ConfigError::new(
+                "registry",
+                format!(
+                    "{held} model versions, more than registry.max_versions ({}) allows",
+                    config.registry_max_versions
+                ),
+            )]));
+        }
         let strict = matches!(config.registry, RegistrySource::File(_));
         let registry_uri: Arc<str> = config.registry.uri().into();
         let build = BuildCtx {
