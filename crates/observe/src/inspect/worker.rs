@@ -414,6 +414,11 @@ fn process(shared: &Shared, job: &Job) -> Vec<QualityEvent> {
     let slice = shared.slice_now();
     let mut all = shared.stats.lock().unwrap_or_else(PoisonError::into_inner);
     let key = (p.model.clone(), p.version.clone());
+    // Registry versions are registered before their first request; one that is missing has
+    // left the registry since this job was queued, and must not come back with its series.
+    if !all.contains_key(&key) && &*key.1 != "unknown" {
+        return Vec::new();
+    }
     let stats = all
         .entry(key)
         .or_insert_with(|| VersionStats::new(p.clone()));
