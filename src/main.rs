@@ -300,7 +300,9 @@ async fn check(args: RunArgs) -> anyhow::Result<ExitCode> {
     let loaded = Source::File(args.config.clone()).load().await;
     let result = loaded.and_then(|(config, registry)| {
         let describe = match &config.registry {
-            RegistrySource::File(path) => FileRegistry::new(path.clone()).describe(),
+            RegistrySource::File(path) => {
+                FileRegistry::new(path.clone(), config.registry_max_bytes).describe()
+            }
             RegistrySource::Mlflow(m) => format!("mlflow:{}", m.uri),
         };
         let routes = config.routes.len();

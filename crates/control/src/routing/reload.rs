@@ -24,7 +24,13 @@ use crate::config::{
 use crate::journal::{Journal, Kind};
 use crate::observe::metrics::{Metrics, VersionLabels};
 use crate::registry::mlflow::MlflowRegistry;
-use crate::registry::{DatasetKey, FileRegistry, Registry, RegistryData, parse_registry};
+use crate::registry::{
+    DatasetKey, FileRegistry, Registry, RegistryData, parse_registry, read_bounded,
+};
+
+/// Largest config file read: hand-written configs are a few KB; a larger file is refused
+/// before parsing.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 /// Where config and registry come from.
 #[derive(Debug, Clone)]
@@ -46,9 +52,8 @@ impl Source {
         match self {
             Source::File(path) => {
                 let origin = path.display().to_string();
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigErrors(vec![ConfigError::new(&origin, format!("cannot read: {e}"))])
-                })?;
+                let text = read_bounded(path, MAX_CONFIG_BYTES, "a config file's limit")
+                    .map_err(|e| ConfigErrors(vec![ConfigError::new(&origin, e)]))?;
                 let mut raw = config::parse(&text, &origin)?;
                 raw.apply_env(|k| std::env::var(k).ok());
                 config::validate(&raw, base_dir(path))
@@ -73,7 +78,11 @@ impl Source {
                 let yaml = registry_yaml.clone();
                 blocking(move || parse_registry(&yaml, "embedded registry")).await?
             }
-            (RegistrySource::File(p), _) => FileRegistry::new(p.clone()).fetch().await?,
+            (RegistrySource::File(p), _) => {
+                FileRegistry::new(p.clone(), config.registry_max_bytes)
+                    .fetch()
+                    .await?
+            }
             (RegistrySource::Mlflow(m), _) => MlflowRegistry::new(m.clone())?.fetch().await?,
         };
         Ok((config, registry))
@@ -569,6 +578,22 @@ impl Reloader {
     /// old one keeps serving.
     pub async fn reload(&self) -> Result<u64, ConfigErrors> {
         let mut state = self.state.lock().await;
+        self.reload_locked(&mut state).await
+    }
+
+    /// Reload only if a watched file still differs from what the last reload read, checked
+    /// under the reload lock: a poll that saw a write which an explicit reload (SIGHUP, the
+    /// admin API) is already applying must not apply it a second time.
+    async fn reload_if_changed(&self) -> Option<Result<u64, ConfigErrors>> {
+        let mut state = self.state.lock().await;
+        if !self.files_changed().await {
+            return None;
+        }
+        info!("Config or registry file changed.");
+        Some(self.reload_locked(&mut state).await)
+    }
+
+    async fn reload_locked(&self, state: &mut State) -> Result<u64, ConfigErrors> {
         // Stamped before reading, so a write during the read is seen by the next poll.
         let paths = self.source.watched_paths(&self.current.load().config);
         self.remember(
@@ -576,7 +601,7 @@ impl Reloader {
                 .await
                 .unwrap_or_default(),
         );
-        let result = self.prepare(&mut state).await;
+        let result = self.prepare(state).await;
         self.metrics.reload(result.is_ok());
         match result {
             Ok((snapshot, file_weights)) => {
@@ -820,6 +845,7 @@ impl Reloader {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut next_refresh = Instant::now();
+        let mut next_poll = Instant::now();
         loop {
             let snap = self.current.load_full();
             let files = matches!(self.source, Source::File(_));
@@ -841,8 +867,9 @@ impl Reloader {
             } else {
                 Duration::from_secs(3600)
             };
+            let until_poll = next_poll.saturating_duration_since(Instant::now());
             tokio::select! {
-                _ = tokio::time::sleep(poll.min(until_refresh).min(until_reap)) => {}
+                _ = tokio::time::sleep(until_poll.min(until_refresh).min(until_reap)) => {}
                 changed = hup.changed() => {
                     if changed.is_err() { return; }
                     info!("SIGHUP received.");
@@ -859,9 +886,13 @@ impl Reloader {
                 self.refresh().await;
                 next_refresh = Instant::now() + interval;
             }
-            if files && self.files_changed().await {
-                info!("Config or registry file changed.");
-                let _ = self.reload().await;
+            // Files are looked at on their own interval, not on every wake-up (reaping wakes
+            // the loop each second while an old snapshot is held).
+            if files && Instant::now() >= next_poll {
+                next_poll = Instant::now() + poll;
+                if self.files_changed().await {
+                    let _ = self.reload_if_changed().await;
+                }
             }
         }
     }
@@ -1118,6 +1149,43 @@ mod tests {
         // A file that appears where none was.
         let _ = std::fs::write(dir.join("missing.yaml"), "x");
         assert!(again.moved());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The interleaving that counted one write twice: the poll sees the write, an explicit
+    /// reload (SIGHUP, admin) applies it, then the poll reloads again. The poll re-checks under
+    /// the reload lock, so the write is applied once.
+    #[tokio::test]
+    async fn a_poll_does_not_apply_again_what_an_explicit_reload_applied() {
+        let dir = std::env::temp_dir().join(format!("modelstamp-twice-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let registry = "models:\n  churn:\n    versions:\n      \"1\": {}\n      \"2\": {}\n";
+        std::fs::write(dir.join("registry.yaml"), registry).unwrap();
+        let config = dir.join("modelstamp.toml");
+        let text = |serves: &str| {
+            format!(
+                "[reload]\npoll_interval = \"1h\"\n[[routes]]\nname = \"churn\"\nmodel = \"churn\"\n\
+                 upstream = \"127.0.0.1:9\"\nserves = \"{serves}\"\n"
+            )
+        };
+        std::fs::write(&config, text("1")).unwrap();
+        let (metrics, _) = Metrics::new();
+        let reloader = Reloader::start(Source::File(config.clone()), metrics)
+            .await
+            .unwrap();
+        let before = reloader.current().load().generation;
+
+        std::fs::write(&config, text("2")).unwrap();
+        let mut state = reloader.state.lock().await;
+        assert!(reloader.files_changed().await, "the poll sees the write");
+        let poll = tokio::spawn({
+            let reloader = reloader.clone();
+            async move { reloader.reload_if_changed().await.is_some() }
+        });
+        reloader.reload_locked(&mut state).await.unwrap();
+        drop(state);
+        assert!(!poll.await.unwrap(), "the poll reloaded what was applied");
+        assert_eq!(reloader.current().load().generation, before + 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -112,6 +112,8 @@ pub struct Config {
     /// Most model versions a registry may hold; a larger one is refused (every version has
     /// its own metric series and records in memory).
     pub registry_max_versions: usize,
+    /// Largest registry file accepted, in bytes; a larger one is refused before parsing.
+    pub registry_max_bytes: u64,
     /// How often config and registry files are checked for changes.
     pub reload_poll_interval: Duration,
     /// Spans and the trace → lineage index.
@@ -401,4 +403,30 @@ pub struct RouteMatch {
     pub open_inference: bool,
     /// The header is present (and equals the value, if given).
     pub header: Option<(HeaderName, Option<String>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TOML has no aliases; what it must bound is nesting and repeated keys.
+    #[test]
+    fn deep_nesting_and_repeated_keys_are_refused_with_a_location() {
+        for deep in [
+            format!("x = {}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("x = {}1{}", "{a = ".repeat(100_000), "}".repeat(100_000)),
+        ] {
+            let e = parse(&deep, "c.toml").err().map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains("c.toml:1:")));
+        }
+        let twice = "[server]\nlisten = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"\n";
+        let e = parse(twice, "c.toml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("c.toml:3:") && e.contains("duplicate key"),
+            "{e}"
+        );
+    }
 }

@@ -199,6 +199,7 @@ pub struct RawRegistry {
     pub models: Option<Vec<String>>,
     pub webhook_secret: Option<String>,
     pub max_versions: Option<usize>,
+    pub max_bytes: Option<u64>,
 }
 
 /// `[reload]`: how config and registry files are watched.

@@ -156,6 +156,13 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             "must be greater than 0",
         ));
     }
+    let registry_max_bytes = raw.registry.max_bytes.unwrap_or(64 << 20);
+    if registry_max_bytes == 0 {
+        errs.push(ConfigError::new(
+            "registry.max_bytes",
+            "must be greater than 0",
+        ));
+    }
     let reload_poll_interval = dur(
         &mut errs,
         "reload.poll_interval",
@@ -189,6 +196,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             access_log_queue,
             registry,
             registry_max_versions,
+            registry_max_bytes,
             reload_poll_interval,
             traces,
             inspect,

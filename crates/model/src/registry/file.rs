@@ -17,12 +17,13 @@ use crate::config::{ConfigError, ConfigErrors};
 #[derive(Debug, Clone)]
 pub struct FileRegistry {
     path: PathBuf,
+    max_bytes: u64,
 }
 
 impl FileRegistry {
-    /// A registry backed by this file.
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
+    /// A registry backed by this file, refused when larger than `max_bytes`.
+    pub fn new(path: PathBuf, max_bytes: u64) -> Self {
+        Self { path, max_bytes }
     }
 }
 
@@ -34,14 +35,13 @@ impl Registry for FileRegistry {
     fn fetch(
         &self,
     ) -> Pin<Box<dyn Future<Output = Result<RegistryData, ConfigErrors>> + Send + '_>> {
-        let path = self.path.clone();
+        let (path, max_bytes) = (self.path.clone(), self.max_bytes);
         // Reading and parsing a large registry takes long: never on an async worker thread.
         Box::pin(async move {
             let origin = path.display().to_string();
             tokio::task::spawn_blocking(move || {
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ConfigErrors(vec![ConfigError::new(&origin, format!("cannot read: {e}"))])
-                })?;
+                let text = read_bounded(&path, max_bytes, "registry.max_bytes")
+                    .map_err(|e| ConfigErrors(vec![ConfigError::new(&origin, e)]))?;
                 parse_registry(&text, &origin)
             })
             .await
@@ -53,6 +53,67 @@ impl Registry for FileRegistry {
             })
         })
     }
+}
+
+/// Read a UTF-8 file of at most `max_bytes`, the bound `limit` names in the error. The bound
+/// holds while the file grows: at most `max_bytes + 1` bytes are ever read.
+pub fn read_bounded(path: &std::path::Path, max_bytes: u64, limit: &str) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut text = String::new();
+    file.take(max_bytes.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > max_bytes {
+        return Err(format!(
+            "larger than {max_bytes} bytes ({limit}); refused without parsing"
+        ));
+    }
+    Ok(text)
+}
+
+/// The most events all aliases of one document may replay. A registry that shares one input
+/// schema among a thousand versions replays about a million; an alias bomb (a few KB that
+/// expand to GBs) is stopped here within milliseconds.
+const MAX_ALIAS_REPLAY_EVENTS: usize = 2_000_000;
+
+/// The most scalar bytes all aliases of one document may replay.
+const MAX_ALIAS_REPLAY_BYTES: usize = 64 << 20;
+
+/// Deepest nesting of mappings and sequences; a registry record needs about eight.
+const MAX_DEPTH: usize = 32;
+
+/// Parse one YAML document into `T`, bounded: work and memory grow with the input's length,
+/// never with what its aliases expand to; nesting is capped; a key given twice in a mapping
+/// is an error naming its line.
+pub fn from_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<T, (Option<(u64, u64)>, String)> {
+    let mut budget = serde_saphyr::Budget::default();
+    // Plain YAML has at most one event per input byte; replays are bounded on their own.
+    budget.max_events = text.len().saturating_add(MAX_ALIAS_REPLAY_EVENTS);
+    budget.max_nodes = budget.max_events;
+    budget.max_total_scalar_bytes = text.len().saturating_add(MAX_ALIAS_REPLAY_BYTES);
+    budget.max_recorded_anchor_bytes = MAX_ALIAS_REPLAY_BYTES;
+    budget.max_recorded_anchor_events = MAX_ALIAS_REPLAY_EVENTS;
+    budget.max_depth = MAX_DEPTH;
+    budget.max_documents = 1;
+    // Many aliases of one anchor (a shared schema) are legitimate; the replay bound is what
+    // stops an expansion.
+    budget.enforce_alias_anchor_ratio = false;
+    let mut alias_limits = serde_saphyr::options::AliasLimits::default();
+    alias_limits.max_total_replayed_events = MAX_ALIAS_REPLAY_EVENTS;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.alias_limits = alias_limits;
+    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
+    options.with_snippet = false;
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        use serde_saphyr::MessageFormatter;
+        let at = e.location().map(|l| (l.line(), l.column()));
+        let message = serde_saphyr::UserMessageFormatter.format_message(e.without_snippet());
+        (at, message.into_owned())
+    })
 }
 
 /// A YAML scalar key or value that may be written as a number (`1:`) or a string (`"1":`).
@@ -81,20 +142,57 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
+/// A mapping whose keys are [`Name`]s: `1:` and `"1":` are the same name, so a key given in
+/// both spellings is a duplicate (the parser only sees two different scalars).
+struct Names<V>(BTreeMap<Name, V>);
+
+impl<V> Default for Names<V> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Names<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Names<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Names<T>, A::Error> {
+                let mut names = BTreeMap::new();
+                while let Some(key) = map.next_key::<Name>()? {
+                    let value = map.next_value()?;
+                    if names.contains_key(&key) {
+                        return Err(de::Error::custom(format_args!(
+                            "duplicate entry with key \"{}\"",
+                            key.0
+                        )));
+                    }
+                    names.insert(key, value);
+                }
+                Ok(Names(names))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRegistryFile {
     #[serde(default)]
-    models: BTreeMap<Name, RawModel>,
+    models: Names<RawModel>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawModel {
     #[serde(default)]
-    aliases: BTreeMap<Name, Name>,
+    aliases: Names<Name>,
     #[serde(default)]
-    versions: BTreeMap<Name, LineageRecord>,
+    versions: Names<LineageRecord>,
 }
 
 /// Fields whose values go into headers or metric labels: they must be safe there.
@@ -102,16 +200,15 @@ const MAX_VALUE_LEN: usize = 256;
 
 /// Parse and validate registry YAML; `origin` names the file in errors.
 pub fn parse_registry(text: &str, origin: &str) -> Result<RegistryData, ConfigErrors> {
-    let raw: RawRegistryFile = serde_yaml::from_str(text).map_err(|e| {
-        let at = e
-            .location()
-            .map(|l| format!("{origin}:{}:{}", l.line(), l.column()))
+    let raw: RawRegistryFile = from_yaml(text).map_err(|(at, message)| {
+        let at = at
+            .map(|(line, column)| format!("{origin}:{line}:{column}"))
             .unwrap_or_else(|| origin.to_string());
-        ConfigErrors(vec![ConfigError::new(at, e.to_string())])
+        ConfigErrors(vec![ConfigError::new(at, message)])
     })?;
     let mut errs = Vec::new();
     let mut models = BTreeMap::new();
-    for (Name(model), raw_model) in raw.models {
+    for (Name(model), raw_model) in raw.models.0 {
         let at = format!("models.{model}");
         if !crate::config::is_token(&model) {
             errs.push(ConfigError::new(
@@ -120,7 +217,7 @@ pub fn parse_registry(text: &str, origin: &str) -> Result<RegistryData, ConfigEr
             ));
         }
         let mut versions = BTreeMap::new();
-        for (Name(version), mut record) in raw_model.versions {
+        for (Name(version), mut record) in raw_model.versions.0 {
             let vat = format!("{at}.versions.{version}");
             check_record(&mut errs, &vat, &model, &version, &record);
             record.model = model.clone();
@@ -135,7 +232,7 @@ pub fn parse_registry(text: &str, origin: &str) -> Result<RegistryData, ConfigEr
             );
         }
         let mut aliases = BTreeMap::new();
-        for (Name(alias), Name(version)) in raw_model.aliases {
+        for (Name(alias), Name(version)) in raw_model.aliases.0 {
             if !crate::config::is_token(&alias) {
                 errs.push(ConfigError::new(
                     format!("{at}.aliases.{alias}"),
@@ -324,5 +421,116 @@ models:
             errs[0].message.contains("unknown field `versionz`"),
             "{errs:?}"
         );
+    }
+
+    fn error_of(text: &str) -> String {
+        parse_registry(text, "r.yaml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "accepted".into())
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_with_its_line_in_either_spelling() {
+        let same = "models:\n  m:\n    versions:\n      \"1\": {}\n      \"1\": {}\n";
+        let e = error_of(same);
+        assert!(e.contains("r.yaml:5:"), "{e}");
+        assert!(e.contains("duplicate"), "{e}");
+        // `1` and `"1"` are different YAML scalars but the same version.
+        let spelled = "models:\n  m:\n    versions:\n      1: {}\n      \"1\": {}\n";
+        let e = error_of(spelled);
+        assert!(e.contains("duplicate entry with key \"1\""), "{e}");
+        let e = error_of(&spelled.replace("1: {}", "+1: {}"));
+        assert!(e.contains("duplicate entry with key \"1\""), "{e}");
+        let alias = "models:\n  m:\n    aliases: { a: \"1\", a: \"1\" }\n    versions: { 1: {} }\n";
+        assert!(error_of(alias).contains("duplicate"), "{}", error_of(alias));
+        let field = "models:\n  m:\n    versions:\n      1: { code: { commit: a, commit: b } }\n";
+        assert!(error_of(field).contains("duplicate"), "{}", error_of(field));
+    }
+
+    /// One anchored record aliased by many versions: linear in the text, but each alias
+    /// replays the whole record. Bounded by the replay cap, whatever the record's size.
+    #[test]
+    fn aliases_that_replay_more_than_the_cap_are_refused() {
+        let features: Vec<String> = (0..2_000)
+            .map(|i| format!("{{ name: f{i}, type: double }}"))
+            .collect();
+        let mut text = format!(
+            "models:\n  m:\n    versions:\n      \"0\": &r {{ input_schema: [{}] }}\n",
+            features.join(", ")
+        );
+        for v in 1..1_000 {
+            text.push_str(&format!("      \"{v}\": *r\n"));
+        }
+        assert!(text.len() < 100_000);
+        let e = error_of(&text);
+        assert!(e.contains("too large or too complex"), "{e}");
+    }
+
+    /// The same shape at a legitimate size (one schema shared by a thousand versions, as
+    /// `config/registry.yaml` shares a reference distribution) is accepted.
+    #[test]
+    fn a_schema_shared_by_a_thousand_versions_is_accepted() {
+        let features: Vec<String> = (0..40)
+            .map(|i| format!("{{ name: f{i}, type: double, min: 0.0, max: 1.0 }}"))
+            .collect();
+        let mut text = format!(
+            "models:\n  m:\n    versions:\n      \"0\": &r {{ input_schema: [{}] }}\n",
+            features.join(", ")
+        );
+        for v in 1..1_000 {
+            text.push_str(&format!("      \"{v}\": *r\n"));
+        }
+        let data = parse_registry(&text, "r.yaml").unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(data.models["m"].versions.len(), 1_000);
+        assert_eq!(
+            data.models["m"].versions["999"].record.input_schema.len(),
+            40
+        );
+    }
+
+    /// Where values are skipped rather than typed (an MLmodel's other flavors), the classic
+    /// exponential alias bomb and deep nesting are still bounded.
+    #[test]
+    fn exponential_aliases_and_deep_nesting_are_refused() {
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let (_, e) = from_yaml::<serde::de::IgnoredAny>(&bomb)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("too large or too complex"), "{e}");
+
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let (_, e) = from_yaml::<serde::de::IgnoredAny>(&deep)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("limit exceeded"), "{e}");
+        let fine = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(from_yaml::<serde::de::IgnoredAny>(&fine).is_ok());
+    }
+
+    #[test]
+    fn a_file_over_the_size_cap_is_refused_before_parsing() {
+        let dir = std::env::temp_dir().join(format!("modelstamp-cap-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("registry.yaml");
+        let _ = std::fs::write(&file, "models: {}\n");
+        assert_eq!(
+            read_bounded(&file, 11, "registry.max_bytes").as_deref(),
+            Ok("models: {}\n")
+        );
+        let e = read_bounded(&file, 10, "registry.max_bytes")
+            .err()
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "larger than 10 bytes (registry.max_bytes); refused without parsing"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

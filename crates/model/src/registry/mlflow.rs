@@ -196,9 +196,20 @@ struct LoggedModelInfo {
 #[derive(Debug, Default, Deserialize)]
 struct MlModel {
     #[serde(default)]
-    flavors: BTreeMap<String, serde_yaml::Value>,
+    flavors: Flavors,
     mlflow_version: Option<String>,
     signature: Option<Signature>,
+}
+
+/// The flavors the record reads; the others are skipped.
+#[derive(Debug, Default, Deserialize)]
+struct Flavors {
+    python_function: Option<PythonFunction>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PythonFunction {
+    python_version: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -461,7 +472,7 @@ impl MlflowRegistry {
             .to_string();
         let base = format!("/api/2.0/mlflow-artifacts/artifacts/{path}");
         let text = self.get(&format!("{base}/MLmodel")).await.ok()?;
-        let mlmodel: MlModel = serde_yaml::from_slice(&text).ok()?;
+        let mlmodel: MlModel = super::file::from_yaml(std::str::from_utf8(&text).ok()?).ok()?;
         let requirements = self
             .get(&format!("{base}/requirements.txt"))
             .await
@@ -534,10 +545,8 @@ fn record(
         None => (None, None),
     };
     let python = mlmodel
-        .and_then(|m| m.flavors.get("python_function"))
-        .and_then(|f| f.get("python_version"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
+        .and_then(|m| m.flavors.python_function.as_ref())
+        .and_then(|f| f.python_version.clone());
     LineageRecord {
         model: model.to_string(),
         version: mv.version.clone(),
@@ -658,7 +667,8 @@ mod tests {
     fn builds_the_record_from_real_mlflow_answers() {
         let mv: MvAnswer = serde_json::from_str(MV).unwrap_or_else(|e| panic!("{e}"));
         let run: RunAnswer = serde_json::from_str(RUN).unwrap_or_else(|e| panic!("{e}"));
-        let mlmodel: MlModel = serde_yaml::from_str(MLMODEL).unwrap_or_else(|e| panic!("{e}"));
+        let mlmodel: MlModel =
+            super::super::file::from_yaml(MLMODEL).unwrap_or_else(|e| panic!("{e:?}"));
         let r = record(
             "churn",
             &mv.model_version,
@@ -712,7 +722,7 @@ mod tests {
             &mv.model_version,
             Some(&run.run),
             Some(&(
-                serde_yaml::from_str(MLMODEL).unwrap_or_else(|e| panic!("{e}")),
+                super::super::file::from_yaml(MLMODEL).unwrap_or_else(|e| panic!("{e:?}")),
                 Some("sha256:ab".into()),
             )),
             "http://mlflow:5000",
