@@ -226,6 +226,76 @@ async fn enforce_rejects_violations_with_422_and_forwards_clean_requests_unchang
     );
 }
 
+/// The path that is resolved, enforced and inspected is the path the model server acts on:
+/// percent-escapes and dot segments neither bypass enforce nor reach the server unresolved,
+/// and an escape a server could read as another path is refused.
+#[tokio::test]
+async fn escapes_and_dot_segments_neither_bypass_enforce_nor_change_the_version() {
+    let up = Upstream::start(oi_handler("2")).await;
+    let h = Harness::start_with_registry(
+        &churn_route(up.addr, "1", "inspect = { enforce = true }"),
+        "",
+        REGISTRY,
+    )
+    .await;
+    let hits = || up.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let bad = oi_row(7.0, Some("gold"));
+    for path in [
+        "/v2/models/churn/versions/%32/infer",
+        "/v2/models/churn/%69nfer",
+        "/v2/models/%63hurn/versions/2/./infer",
+        "/v2/models/other/%2E%2E/churn/versions/2/infer",
+    ] {
+        let (resp, _) = send(post(&h.url(path), &bad)).await;
+        assert_eq!(resp.status(), 422, "{path}");
+    }
+    assert_eq!(hits(), 0, "no violation reached the model server");
+
+    let good = oi_row(0.5, Some("pro"));
+    let (resp, _) = send(post(
+        &h.url("/v2/models/other/../churn/versions/%32/infer?x=%2F"),
+        &good,
+    ))
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-model-version"], "2");
+    let seen = up
+        .seen
+        .lock()
+        .unwrap()
+        .last()
+        .map(|s| (s.path.clone(), s.query.clone()));
+    assert_eq!(
+        seen,
+        Some((
+            "/v2/models/churn/versions/2/infer".into(),
+            Some("x=%2F".into())
+        )),
+        "the resolved path is forwarded; the query as it came"
+    );
+
+    for path in [
+        "/v2/models/churn/versions/2%2Finfer",
+        "/v2/models/churn%3F/infer",
+        "/v2/models/churn/infer%",
+    ] {
+        let (resp, body) = send(post(&h.url(path), &good)).await;
+        assert_eq!(resp.status(), 400, "{path}");
+        assert!(String::from_utf8_lossy(&body).contains("path"), "{path}");
+    }
+    assert_eq!(hits(), 1);
+    // Counted as the client's malformed requests, never as a version's upstream errors.
+    let m = h.metrics().await;
+    let count = |kind: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("modelstamp_request_errors_total{") && l.contains(kind))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(count("kind=\"bad_request\""), 3.0, "{m}");
+    assert_eq!(count("kind=\"upstream"), 0.0, "{m}");
+}
+
 #[tokio::test]
 async fn a_50_mb_request_and_a_malformed_response_pass_through_unchanged() {
     let up = Upstream::start(echo_body("application/json")).await;

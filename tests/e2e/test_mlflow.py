@@ -157,6 +157,28 @@ def test_responses_carry_the_mlflow_version_and_real_lineage(stack):
     assert sum(1 for l in lines if l["version"] == "2" and l["reported_version"] == "2") >= 10
 
 
+def test_the_version_stamped_is_the_one_uvicorn_serves_for_escaped_and_dotted_paths(stack):
+    """MLServer's stack (uvicorn, Starlette) percent-decodes paths: the sidecar must resolve the
+    same path, forward what it resolved, and refuse what it cannot make unambiguous."""
+    direct = f"http://127.0.0.1:{stack.mlserver_port}"
+    proxied = f"http://127.0.0.1:{stack.port}"
+    # What the model server itself does with escapes: it decodes them.
+    status, _, body = http("POST", f"{direct}/v2/models/churn/versions/%31/infer", infer_body(1))
+    assert status == 200 and json.loads(body)["model_version"] == "1", body
+    for path, version in [
+        ("/v2/models/churn/versions/%31/infer", "1"),
+        ("/v2/models/ch%75rn/infer", "2"),
+        ("/v2/models/churn/versions/2/../1/infer", "1"),
+        ("/v2/models/churn/versions/%32/%2e/infer", "2"),
+    ]:
+        status, headers, body = http("POST", proxied + path, infer_body(2))
+        assert status == 200, (path, body)
+        assert headers["x-model-version"] == version, path
+        assert json.loads(body)["model_version"] == version, (path, "stamped and served agree")
+    status, _, body = http("POST", f"{proxied}/v2/models/churn/versions/1%2Finfer", infer_body(3))
+    assert status == 400 and b"path" in body, body
+
+
 def test_inspection_reads_mlserver_payloads_against_the_mlflow_signature(stack):
     """[inspection] on the real stack: MLServer's responses are counted as predictions and a NULL
     input is checked against the schema modelstamp read from the MLmodel signature."""

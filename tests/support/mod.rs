@@ -65,6 +65,7 @@ pub fn channel_body(cap: usize) -> (mpsc::Sender<Frame<Bytes>>, TestBody) {
 pub struct Seen {
     pub method: http::Method,
     pub path: String,
+    pub query: Option<String>,
     pub version: http::Version,
     pub headers: HeaderMap,
 }
@@ -115,6 +116,7 @@ impl Upstream {
                             seen.lock().unwrap().push(Seen {
                                 method: req.method().clone(),
                                 path: req.uri().path().to_string(),
+                                query: req.uri().query().map(str::to_string),
                                 version: req.version(),
                                 headers: req.headers().clone(),
                             });

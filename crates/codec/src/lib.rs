@@ -6,6 +6,7 @@
 //! `form_urlencoded` encode and decode); the one hand-written piece, the RFC 3339 writer of the
 //! access log, is a measured hot path (BENCHMARKS.md, decisions) checked against `jiff` here.
 
+pub mod path;
 pub mod percent;
 pub mod time;
 pub mod trace;

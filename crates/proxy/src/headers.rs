@@ -15,11 +15,15 @@ const TRAILER: HeaderName = HeaderName::from_static("trailer");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Why a request cannot be proxied without ambiguity, if it cannot: a `CONNECT` or
+/// Why a request cannot be proxied without ambiguity, if it cannot: a path without a canonical
+/// form (an escape a server could read as another path), a `CONNECT` or
 /// asterisk-form (`*`) target, more than one `Host`, or a header name that a server which
 /// reads `_` as `-` would take for `Content-Length` or `Transfer-Encoding` (a second, hidden
 /// framing).
 pub fn refusal<B>(req: &http::Request<B>) -> Option<&'static str> {
+    if let Some(refused) = req.extensions().get::<super::resolve::PathRefused>() {
+        return Some(refused.0);
+    }
     if req.method() == http::Method::CONNECT {
         return Some("CONNECT is not proxied");
     }

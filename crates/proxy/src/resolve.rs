@@ -29,6 +29,42 @@ use crate::routing::{Resolved, Snapshot, resolve};
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
+/// Why a request's path has no canonical form; the request is refused with 400 before it is
+/// forwarded (see [`super::headers::refusal`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PathRefused(pub &'static str);
+
+/// Put the request's path in its canonical form ([`crate::codec::path`]), the form that is
+/// resolved, enforced, inspected, logged and forwarded; or mark it refused.
+fn canonicalize<B>(req: &mut Request<B>) {
+    let canonical = match crate::codec::path::canonical(req.uri().path()) {
+        Ok(Cow::Borrowed(_)) => return,
+        Ok(Cow::Owned(path)) => path,
+        Err(e) => {
+            req.extensions_mut().insert(PathRefused(e.as_str()));
+            return;
+        }
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    // The canonical form only decodes characters a path may hold as they are, so it parses;
+    // if it ever did not, the request is refused rather than sent somewhere else.
+    let mut parts = req.uri().clone().into_parts();
+    let uri = pq.parse::<http::uri::PathAndQuery>().ok().and_then(|pq| {
+        parts.path_and_query = Some(pq);
+        http::Uri::from_parts(parts).ok()
+    });
+    match uri {
+        Some(uri) => *req.uri_mut() = uri,
+        None => {
+            let why = crate::codec::path::PathError::AmbiguousEscape.as_str();
+            req.extensions_mut().insert(PathRefused(why));
+        }
+    }
+}
+
 /// Builds [`Resolve`] for each connection.
 #[derive(Clone)]
 pub struct ResolveLayer {
@@ -90,7 +126,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        canonicalize(&mut req);
         let snapshot = self.snapshots.load_full();
         let resolved = resolve(&snapshot, req.uri().path(), req.headers(), self.client.ip());
         let trusted = resolved
