@@ -336,3 +336,88 @@ async fn the_admin_api_answers_neither_rebound_names_nor_cross_site_posts() {
     );
     assert_eq!(admin(&h, "POST", post, &[json]).await, 200);
 }
+
+/// Backpressure, end to end, in bytes HTTP/2 flow control counts exactly (no kernel buffer in
+/// the figure): an h2c model server sends an 8 MiB answer as fast as the sidecar's window lets
+/// it, to a client whose stream window stays at 64 KiB because it never reads. The sidecar
+/// takes from the model server only what it can pass on plus its small per-exchange bound
+/// (before: hyper's 2 MiB stream window and 400 KiB send buffer). Once the client reads,
+/// every byte arrives.
+#[tokio::test]
+async fn a_client_that_does_not_read_holds_only_a_bounded_part_of_the_answer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const ANSWER: usize = 8 << 20;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut conn = h2::server::handshake(tcp).await.unwrap();
+        while let Some(Ok((_req, mut respond))) = conn.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut stream = respond
+                    .send_response(http::Response::new(()), false)
+                    .unwrap();
+                let mut left = ANSWER;
+                while left > 0 {
+                    stream.reserve_capacity(left.min(1 << 20));
+                    let Some(Ok(cap)) = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await
+                    else {
+                        return;
+                    };
+                    let n = cap.min(left);
+                    stream
+                        .send_data(Bytes::from(vec![b'x'; n]), n == left)
+                        .unwrap();
+                    counter.fetch_add(n, Ordering::SeqCst);
+                    left -= n;
+                }
+            });
+        }
+    });
+    let h = Harness::start(
+        &churn_route(upstream, "1", "upstream_protocol = \"http2\""),
+        "",
+    )
+    .await;
+
+    let tcp = TcpStream::connect(h.sidecar.proxy_addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let req = Request::post(format!("http://{}{INFER}", h.sidecar.proxy_addr))
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Let the flow settle: until the model server has sent nothing new for 300 ms.
+    let mut last = usize::MAX;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = sent.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let taken = sent.load(Ordering::SeqCst);
+    assert!(
+        taken <= 256 << 10,
+        "{taken} bytes taken from the model server for a client that read none"
+    );
+
+    let mut body = resp.into_body();
+    let mut received = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        received += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    assert_eq!(received, ANSWER, "nothing lost to backpressure");
+}

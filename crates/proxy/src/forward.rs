@@ -71,6 +71,11 @@ impl Forward {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(true)
+            // As the HTTP/1.1 read buffer: per stream, at most this much of an answer is
+            // received ahead of the client; the connection window lets 128 stalled streams
+            // share one model-server connection before they hold up the others.
+            .http2_initial_stream_window_size(crate::server::UPSTREAM_READ_BUF as u32)
+            .http2_initial_connection_window_size(128 * crate::server::UPSTREAM_READ_BUF as u32)
             .build(connector);
         Self {
             inner: Arc::new(Clients {

@@ -171,7 +171,11 @@ impl Pool {
         // Small requests and responses go out at once rather than waiting for an ACK.
         let _ = tcp.set_nodelay(true);
         self.inner.start_sweeper();
-        let (tx, conn) = http1::handshake(TokioIo::new(tcp))
+        // The read buffer is the most of an answer read ahead of the client: a client that does
+        // not read holds one buffer here, not the model server's whole answer.
+        let (tx, conn) = http1::Builder::new()
+            .max_buf_size(crate::server::UPSTREAM_READ_BUF)
+            .handshake(TokioIo::new(tcp))
             .await
             .map_err(PoolError::Exchange)?;
         tokio::spawn(async move {

@@ -54,6 +54,19 @@ pub struct Listener<C> {
 /// hyper's smallest read buffer.
 const MIN_BUF: usize = 8192;
 
+/// Backpressure, end to end: the most of an answer the sidecar reads from a model server ahead
+/// of a client that does not read (per exchange; HTTP/1.1 read buffer and h2c stream window).
+/// A response head must fit in it too (nginx's `proxy_buffer_size` is 4–8 KiB).
+pub const UPSTREAM_READ_BUF: usize = 16 * 1024;
+
+/// The most an HTTP/2 client's stream buffers in the sidecar for a client whose window is open
+/// but who does not read the socket (hyper's default is 400 KiB).
+const H2_SEND_BUF: usize = 16 * 1024;
+
+/// The window an HTTP/2 client may fill with a request body before the model server reads it
+/// (per stream; the connection window stays hyper's 1 MiB).
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+
 /// Connection settings for both listeners.
 pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -67,6 +80,8 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_send_buf_size(H2_SEND_BUF)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     b
 }
