@@ -351,6 +351,85 @@ async fn a_failing_candidate_is_judged_rollback_and_rolled_back_automatically() 
     }
 }
 
+/// The incident the attribution fix is for: clients that hang up mid-upload, send a malformed
+/// chunk or stall their body, aimed at a healthy candidate. Before, 25 of them turned the
+/// verdict to rollback and the automatic rollback fired; they are the clients' errors, so the
+/// candidate's error count stays 0 and nothing is rolled back.
+#[tokio::test]
+async fn aborted_malformed_and_stalled_uploads_never_roll_a_healthy_candidate_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Both versions healthy and predicting alike: the verdict can only move on errors.
+    let up = Upstream::start(versioned_server(Versions {
+        prediction: Some(0.3),
+        ..Versions::default()
+    }))
+    .await;
+    let canary = "min_requests = 100\nauto_rollback_after = 2\ncheck_interval = \"1s\"";
+    let h = Harness::start_with_registry(
+        &split_route(up.addr, 50, 50, canary),
+        "[limits]\nbody_read_timeout = \"200ms\"\n",
+        REGISTRY3,
+    )
+    .await;
+    for _ in 0..300 {
+        assert_eq!(infer(&h, &[]).await.0, 200);
+    }
+    let head = |extra: &str| {
+        format!(
+            "POST /v2/models/churn/versions/2/infer HTTP/1.1\r\nHost: s\r\ncontent-type: application/json\r\n{extra}\r\n"
+        )
+    };
+    let mut bad = Vec::new();
+    for i in 0..30 {
+        let mut bytes = match i % 3 {
+            0 | 2 => head("content-length: 1000\r\n").into_bytes(),
+            _ => head("transfer-encoding: chunked\r\n").into_bytes(),
+        };
+        bytes.extend_from_slice(match i % 3 {
+            0 | 2 => b"{\"inputs\":".as_slice(),
+            _ => b"5\r\n{\"a\":\r\nzz\r\n".as_slice(),
+        });
+        let addr = h.sidecar.proxy_addr;
+        bad.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(&bytes).await.unwrap();
+            if i % 3 == 0 {
+                return; // hangs up mid-upload
+            }
+            // Malformed, or stalled past body_read_timeout: wait for the answer.
+            let mut buf = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        }));
+    }
+    for t in bad {
+        t.await.unwrap();
+    }
+    let counted = eventually(Duration::from_secs(5), || async {
+        let m = h.metrics().await;
+        ["client_abort", "body_malformed", "body_timeout"]
+            .iter()
+            .all(|k| m.contains(&format!("version=\"2\",kind=\"{k}\"")))
+    })
+    .await;
+    assert!(counted, "{}", h.metrics().await);
+    // Several checks of the controller later.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let c = admin_get(&h, "/canary/churn").await;
+    assert_eq!(c["candidate"]["version"], "2");
+    assert_eq!(c["candidate"]["errors"], 0, "{c}");
+    assert_ne!(c["verdict"], "rollback", "{c}");
+    assert_eq!(
+        h.metric("modelstamp_canary_auto_rollbacks_total{route=\"churn\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        h.metric("modelstamp_canary_weight{route=\"churn\",version=\"2\"}")
+            .await,
+        50.0
+    );
+}
+
 #[tokio::test]
 async fn shadow_traffic_never_touches_the_client_and_agreement_is_measured() {
     let up = Upstream::start(versioned(0, Duration::from_millis(1500))).await;

@@ -421,3 +421,55 @@ async fn a_client_that_does_not_read_holds_only_a_bounded_part_of_the_answer() {
     }
     assert_eq!(received, ANSWER, "nothing lost to backpressure");
 }
+
+/// A stream both ways (the model server answers while the upload still runs): when the
+/// client's body turns malformed mid-stream, the upstream stream breaks because of the client,
+/// and the exchange is logged and counted as the client's error, never as `upstream_reset`.
+#[tokio::test]
+async fn a_client_body_failing_after_the_answer_started_is_still_the_clients_error() {
+    use std::sync::Arc;
+    let answers_at_once: Handler = Arc::new(|_req| {
+        Box::pin(async move {
+            http::Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(sse_events(100, Duration::from_millis(50)))
+                .unwrap()
+        })
+    });
+    let up = Upstream::start(answers_at_once).await;
+    let h = Harness::start(&churn_route(up.addr, "1", ""), "").await;
+    let mut s = TcpStream::connect(h.sidecar.proxy_addr).await.unwrap();
+    let mut bytes = head("transfer-encoding: chunked\r\n").into_bytes();
+    bytes.extend_from_slice(b"5\r\n{\"a\":\r\n");
+    s.write_all(&bytes).await.unwrap();
+    // The answer has started streaming back.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("data: 1") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the answer streamed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    // Now the upload turns malformed.
+    s.write_all(b"zz\r\n").await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+
+    let settled = eventually(Duration::from_secs(5), || async {
+        h.access_log().iter().any(|l| !l["error"].is_null())
+    })
+    .await;
+    let log = h.access_log();
+    assert!(settled, "{log:?}");
+    let logged: Vec<&str> = log.iter().filter_map(|l| l["error"].as_str()).collect();
+    assert_eq!(logged, ["body_malformed"], "{log:?}");
+    let (kinds, upstream, server_errors) = errors(&h).await;
+    assert_eq!(upstream, 0.0, "no upstream error charged to the version: {kinds:?}");
+    assert_eq!(server_errors, 0.0);
+}

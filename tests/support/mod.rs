@@ -183,6 +183,9 @@ pub struct Versions {
     pub delay: Duration,
     /// The `model_version` reported instead of the path's (a silently wrong server).
     pub reported: Option<&'static str>,
+    /// The prediction every version answers (`None`: the version number / 10, so versions
+    /// differ).
+    pub prediction: Option<f64>,
 }
 
 impl Default for Versions {
@@ -194,6 +197,7 @@ impl Default for Versions {
             slow: "",
             delay: Duration::ZERO,
             reported: None,
+            prediction: None,
         }
     }
 }
@@ -227,7 +231,9 @@ pub fn versioned_server(cfg: Versions) -> Handler {
                     .body(full("model error"))
                     .unwrap();
             }
-            let p: f64 = version.parse::<f64>().unwrap_or(0.0) / 10.0;
+            let p: f64 = cfg
+                .prediction
+                .unwrap_or(version.parse::<f64>().unwrap_or(0.0) / 10.0);
             let reported = cfg.reported.unwrap_or(&version);
             let body = format!(
                 r#"{{"model_name":"churn","model_version":"{reported}","outputs":[{{"name":"p","shape":[1,1],"datatype":"FP64","data":[{p}]}}]}}"#
