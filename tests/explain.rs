@@ -56,6 +56,7 @@ fn server(
         slow: slow_version,
         delay,
         reported,
+        prediction: None,
     })
 }
 

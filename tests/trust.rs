@@ -470,6 +470,71 @@ async fn a_client_body_failing_after_the_answer_started_is_still_the_clients_err
     let logged: Vec<&str> = log.iter().filter_map(|l| l["error"].as_str()).collect();
     assert_eq!(logged, ["body_malformed"], "{log:?}");
     let (kinds, upstream, server_errors) = errors(&h).await;
-    assert_eq!(upstream, 0.0, "no upstream error charged to the version: {kinds:?}");
+    assert_eq!(
+        upstream, 0.0,
+        "no upstream error charged to the version: {kinds:?}"
+    );
     assert_eq!(server_errors, 0.0);
+}
+
+/// The global bound: answers held for clients that do not read are counted
+/// (`modelstamp_response_bytes_held`); over `limits.max_held_response_bytes` new requests get
+/// 503 (`overloaded`, never the version's error), and once the slow client leaves the count
+/// returns to 0 and requests are served again.
+#[tokio::test]
+async fn over_the_held_bytes_limit_new_requests_get_503_and_nothing_is_the_versions() {
+    use std::sync::Arc;
+    let big: Handler = Arc::new(|_req| {
+        Box::pin(async move {
+            http::Response::builder()
+                .header("content-type", "application/octet-stream")
+                .body(full(vec![b'x'; 8 << 20]))
+                .unwrap()
+        })
+    });
+    let up = Upstream::start(big).await;
+    let h = Harness::start(
+        &churn_route(up.addr, "1", ""),
+        "[limits]\nmax_held_response_bytes = 8192\n",
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(h.sidecar.proxy_addr).await.unwrap();
+    let mut bytes = head("content-length: 2\r\n").into_bytes();
+    bytes.extend_from_slice(b"{}");
+    slow.write_all(&bytes).await.unwrap();
+    let held = || async { h.metric("modelstamp_response_bytes_held").await };
+    assert!(
+        eventually(Duration::from_secs(10), || async { held().await > 8192.0 }).await,
+        "{}",
+        h.metrics().await
+    );
+    let (resp, body) = send(post(&h.url(INFER), "{}")).await;
+    assert_eq!(resp.status(), 503);
+    assert!(String::from_utf8_lossy(&body).contains("overloaded"));
+
+    drop(slow);
+    assert!(
+        eventually(Duration::from_secs(10), || async { held().await == 0.0 }).await,
+        "{}",
+        h.metrics().await
+    );
+    let (resp, _) = send(post(&h.url(INFER), "{}")).await;
+    assert_eq!(resp.status(), 200);
+    let (kinds, upstream, _) = errors(&h).await;
+    assert!(
+        kinds
+            .iter()
+            .any(|(k, v)| k.contains("kind=\"overloaded\"") && *v == 1.0),
+        "{kinds:?}"
+    );
+    assert_eq!(upstream, 0.0);
+    // A 503 to the client, but the window the canary judges from never sees it.
+    let totals = h.sidecar.telemetry.metrics.window("churn", "1").totals();
+    assert_eq!(
+        totals.errors, 0,
+        "{} requests in the window",
+        totals.requests
+    );
 }

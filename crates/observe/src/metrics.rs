@@ -275,6 +275,8 @@ pub struct Metrics {
     connections_open: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
     connection_errors: Family<ListenerKindLabels, Counter>,
+    /// Bytes of answers handed to client connections and not yet written to their sockets.
+    pub response_bytes_held: Gauge,
 }
 
 fn latency_histogram() -> HistogramWithExemplars<TraceExemplar> {
@@ -316,6 +318,7 @@ impl Metrics {
             connections_open: Family::default(),
             connections_refused: Family::default(),
             connection_errors: Family::default(),
+            response_bytes_held: Gauge::default(),
         };
         reg.register(
             "requests",
@@ -411,6 +414,11 @@ impl Metrics {
             "spans_exported",
             "Spans accepted by the OTLP collector",
             m.spans_exported.clone(),
+        );
+        reg.register(
+            "response_bytes_held",
+            "Bytes of answers handed to client connections and not yet written to their sockets",
+            m.response_bytes_held.clone(),
         );
         reg.register(
             "snapshot_generation",
@@ -728,16 +736,20 @@ pub enum RequestErrorKind {
     /// The request could not be proxied without ambiguity (a disguised framing header, two
     /// Hosts, a `CONNECT` or `*` target).
     BadRequest,
+    /// Refused with 503 while the answers held for clients that do not read were over
+    /// `limits.max_held_response_bytes`: the sidecar's doing, never the version's.
+    Overloaded,
 }
 
 impl RequestErrorKind {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::BodyTooLarge,
         Self::ClientAbort,
         Self::SchemaViolation,
         Self::BodyMalformed,
         Self::BodyTimeout,
         Self::BadRequest,
+        Self::Overloaded,
     ];
 
     /// The `kind` label value.
@@ -749,6 +761,7 @@ impl RequestErrorKind {
             Self::BodyMalformed => "body_malformed",
             Self::BodyTimeout => "body_timeout",
             Self::BadRequest => "bad_request",
+            Self::Overloaded => "overloaded",
         }
     }
 }
@@ -760,7 +773,7 @@ pub struct VersionMetrics {
     duration: HistogramWithExemplars<TraceExemplar>,
     upstream_duration: HistogramWithExemplars<TraceExemplar>,
     upstream_errors: [Counter; 4],
-    request_errors: [Counter; 6],
+    request_errors: [Counter; 7],
     /// Requests being proxied now.
     pub in_flight: Gauge,
     request_bytes: Counter,

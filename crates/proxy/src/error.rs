@@ -79,6 +79,9 @@ pub enum ProxyError {
     /// The request cannot be proxied without ambiguity.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// Answers held for clients that do not read are over `limits.max_held_response_bytes`.
+    #[error("overloaded: answers held for slow clients are over the limit")]
+    Overloaded,
     /// The request body is over the limit.
     #[error("request body exceeds {0} bytes")]
     BodyTooLarge(u64),
@@ -119,6 +122,7 @@ impl ProxyError {
         match self {
             Self::NoRoute => "no_route",
             Self::BadRequest(_) => "bad_request",
+            Self::Overloaded => "overloaded",
             Self::BodyTooLarge(_) => "body_too_large",
             Self::SchemaViolation { .. } => "schema_violation",
             Self::ClientBody { fault, .. } => fault.request_kind().as_str(),
@@ -150,6 +154,7 @@ impl ProxyError {
         match self {
             Self::BodyTooLarge(_) => Some(RequestErrorKind::BodyTooLarge),
             Self::BadRequest(_) => Some(RequestErrorKind::BadRequest),
+            Self::Overloaded => Some(RequestErrorKind::Overloaded),
             Self::SchemaViolation { .. } => Some(RequestErrorKind::SchemaViolation),
             Self::ClientBody { fault, .. } => Some(fault.request_kind()),
             _ => None,
@@ -160,6 +165,7 @@ impl ProxyError {
         match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "12"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "3"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "14"),
             Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "8"),
             Self::SchemaViolation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "3"),
             // 499 as nginx logs a client that left; gRPC CANCELLED, INVALID_ARGUMENT and

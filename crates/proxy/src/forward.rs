@@ -109,6 +109,13 @@ impl Clients {
         if let Some(why) = refusal(&req) {
             return Err(ProxyError::BadRequest(why));
         }
+        if req
+            .extensions()
+            .get::<super::resolve::Overloaded>()
+            .is_some()
+        {
+            return Err(ProxyError::Overloaded);
+        }
         let Some(state) = ctx.route() else {
             return Err(ProxyError::NoRoute);
         };

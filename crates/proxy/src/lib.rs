@@ -24,6 +24,7 @@ mod enforce;
 mod error;
 mod forward;
 mod headers;
+mod held;
 pub mod idle;
 mod pool;
 mod resolve;
@@ -59,6 +60,7 @@ pub struct Proxy {
     telemetry: Arc<Telemetry>,
     observer: Arc<Observer<ctx::RequestCtx>>,
     forward: Forward,
+    held: held::Held,
 }
 
 impl Proxy {
@@ -71,11 +73,13 @@ impl Proxy {
     ) -> Self {
         // Every finished exchange goes to the standard sinks, then to the shadow calls.
         let observer = Arc::new(Observer::standard(&telemetry, vec![Box::new(shadow)]));
+        let held = held::Held::new(telemetry.metrics.response_bytes_held.clone());
         Self {
             snapshots,
             telemetry,
             observer,
             forward,
+            held,
         }
     }
 
@@ -95,10 +99,19 @@ impl Proxy {
     + use<> {
         // Outermost first: resolve once, stamp both ways, observe everything, then forward.
         let forward = enforce::EnforceLayer.layer(self.forward.clone());
-        let tee = tee::TeeLayer::new(self.observer.clone(), self.telemetry.inspector.clone())
-            .layer(forward);
+        let tee = tee::TeeLayer::new(
+            self.observer.clone(),
+            self.telemetry.inspector.clone(),
+            self.held.clone(),
+        )
+        .layer(forward);
         let stamp = stamp::StampLayer.layer(tee);
-        resolve::ResolveLayer::new(self.snapshots.clone(), self.telemetry.clone(), client)
-            .layer(stamp)
+        resolve::ResolveLayer::new(
+            self.snapshots.clone(),
+            self.telemetry.clone(),
+            self.held.clone(),
+            client,
+        )
+        .layer(stamp)
     }
 }

@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 
 use super::body::ClientBody;
 use super::ctx::{ProxyRequest, RequestCtx};
+use super::held::Held;
 
 use crate::inspect::Codec;
 use crate::observe::Telemetry;
@@ -28,6 +29,11 @@ use crate::routing::{Resolved, Snapshot, resolve};
 
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+/// Answers held for clients that do not read are over `limits.max_held_response_bytes`: the
+/// request is refused with 503 before it is forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct Overloaded;
 
 /// Why a request's path has no canonical form; the request is refused with 400 before it is
 /// forwarded (see [`super::headers::refusal`]).
@@ -70,6 +76,7 @@ fn canonicalize<B>(req: &mut Request<B>) {
 pub struct ResolveLayer {
     snapshots: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
+    held: Held,
     client: SocketAddr,
     /// The client's IP, formatted once per connection: `x-forwarded-for` and `client.address`.
     peer: HeaderValue,
@@ -80,11 +87,13 @@ impl ResolveLayer {
     pub fn new(
         snapshots: Arc<ArcSwap<Snapshot>>,
         telemetry: Arc<Telemetry>,
+        held: Held,
         client: SocketAddr,
     ) -> Self {
         Self {
             snapshots,
             telemetry,
+            held,
             client,
             peer: super::headers::ip_value(client),
         }
@@ -97,6 +106,7 @@ impl<S> Layer<S> for ResolveLayer {
         Resolve {
             snapshots: self.snapshots.clone(),
             telemetry: self.telemetry.clone(),
+            held: self.held.clone(),
             client: self.client,
             peer: self.peer.clone(),
             inner,
@@ -109,6 +119,7 @@ impl<S> Layer<S> for ResolveLayer {
 pub struct Resolve<S> {
     snapshots: Arc<ArcSwap<Snapshot>>,
     telemetry: Arc<Telemetry>,
+    held: Held,
     client: SocketAddr,
     peer: HeaderValue,
     inner: S,
@@ -129,6 +140,9 @@ where
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         canonicalize(&mut req);
         let snapshot = self.snapshots.load_full();
+        if self.held.bytes() > snapshot.config.limits.max_held_response_bytes {
+            req.extensions_mut().insert(Overloaded);
+        }
         let resolved = resolve(&snapshot, req.uri().path(), req.headers(), self.client.ip());
         let trusted = resolved
             .route

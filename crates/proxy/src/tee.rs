@@ -22,6 +22,7 @@ use super::body::{BoxError, ProxyBody};
 use super::ctx::{ProxyRequest, RequestCtx};
 use super::error::{ProxyError, error_response};
 use super::forward::Forwarded;
+use super::held::Held;
 use super::pool::UpstreamBody;
 use super::resolve::BoxFuture;
 use crate::observe::exchange::{Exchange, GenAi, Observer, ServedBy};
@@ -35,14 +36,17 @@ const CLIENT_CLOSED: u16 = 499;
 pub struct TeeLayer {
     observer: Arc<Observer<RequestCtx>>,
     inspector: Inspector,
+    held: Held,
 }
 
 impl TeeLayer {
-    /// Hand finished exchanges to `observer`; copy bodies within `inspector`'s budget.
-    pub fn new(observer: Arc<Observer<RequestCtx>>, inspector: Inspector) -> Self {
+    /// Hand finished exchanges to `observer`; copy bodies within `inspector`'s budget; count
+    /// what clients have not read yet in `held`.
+    pub fn new(observer: Arc<Observer<RequestCtx>>, inspector: Inspector, held: Held) -> Self {
         Self {
             observer,
             inspector,
+            held,
         }
     }
 }
@@ -53,6 +57,7 @@ impl<S> Layer<S> for TeeLayer {
         Tee {
             observer: self.observer.clone(),
             inspector: self.inspector.clone(),
+            held: self.held.clone(),
             inner,
         }
     }
@@ -63,6 +68,7 @@ impl<S> Layer<S> for TeeLayer {
 pub struct Tee<S> {
     observer: Arc<Observer<RequestCtx>>,
     inspector: Inspector,
+    held: Held,
     inner: S,
 }
 
@@ -91,6 +97,7 @@ where
             self.inspector.clone(),
         ));
         let fut = self.inner.call(pr);
+        let held = self.held.clone();
         Box::pin(async move {
             let resp = match fut.await {
                 Ok(fwd) => {
@@ -113,6 +120,7 @@ where
             Ok(resp.map(|inner| ObservedBody {
                 inner,
                 pending: Some(pending),
+                held,
             }))
         })
     }
@@ -362,6 +370,7 @@ fn protocol(v: http::Version) -> &'static str {
 pub struct ObservedBody {
     inner: ProxyBody,
     pending: Option<Box<Pending>>,
+    held: Held,
 }
 
 impl ObservedBody {
@@ -398,6 +407,9 @@ impl Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(p)) = (frame.data_ref(), this.pending.as_mut()) {
                     p.data(data);
+                }
+                if let Some(data) = frame.data_mut() {
+                    *data = this.held.account(std::mem::take(data));
                 }
                 // No stamp rides in trailers: the model server's would contradict the head's.
                 if let (Some(trailers), Some(p)) = (frame.trailers_mut(), this.pending.as_ref()) {

@@ -845,18 +845,15 @@ impl Reloader {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut next_refresh = Instant::now();
-        let mut next_poll = Instant::now();
+        // Only a file source is polled (an embedded one never changes). The files were read at
+        // start: the first look is one interval later.
+        let mut next_poll = matches!(self.source, Source::File(_))
+            .then(|| Instant::now() + self.current.load().config.reload_poll_interval);
         loop {
             let snap = self.current.load_full();
-            let files = matches!(self.source, Source::File(_));
             let mlflow = match &snap.config.registry {
                 RegistrySource::Mlflow(m) => Some(m.poll_interval),
                 RegistrySource::File(_) => None,
-            };
-            let poll = if files {
-                snap.config.reload_poll_interval
-            } else {
-                Duration::from_secs(3600)
             };
             let until_refresh = mlflow.map_or(Duration::from_secs(3600), |_| {
                 next_refresh.saturating_duration_since(Instant::now())
@@ -867,7 +864,9 @@ impl Reloader {
             } else {
                 Duration::from_secs(3600)
             };
-            let until_poll = next_poll.saturating_duration_since(Instant::now());
+            let until_poll = next_poll.map_or(Duration::from_secs(3600), |at| {
+                at.saturating_duration_since(Instant::now())
+            });
             tokio::select! {
                 _ = tokio::time::sleep(until_poll.min(until_refresh).min(until_reap)) => {}
                 changed = hup.changed() => {
@@ -888,8 +887,10 @@ impl Reloader {
             }
             // Files are looked at on their own interval, not on every wake-up (reaping wakes
             // the loop each second while an old snapshot is held).
-            if files && Instant::now() >= next_poll {
-                next_poll = Instant::now() + poll;
+            if let Some(at) = next_poll.as_mut()
+                && Instant::now() >= *at
+            {
+                *at = Instant::now() + snap.config.reload_poll_interval;
                 if self.files_changed().await {
                     let _ = self.reload_if_changed().await;
                 }

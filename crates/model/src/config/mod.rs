@@ -266,6 +266,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most concurrent streams on one HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
+    /// Most bytes of answers held for clients that have not read them yet, all connections
+    /// together; above it new requests get 503 (`overloaded`) until clients drain or leave.
+    pub max_held_response_bytes: u64,
 }
 
 impl Default for Limits {
@@ -280,6 +283,7 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             h2_max_concurrent_streams: 256,
+            max_held_response_bytes: 64 * 1024 * 1024,
         }
     }
 }

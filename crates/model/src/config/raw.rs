@@ -174,6 +174,7 @@ pub struct RawLimits {
     pub body_read_timeout: Option<String>,
     pub max_connections: Option<u64>,
     pub h2_max_concurrent_streams: Option<u64>,
+    pub max_held_response_bytes: Option<u64>,
 }
 
 /// `[access_log]`: where the per-request JSON lines go.

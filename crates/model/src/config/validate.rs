@@ -267,6 +267,13 @@ fn limits(errs: &mut Vec<ConfigError>, raw: &RawConfig) -> Limits {
         1,
         65_536,
     ) as u32;
+    let max_held_response_bytes = count(
+        "limits.max_held_response_bytes",
+        l.max_held_response_bytes,
+        d.max_held_response_bytes,
+        1,
+        u64::MAX,
+    );
     let header_read_timeout = dur(
         errs,
         "limits.header_read_timeout",
@@ -304,6 +311,7 @@ fn limits(errs: &mut Vec<ConfigError>, raw: &RawConfig) -> Limits {
         body_read_timeout,
         max_connections,
         h2_max_concurrent_streams,
+        max_held_response_bytes,
     }
 }
 

@@ -60,22 +60,23 @@ impl Registry for FileRegistry {
 pub fn read_bounded(path: &std::path::Path, max_bytes: u64, limit: &str) -> Result<String, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.take(max_bytes.saturating_add(1))
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;
-    if text.len() as u64 > max_bytes {
+    if bytes.len() as u64 > max_bytes {
         return Err(format!(
             "larger than {max_bytes} bytes ({limit}); refused without parsing"
         ));
     }
-    Ok(text)
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))
 }
 
-/// The most events all aliases of one document may replay. A registry that shares one input
-/// schema among a thousand versions replays about a million; an alias bomb (a few KB that
-/// expand to GBs) is stopped here within milliseconds.
-const MAX_ALIAS_REPLAY_EVENTS: usize = 2_000_000;
+/// The most events all aliases of one document may replay (serde-saphyr's own default). A
+/// schema of 40 plain features shared by a thousand versions replays about 400,000; an alias
+/// bomb (a few KB that would expand to GBs) is stopped here, in about a third of a second on
+/// this project's two-core machine (RELIABILITY.md, row 4).
+const MAX_ALIAS_REPLAY_EVENTS: usize = 1_000_000;
 
 /// The most scalar bytes all aliases of one document may replay.
 const MAX_ALIAS_REPLAY_BYTES: usize = 64 << 20;
@@ -108,6 +109,11 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(
     options.alias_limits = alias_limits;
     options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
     options.with_snippet = false;
+    // As serde_yaml read registries (YAML 1.2 core schema): only `true`/`false` are booleans
+    // (`on`, `no` are names), and `01` or `1_000` are the strings they look like.
+    options.strict_booleans = true;
+    options.leading_zero_numbers_as_strings = true;
+    options.underscored_numbers_as_strings = true;
     serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         use serde_saphyr::MessageFormatter;
         let at = e.location().map(|l| (l.line(), l.column()));
@@ -512,6 +518,18 @@ models:
         assert!(e.contains("limit exceeded"), "{e}");
         let fine = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
         assert!(from_yaml::<serde::de::IgnoredAny>(&fine).is_ok());
+    }
+
+    /// Names read as serde_yaml read them: `on` and `no` are names, `01` and `1_000` keep
+    /// their spelling (a lineage ID hashes the version string).
+    #[test]
+    fn names_keep_their_spelling_as_serde_yaml_read_them() {
+        let text = "models:\n  on:\n    aliases: { no: 01 }\n    versions:\n      01: {}\n      1_000: {}\n      7: {}\n";
+        let data = parse_registry(text, "r.yaml").unwrap_or_else(|e| unreachable!("{e}"));
+        let m = &data.models["on"];
+        assert_eq!(m.aliases["no"], "01");
+        let versions: Vec<&str> = m.versions.keys().map(String::as_str).collect();
+        assert_eq!(versions, ["01", "1_000", "7"]);
     }
 
     #[test]
