@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::admin::{Admin, AdminState};
-use crate::canary::audit::AuditLog;
+use crate::canary::audit::{AuditLog, ReloadAudit};
 use crate::canary::control::Controller;
 use crate::canary::shadow::{ShadowCollector, ShadowStats};
 use crate::config::ConfigErrors;
@@ -37,7 +37,7 @@ use crate::proxy::shadow::Shadower;
 const RECENT_MAX_BYTES: usize = 16 * 1024 * 1024;
 use crate::proxy::server::{Listener, ListenerSettings, serve};
 use crate::proxy::{Forward, Proxy};
-use crate::routing::{Reloader, Source};
+use crate::routing::{JournalFollower, ReloadEvent, Reloader, Source};
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -120,28 +120,31 @@ impl Sidecar {
         .map_err(StartError::AccessLog)?;
         let tracing = Tracing::start(&config.traces, &metrics).map_err(StartError::Tracing)?;
         let journal = Arc::new(Journal::default());
-        reloader.set_journal(journal.clone());
+        reloader.subscribe(Arc::new(JournalFollower(journal.clone())));
         let inspector = Inspector::start(&config.inspect, tracing.clone(), journal.clone())
             .map_err(StartError::Inspector)?;
         let known = inspector.clone();
-        reloader.on_swap(move |snap| {
-            known.register(
-                snap.models
-                    .values()
-                    .flat_map(|m| m.versions.values())
-                    .map(|s| s.profile.clone()),
-            );
-        });
+        reloader.subscribe(Arc::new(move |event: &ReloadEvent<'_>| {
+            if let ReloadEvent::Swapped { new, .. } = event {
+                known.register(
+                    new.models
+                        .values()
+                        .flat_map(|m| m.versions.values())
+                        .map(|s| s.profile.clone()),
+                );
+            }
+        }));
         let mut registry = registry;
         registry.register_collector(Box::new(InspectCollector(inspector.shared().clone())));
         let shadow_stats = Arc::new(ShadowStats::new(config.inspect.window));
         registry.register_collector(Box::new(ShadowCollector(shadow_stats.clone())));
         let audit =
             Arc::new(AuditLog::open(config.audit_path.as_deref()).map_err(StartError::Audit)?);
-        reloader.set_audit(audit.clone());
+        reloader.subscribe(Arc::new(ReloadAudit(audit.clone())));
         let canary = Arc::new(Controller::new(
             reloader.clone(),
             audit,
+            journal.clone(),
             inspector.shared().clone(),
             shadow_stats.clone(),
             metrics.clone(),

@@ -55,3 +55,22 @@ fn every_crate_depends_only_on_the_layers_below_it() {
     want.sort();
     assert_eq!(seen, want, "every layer exists");
 }
+
+/// Inside the control plane the same rule, by module: the reloader (`routing`) is below the
+/// canary controller, explain and admin, and follows none of them. What must follow a reload
+/// (the audit log, the journal, the inspector) subscribes to it instead.
+#[test]
+fn the_reloader_imports_nothing_above_it_in_the_control_plane() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/control/src/routing");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for above in ["crate::canary", "crate::explain", "crate::admin"] {
+            assert!(
+                !text.contains(above),
+                "{} imports {above}: subscribe to the reloader instead",
+                path.display()
+            );
+        }
+    }
+}

@@ -486,6 +486,7 @@ mod tests {
             Arc::new(
                 crate::canary::audit::AuditLog::open(None).unwrap_or_else(|e| unreachable!("{e}")),
             ),
+            journal.clone(),
             inspector.shared().clone(),
             Arc::new(crate::canary::shadow::ShadowStats::new(
                 std::time::Duration::from_secs(60),

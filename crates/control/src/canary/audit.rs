@@ -196,6 +196,33 @@ struct Inner {
     file: Option<File>,
 }
 
+/// Audits the weight changes a config reload makes (`actor: config-reload`), as the canary's
+/// own calls are audited: a follower of the reloader, which itself knows nothing of audit.
+pub struct ReloadAudit(pub std::sync::Arc<AuditLog>);
+
+impl crate::routing::Subscriber for ReloadAudit {
+    fn on(&self, event: &crate::routing::ReloadEvent<'_>) {
+        let crate::routing::ReloadEvent::Reloaded { weights, .. } = event else {
+            return;
+        };
+        for c in *weights {
+            let draft = Draft {
+                actor: "config-reload".into(),
+                action: "reload".into(),
+                route: c.route.clone(),
+                model: c.model.clone(),
+                reason: Some("the config file changed the weights".into()),
+                before: c.before.clone(),
+                after: c.after.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = self.0.append(draft) {
+                tracing::warn!(error = %e, "Audit entry for a reload could not be written.");
+            }
+        }
+    }
+}
+
 /// The running log: appended to a file (when configured) and kept in memory.
 #[derive(Debug)]
 pub struct AuditLog {

@@ -64,6 +64,8 @@ pub struct Who {
 pub struct Controller {
     reloader: Arc<Reloader>,
     audit: Arc<AuditLog>,
+    /// Where automatic rollbacks are recorded for `explain`.
+    journal: Arc<crate::journal::Journal>,
     inspector: Arc<Shared>,
     shadow: Arc<ShadowStats>,
     metrics: Metrics,
@@ -102,6 +104,7 @@ impl Controller {
     pub fn new(
         reloader: Arc<Reloader>,
         audit: Arc<AuditLog>,
+        journal: Arc<crate::journal::Journal>,
         inspector: Arc<Shared>,
         shadow: Arc<ShadowStats>,
         metrics: Metrics,
@@ -109,6 +112,7 @@ impl Controller {
         Self {
             reloader,
             audit,
+            journal,
             inspector,
             shadow,
             metrics,
@@ -350,8 +354,8 @@ impl Controller {
                 match self.rollback(name, who, "auto_rollback").await {
                     Ok(e) => {
                         self.metrics.auto_rollback(name);
-                        if let Some(j) = self.reloader.journal() {
-                            j.record(
+                        {
+                            self.journal.record(
                                 crate::journal::Kind::AutoRollback,
                                 &c.model,
                                 Some(&c.candidate.version),

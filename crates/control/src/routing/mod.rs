@@ -5,4 +5,7 @@ pub use modelstamp_proxy::routing::*;
 
 mod reload;
 
-pub use reload::{Reloader, Source, WeightChange, WeightsError, route_weights};
+pub use reload::{
+    JournalFollower, ReloadEvent, Reloader, Source, Subscriber, WeightChange, WeightsError,
+    route_weights,
+};

@@ -326,14 +326,104 @@ pub struct Reloader {
     retired_now: Notify,
     state: Mutex<State>,
     refresh_now: Notify,
-    audit: std::sync::OnceLock<Arc<crate::canary::audit::AuditLog>>,
-    journal: std::sync::OnceLock<Arc<Journal>>,
     registry_down: std::sync::atomic::AtomicBool,
-    on_swap: std::sync::OnceLock<SwapHook>,
+    /// Who follows what the reloader does (the journal, the audit log, the inspector).
+    subscribers: std::sync::RwLock<Vec<Arc<dyn Subscriber>>>,
 }
 
-/// Called with every snapshot swapped in.
-type SwapHook = Box<dyn Fn(&Snapshot) + Send + Sync>;
+/// What the reloader tells its subscribers, in the order it happens.
+#[derive(Debug)]
+pub enum ReloadEvent<'a> {
+    /// `new` is about to serve, replacing `old`. A new subscriber gets this once at once, with
+    /// `old: None` and the snapshot serving then.
+    Swapped {
+        /// What served until now.
+        old: Option<&'a Snapshot>,
+        /// What serves from now on.
+        new: &'a Snapshot,
+    },
+    /// A reload of the config (and a file registry) was applied.
+    Reloaded {
+        /// The generation now serving.
+        generation: u64,
+        /// Routes whose weights the reload changed.
+        weights: &'a [WeightChange],
+    },
+    /// A reload was refused; the previous snapshot keeps serving.
+    Rejected {
+        /// Why.
+        errors: &'a ConfigErrors,
+    },
+    /// The remote registry stopped answering.
+    RegistryDown {
+        /// The last error.
+        error: &'a str,
+    },
+    /// The remote registry answers again.
+    RegistryUp,
+}
+
+/// Something that follows the reloader. Called on the control plane, in order, while the
+/// reloader holds no lock a subscriber could need; keep it short (record, not compute).
+pub trait Subscriber: Send + Sync {
+    /// One event.
+    fn on(&self, event: &ReloadEvent<'_>);
+}
+
+impl<F: Fn(&ReloadEvent<'_>) + Send + Sync> Subscriber for F {
+    fn on(&self, event: &ReloadEvent<'_>) {
+        self(event)
+    }
+}
+
+/// Records in the journal what changes: versions, aliases, weights, stale flags, reloads and
+/// registry outages (what `explain` reads).
+pub struct JournalFollower(pub Arc<Journal>);
+
+impl Subscriber for JournalFollower {
+    fn on(&self, event: &ReloadEvent<'_>) {
+        let j = &self.0;
+        match event {
+            ReloadEvent::Swapped {
+                old: Some(old),
+                new,
+            } => journal_changes(j, old, new),
+            ReloadEvent::Swapped { old: None, .. } => {}
+            ReloadEvent::Reloaded { generation, .. } => j.record(
+                Kind::Reload,
+                "",
+                None,
+                format!("config reloaded (generation {generation})"),
+                &[],
+            ),
+            ReloadEvent::Rejected { errors } => {
+                if let Some(first) = errors.0.first() {
+                    j.record(
+                        Kind::ReloadRejected,
+                        "",
+                        None,
+                        format!("reload rejected: {first}"),
+                        &[],
+                    );
+                }
+            }
+            ReloadEvent::RegistryDown { error } => j.record(
+                Kind::RegistryDown,
+                "",
+                None,
+                format!("the registry is unreachable: {error}"),
+                &[],
+            ),
+            ReloadEvent::RegistryUp => j.record(
+                Kind::RegistryUp,
+                "",
+                None,
+                "the registry answers again".into(),
+                &[],
+            ),
+        }
+    }
+}
 
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -398,32 +488,36 @@ impl Reloader {
             retired_now: Notify::new(),
             state: Mutex::new(state),
             refresh_now: Notify::new(),
-            audit: std::sync::OnceLock::new(),
-            journal: std::sync::OnceLock::new(),
             registry_down: std::sync::atomic::AtomicBool::new(false),
-            on_swap: std::sync::OnceLock::new(),
+            subscribers: std::sync::RwLock::new(Vec::new()),
         }))
     }
 
-    /// Call `hook` with the current snapshot now and with every snapshot swapped in later.
-    pub fn on_swap(&self, hook: impl Fn(&Snapshot) + Send + Sync + 'static) {
-        hook(&self.current.load());
-        let _ = self.on_swap.set(Box::new(hook));
+    /// Follow the reloader: `subscriber` gets the snapshot serving now (as
+    /// [`ReloadEvent::Swapped`] with no `old`), then every event from here on.
+    pub fn subscribe(&self, subscriber: Arc<dyn Subscriber>) {
+        // Under the write lock a swap (which holds the read lock from its event to the swap
+        // itself) cannot fall between what the subscriber is told now and its first event.
+        let mut subs = self
+            .subscribers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = self.current.load_full();
+        subscriber.on(&ReloadEvent::Swapped {
+            old: None,
+            new: &now,
+        });
+        subs.push(subscriber);
     }
 
-    /// Record what changes (versions, aliases, weights, reloads, outages, stale flags) here.
-    pub fn set_journal(&self, journal: Arc<Journal>) {
-        let _ = self.journal.set(journal);
-    }
-
-    /// The journal, once set.
-    pub fn journal(&self) -> Option<&Arc<Journal>> {
-        self.journal.get()
-    }
-
-    /// Record reloads that change weights in this audit log.
-    pub fn set_audit(&self, log: Arc<crate::canary::audit::AuditLog>) {
-        let _ = self.audit.set(log);
+    fn emit(&self, event: &ReloadEvent<'_>) {
+        let subs = self
+            .subscribers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for s in subs.iter() {
+            s.on(event);
+        }
     }
 
     /// The split route called `name`, else the first split route serving model `name`.
@@ -536,7 +630,7 @@ impl Reloader {
     /// thread.
     fn retire(&self, old: Arc<Snapshot>) {
         if let Ok(mut retired) = self.retired.lock() {
-            retired.retain(|s| Arc::strong_count(s) > 1);
+            // Freed by `reap`, on a blocking thread: not here, on the control runtime's worker.
             retired.push(old);
         }
         self.retired_now.notify_one();
@@ -563,13 +657,18 @@ impl Reloader {
         self.generation.store(generation, Ordering::Relaxed);
         let old = self.current.load_full();
         publish(&self.metrics, &snapshot, Some(&old));
-        if let Some(j) = self.journal.get() {
-            journal_changes(j, &old, &snapshot);
-        }
-        if let Some(hook) = self.on_swap.get() {
-            hook(&snapshot);
+        let subs = self
+            .subscribers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for s in subs.iter() {
+            s.on(&ReloadEvent::Swapped {
+                old: Some(&old),
+                new: &snapshot,
+            });
         }
         let old = self.current.swap(Arc::new(snapshot));
+        drop(subs);
         self.retire(old);
         generation
     }
@@ -628,52 +727,18 @@ impl Reloader {
                 let changes = weight_changes(&old, &snapshot);
                 let generation = self.swap(snapshot);
                 info!(generation, "Config reloaded.");
-                if let Some(j) = self.journal.get() {
-                    j.record(
-                        Kind::Reload,
-                        "",
-                        None,
-                        format!("config reloaded (generation {generation})"),
-                        &[],
-                    );
-                }
-                self.audit_reload(changes);
+                self.emit(&ReloadEvent::Reloaded {
+                    generation,
+                    weights: &changes,
+                });
                 Ok(generation)
             }
             Err(errors) => {
                 for e in &errors.0 {
                     warn!(path = %e.path, error = %e.message, "Reload rejected; previous config keeps serving.");
                 }
-                if let (Some(j), Some(first)) = (self.journal.get(), errors.0.first()) {
-                    j.record(
-                        Kind::ReloadRejected,
-                        "",
-                        None,
-                        format!("reload rejected: {first}"),
-                        &[],
-                    );
-                }
+                self.emit(&ReloadEvent::Rejected { errors: &errors });
                 Err(errors)
-            }
-        }
-    }
-
-    /// Audit weight changes a reload made.
-    fn audit_reload(&self, changes: Vec<WeightChange>) {
-        let Some(log) = self.audit.get() else { return };
-        for c in changes {
-            let draft = crate::canary::audit::Draft {
-                actor: "config-reload".into(),
-                action: "reload".into(),
-                route: c.route,
-                model: c.model,
-                reason: Some("the config file changed the weights".into()),
-                before: c.before,
-                after: c.after,
-                ..Default::default()
-            };
-            if let Err(e) = log.append(draft) {
-                warn!(error = %e, "Audit entry for a reload could not be written.");
             }
         }
     }
@@ -742,16 +807,8 @@ impl Reloader {
             Ok(data) => {
                 remote.last_success = Some(Instant::now());
                 self.metrics.registry_result(true, Some(0.0));
-                if self.registry_down.swap(false, Ordering::Relaxed)
-                    && let Some(j) = self.journal.get()
-                {
-                    j.record(
-                        Kind::RegistryUp,
-                        "",
-                        None,
-                        "the registry answers again".into(),
-                        &[],
-                    );
+                if self.registry_down.swap(false, Ordering::Relaxed) {
+                    self.emit(&ReloadEvent::RegistryUp);
                 }
                 let old = self.current.load_full();
                 if same_records(&old.registry, &data) {
@@ -781,16 +838,10 @@ impl Reloader {
             }
             Err(e) => {
                 self.metrics.registry_result(false, age(remote));
-                if !self.registry_down.swap(true, Ordering::Relaxed)
-                    && let Some(j) = self.journal.get()
-                {
-                    j.record(
-                        Kind::RegistryDown,
-                        "",
-                        None,
-                        format!("the registry is unreachable: {e}"),
-                        &[],
-                    );
+                if !self.registry_down.swap(true, Ordering::Relaxed) {
+                    self.emit(&ReloadEvent::RegistryDown {
+                        error: &e.to_string(),
+                    });
                 }
                 warn!(error = %e, "MLflow refresh failed; serving the last known good records.");
             }
@@ -1150,6 +1201,61 @@ mod tests {
         // A file that appears where none was.
         let _ = std::fs::write(dir.join("missing.yaml"), "x");
         assert!(again.moved());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Subscribers hear, in order: the snapshot serving when they subscribe, then each swap
+    /// with its predecessor, each applied reload, and each refused one.
+    #[tokio::test]
+    async fn subscribers_hear_every_swap_reload_and_refusal_in_order() {
+        let dir = std::env::temp_dir().join(format!("modelstamp-subs-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        std::fs::write(
+            dir.join("registry.yaml"),
+            "models:\n  churn:\n    versions:\n      \"1\": {}\n      \"2\": {}\n",
+        )
+        .unwrap();
+        let config = dir.join("modelstamp.toml");
+        let text = |serves: &str| {
+            format!(
+                "[reload]\npoll_interval = \"1h\"\n[[routes]]\nname = \"churn\"\nmodel = \"churn\"\n\
+                 upstream = \"127.0.0.1:9\"\nserves = \"{serves}\"\n"
+            )
+        };
+        std::fs::write(&config, text("1")).unwrap();
+        let (metrics, _) = Metrics::new();
+        let reloader = Reloader::start(Source::File(config.clone()), metrics)
+            .await
+            .unwrap();
+        let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = heard.clone();
+        reloader.subscribe(Arc::new(move |e: &ReloadEvent<'_>| {
+            let line = match e {
+                ReloadEvent::Swapped { old, new } => format!(
+                    "swapped {:?} -> {}",
+                    old.map(|o| o.generation),
+                    new.generation
+                ),
+                ReloadEvent::Reloaded { generation, .. } => format!("reloaded {generation}"),
+                ReloadEvent::Rejected { errors } => format!("rejected {}", errors.0.len()),
+                ReloadEvent::RegistryDown { .. } => "down".into(),
+                ReloadEvent::RegistryUp => "up".into(),
+            };
+            log.lock().unwrap().push(line);
+        }));
+        std::fs::write(&config, text("2")).unwrap();
+        reloader.reload().await.unwrap();
+        std::fs::write(&config, text("9")).unwrap();
+        assert!(reloader.reload().await.is_err());
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [
+                "swapped None -> 1",
+                "swapped Some(1) -> 2",
+                "reloaded 2",
+                "rejected 1"
+            ]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
