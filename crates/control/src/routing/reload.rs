@@ -327,6 +327,8 @@ pub struct Reloader {
     state: Mutex<State>,
     refresh_now: Notify,
     registry_down: std::sync::atomic::AtomicBool,
+    /// Whether the watch loop runs (and reaps retired snapshots).
+    watching: std::sync::atomic::AtomicBool,
     /// Who follows what the reloader does (the journal, the audit log, the inspector).
     subscribers: std::sync::RwLock<Vec<Arc<dyn Subscriber>>>,
 }
@@ -363,8 +365,10 @@ pub enum ReloadEvent<'a> {
     RegistryUp,
 }
 
-/// Something that follows the reloader. Called on the control plane, in order, while the
-/// reloader holds no lock a subscriber could need; keep it short (record, not compute).
+/// Something that follows the reloader. Called in order, on the control plane (the first
+/// event on the thread that subscribes), while the reloader holds its reload lock and its
+/// subscribers' lock: a subscriber must not call back into the reloader (`subscribe`,
+/// `reload`, `set_weights` would deadlock). Keep it short: record, not compute.
 pub trait Subscriber: Send + Sync {
     /// One event.
     fn on(&self, event: &ReloadEvent<'_>);
@@ -489,6 +493,7 @@ impl Reloader {
             state: Mutex::new(state),
             refresh_now: Notify::new(),
             registry_down: std::sync::atomic::AtomicBool::new(false),
+            watching: std::sync::atomic::AtomicBool::new(false),
             subscribers: std::sync::RwLock::new(Vec::new()),
         }))
     }
@@ -625,15 +630,19 @@ impl Reloader {
         changed
     }
 
-    /// Keep `old` until no request holds it, then drop it here: the last request to finish
-    /// with a large snapshot would otherwise free it (thousands of allocations) on a proxy
-    /// thread.
+    /// Keep `old` until no request holds it; [`Self::reap`] frees it then, on a blocking
+    /// thread: the last request to finish with a large snapshot would otherwise free it
+    /// (thousands of allocations) on a proxy thread. The watch loop reaps; once it has
+    /// stopped (shutdown, while the admin API still serves), this reaps itself.
     fn retire(&self, old: Arc<Snapshot>) {
         if let Ok(mut retired) = self.retired.lock() {
-            // Freed by `reap`, on a blocking thread: not here, on the control runtime's worker.
             retired.push(old);
         }
-        self.retired_now.notify_one();
+        if self.watching.load(Ordering::Relaxed) {
+            self.retired_now.notify_one();
+        } else {
+            self.reap();
+        }
     }
 
     /// Free retired snapshots no request holds any more, on a blocking thread of the control
@@ -667,9 +676,9 @@ impl Reloader {
                 new: &snapshot,
             });
         }
-        let old = self.current.swap(Arc::new(snapshot));
-        drop(subs);
-        self.retire(old);
+        let replaced = self.current.swap(Arc::new(snapshot));
+        drop((subs, old));
+        self.retire(replaced);
         generation
     }
 
@@ -892,8 +901,19 @@ impl Reloader {
     /// on a webhook, until `shutdown` fires.
     pub async fn watch(
         self: Arc<Self>,
-        mut hup: watch::Receiver<u64>,
+        hup: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
+    ) {
+        self.watching.store(true, Ordering::Relaxed);
+        self.watch_until(hup, &mut shutdown).await;
+        self.watching.store(false, Ordering::Relaxed);
+        self.reap();
+    }
+
+    async fn watch_until(
+        self: &Arc<Self>,
+        mut hup: watch::Receiver<u64>,
+        shutdown: &mut watch::Receiver<bool>,
     ) {
         let mut next_refresh = Instant::now();
         // Only a file source is polled (an embedded one never changes). The files were read at
@@ -928,7 +948,7 @@ impl Reloader {
                 }
                 _ = self.refresh_now.notified() => next_refresh = Instant::now(),
                 _ = self.retired_now.notified() => continue,
-                _ = crate::proxy::server::stopped(&mut shutdown) => return,
+                _ = crate::proxy::server::stopped(shutdown) => return,
             }
             if let Some(interval) = mlflow
                 && Instant::now() >= next_refresh
@@ -1247,15 +1267,22 @@ mod tests {
         reloader.reload().await.unwrap();
         std::fs::write(&config, text("9")).unwrap();
         assert!(reloader.reload().await.is_err());
+        std::fs::write(&config, text("1")).unwrap();
+        reloader.reload().await.unwrap();
         assert_eq!(
             *heard.lock().unwrap(),
             [
                 "swapped None -> 1",
                 "swapped Some(1) -> 2",
                 "reloaded 2",
-                "rejected 1"
+                "rejected 1",
+                "swapped Some(2) -> 3",
+                "reloaded 3"
             ]
         );
+        // No watch loop runs here (as after shutdown): each retirement frees the replaced
+        // snapshots nothing holds any more, so they do not pile up.
+        assert!(reloader.retired.lock().unwrap().len() <= 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
