@@ -1224,29 +1224,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Subscribers hear, in order: the snapshot serving when they subscribe, then each swap
-    /// with its predecessor, each applied reload, and each refused one.
-    #[tokio::test]
-    async fn subscribers_hear_every_swap_reload_and_refusal_in_order() {
-        let dir = std::env::temp_dir().join(format!("modelstamp-subs-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        std::fs::write(
-            dir.join("registry.yaml"),
-            "models:\n  churn:\n    versions:\n      \"1\": {}\n      \"2\": {}\n",
+    /// A config (manual reloads only) whose one route serves `serves` of model `churn`.
+    fn serving(serves: &str) -> String {
+        format!(
+            "[reload]\npoll_interval = \"1h\"\n[[routes]]\nname = \"churn\"\nmodel = \"churn\"\n\
+             upstream = \"127.0.0.1:9\"\nserves = \"{serves}\"\n"
         )
-        .unwrap();
+    }
+
+    /// A reloader of a config file serving version 1 of a two-version file registry, in a
+    /// directory of its own (`tag` names it): the directory, the config file, the reloader.
+    async fn file_reloader(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, Arc<Reloader>) {
+        let dir = std::env::temp_dir().join(format!("modelstamp-{tag}-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let registry = "models:\n  churn:\n    versions:\n      \"1\": {}\n      \"2\": {}\n";
+        std::fs::write(dir.join("registry.yaml"), registry).unwrap();
         let config = dir.join("modelstamp.toml");
-        let text = |serves: &str| {
-            format!(
-                "[reload]\npoll_interval = \"1h\"\n[[routes]]\nname = \"churn\"\nmodel = \"churn\"\n\
-                 upstream = \"127.0.0.1:9\"\nserves = \"{serves}\"\n"
-            )
-        };
-        std::fs::write(&config, text("1")).unwrap();
+        std::fs::write(&config, serving("1")).unwrap();
         let (metrics, _) = Metrics::new();
         let reloader = Reloader::start(Source::File(config.clone()), metrics)
             .await
             .unwrap();
+        (dir, config, reloader)
+    }
+
+    /// Subscribers hear, in order: the snapshot serving when they subscribe, then each swap
+    /// with its predecessor, each applied reload, and each refused one.
+    #[tokio::test]
+    async fn subscribers_hear_every_swap_reload_and_refusal_in_order() {
+        let (dir, config, reloader) = file_reloader("subs").await;
         let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let log = heard.clone();
         reloader.subscribe(Arc::new(move |e: &ReloadEvent<'_>| {
@@ -1263,11 +1269,11 @@ mod tests {
             };
             log.lock().unwrap().push(line);
         }));
-        std::fs::write(&config, text("2")).unwrap();
+        std::fs::write(&config, serving("2")).unwrap();
         reloader.reload().await.unwrap();
-        std::fs::write(&config, text("9")).unwrap();
+        std::fs::write(&config, serving("9")).unwrap();
         assert!(reloader.reload().await.is_err());
-        std::fs::write(&config, text("1")).unwrap();
+        std::fs::write(&config, serving("1")).unwrap();
         reloader.reload().await.unwrap();
         assert_eq!(
             *heard.lock().unwrap(),
@@ -1291,25 +1297,10 @@ mod tests {
     /// the reload lock, so the write is applied once.
     #[tokio::test]
     async fn a_poll_does_not_apply_again_what_an_explicit_reload_applied() {
-        let dir = std::env::temp_dir().join(format!("modelstamp-twice-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let registry = "models:\n  churn:\n    versions:\n      \"1\": {}\n      \"2\": {}\n";
-        std::fs::write(dir.join("registry.yaml"), registry).unwrap();
-        let config = dir.join("modelstamp.toml");
-        let text = |serves: &str| {
-            format!(
-                "[reload]\npoll_interval = \"1h\"\n[[routes]]\nname = \"churn\"\nmodel = \"churn\"\n\
-                 upstream = \"127.0.0.1:9\"\nserves = \"{serves}\"\n"
-            )
-        };
-        std::fs::write(&config, text("1")).unwrap();
-        let (metrics, _) = Metrics::new();
-        let reloader = Reloader::start(Source::File(config.clone()), metrics)
-            .await
-            .unwrap();
+        let (dir, config, reloader) = file_reloader("twice").await;
         let before = reloader.current().load().generation;
 
-        std::fs::write(&config, text("2")).unwrap();
+        std::fs::write(&config, serving("2")).unwrap();
         let mut state = reloader.state.lock().await;
         assert!(reloader.files_changed().await, "the poll sees the write");
         let poll = tokio::spawn({

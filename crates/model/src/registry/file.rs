@@ -454,12 +454,11 @@ models:
         assert!(error_of(field).contains("duplicate"), "{}", error_of(field));
     }
 
-    /// One anchored record aliased by many versions: linear in the text, but each alias
-    /// replays the whole record. Bounded by the replay cap, whatever the record's size.
-    #[test]
-    fn aliases_that_replay_more_than_the_cap_are_refused() {
-        let features: Vec<String> = (0..2_000)
-            .map(|i| format!("{{ name: f{i}, type: double }}"))
+    /// Version "0" of model `m` with an anchored schema of `n` features (`feature`, its `#`
+    /// replaced by the index), and versions 1 to 999 aliasing that whole record.
+    fn shared_record(n: usize, feature: &str) -> String {
+        let features: Vec<String> = (0..n)
+            .map(|i| feature.replace('#', &i.to_string()))
             .collect();
         let mut text = format!(
             "models:\n  m:\n    versions:\n      \"0\": &r {{ input_schema: [{}] }}\n",
@@ -468,6 +467,14 @@ models:
         for v in 1..1_000 {
             text.push_str(&format!("      \"{v}\": *r\n"));
         }
+        text
+    }
+
+    /// One anchored record aliased by many versions: linear in the text, but each alias
+    /// replays the whole record. Bounded by the replay cap, whatever the record's size.
+    #[test]
+    fn aliases_that_replay_more_than_the_cap_are_refused() {
+        let text = shared_record(2_000, "{ name: f#, type: double }");
         assert!(text.len() < 100_000);
         let e = error_of(&text);
         assert!(e.contains("too large or too complex"), "{e}");
@@ -477,16 +484,7 @@ models:
     /// `config/registry.yaml` shares a reference distribution) is accepted.
     #[test]
     fn a_schema_shared_by_a_thousand_versions_is_accepted() {
-        let features: Vec<String> = (0..40)
-            .map(|i| format!("{{ name: f{i}, type: double, min: 0.0, max: 1.0 }}"))
-            .collect();
-        let mut text = format!(
-            "models:\n  m:\n    versions:\n      \"0\": &r {{ input_schema: [{}] }}\n",
-            features.join(", ")
-        );
-        for v in 1..1_000 {
-            text.push_str(&format!("      \"{v}\": *r\n"));
-        }
+        let text = shared_record(40, "{ name: f#, type: double, min: 0.0, max: 1.0 }");
         let data = parse_registry(&text, "r.yaml").unwrap_or_else(|e| unreachable!("{e}"));
         assert_eq!(data.models["m"].versions.len(), 1_000);
         assert_eq!(
