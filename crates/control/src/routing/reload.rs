@@ -25,7 +25,7 @@ use crate::journal::{Journal, Kind};
 use crate::observe::metrics::{Metrics, VersionLabels};
 use crate::registry::mlflow::MlflowRegistry;
 use crate::registry::{
-    DatasetKey, FileRegistry, Registry, RegistryData, parse_registry, read_bounded,
+    DatasetKey, FileRegistry, Registry, RegistryData, parse_registry, read_bounded, registry_files,
 };
 
 /// Largest config file read: hand-written configs are a few KB; a larger file is refused
@@ -122,76 +122,113 @@ struct FileStamp {
     modified: Option<SystemTime>,
     ctime: (i64, i64),
     inode: (u64, u64),
+    dir: bool,
 }
 
-fn stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        len: m.len(),
-        modified: m.modified().ok(),
-        ctime: (m.ctime(), m.ctime_nsec()),
-        inode: (m.dev(), m.ino()),
-    })
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            len: m.len(),
+            modified: m.modified().ok(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            inode: (m.dev(), m.ino()),
+            dir: m.is_dir(),
+        }
+    }
 }
 
 /// The watched files: their metadata, checked every poll, and a hash of their content,
 /// computed only when the metadata moved (a `touch` or a rewrite with the same bytes reloads
-/// nothing).
+/// nothing). A watched directory (a registry split into files) stands for itself and its
+/// registry files: adding, removing or replacing one moves the metadata.
 #[derive(Debug, Default, Clone)]
 struct Watched {
-    paths: Vec<PathBuf>,
-    stamps: Vec<Option<FileStamp>>,
+    roots: Vec<PathBuf>,
+    stamps: Vec<(PathBuf, Option<FileStamp>)>,
     content: u64,
 }
 
 impl Watched {
-    /// Stamp and hash `paths` now (reads every file: call on a blocking thread).
-    fn read(paths: Vec<PathBuf>) -> Self {
-        let stamps = paths.iter().map(|p| stamp(p)).collect();
+    /// Stamp and hash `roots` now (reads every file: call on a blocking thread).
+    fn read(roots: Vec<PathBuf>) -> Self {
+        let stamps = Self::stamp_all(&roots);
+        Self::hashed(roots, stamps)
+    }
+
+    /// Hash the content of the files just stamped (stamped first: a write while hashing is
+    /// seen by the next poll).
+    fn hashed(roots: Vec<PathBuf>, stamps: Vec<(PathBuf, Option<FileStamp>)>) -> Self {
         let mut h = DefaultHasher::new();
-        for p in &paths {
-            hash_file(&mut h, p);
+        for (path, stamp) in &stamps {
+            path.hash(&mut h);
+            if stamp.as_ref().is_some_and(|s| s.dir) {
+                continue;
+            }
+            match std::fs::read(path) {
+                Ok(bytes) => bytes.hash(&mut h),
+                Err(e) => e.kind().hash(&mut h),
+            }
         }
         Self {
-            paths,
+            roots,
             stamps,
             content: h.finish(),
         }
     }
 
-    /// Whether any file's metadata differs from when it was stamped.
-    fn moved(&self) -> bool {
-        self.paths
-            .iter()
-            .zip(&self.stamps)
-            .any(|(p, s)| stamp(p) != *s)
+    /// Every watched path, the files of a watched directory included, with its metadata: one
+    /// `stat` each.
+    fn stamp_all(roots: &[PathBuf]) -> Vec<(PathBuf, Option<FileStamp>)> {
+        let mut stamps = Vec::with_capacity(roots.len());
+        for root in roots {
+            let stamp = std::fs::metadata(root).ok().map(|m| FileStamp::of(&m));
+            let dir = stamp.as_ref().is_some_and(|s| s.dir);
+            stamps.push((root.clone(), stamp));
+            if dir {
+                let files = registry_files(root).unwrap_or_default();
+                stamps.extend(files.into_iter().map(|(p, m)| (p, Some(FileStamp::of(&m)))));
+            }
+        }
+        stamps
+    }
+
+    /// The metadata now, when any file's differs from when it was stamped or a directory's
+    /// files are not the same ones.
+    fn moved(&self) -> Option<Vec<(PathBuf, Option<FileStamp>)>> {
+        let now = Self::stamp_all(&self.roots);
+        (now != self.stamps).then_some(now)
     }
 }
 
-/// Build a snapshot on a blocking thread: a large registry takes long to build.
+/// Build a snapshot on a blocking thread: a large registry takes long to build. What did not
+/// change is kept from `previous`.
 async fn build_snapshot(
     generation: u64,
     config: Config,
     registry: RegistryData,
     events: &BTreeMap<DatasetKey, (i64, String, String)>,
     metrics: &Metrics,
+    previous: Option<Arc<Snapshot>>,
 ) -> Result<Snapshot, ConfigErrors> {
     let (events, metrics) = (events.clone(), metrics.clone());
-    blocking(move || Snapshot::build(generation, config, registry, &events, &metrics)).await
+    blocking(move || {
+        Snapshot::rebuild(
+            generation,
+            config,
+            registry,
+            &events,
+            &metrics,
+            previous.as_deref(),
+        )
+    })
+    .await
 }
 
 fn base_dir(path: &Path) -> &Path {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
-}
-
-fn hash_file(h: &mut DefaultHasher, path: &Path) {
-    match std::fs::read(path) {
-        Ok(bytes) => bytes.hash(h),
-        Err(e) => e.kind().hash(h),
-    }
 }
 
 fn now_ms() -> i64 {
@@ -218,6 +255,23 @@ struct State {
     overrides: BTreeMap<String, Vec<u32>>,
     /// Weights as the config file last had them, by route.
     file_weights: BTreeMap<String, Vec<u32>>,
+    /// The file registry, kept across reloads: a reload parses only the files that changed.
+    file: Option<FileRegistry>,
+}
+
+impl State {
+    /// The file registry for `path`, the one of the last reload while path and bound are the
+    /// same.
+    fn file_registry(&mut self, path: &Path, max_bytes: u64) -> FileRegistry {
+        match &self.file {
+            Some(f) if f.reads(path, max_bytes) => f.clone(),
+            _ => {
+                let f = FileRegistry::new(path.to_path_buf(), max_bytes);
+                self.file = Some(f.clone());
+                f
+            }
+        }
+    }
 }
 
 /// The configured weights of every split route.
@@ -473,6 +527,13 @@ impl Reloader {
                 state.remote = Some(remote);
                 data
             }
+            (RegistrySource::File(path), Source::File(_)) => {
+                let data = (state.file_registry(path, config.registry_max_bytes))
+                    .fetch()
+                    .await?;
+                metrics.registry_loaded();
+                data
+            }
             _ => {
                 let data = source.load().await?.1;
                 // A file (or embedded) registry that loaded is up; it has no remote to lose.
@@ -480,7 +541,7 @@ impl Reloader {
                 data
             }
         };
-        let snapshot = build_snapshot(1, config, registry, &state.events, &metrics).await?;
+        let snapshot = build_snapshot(1, config, registry, &state.events, &metrics, None).await?;
         publish(&metrics, &snapshot, None);
         Ok(Arc::new(Self {
             source,
@@ -584,6 +645,7 @@ impl Reloader {
             (*old.registry).clone(),
             &state.events,
             &self.metrics,
+            Some(old.clone()),
         )
         .await?;
         state.overrides = overrides;
@@ -613,21 +675,32 @@ impl Reloader {
         }
     }
 
-    /// Whether a watched file changed: metadata on every poll, content only when that moved.
-    async fn files_changed(&self) -> bool {
+    /// Whether a watched file's metadata moved since the last reload read it (one `stat` per
+    /// file, on a blocking thread).
+    async fn files_moved(&self) -> bool {
         let known = self.watched();
-        if !known.moved() {
-            return false;
-        }
-        let paths = known.paths.clone();
-        let Ok(now) = blocking(move || Ok(Watched::read(paths))).await else {
-            return false;
-        };
-        let changed = now.content != known.content;
-        if !changed {
+        blocking(move || Ok(known.moved().is_some()))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// What the watched files hold now, when it differs from what the last reload read:
+    /// metadata on every poll, content only when that moved.
+    async fn files_changed(&self) -> Option<Watched> {
+        let known = self.watched();
+        // A directory of a thousand files is a thousand `stat`s: not on the runtime's thread.
+        let (now, known) = blocking(move || {
+            Ok(known
+                .moved()
+                .map(|stamps| (Watched::hashed(known.roots.clone(), stamps), known)))
+        })
+        .await
+        .ok()??;
+        if now.content == known.content {
             self.remember(now);
+            return None;
         }
-        changed
+        Some(now)
     }
 
     /// Keep `old` until no request holds it; [`Self::reap`] frees it then, on a blocking
@@ -686,7 +759,7 @@ impl Reloader {
     /// old one keeps serving.
     pub async fn reload(&self) -> Result<u64, ConfigErrors> {
         let mut state = self.state.lock().await;
-        self.reload_locked(&mut state).await
+        self.reload_locked(&mut state, None).await
     }
 
     /// Reload only if a watched file still differs from what the last reload read, checked
@@ -694,27 +767,34 @@ impl Reloader {
     /// admin API) is already applying must not apply it a second time.
     async fn reload_if_changed(&self) -> Option<Result<u64, ConfigErrors>> {
         let mut state = self.state.lock().await;
-        if !self.files_changed().await {
-            return None;
-        }
+        let now = self.files_changed().await?;
         info!("Config or registry file changed.");
-        Some(self.reload_locked(&mut state).await)
+        Some(self.reload_locked(&mut state, Some(now)).await)
     }
 
-    async fn reload_locked(&self, state: &mut State) -> Result<u64, ConfigErrors> {
+    /// Reload; `seen` is what a poll just stamped and hashed, or `None` to stamp now.
+    async fn reload_locked(
+        &self,
+        state: &mut State,
+        seen: Option<Watched>,
+    ) -> Result<u64, ConfigErrors> {
         // Stamped before reading, so a write during the read is seen by the next poll.
-        let paths = self.source.watched_paths(&self.current.load().config);
-        self.remember(
-            blocking(move || Ok(Watched::read(paths)))
-                .await
-                .unwrap_or_default(),
-        );
+        let seen = match seen {
+            Some(seen) => seen,
+            None => {
+                let paths = self.source.watched_paths(&self.current.load().config);
+                blocking(move || Ok(Watched::read(paths)))
+                    .await
+                    .unwrap_or_default()
+            }
+        };
+        self.remember(seen);
         let result = self.prepare(state).await;
         self.metrics.reload(result.is_ok());
         match result {
             Ok((snapshot, file_weights)) => {
                 let paths = self.source.watched_paths(&snapshot.config);
-                if paths != self.watched().paths {
+                if paths != self.watched().roots {
                     self.remember(
                         blocking(move || Ok(Watched::read(paths)))
                             .await
@@ -792,14 +872,28 @@ impl Reloader {
                 });
                 data
             }
-            RegistrySource::File(_) => {
+            RegistrySource::File(path) => {
                 state.remote = None;
-                self.source.load().await?.1
+                match &self.source {
+                    Source::File(_) => {
+                        (state.file_registry(path, config.registry_max_bytes))
+                            .fetch()
+                            .await?
+                    }
+                    Source::Embedded { .. } => self.source.load().await?.1,
+                }
             }
         };
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let snapshot =
-            build_snapshot(generation, config, registry, &state.events, &self.metrics).await?;
+        let snapshot = build_snapshot(
+            generation,
+            config,
+            registry,
+            &state.events,
+            &self.metrics,
+            Some(old),
+        )
+        .await?;
         Ok((snapshot, file_weights))
     }
 
@@ -830,6 +924,7 @@ impl Reloader {
                     data,
                     &state.events,
                     &self.metrics,
+                    Some(old.clone()),
                 )
                 .await
                 {
@@ -878,6 +973,7 @@ impl Reloader {
             (*old.registry).clone(),
             &state.events,
             &self.metrics,
+            Some(old.clone()),
         )
         .await
         {
@@ -962,7 +1058,9 @@ impl Reloader {
                 && Instant::now() >= *at
             {
                 *at = Instant::now() + snap.config.reload_poll_interval;
-                if self.files_changed().await {
+                // Metadata first, without the reload lock (a rebuild may hold it); content
+                // under it.
+                if self.files_moved().await {
                     let _ = self.reload_if_changed().await;
                 }
             }
@@ -1204,23 +1302,23 @@ mod tests {
         let file = dir.join("registry.yaml");
         let _ = std::fs::write(&file, "models: {}\n");
         let known = Watched::read(vec![file.clone(), dir.join("missing.yaml")]);
-        assert!(!known.moved(), "nothing changed");
+        assert!(known.moved().is_none(), "nothing changed");
 
         // The same bytes written again: the metadata moves, the content does not.
         let _ = std::fs::remove_file(&file);
         let _ = std::fs::write(&file, "models: {}\n");
-        assert!(known.moved());
-        let again = Watched::read(known.paths.clone());
+        assert!(known.moved().is_some());
+        let again = Watched::read(known.roots.clone());
         assert_eq!(again.content, known.content);
 
         // New bytes: both move.
         let _ = std::fs::write(&file, "models: {a: {}}\n");
-        assert!(again.moved());
-        assert_ne!(Watched::read(known.paths.clone()).content, known.content);
+        assert!(again.moved().is_some());
+        assert_ne!(Watched::read(known.roots.clone()).content, known.content);
 
         // A file that appears where none was.
         let _ = std::fs::write(dir.join("missing.yaml"), "x");
-        assert!(again.moved());
+        assert!(again.moved().is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1302,15 +1400,164 @@ mod tests {
 
         std::fs::write(&config, serving("2")).unwrap();
         let mut state = reloader.state.lock().await;
-        assert!(reloader.files_changed().await, "the poll sees the write");
+        assert!(
+            reloader.files_changed().await.is_some(),
+            "the poll sees the write"
+        );
         let poll = tokio::spawn({
             let reloader = reloader.clone();
             async move { reloader.reload_if_changed().await.is_some() }
         });
-        reloader.reload_locked(&mut state).await.unwrap();
+        reloader.reload_locked(&mut state, None).await.unwrap();
         drop(state);
         assert!(!poll.await.unwrap(), "the poll reloaded what was applied");
         assert_eq!(reloader.current().load().generation, before + 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Write one generation of a ConfigMap-style registry directory, as the kubelet does: the
+    /// files in a hidden directory of their own, then `..data` swapped to point at it, and the
+    /// visible names links through `..data`.
+    fn configmap_generation(dir: &Path, generation: &str, files: &[(&str, &str)]) {
+        let data = dir.join(generation);
+        std::fs::create_dir_all(&data).unwrap();
+        for (name, text) in files {
+            std::fs::write(data.join(name), text).unwrap();
+            let link = dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(Path::new("..data").join(name), &link).unwrap();
+            }
+        }
+        let next = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(generation, &next).unwrap();
+        std::fs::rename(&next, dir.join("..data")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_registry_directory_swapped_as_a_configmap_reloads_once_per_change() {
+        let dir = std::env::temp_dir().join(format!("modelstamp-cm-{}", std::process::id()));
+        let registry = dir.join("registry");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&registry).unwrap();
+        let versions = [
+            (
+                "churn-1.yaml",
+                "models: { churn: { versions: { 1: {} } } }\n",
+            ),
+            (
+                "churn-2.yaml",
+                "models: { churn: { versions: { 2: {} } } }\n",
+            ),
+        ];
+        let aliases =
+            |to: &str| format!("models: {{ churn: {{ aliases: {{ champion: \"{to}\" }} }} }}\n");
+        let champion_1 = aliases("1");
+        configmap_generation(
+            &registry,
+            "..gen1",
+            &[versions[0], versions[1], ("aliases.yaml", &champion_1)],
+        );
+        let config = dir.join("modelstamp.toml");
+        std::fs::write(
+            &config,
+            serving("@champion") + "[registry]\npath = \"registry\"\n",
+        )
+        .unwrap();
+        let (metrics, _) = Metrics::new();
+        let reloader = Reloader::start(Source::File(config), metrics)
+            .await
+            .unwrap();
+        let champion = |r: &Reloader| {
+            let snap = r.current().load_full();
+            snap.registry
+                .resolve("churn", "champion", true)
+                .map(str::to_string)
+        };
+        assert_eq!(champion(&reloader).as_deref(), Some("1"));
+        assert!(
+            reloader.reload_if_changed().await.is_none(),
+            "nothing changed"
+        );
+
+        let record_1 = |r: &Reloader| {
+            r.current().load().registry.models["churn"].versions["1"]
+                .record
+                .clone()
+        };
+        let parsed = record_1(&reloader);
+
+        // The alias moves in a new generation: one reload, which parses only that file.
+        let champion_2 = aliases("2");
+        configmap_generation(
+            &registry,
+            "..gen2",
+            &[versions[0], versions[1], ("aliases.yaml", &champion_2)],
+        );
+        assert!(matches!(reloader.reload_if_changed().await, Some(Ok(_))));
+        assert_eq!(champion(&reloader).as_deref(), Some("2"));
+        assert!(
+            Arc::ptr_eq(&parsed, &record_1(&reloader)),
+            "an unchanged file was parsed again"
+        );
+
+        // The same bytes in a newer generation: every file's metadata moved, nothing reloads.
+        configmap_generation(
+            &registry,
+            "..gen3",
+            &[versions[0], versions[1], ("aliases.yaml", &champion_2)],
+        );
+        assert!(reloader.reload_if_changed().await.is_none());
+
+        // A key added to the ConfigMap: its version is served.
+        let three = (
+            "churn-3.yaml",
+            "models: { churn: { versions: { 3: {} } } }\n",
+        );
+        configmap_generation(
+            &registry,
+            "..gen4",
+            &[
+                versions[0],
+                versions[1],
+                three,
+                ("aliases.yaml", &champion_2),
+            ],
+        );
+        assert!(matches!(reloader.reload_if_changed().await, Some(Ok(_))));
+        assert!(
+            reloader
+                .current()
+                .load()
+                .registry
+                .resolve("churn", "3", false)
+                .is_some()
+        );
+
+        // A broken generation is refused; the last good one keeps serving.
+        let broken = (
+            "churn-3.yaml",
+            "models: { churn: { versions: { 3: [ } } }\n",
+        );
+        configmap_generation(
+            &registry,
+            "..gen5",
+            &[
+                versions[0],
+                versions[1],
+                broken,
+                ("aliases.yaml", &champion_2),
+            ],
+        );
+        assert!(matches!(reloader.reload_if_changed().await, Some(Err(_))));
+        assert_eq!(champion(&reloader).as_deref(), Some("2"));
+        assert!(
+            reloader
+                .current()
+                .load()
+                .registry
+                .resolve("churn", "3", false)
+                .is_some()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

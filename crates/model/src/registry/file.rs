@@ -1,29 +1,124 @@
-//! The file backend: a YAML file of models, aliases and version records.
+//! The file backend: a YAML file of models, aliases and version records, or a directory of
+//! such files merged into one registry (a large registry split the way a Kubernetes ConfigMap
+//! must split it, one key per file). A file whose bytes have not changed since the last fetch
+//! is not parsed again.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use sha2::{Digest, Sha256};
 
 use super::{LineageRecord, ModelRecord, Registry, RegistryData, VersionRecord};
 use crate::config::{ConfigError, ConfigErrors};
 
-/// Reads `registry.yaml` on every fetch.
+/// Reads the registry file, or every registry file of a directory, on every fetch.
 #[derive(Debug, Clone)]
 pub struct FileRegistry {
     path: PathBuf,
     max_bytes: u64,
+    /// What each file parsed to, by path, with the digest of the bytes it was parsed from:
+    /// shared by the clones, so the reloader's next fetch parses only files that changed.
+    parsed: Arc<Mutex<BTreeMap<PathBuf, Parsed>>>,
+}
+
+/// One file's parse, kept for as long as its bytes stay the same.
+#[derive(Debug)]
+struct Parsed {
+    digest: [u8; 32],
+    len: u64,
+    result: Result<Arc<RegistryData>, ConfigErrors>,
 }
 
 impl FileRegistry {
-    /// A registry backed by this file, refused when larger than `max_bytes`.
+    /// A registry backed by this file or directory, refused when it holds more than
+    /// `max_bytes` (all files of a directory together).
     pub fn new(path: PathBuf, max_bytes: u64) -> Self {
-        Self { path, max_bytes }
+        Self {
+            path,
+            max_bytes,
+            parsed: Arc::default(),
+        }
+    }
+
+    /// Whether this registry reads `path` with the bound `max_bytes` (so a reload may keep it
+    /// and what it parsed).
+    pub fn reads(&self, path: &Path, max_bytes: u64) -> bool {
+        self.path == path && self.max_bytes == max_bytes
+    }
+
+    /// Read, parse (what changed) and merge, on the calling thread.
+    fn load(&self) -> Result<RegistryData, ConfigErrors> {
+        let error = |at: &Path, e: String| {
+            ConfigErrors(vec![ConfigError::new(at.display().to_string(), e)])
+        };
+        let is_dir = std::fs::metadata(&self.path).is_ok_and(|m| m.is_dir());
+        let files = if is_dir {
+            registry_files(&self.path)
+                .map_err(|e| error(&self.path, format!("cannot list: {e}")))?
+                .into_iter()
+                .map(|(path, _)| path)
+                .collect()
+        } else {
+            vec![self.path.clone()]
+        };
+        let mut cache = self
+            .parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut kept = BTreeMap::new();
+        let mut parts = Vec::with_capacity(files.len());
+        let mut errs = Vec::new();
+        let mut total = 0u64;
+        for file in files {
+            let bytes = match read_capped(&file, self.max_bytes - total) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) if is_dir => {
+                    return Err(error(
+                        &self.path,
+                        format!(
+                            "its files hold more than {} bytes (registry.max_bytes); refused without parsing",
+                            self.max_bytes
+                        ),
+                    ));
+                }
+                Ok(None) => {
+                    return Err(error(
+                        &file,
+                        too_large(self.max_bytes, "registry.max_bytes"),
+                    ));
+                }
+                Err(e) => return Err(error(&file, format!("cannot read: {e}"))),
+            };
+            total += bytes.len() as u64;
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            let parsed = match cache.remove(&file) {
+                Some(p) if p.digest == digest && p.len == bytes.len() as u64 => p,
+                _ => Parsed {
+                    digest,
+                    len: bytes.len() as u64,
+                    result: parse_file(bytes, &file, is_dir).map(Arc::new),
+                },
+            };
+            match &parsed.result {
+                Ok(data) => parts.push((file.display().to_string(), data.clone())),
+                Err(e) => errs.extend(e.0.iter().cloned()),
+            }
+            kept.insert(file, parsed);
+        }
+        // Files that left the directory are forgotten with the rest of the old cache.
+        *cache = kept;
+        drop(cache);
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
+        merge(&parts, is_dir)
     }
 }
 
@@ -35,40 +130,139 @@ impl Registry for FileRegistry {
     fn fetch(
         &self,
     ) -> Pin<Box<dyn Future<Output = Result<RegistryData, ConfigErrors>> + Send + '_>> {
-        let (path, max_bytes) = (self.path.clone(), self.max_bytes);
+        let registry = self.clone();
         // Reading and parsing a large registry takes long: never on an async worker thread.
         Box::pin(async move {
-            let origin = path.display().to_string();
-            tokio::task::spawn_blocking(move || {
-                let text = read_bounded(&path, max_bytes, "registry.max_bytes")
-                    .map_err(|e| ConfigErrors(vec![ConfigError::new(&origin, e)]))?;
-                parse_registry(&text, &origin)
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(ConfigErrors(vec![ConfigError::new(
-                    "registry",
-                    format!("the parser stopped: {e}"),
-                )]))
-            })
+            tokio::task::spawn_blocking(move || registry.load())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(ConfigErrors(vec![ConfigError::new(
+                        "registry",
+                        format!("the parser stopped: {e}"),
+                    )]))
+                })
         })
     }
 }
 
-/// Read a UTF-8 file of at most `max_bytes`, the bound `limit` names in the error. The bound
-/// holds while the file grows: at most `max_bytes + 1` bytes are ever read.
-pub fn read_bounded(path: &std::path::Path, max_bytes: u64, limit: &str) -> Result<String, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+/// The registry files of a directory, in name order: its `.yaml` and `.yml` entries (symbolic
+/// links followed), leaving out hidden ones (a ConfigMap mount's `..data` and its timestamped
+/// directories), with their metadata.
+pub fn registry_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, std::fs::Metadata)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !(name.ends_with(".yaml") || name.ends_with(".yml")) || name.starts_with('.') {
+            continue;
+        }
+        if let Ok(m) = std::fs::metadata(&path)
+            && m.is_file()
+        {
+            files.push((path, m));
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(files)
+}
+
+/// Parse one registry file; in a directory, its errors name it.
+fn parse_file(bytes: Vec<u8>, file: &Path, in_dir: bool) -> Result<RegistryData, ConfigErrors> {
+    let origin = file.display().to_string();
+    let text = String::from_utf8(bytes)
+        .map_err(|e| ConfigErrors(vec![ConfigError::new(&origin, format!("not UTF-8: {e}"))]))?;
+    parse_records(&text, &origin, !in_dir).map_err(|ConfigErrors(errs)| {
+        ConfigErrors(
+            errs.into_iter()
+                .map(|mut e| {
+                    if in_dir && !e.path.starts_with(&origin) {
+                        e.path = format!("{origin}: {}", e.path);
+                    }
+                    e
+                })
+                .collect(),
+        )
+    })
+}
+
+/// One registry from the files' records: a version or an alias given by two files is an
+/// error naming both; an alias may point to a version another file gives.
+fn merge(
+    parts: &[(String, Arc<RegistryData>)],
+    in_dir: bool,
+) -> Result<RegistryData, ConfigErrors> {
+    if let ([(_, only)], false) = (parts, in_dir) {
+        // The registry file: what it gave was checked whole.
+        return Ok(RegistryData::clone(only));
+    }
+    let mut errs = Vec::new();
+    let mut models: BTreeMap<String, ModelRecord> = BTreeMap::new();
+    let mut from: BTreeMap<(&str, &str, bool), &str> = BTreeMap::new();
+    for (origin, data) in parts {
+        for (name, m) in &data.models {
+            let merged = models.entry(name.clone()).or_default();
+            for (version, record) in &m.versions {
+                if let Some(first) = from.insert((name, version, false), origin) {
+                    errs.push(ConfigError::new(
+                        format!("{origin}: models.{name}.versions.{version}"),
+                        format!("also given by {first}; a version is given by one file"),
+                    ));
+                }
+                merged.versions.insert(version.clone(), record.clone());
+            }
+            for (alias, version) in &m.aliases {
+                if let Some(first) = from.insert((name, alias, true), origin) {
+                    errs.push(ConfigError::new(
+                        format!("{origin}: models.{name}.aliases.{alias}"),
+                        format!("also given by {first}; an alias is given by one file"),
+                    ));
+                }
+                merged.aliases.insert(alias.clone(), version.clone());
+            }
+        }
+    }
+    for (name, m) in &models {
+        for (alias, version) in &m.aliases {
+            if !m.versions.contains_key(version) {
+                let origin = from.get(&(name, alias, true)).copied().unwrap_or_default();
+                errs.push(ConfigError::new(
+                    format!("{origin}: models.{name}.aliases.{alias}"),
+                    format!("points to unknown version \"{version}\" (no file gives it)"),
+                ));
+            }
+        }
+    }
+    if !errs.is_empty() {
+        return Err(ConfigErrors(errs));
+    }
+    Ok(RegistryData {
+        models,
+        datasets: BTreeMap::new(),
+    })
+}
+
+fn too_large(max_bytes: u64, limit: &str) -> String {
+    format!("larger than {max_bytes} bytes ({limit}); refused without parsing")
+}
+
+/// At most `max_bytes` of a file, or `None` when it holds more: at most `max_bytes + 1`
+/// bytes are ever read, however fast the file grows.
+fn read_capped(path: &Path, max_bytes: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
     file.take(max_bytes.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > max_bytes {
-        return Err(format!(
-            "larger than {max_bytes} bytes ({limit}); refused without parsing"
-        ));
-    }
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max_bytes).then_some(bytes))
+}
+
+/// Read a UTF-8 file of at most `max_bytes`, the bound `limit` names in the error. The bound
+/// holds while the file grows: at most `max_bytes + 1` bytes are ever read.
+pub fn read_bounded(path: &Path, max_bytes: u64, limit: &str) -> Result<String, String> {
+    let bytes = read_capped(path, max_bytes)
+        .map_err(|e| format!("cannot read: {e}"))?
+        .ok_or_else(|| too_large(max_bytes, limit))?;
     String::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))
 }
 
@@ -206,6 +400,13 @@ const MAX_VALUE_LEN: usize = 256;
 
 /// Parse and validate registry YAML; `origin` names the file in errors.
 pub fn parse_registry(text: &str, origin: &str) -> Result<RegistryData, ConfigErrors> {
+    parse_records(text, origin, true)
+}
+
+/// Parse and validate one file's records and aliases; unless the file is the `whole`
+/// registry, an alias may name a version another file of the directory gives ([`merge`]
+/// checks those).
+fn parse_records(text: &str, origin: &str, whole: bool) -> Result<RegistryData, ConfigErrors> {
     let raw: RawRegistryFile = from_yaml(text).map_err(|(at, message)| {
         let at = at
             .map(|(line, column)| format!("{origin}:{line}:{column}"))
@@ -245,7 +446,7 @@ pub fn parse_registry(text: &str, origin: &str) -> Result<RegistryData, ConfigEr
                     "invalid alias name",
                 ));
             }
-            if !versions.contains_key(&version) {
+            if whole && !versions.contains_key(&version) {
                 errs.push(ConfigError::new(
                     format!("{at}.aliases.{alias}"),
                     format!("points to unknown version \"{version}\""),
@@ -546,6 +747,187 @@ models:
         assert_eq!(
             e,
             "larger than 10 bytes (registry.max_bytes); refused without parsing"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A directory of registry files, emptied first; `files` are (name, content).
+    fn registry_dir(tag: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("modelstamp-dir-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for (name, text) in files {
+            let _ = std::fs::write(dir.join(name), text);
+        }
+        dir
+    }
+
+    fn load_errors(registry: &FileRegistry) -> Vec<String> {
+        match registry.load() {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_directory_of_files_is_one_registry_with_the_ids_one_file_gives() {
+        let dir = registry_dir(
+            "merge",
+            &[
+                (
+                    "aliases.yaml",
+                    "models: { churn: { aliases: { champion: 1, challenger: \"2\" } } }\n",
+                ),
+                (
+                    "churn-1.yml",
+                    "models:\n  churn:\n    versions:\n      1:\n        code: { repo: \"https://git.example/churn\", commit: \"97f447d\" }\n        training_data: { name: churn-train, digest: e5d39153, upstream_tables: [crm.accounts] }\n",
+                ),
+                (
+                    "churn-2.yaml",
+                    "models: { churn: { versions: { \"2\": { code: { commit: \"1c2b\" } } } } }\n",
+                ),
+                // Not registry files: hidden (a ConfigMap's `..data`), or not YAML.
+                (".hidden.yaml", "not: [yaml"),
+                ("README.md", "not: [yaml"),
+            ],
+        );
+        let one = parse_registry(GOOD, "r.yaml").unwrap_or_else(|e| unreachable!("{e}"));
+        let merged = FileRegistry::new(dir.clone(), 1 << 20)
+            .load()
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let ids = |d: &RegistryData| -> Vec<(String, String)> {
+            (d.models["churn"].versions.iter())
+                .map(|(v, r)| (v.clone(), r.lineage_id.clone()))
+                .collect()
+        };
+        assert_eq!(ids(&merged), ids(&one));
+        assert_eq!(merged.models["churn"].aliases, one.models["churn"].aliases);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_the_files_that_changed_are_parsed_again() {
+        let dir = registry_dir(
+            "cache",
+            &[
+                (
+                    "a.yaml",
+                    "models: { churn: { aliases: { champion: 1 }, versions: { 1: {} } } }\n",
+                ),
+                (
+                    "b.yaml",
+                    "models: { churn: { versions: { 2: { code: { commit: b1 } } } } }\n",
+                ),
+            ],
+        );
+        let registry = FileRegistry::new(dir.clone(), 1 << 20);
+        let record = |d: &RegistryData, v: &str| d.models["churn"].versions[v].record.clone();
+        let first = registry.load().unwrap_or_else(|e| unreachable!("{e}"));
+        // A clone (what the reloader keeps) shares what was parsed.
+        let again = registry
+            .clone()
+            .load()
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(Arc::ptr_eq(&record(&first, "1"), &record(&again, "1")));
+        assert!(Arc::ptr_eq(&record(&first, "2"), &record(&again, "2")));
+
+        // b.yaml rewritten with other bytes: parsed again; a.yaml is not.
+        let _ = std::fs::write(
+            dir.join("b.yaml"),
+            "models: { churn: { versions: { 2: { code: { commit: b2 } } } } }\n",
+        );
+        let changed = registry.load().unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(Arc::ptr_eq(&record(&first, "1"), &record(&changed, "1")));
+        assert_eq!(record(&changed, "2").code.commit.as_deref(), Some("b2"));
+        assert_ne!(
+            first.models["churn"].versions["2"].lineage_id,
+            changed.models["churn"].versions["2"].lineage_id
+        );
+
+        // A file that leaves takes its versions with it; a file that arrives adds its own.
+        let _ = std::fs::remove_file(dir.join("b.yaml"));
+        let _ = std::fs::write(
+            dir.join("c.yaml"),
+            "models: { churn: { versions: { 3: {} } } }\n",
+        );
+        let moved = registry.load().unwrap_or_else(|e| unreachable!("{e}"));
+        let versions: Vec<_> = moved.models["churn"].versions.keys().cloned().collect();
+        assert_eq!(versions, ["1", "3"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_version_or_alias_given_twice_or_an_alias_to_nothing_is_refused_naming_the_files() {
+        let dir = registry_dir(
+            "twice",
+            &[
+                (
+                    "a.yaml",
+                    "models: { churn: { aliases: { champion: 1 }, versions: { 1: {} } } }\n",
+                ),
+                (
+                    "b.yaml",
+                    "models: { churn: { aliases: { champion: 1, next: 9 }, versions: { \"1\": {} } } }\n",
+                ),
+            ],
+        );
+        let (a, b) = (
+            dir.join("a.yaml").display().to_string(),
+            dir.join("b.yaml").display().to_string(),
+        );
+        assert_eq!(
+            load_errors(&FileRegistry::new(dir.clone(), 1 << 20)),
+            [
+                format!(
+                    "{b}: models.churn.versions.1: also given by {a}; a version is given by one file"
+                ),
+                format!(
+                    "{b}: models.churn.aliases.champion: also given by {a}; an alias is given by one file"
+                ),
+                format!(
+                    "{b}: models.churn.aliases.next: points to unknown version \"9\" (no file gives it)"
+                ),
+            ]
+        );
+        // A file that does not parse is named, with its line; the others are still read.
+        let _ = std::fs::write(
+            dir.join("b.yaml"),
+            "models: { churn: { versions: { 2: { code: [ } } } }\n",
+        );
+        let errors = load_errors(&FileRegistry::new(dir.clone(), 1 << 20));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with(&format!("{b}:1:")), "{errors:?}");
+        // A record's own problem is named with its file.
+        let _ = std::fs::write(
+            dir.join("b.yaml"),
+            "models: { churn: { versions: { \"bad version\": {} } } }\n",
+        );
+        let errors = load_errors(&FileRegistry::new(dir.clone(), 1 << 20));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&format!("{b}: models.churn.versions.bad version")),
+            "{errors:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_size_bound_holds_for_all_files_of_a_directory_together() {
+        let record = "models: { churn: { versions: { 1: {} } } }\n";
+        let other = "models: { churn: { versions: { 2: {} } } }\n";
+        let dir = registry_dir("cap", &[("a.yaml", record), ("b.yaml", other)]);
+        let total = (record.len() + other.len()) as u64;
+        assert_eq!(
+            load_errors(&FileRegistry::new(dir.clone(), total)),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            load_errors(&FileRegistry::new(dir.clone(), total - 1)),
+            [format!(
+                "{}: its files hold more than {} bytes (registry.max_bytes); refused without parsing",
+                dir.display(),
+                total - 1
+            )]
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

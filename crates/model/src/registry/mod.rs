@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use file::{FileRegistry, from_yaml, parse_registry, read_bounded};
+pub use file::{FileRegistry, from_yaml, parse_registry, read_bounded, registry_files};
 pub use record::{
     Code, Environment, Feature, LineageRecord, PredictionSpec, Promotion, Reference, TrainingData,
 };

@@ -226,6 +226,21 @@ impl Snapshot {
         events: &BTreeMap<DatasetKey, (i64, String, String)>,
         metrics: &Metrics,
     ) -> Result<Self, ConfigErrors> {
+        Self::rebuild(generation, config, registry, events, metrics, None)
+    }
+
+    /// [`Self::build`], keeping from `previous` every version whose record, staleness and
+    /// stamping settings are unchanged (its header values, metric handles, span attributes and
+    /// inspection profile are the same): a reload that changed one record of a thousand builds
+    /// one.
+    pub fn rebuild(
+        generation: u64,
+        config: Config,
+        registry: RegistryData,
+        events: &BTreeMap<DatasetKey, (i64, String, String)>,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, ConfigErrors> {
         let held: usize = registry.models.values().map(|m| m.versions.len()).sum();
         if held > config.registry_max_versions {
             return Err(ConfigErrors(vec![ConfigError::new(
@@ -244,14 +259,28 @@ impl Snapshot {
             inspect: &config.inspect,
             registry_uri: registry_uri.clone(),
         };
+        // What a version's `Served` is built from besides its record: while these are the
+        // same, the previous snapshot's is the one this build would make.
+        let previous = previous.filter(|p| {
+            p.config.traces.lineage_url == config.traces.lineage_url
+                && p.config.inspect == config.inspect
+                && p.registry_uri == registry_uri
+        });
         let mut errs = Vec::new();
         let mut models = HashMap::new();
         for (name, m) in &registry.models {
+            let before = previous.and_then(|p| p.models.get(name));
             let versions = m
                 .versions
                 .iter()
                 .map(|(v, rec)| {
                     let stale = stale(&rec.record, &registry, events);
+                    // The lineage ID is a hash of the whole record, model and version included.
+                    if let Some(kept) = before.and_then(|b| b.versions.get(v)).filter(|s| {
+                        *s.lineage_id == *rec.lineage_id && s.record.is_some() && s.stale == stale
+                    }) {
+                        return (v.clone(), kept.clone());
+                    }
                     let served = Served::new(
                         name,
                         v,
@@ -491,4 +520,57 @@ fn route_default(
         ));
     }
     resolved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, validate};
+    use crate::registry::parse_registry;
+
+    fn build(config: &str, registry: &str, previous: Option<&Snapshot>, m: &Metrics) -> Snapshot {
+        let raw = parse(config, "t").unwrap_or_default();
+        let config =
+            validate(&raw, std::path::Path::new("/")).unwrap_or_else(|e| unreachable!("{e}"));
+        let registry = parse_registry(registry, "r").unwrap_or_else(|e| unreachable!("{e}"));
+        Snapshot::rebuild(2, config, registry, &Default::default(), m, previous)
+            .unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[test]
+    fn a_rebuild_keeps_what_did_not_change_and_remakes_what_did() {
+        let route = "[[routes]]\nmodel = \"churn\"\nupstream = \"h:1\"\n";
+        let with_url = |url: &str| format!("[traces]\nlineage_url = \"{url}\"\n{route}");
+        let registry = |commit: &str| {
+            format!(
+                "models:\n  churn:\n    versions: {{ 1: {{}}, 2: {{ code: {{ commit: {commit} }} }} }}\n"
+            )
+        };
+        let (m, _) = Metrics::new();
+        let served = |s: &Snapshot, v: &str| s.models["churn"].versions[v].clone();
+        let first = build(route, &registry("a1"), None, &m);
+
+        // Version 2's record changed: only it is made again.
+        let second = build(route, &registry("b2"), Some(&first), &m);
+        assert!(Arc::ptr_eq(&served(&first, "1"), &served(&second, "1")));
+        assert!(!Arc::ptr_eq(&served(&first, "2"), &served(&second, "2")));
+        assert_ne!(
+            served(&first, "2").lineage_id,
+            served(&second, "2").lineage_id
+        );
+
+        // A setting that goes into every version's span attributes changed: all are made again,
+        // with it.
+        let third = build(
+            &with_url("https://lineage.example/{lineage_id}"),
+            &registry("b2"),
+            Some(&second),
+            &m,
+        );
+        for v in ["1", "2"] {
+            assert!(!Arc::ptr_eq(&served(&second, v), &served(&third, v)));
+            let attrs = format!("{:?}", served(&third, v).span_attrs);
+            assert!(attrs.contains("lineage.example"), "{attrs}");
+        }
+    }
 }
