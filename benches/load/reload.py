@@ -3,24 +3,28 @@
 
 A 1,000-version registry with realistic records (input schema of 40 features with reference
 distributions, lineage, metrics; several MB of YAML) is served by a file registry with
-`reload.poll_interval = "1s"`. Open-loop traffic at a fixed rate (benches/load/loadgen.rs) goes
-through the sidecar to the fast stub (`modelstamp demo-model --fixed`) in two phases, each
-measured separately: `static` (the file never changes) and `rewritten` (a new version of the
-file, one changed promotion reason, is written every second, so every poll reads, parses,
-validates and swaps a new snapshot). Phases and binaries are interleaved over repetitions; the
+`reload.poll_interval = "1s"`, in two layouts: `file` (one YAML file) and `dir` (a directory of
+one file per version plus one for the aliases, laid out as a ConfigMap volume: the kubelet's
+hidden generation directories and `..data` link). Open-loop traffic at a fixed rate
+(benches/load/loadgen.rs) goes through the sidecar to the fast stub (`modelstamp demo-model
+--fixed`) in two phases, each measured separately: `static` (nothing changes) and `rewritten`
+(every second a new registry, one changed promotion reason, replaces the old one: the file is
+rewritten, or `..data` swapped to a generation in which every file is new, so every poll reads,
+validates and swaps a new snapshot). Targets and phases are interleaved over repetitions; the
 medians of p50, p99 and p99.9 are reported, with how many reloads each `rewritten` phase saw.
 
 `--binary` is the sidecar to measure (default target/release/modelstamp); `--baseline` another
 build to measure in the same run (e.g. one built from an older commit by reload.sh).
 
 Usage: reload.py [--reps 3] [--seconds 20] [--rate 1000] [--versions 1000]
-                 [--binary PATH] [--baseline PATH] [--smoke]
+                 [--layouts file,dir] [--binary PATH] [--baseline PATH] [--smoke]
 """
 
 import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,6 +62,36 @@ def registry_text(versions, generation):
     return ("\n".join(lines) + "\n").encode()
 
 
+def registry_files(versions, generation):
+    """The same registry split as a ConfigMap must split it: one file per version, one for
+    the aliases (the `dir` layout)."""
+    files = {"aliases.yaml": b"models:\n  churn:\n    aliases: { champion: \"1\" }\n"}
+    for v in range(1, versions + 1):
+        record = version_record(v, f"generation {generation}" if v == 1 else "initial")
+        files[f"churn-{v}.yaml"] = f"models:\n  churn:\n    versions:\n{record}\n".encode()
+    return files
+
+
+def write_generations(registry, generations):
+    """A ConfigMap volume as the kubelet writes it: each generation's files in a hidden
+    directory, `..data` linking to the current one and every visible name linking through
+    `..data`. The first generation is current."""
+    registry.mkdir()
+    for g, files in enumerate(generations):
+        (registry / f"..gen{g}").mkdir()
+        for name, text in files.items():
+            (registry / f"..gen{g}" / name).write_bytes(text)
+    for name in generations[0]:
+        (registry / name).symlink_to(Path("..data") / name)
+    swap_generation(registry, 0)
+
+
+def swap_generation(registry, g):
+    tmp = registry / "..data_tmp"
+    tmp.symlink_to(f"..gen{g}")
+    os.replace(tmp, registry / "..data")  # atomic, as the kubelet's update is
+
+
 def write_registry(path, text):
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(text)
@@ -93,9 +127,14 @@ def reloads(admin):
     return float(m.group(1)) if m else 0.0
 
 
-def run_phase(procs, binary, tmp, loadgen, upstream, body_file, a, rewrite):
-    registry = tmp / f"registry-{binary.name}-{rewrite}.yaml"
-    write_registry(registry, a.texts[0])
+def run_phase(procs, binary, layout, tmp, loadgen, upstream, body_file, a, rewrite):
+    registry = tmp / f"registry-{binary.name}-{layout}-{rewrite}"
+    shutil.rmtree(registry, ignore_errors=True)
+    if layout == "file":
+        registry = registry.with_suffix(".yaml")
+        write_registry(registry, a.texts[0])
+    else:
+        write_generations(registry, a.dirs)
     port, admin = free_port(), free_port()
     p = procs.start("modelstamp", [str(binary), "run", "--config",
                                    str(config(tmp, port, admin, upstream, registry))],
@@ -105,11 +144,14 @@ def run_phase(procs, binary, tmp, loadgen, upstream, body_file, a, rewrite):
 
     def rewriter():
         # The variants are built before the run: the rewrite itself costs the machine only
-        # the write (a few ms), not the YAML generation.
+        # the write (a few ms) or the swap of `..data`, not the YAML generation.
         generation = 0
         while not stop.wait(1.0):
             generation += 1
-            write_registry(registry, a.texts[generation % len(a.texts)])
+            if layout == "file":
+                write_registry(registry, a.texts[generation % len(a.texts)])
+            else:
+                swap_generation(registry, generation % len(a.dirs))
 
     before = reloads(admin)
     t = threading.Thread(target=rewriter, daemon=True)
@@ -125,6 +167,10 @@ def run_phase(procs, binary, tmp, loadgen, upstream, body_file, a, rewrite):
     r = json.loads(out.stdout)
     r["reloads"] = reloads(admin) - before
     procs.stop(p)
+    if layout == "file":
+        r["bytes"] = registry.stat().st_size
+    else:
+        r["bytes"] = sum(f.stat().st_size for f in (registry / "..gen0").iterdir())
     return r
 
 
@@ -136,6 +182,9 @@ def main():
     ap.add_argument("--versions", type=int, default=1000)
     ap.add_argument("--binary", default=str(ROOT / "target" / "release" / "modelstamp"))
     ap.add_argument("--baseline", default="")
+    ap.add_argument("--layouts", default="file,dir",
+                    help="file: one YAML file rewritten; dir: one file per version, swapped as a"
+                         " ConfigMap update swaps them")
     ap.add_argument("--smoke", action="store_true", help="debug build, 2 s phases, 50 versions")
     a = ap.parse_args()
     profile = "release"
@@ -143,8 +192,13 @@ def main():
         a.reps, a.seconds, a.versions, profile = 1, 2, 50, "debug"
         a.binary = str(ROOT / "target" / "debug" / "modelstamp")
     loadgen = ROOT / "target" / profile / "examples" / "loadgen"
+    layouts = a.layouts.split(",")
     a.texts = [registry_text(a.versions, g) for g in range(2)]
-    binaries = [Path(a.binary)] + ([Path(a.baseline)] if a.baseline else [])
+    a.dirs = [registry_files(a.versions, g) for g in range(2)]
+    # The baseline predates registry directories: it runs the file layout only.
+    targets = [(Path(a.binary), layout) for layout in layouts]
+    if a.baseline:
+        targets.append((Path(a.baseline), "file"))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         body_file = tmp / "body.json"
@@ -152,33 +206,33 @@ def main():
         procs = Procs(tmp)
         try:
             up = free_port()
-            procs.start("upstream", [str(binaries[0]), "demo-model", "--fixed", "--listen",
+            procs.start("upstream", [str(targets[0][0]), "demo-model", "--fixed", "--listen",
                                      f"127.0.0.1:{up}"])
             wait_port(up)
-            size = None
             rows = []
             for rep in range(a.reps):
-                order = binaries if rep % 2 == 0 else binaries[::-1]
-                for binary in order:
+                order = targets if rep % 2 == 0 else targets[::-1]
+                for binary, layout in order:
                     for rewrite in ([False, True] if rep % 2 == 0 else [True, False]):
-                        r = run_phase(procs, binary, tmp, loadgen, up, body_file, a, rewrite)
-                        if size is None:
-                            size = (tmp / f"registry-{binary.name}-{rewrite}.yaml").stat().st_size
-                        r.update(binary=str(binary), phase="rewritten" if rewrite else "static")
+                        r = run_phase(procs, binary, layout, tmp, loadgen, up, body_file, a, rewrite)
+                        r.update(binary=str(binary), layout=layout,
+                                 phase="rewritten" if rewrite else "static")
                         rows.append(r)
-                        print(f"rep {rep} {binary} {r['phase']:9}: p50 {r['p50_us']} µs, p99 {r['p99_us']} µs,"
-                              f" p99.9 {r['p999_us']} µs, {r['errors']} errors, {r['reloads']:.0f} reloads",
-                              flush=True)
+                        print(f"rep {rep} {binary} {layout:4} {r['phase']:9}: p50 {r['p50_us']} µs,"
+                              f" p99 {r['p99_us']} µs, p99.9 {r['p999_us']} µs, {r['errors']} errors,"
+                              f" {r['reloads']:.0f} reloads", flush=True)
         finally:
             procs.stop_all()
-    print(f"\n{a.versions} versions, registry {size / 1e6:.1f} MB, {a.rate} req/s for {a.seconds:.0f} s per phase,"
-          f" medians of {a.reps}\n")
-    print("| binary | phase | p50 µs | p99 µs | p99.9 µs | errors | reloads |\n|---|---|---|---|---|---|---|")
-    for binary in binaries:
+    print(f"\n{a.versions} versions, {a.rate} req/s for {a.seconds:.0f} s per phase, medians of {a.reps}\n")
+    print("| binary | layout | MB | phase | p50 µs | p99 µs | p99.9 µs | errors | reloads |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    for binary, layout in targets:
         for phase in ("static", "rewritten"):
-            sel = [r for r in rows if r["binary"] == str(binary) and r["phase"] == phase]
+            sel = [r for r in rows if r["binary"] == str(binary) and r["layout"] == layout
+                   and r["phase"] == phase]
             med = lambda k: statistics.median(r[k] for r in sel)  # noqa: E731
-            print(f"| {binary} | {phase} | {med('p50_us'):.0f} | {med('p99_us'):.0f} | {med('p999_us'):.0f}"
+            print(f"| {binary} | {layout} | {sel[0]['bytes'] / 1e6:.1f} | {phase} | {med('p50_us'):.0f}"
+                  f" | {med('p99_us'):.0f} | {med('p999_us'):.0f}"
                   f" | {sum(r['errors'] for r in sel)} | {med('reloads'):.0f} |")
 
 
