@@ -21,6 +21,9 @@ struct Fake {
     down: AtomicBool,
     champion: Mutex<String>,
     calls: AtomicUsize,
+    /// The `Authorization` header every call must carry (`mlflow server --app-name
+    /// basic-auth` answers 401 without it).
+    authorization: Mutex<Option<String>>,
 }
 
 fn fixture(name: &str) -> String {
@@ -35,6 +38,19 @@ async fn fake_mlflow(state: Arc<Fake>) -> Upstream {
             state.calls.fetch_add(1, Ordering::SeqCst);
             if state.down.load(Ordering::SeqCst) {
                 return Response::builder().status(503).body(full("down")).unwrap();
+            }
+            let wanted = state.authorization.lock().unwrap().clone();
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if wanted.is_some() && given != wanted.as_deref() {
+                // What MLflow's basic-auth app answers.
+                return Response::builder()
+                    .status(401)
+                    .header("www-authenticate", "Basic realm=\"mlflow\"")
+                    .body(full("You are not authenticated. Please see https://www.mlflow.org/docs/latest/auth/index.html#authenticating-to-mlflow on how to authenticate."))
+                    .unwrap();
             }
             let path = req.uri().path().to_string();
             let query = req.uri().query().unwrap_or_default().to_string();
@@ -76,9 +92,20 @@ async fn start(
     retries: u32,
     extra: &str,
 ) -> Result<(Sidecar, std::path::PathBuf), modelstamp::StartError> {
-    let dir = temp_dir("mlflow");
+    start_in(temp_dir("mlflow"), "", mlflow, model_server, retries, extra).await
+}
+
+/// [`start`] with the config in `dir` and `userinfo` (`user:password@`) in the MLflow URL.
+async fn start_in(
+    dir: std::path::PathBuf,
+    userinfo: &str,
+    mlflow: &Upstream,
+    model_server: &Upstream,
+    retries: u32,
+    extra: &str,
+) -> Result<(Sidecar, std::path::PathBuf), modelstamp::StartError> {
     let registry = format!(
-        "[registry]\nbackend = \"mlflow\"\nuri = \"http://{}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nretries = {retries}\n{extra}\n",
+        "[registry]\nbackend = \"mlflow\"\nuri = \"http://{userinfo}{}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nretries = {retries}\n{extra}\n",
         mlflow.addr
     );
     let routes = format!(
@@ -219,4 +246,116 @@ async fn transient_errors_are_retried() {
         .map_err(|e| e.to_string())
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stamped(&s, "/v2/models/churn/infer").await.0, "1");
+}
+
+/// `mlflow server --app-name basic-auth`, or a hosted MLflow taking bearer tokens: each
+/// credential style MLflow's clients use reads the records; none, or wrong ones, is a clear
+/// error naming the settings, and no password is ever printed.
+#[tokio::test]
+async fn an_authenticated_mlflow_is_read_with_each_credential_style() {
+    use base64::Engine as _;
+    let state = Arc::new(Fake::default());
+    let mlflow = fake_mlflow(state.clone()).await;
+    let up = Upstream::start(oi_handler("1")).await;
+    let basic = |user: &str, password: &str| {
+        let pair = format!("{user}:{password}");
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    };
+    let lineage_of = |s: Sidecar| async move {
+        let (version, lineage) = stamped(&s, "/v2/models/churn/infer").await;
+        assert_eq!(version, "1");
+        assert!(lineage.starts_with("ln_"), "{lineage}");
+        lineage
+    };
+
+    // A user and a password file (a Kubernetes Secret mount).
+    *state.authorization.lock().unwrap() = Some(basic("alice", "w0nderland-pass"));
+    let dir = temp_dir("mlflow-basic");
+    std::fs::write(dir.join("password"), "w0nderland-pass\n").unwrap();
+    let (s, _) = start_in(
+        dir,
+        "",
+        &mlflow,
+        &up,
+        0,
+        "username = \"alice\"\npassword_file = \"password\"\nfail_fast = true",
+    )
+    .await
+    .unwrap();
+    let from_file = lineage_of(s).await;
+
+    // The same user and password in the URL: taken out of it, sent as basic auth, and the
+    // lineage ID is the same.
+    let (s, _) = start_in(
+        temp_dir("mlflow-url"),
+        "alice:w0nderland-pass@",
+        &mlflow,
+        &up,
+        0,
+        "fail_fast = true",
+    )
+    .await
+    .unwrap();
+    // What spans export as `ml.registry.uri` and `check` prints.
+    let exported = s.reloader.current().load().registry_uri.to_string();
+    assert_eq!(exported, format!("http://{}", mlflow.addr));
+    assert_eq!(lineage_of(s).await, from_file);
+
+    // A bearer token from a file.
+    *state.authorization.lock().unwrap() = Some("Bearer tok-7f3a9c".into());
+    let dir = temp_dir("mlflow-token");
+    std::fs::write(dir.join("token"), "tok-7f3a9c").unwrap();
+    let (s, _) = start_in(
+        dir,
+        "",
+        &mlflow,
+        &up,
+        0,
+        "token_file = \"token\"\nfail_fast = true",
+    )
+    .await
+    .unwrap();
+    assert_eq!(lineage_of(s).await, from_file);
+
+    // No credentials, then wrong ones: refused at start with fail_fast, saying what to set.
+    let err = start(&mlflow, &up, 2, "fail_fast = true")
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains(
+            "HTTP 401: MLflow asks for credentials and none are set; set MLFLOW_TRACKING_USERNAME"
+        ),
+        "{err}"
+    );
+    let calls = state.calls.load(Ordering::SeqCst);
+    let err = start_in(
+        temp_dir("mlflow-wrong"),
+        "alice:not-the-pass@",
+        &mlflow,
+        &up,
+        2,
+        "fail_fast = true",
+    )
+    .await
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("HTTP 401: MLflow refused the credentials"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("not-the-pass"),
+        "the password is printed: {err}"
+    );
+    assert_eq!(
+        state.calls.load(Ordering::SeqCst),
+        calls + 1,
+        "a refusal is not retried"
+    );
 }

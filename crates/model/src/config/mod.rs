@@ -325,6 +325,22 @@ pub struct MlflowSettings {
     pub models: Vec<String>,
     /// Shared secret of MLflow webhooks (`X-MLflow-Signature`), when set.
     pub webhook_secret: Option<Secret>,
+    /// How calls to MLflow authenticate, when it asks.
+    pub credentials: Option<Credentials>,
+}
+
+/// Credentials for MLflow, taken as MLflow's own clients take them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// HTTP basic (`mlflow server --app-name basic-auth`).
+    Basic {
+        /// The user.
+        username: String,
+        /// The password.
+        password: Secret,
+    },
+    /// A bearer token (hosted MLflow services).
+    Bearer(Secret),
 }
 
 /// A secret from config or environment: compared, never printed.

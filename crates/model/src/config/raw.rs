@@ -81,8 +81,9 @@ pub struct RawTraces {
 }
 
 impl RawConfig {
-    /// Fill secrets left out of the file from `MODELSTAMP_ADMIN_TOKEN` and
-    /// `MODELSTAMP_WEBHOOK_SECRET`, and `[traces]` from the `OTEL_*` variables.
+    /// Fill secrets left out of the file from `MODELSTAMP_ADMIN_TOKEN`,
+    /// `MODELSTAMP_WEBHOOK_SECRET` and MLflow's `MLFLOW_TRACKING_USERNAME`, `_PASSWORD` and
+    /// `_TOKEN`, and `[traces]` from the `OTEL_*` variables.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         if self.admin.token.is_none() {
@@ -91,6 +92,12 @@ impl RawConfig {
         if self.registry.webhook_secret.is_none() {
             self.registry.webhook_secret = env("MODELSTAMP_WEBHOOK_SECRET");
         }
+        // MLflow's own client variables; the config file's keys win.
+        if self.registry.username.is_none() {
+            self.registry.username = env("MLFLOW_TRACKING_USERNAME");
+        }
+        self.registry.env_password = env("MLFLOW_TRACKING_PASSWORD");
+        self.registry.env_token = env("MLFLOW_TRACKING_TOKEN");
         self.traces.apply_env(env);
     }
 }
@@ -201,6 +208,17 @@ pub struct RawRegistry {
     pub webhook_secret: Option<String>,
     pub max_versions: Option<usize>,
     pub max_bytes: Option<u64>,
+    /// MLflow basic auth: the user, and a file holding the password (a Secret mount).
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    /// MLflow bearer auth: a file holding the token.
+    pub token_file: Option<String>,
+    /// `MLFLOW_TRACKING_PASSWORD` and `MLFLOW_TRACKING_TOKEN`: from the environment only,
+    /// never from the file.
+    #[serde(skip)]
+    pub env_password: Option<String>,
+    #[serde(skip)]
+    pub env_token: Option<String>,
 }
 
 /// `[reload]`: how config and registry files are watched.

@@ -11,9 +11,9 @@ use http::uri::Authority;
 
 use super::raw::{RawConfig, RawRoute};
 use super::{
-    AccessLogTarget, Config, ConfigError, ConfigErrors, HeaderNames, Limits, MlflowSettings,
-    OtlpExport, OtlpProtocol, RegistrySource, Route, RouteMatch, Sampler, Secret, Serves, Traces,
-    UpstreamProtocol, UpstreamSettings,
+    AccessLogTarget, Config, ConfigError, ConfigErrors, Credentials, HeaderNames, Limits,
+    MlflowSettings, OtlpExport, OtlpProtocol, RegistrySource, Route, RouteMatch, Sampler, Secret,
+    Serves, Traces, UpstreamProtocol, UpstreamSettings,
 };
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -401,6 +401,8 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
                 (r.uri.is_some(), "uri"),
                 (r.models.is_some(), "models"),
                 (r.fail_fast.is_some(), "fail_fast"),
+                (r.password_file.is_some(), "password_file"),
+                (r.token_file.is_some(), "token_file"),
             ] {
                 if set {
                     errs.push(ConfigError::new(
@@ -412,12 +414,9 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
             RegistrySource::File(base_dir.join(r.path.as_deref().unwrap_or("registry.yaml")))
         }
         "mlflow" => {
-            let uri = r
-                .uri
-                .clone()
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .to_string();
+            let (uri, userinfo) = split_userinfo(r.uri.as_deref().unwrap_or_default());
+            let uri = uri.trim_end_matches('/').to_string();
+            let credentials = credentials(errs, r, userinfo, base_dir);
             if !uri
                 .parse::<http::Uri>()
                 .is_ok_and(|u| matches!(u.scheme_str(), Some("http")) && u.host().is_some())
@@ -453,6 +452,7 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
                     "registry.webhook_secret",
                     r.webhook_secret.as_deref(),
                 ),
+                credentials,
             })
         }
         other => {
@@ -634,6 +634,92 @@ fn route(
         canary,
         shadow,
     })
+}
+
+/// A URL without its `user:password@` part, and that part (percent-decoded): credentials never
+/// stay in a URL that is printed, logged or exported.
+fn split_userinfo(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_string(), None);
+    };
+    let decode = |s: &str| String::from_utf8_lossy(&crate::codec::percent::decode(s)).into_owned();
+    let (user, password) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+    (
+        format!("{scheme}://{}", &rest[at + 1..]),
+        Some((decode(user), decode(password))),
+    )
+}
+
+/// MLflow credentials, as MLflow's clients take them: a token (`registry.token_file`, else
+/// `MLFLOW_TRACKING_TOKEN`) or a user and password (`registry.username` with
+/// `registry.password_file`, else `MLFLOW_TRACKING_USERNAME` and `_PASSWORD`, else the URL's
+/// `user:password@`).
+fn credentials(
+    errs: &mut Vec<ConfigError>,
+    r: &super::raw::RawRegistry,
+    userinfo: Option<(String, String)>,
+    base_dir: &Path,
+) -> Option<Credentials> {
+    let mut read = |field: &str, file: &Option<String>| -> Option<String> {
+        let path = base_dir.join(file.as_deref()?);
+        match std::fs::read_to_string(&path) {
+            // A Secret written with `echo` ends in a newline that is not part of it.
+            Ok(text) if !text.trim_end().is_empty() => Some(text.trim_end().to_string()),
+            Ok(_) => {
+                errs.push(ConfigError::new(
+                    format!("registry.{field}"),
+                    format!("{} is empty", path.display()),
+                ));
+                None
+            }
+            Err(e) => {
+                errs.push(ConfigError::new(
+                    format!("registry.{field}"),
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+                None
+            }
+        }
+    };
+    let token = read("token_file", &r.token_file).or_else(|| r.env_token.clone());
+    let mut password = read("password_file", &r.password_file).or_else(|| r.env_password.clone());
+    let mut username = r.username.clone();
+    if let Some((user, pass)) = userinfo.filter(|_| username.is_none() && password.is_none()) {
+        (username, password) = (Some(user), Some(pass).filter(|p| !p.is_empty()));
+    }
+    match (token, username, password) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            errs.push(ConfigError::new(
+                "registry.token_file",
+                "a token (registry.token_file or MLFLOW_TRACKING_TOKEN) and a user or password are both set; give one",
+            ));
+            None
+        }
+        (Some(token), None, None) => Some(Credentials::Bearer(Secret(token))),
+        (None, Some(username), Some(password)) => Some(Credentials::Basic {
+            username,
+            password: Secret(password),
+        }),
+        (None, Some(_), None) => {
+            errs.push(ConfigError::new(
+                "registry.password_file",
+                "a user without a password (set registry.password_file or MLFLOW_TRACKING_PASSWORD)",
+            ));
+            None
+        }
+        (None, None, Some(_)) => {
+            errs.push(ConfigError::new(
+                "registry.username",
+                "a password without a user (set registry.username or MLFLOW_TRACKING_USERNAME)",
+            ));
+            None
+        }
+        (None, None, None) => None,
+    }
 }
 
 fn secret(errs: &mut Vec<ConfigError>, path: &str, value: Option<&str>) -> Option<Secret> {
@@ -869,5 +955,128 @@ mod tests {
             errs,
             vec!["routes[0].model: required unless match.open_inference = true".to_string()]
         );
+    }
+
+    /// The MLflow credentials a config gives with these environment variables, or its errors.
+    fn mlflow_credentials(
+        registry: &str,
+        env: &[(&str, &str)],
+        dir: &Path,
+    ) -> Result<(String, Option<Credentials>), Vec<String>> {
+        let text = format!(
+            "[registry]\nbackend = \"mlflow\"\n{registry}\n[[routes]]\nmodel = \"churn\"\nupstream = \"127.0.0.1:8081\"\n"
+        );
+        let mut raw = parse(&text, "t")
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        raw.apply_env(|k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        });
+        match validate(&raw, dir)
+            .map_err(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>())?
+            .registry
+        {
+            RegistrySource::Mlflow(m) => Ok((m.uri, m.credentials)),
+            other => unreachable!("{other:?}"),
+        }
+    }
+
+    fn basic(user: &str, password: &str) -> Option<Credentials> {
+        Some(Credentials::Basic {
+            username: user.into(),
+            password: Secret(password.into()),
+        })
+    }
+
+    #[test]
+    fn mlflow_credentials_come_as_mlflow_clients_take_them_and_never_stay_in_the_url() {
+        let dir = std::env::temp_dir().join(format!("modelstamp-creds-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join("password"), "from-file\n");
+        let _ = std::fs::write(dir.join("token"), "tok-file");
+        let uri = "uri = \"http://127.0.0.1:5000\"";
+        let creds = |registry: &str, env: &[(&str, &str)]| mlflow_credentials(registry, env, &dir);
+
+        // MLflow's own variables.
+        let env = [
+            ("MLFLOW_TRACKING_USERNAME", "alice"),
+            ("MLFLOW_TRACKING_PASSWORD", "p@ss:word"),
+        ];
+        assert_eq!(
+            creds(uri, &env),
+            Ok(("http://127.0.0.1:5000".into(), basic("alice", "p@ss:word")))
+        );
+        assert_eq!(
+            creds(uri, &[("MLFLOW_TRACKING_TOKEN", "tok-env")]),
+            Ok((
+                "http://127.0.0.1:5000".into(),
+                Some(Credentials::Bearer(Secret("tok-env".into())))
+            ))
+        );
+        // Files (Secret mounts) win over the environment; the trailing newline is not the secret.
+        let from_files = format!("{uri}\nusername = \"bob\"\npassword_file = \"password\"");
+        assert_eq!(
+            creds(&from_files, &env).map(|c| c.1),
+            Ok(basic("bob", "from-file"))
+        );
+        assert_eq!(
+            creds(&format!("{uri}\ntoken_file = \"token\""), &[]).map(|c| c.1),
+            Ok(Some(Credentials::Bearer(Secret("tok-file".into()))))
+        );
+        // In the URL: taken out of it (percent-decoded), so nothing prints or exports them.
+        assert_eq!(
+            creds("uri = \"http://carol:s%40cret@mlflow.internal:5000/\"", &[]),
+            Ok((
+                "http://mlflow.internal:5000".into(),
+                basic("carol", "s@cret")
+            ))
+        );
+        assert_eq!(creds(uri, &[]), Ok(("http://127.0.0.1:5000".into(), None)));
+
+        // Half or twice given: an error naming the settings.
+        let err = |registry: &str, env: &[(&str, &str)]| {
+            creds(registry, env).err().unwrap_or_default().join("\n")
+        };
+        assert!(
+            err(uri, &[("MLFLOW_TRACKING_USERNAME", "alice")])
+                .contains("registry.password_file: a user without a password")
+        );
+        assert!(
+            err(uri, &[("MLFLOW_TRACKING_PASSWORD", "x")])
+                .contains("registry.username: a password without a user")
+        );
+        assert!(
+            err(
+                uri,
+                &[
+                    ("MLFLOW_TRACKING_TOKEN", "t"),
+                    ("MLFLOW_TRACKING_USERNAME", "alice")
+                ]
+            )
+            .contains("are both set; give one")
+        );
+        assert!(
+            err(&format!("{uri}\ntoken_file = \"missing\""), &[])
+                .contains("registry.token_file: cannot read")
+        );
+        // Only for MLflow.
+        let file_backend = check(
+            "[registry]\npassword_file = \"p\"\n[[routes]]\nmodel = \"churn\"\nupstream = \"127.0.0.1:8081\"\n",
+        );
+        assert!(
+            file_backend
+                .err()
+                .unwrap_or_default()
+                .join("\n")
+                .contains("registry.password_file: only for backend")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_secret_never_shows_in_debug_output() {
+        let c = basic("alice", "hunter2hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
     }
 }

@@ -18,7 +18,7 @@ use super::{
     RegistryData, TrainingData, VersionRecord,
 };
 use crate::codec::time::rfc3339_ms;
-use crate::config::{ConfigError, ConfigErrors, MlflowSettings};
+use crate::config::{ConfigError, ConfigErrors, Credentials, MlflowSettings};
 
 /// Reads models from an MLflow tracking server.
 pub struct MlflowRegistry {
@@ -47,6 +47,18 @@ pub enum MlflowError {
         /// MLflow's error body.
         body: String,
     },
+    /// MLflow refused the call: no credentials, or not these.
+    #[error(
+        "{url}: HTTP {status}: MLflow {refused}; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (basic) or MLFLOW_TRACKING_TOKEN (bearer), or registry.username with registry.password_file, or registry.token_file"
+    )]
+    Unauthorized {
+        /// The URL.
+        url: String,
+        /// 401 or 403.
+        status: u16,
+        /// What was wrong.
+        refused: &'static str,
+    },
     /// The answer was not the JSON expected.
     #[error("{url}: unexpected answer: {source}")]
     Decode {
@@ -62,7 +74,7 @@ impl MlflowError {
         match self {
             Self::Transport { .. } => true,
             Self::Status { status, .. } => *status >= 500 || *status == 429,
-            Self::Decode { .. } => false,
+            Self::Decode { .. } | Self::Unauthorized { .. } => false,
         }
     }
 }
@@ -257,6 +269,13 @@ impl MlflowRegistry {
             Some(b) => self.http.post(&url).json(b),
             None => self.http.get(&url),
         };
+        let req = match &self.settings.credentials {
+            Some(Credentials::Basic { username, password }) => {
+                req.basic_auth(username, Some(&password.0))
+            }
+            Some(Credentials::Bearer(token)) => req.bearer_auth(&token.0),
+            None => req,
+        };
         let resp = req.send().await.map_err(|source| MlflowError::Transport {
             url: url.clone(),
             source,
@@ -269,6 +288,17 @@ impl MlflowRegistry {
                 url: url.clone(),
                 source,
             })?;
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(MlflowError::Unauthorized {
+                url,
+                status: status.as_u16(),
+                refused: match (&self.settings.credentials, status.as_u16()) {
+                    (None, _) => "asks for credentials and none are set",
+                    (Some(_), 401) => "refused the credentials",
+                    (Some(_), _) => "refused these credentials access",
+                },
+            });
+        }
         if !status.is_success() {
             let body = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
             return Err(MlflowError::Status {
