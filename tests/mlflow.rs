@@ -92,21 +92,21 @@ async fn start(
     retries: u32,
     extra: &str,
 ) -> Result<(Sidecar, std::path::PathBuf), modelstamp::StartError> {
-    start_in(temp_dir("mlflow"), "", mlflow, model_server, retries, extra).await
+    let authority = mlflow.addr.to_string();
+    start_in(temp_dir("mlflow"), &authority, model_server, retries, extra).await
 }
 
-/// [`start`] with the config in `dir` and `userinfo` (`user:password@`) in the MLflow URL.
+/// [`start`] with the config in `dir` and MLflow reached at `authority` (`host:port`, perhaps
+/// with `user:password@`).
 async fn start_in(
     dir: std::path::PathBuf,
-    userinfo: &str,
-    mlflow: &Upstream,
+    authority: &str,
     model_server: &Upstream,
     retries: u32,
     extra: &str,
 ) -> Result<(Sidecar, std::path::PathBuf), modelstamp::StartError> {
     let registry = format!(
-        "[registry]\nbackend = \"mlflow\"\nuri = \"http://{userinfo}{}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nretries = {retries}\n{extra}\n",
-        mlflow.addr
+        "[registry]\nbackend = \"mlflow\"\nuri = \"http://{authority}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nretries = {retries}\n{extra}\n"
     );
     let routes = format!(
         "{}[[routes]]\nname = \"ghost\"\nmodel = \"ghost\"\nupstream = \"{}\"\nserves = \"@champion\"\nmatch = {{ path_prefix = \"/ghost\" }}\n",
@@ -277,8 +277,7 @@ async fn an_authenticated_mlflow_is_read_with_each_credential_style() {
     std::fs::write(dir.join("password"), "w0nderland-pass\n").unwrap();
     let (s, _) = start_in(
         dir,
-        "",
-        &mlflow,
+        &mlflow.addr.to_string(),
         &up,
         0,
         "username = \"alice\"\npassword_file = \"password\"\nfail_fast = true",
@@ -291,8 +290,7 @@ async fn an_authenticated_mlflow_is_read_with_each_credential_style() {
     // lineage ID is the same.
     let (s, _) = start_in(
         temp_dir("mlflow-url"),
-        "alice:w0nderland-pass@",
-        &mlflow,
+        &format!("alice:w0nderland-pass@{}", mlflow.addr),
         &up,
         0,
         "fail_fast = true",
@@ -310,8 +308,7 @@ async fn an_authenticated_mlflow_is_read_with_each_credential_style() {
     std::fs::write(dir.join("token"), "tok-7f3a9c").unwrap();
     let (s, _) = start_in(
         dir,
-        "",
-        &mlflow,
+        &mlflow.addr.to_string(),
         &up,
         0,
         "token_file = \"token\"\nfail_fast = true",
@@ -335,8 +332,7 @@ async fn an_authenticated_mlflow_is_read_with_each_credential_style() {
     let calls = state.calls.load(Ordering::SeqCst);
     let err = start_in(
         temp_dir("mlflow-wrong"),
-        "alice:not-the-pass@",
-        &mlflow,
+        &format!("alice:not-the-pass@{}", mlflow.addr),
         &up,
         2,
         "fail_fast = true",
@@ -358,4 +354,44 @@ async fn an_authenticated_mlflow_is_read_with_each_credential_style() {
         calls + 1,
         "a refusal is not retried"
     );
+}
+
+/// Two replicas that spell the MLflow URL differently stamp one record with one lineage ID; the
+/// ID the record had when the run link was hashed still resolves to it.
+#[tokio::test]
+async fn a_record_has_one_lineage_id_however_mlflow_is_addressed() {
+    let state = Arc::new(Fake::default());
+    let mlflow = fake_mlflow(state).await;
+    let up = Upstream::start(oi_handler("1")).await;
+    let by_ip = mlflow.addr.to_string();
+    let by_name = format!("localhost:{}", mlflow.addr.port());
+    let (a, _) = start_in(temp_dir("mlflow-ip"), &by_ip, &up, 0, "")
+        .await
+        .unwrap();
+    let (b, _) = start_in(temp_dir("mlflow-name"), &by_name, &up, 0, "")
+        .await
+        .unwrap();
+    let (_, id_a) = stamped(&a, "/v2/models/churn/infer").await;
+    let (_, id_b) = stamped(&b, "/v2/models/churn/infer").await;
+    assert!(id_a.starts_with("ln_"), "{id_a}");
+    assert_eq!(id_a, id_b, "one record, one ID");
+
+    let lineage = |s: &Sidecar, id: String| {
+        let url = format!("http://{}/lineage/{id}", s.admin_addr);
+        async move { serde_json::from_str::<serde_json::Value>(&get_text(&url).await).unwrap() }
+    };
+    let answer = lineage(&b, id_b.clone()).await;
+    assert_eq!(
+        answer["record"]["training_run_url"]
+            .as_str()
+            .map(|u| u.starts_with(&format!("http://{by_name}/"))),
+        Some(true),
+        "the run link stays in the record for display: {answer}"
+    );
+    // The form that hashed the link, as a replica before this change stamped it.
+    let record: modelstamp::registry::LineageRecord =
+        serde_json::from_value(answer["record"].clone()).unwrap();
+    let former = record.lineage_id();
+    assert_ne!(former, id_b);
+    assert_eq!(lineage(&b, former).await["lineage_id"], id_b.as_str());
 }

@@ -435,6 +435,7 @@ fn parse_records(text: &str, origin: &str, whole: bool) -> Result<RegistryData, 
                 VersionRecord {
                     lineage_id,
                     record: Arc::new(record),
+                    former_ids: Vec::new(),
                 },
             );
         }

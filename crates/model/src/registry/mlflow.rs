@@ -424,10 +424,18 @@ impl MlflowRegistry {
                 mlmodel.as_ref(),
                 &self.settings.uri,
             );
-            let lineage_id = record.lineage_id();
+            // The run link holds the URL this sidecar reaches MLflow by: replicas that spell
+            // it differently must give one record one ID, so the link stays out of the hash.
+            // The ID that hashed it (before 2026-12-07) still resolves.
+            let lineage_id = record.lineage_id_without_run_url();
+            let former = record.lineage_id();
             model.versions.insert(
                 mv.version.clone(),
                 VersionRecord {
+                    former_ids: (former != lineage_id)
+                        .then_some(former)
+                        .into_iter()
+                        .collect(),
                     lineage_id,
                     record: Arc::new(record),
                 },
@@ -770,6 +778,26 @@ mod tests {
             "http://mlflow:5000",
         );
         assert_ne!(r.lineage_id(), bare.lineage_id());
+
+        // Another spelling of the same MLflow: the run link differs, the ID does not; the
+        // golden ID pins the canonical form of an MLflow record.
+        let elsewhere = record(
+            "churn",
+            &mv.model_version,
+            Some(&run.run),
+            Some(&(
+                super::super::file::from_yaml(MLMODEL).unwrap_or_else(|e| panic!("{e:?}")),
+                Some("sha256:ab".into()),
+            )),
+            "http://10.0.0.7:5000",
+        );
+        assert_ne!(r.training_run_url, elsewhere.training_run_url);
+        assert_eq!(
+            r.lineage_id_without_run_url(),
+            elsewhere.lineage_id_without_run_url()
+        );
+        assert_eq!(r.lineage_id_without_run_url(), "ln_18df860ac6bca9e5");
+        assert_ne!(r.lineage_id(), elsewhere.lineage_id());
     }
 
     #[test]

@@ -65,15 +65,19 @@ pub struct VersionRecord {
     pub lineage_id: String,
     /// The record.
     pub record: Arc<LineageRecord>,
+    /// IDs the record had under an earlier canonical form, still resolved to it (an MLflow
+    /// record's ID once hashed its run link; docs/registry.md, "Lineage ID: canonical form").
+    pub former_ids: Vec<String>,
 }
 
 impl RegistryData {
-    /// The record with this lineage ID.
+    /// The record with this lineage ID (or one it had before; its `lineage_id` is the current
+    /// one).
     pub fn by_lineage_id(&self, id: &str) -> Option<&VersionRecord> {
         self.models
             .values()
             .flat_map(|m| m.versions.values())
-            .find(|v| v.lineage_id == id)
+            .find(|v| v.lineage_id == id || v.former_ids.iter().any(|f| f == id))
     }
 
     /// Resolve an alias or version to a version that exists.

@@ -244,6 +244,20 @@ impl LineageRecord {
         id
     }
 
+    /// The lineage ID of the record without its `training_run_url`: what the MLflow backend
+    /// stamps, since that link depends on how the registry is addressed
+    /// (`http://127.0.0.1:5000` and `http://localhost:5000` are one MLflow).
+    pub fn lineage_id_without_run_url(&self) -> String {
+        if self.training_run_url.is_none() {
+            return self.lineage_id();
+        }
+        Self {
+            training_run_url: None,
+            ..self.clone()
+        }
+        .lineage_id()
+    }
+
     /// Where a feature comes from upstream: its own `source`, else the training data's tables.
     pub fn feature_source(&self, feature: &Feature) -> Option<String> {
         feature.source.clone().or_else(|| {
