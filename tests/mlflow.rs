@@ -395,3 +395,62 @@ async fn a_record_has_one_lineage_id_however_mlflow_is_addressed() {
     assert_ne!(former, id_b);
     assert_eq!(lineage(&b, former).await["lineage_id"], id_b.as_str());
 }
+
+async fn readyz(s: &Sidecar) -> (u16, String) {
+    let url = format!("http://{}/readyz", s.admin_addr);
+    let (resp, body) = send(Request::get(url).body(full("")).unwrap()).await;
+    (
+        resp.status().as_u16(),
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+/// Readiness says when requests are stamped without lineage because MLflow has never answered
+/// (here: it refuses the sidecar), and with `ready_needs_lineage` it holds traffic off until it
+/// has.
+#[tokio::test]
+async fn readiness_says_lineage_is_unavailable_until_mlflow_answers() {
+    let state = Arc::new(Fake::default());
+    *state.authorization.lock().unwrap() = Some("Bearer right".into());
+    let mlflow = fake_mlflow(state.clone()).await;
+    let up = Upstream::start(oi_handler("1")).await;
+    let (serving, _) = start(&mlflow, &up, 0, "").await.unwrap();
+    let (strict, _) = start(&mlflow, &up, 0, "ready_needs_lineage = true")
+        .await
+        .unwrap();
+    let (status, body) = readyz(&serving).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("ready: lineage unavailable (") && body.contains("HTTP 401"),
+        "{body}"
+    );
+    let (status, body) = readyz(&strict).await;
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with("not ready: lineage unavailable ("),
+        "{body}"
+    );
+    assert_eq!(
+        stamped(&strict, "/v2/models/churn/infer").await.1,
+        "unknown"
+    );
+
+    // MLflow lets it in: records are read on the next refresh and both are plainly ready.
+    *state.authorization.lock().unwrap() = None;
+    for s in [&serving, &strict] {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                readyz(s).await == (200, "ready\n".to_string())
+            })
+            .await,
+            "{:?}",
+            readyz(s).await
+        );
+    }
+    assert!(
+        stamped(&strict, "/v2/models/churn/infer")
+            .await
+            .1
+            .starts_with("ln_")
+    );
+}

@@ -130,7 +130,7 @@ impl Admin {
             "/readyz" if self.state.draining.load(Ordering::Relaxed) => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             }
-            "/readyz" => text(StatusCode::OK, "ready\n"),
+            "/readyz" => self.readyz(),
             "/versions" => json_response(StatusCode::OK, &versions(&self.snapshot())),
             "/audit" => self.audit(),
             _ => {
@@ -335,6 +335,23 @@ impl Admin {
         )
     }
 
+    /// Ready, unless no lineage record has been read yet and the config asks for one
+    /// (`registry.ready_needs_lineage`); the body says why lineage is missing either way.
+    fn readyz(&self) -> Response<Full<Bytes>> {
+        let Some(why) = self.state.reloader.lineage_unavailable() else {
+            return text(StatusCode::OK, "ready\n");
+        };
+        let needs = matches!(&self.snapshot().config.registry,
+            RegistrySource::Mlflow(m) if m.ready_needs_lineage);
+        let status = if needs {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        let state = if needs { "not ready" } else { "ready" };
+        text(status, format!("{state}: lineage unavailable ({why})\n"))
+    }
+
     fn lineage(&self, id: &str) -> Response<Full<Bytes>> {
         let snap = self.snapshot();
         match snap.registry.by_lineage_id(id) {
@@ -396,8 +413,8 @@ pub fn versions(snap: &Snapshot) -> Value {
     json!({ "generation": snap.generation, "models": models, "routes": routes })
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

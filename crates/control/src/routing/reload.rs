@@ -381,6 +381,8 @@ pub struct Reloader {
     state: Mutex<State>,
     refresh_now: Notify,
     registry_down: std::sync::atomic::AtomicBool,
+    /// Why no lineage record has been read yet: MLflow has not answered since the start.
+    never_read: std::sync::Mutex<Option<String>>,
     /// Whether the watch loop runs (and reaps retired snapshots).
     watching: std::sync::atomic::AtomicBool,
     /// Who follows what the reloader does (the journal, the audit log, the inspector).
@@ -503,6 +505,7 @@ impl Reloader {
             file_weights: weights_of(&config),
             ..State::default()
         };
+        let mut never_read = None;
         let registry = match (&config.registry, &source) {
             (RegistrySource::Mlflow(settings), Source::File(_)) => {
                 let client = Arc::new(MlflowRegistry::new(settings.clone())?);
@@ -521,6 +524,7 @@ impl Reloader {
                     Err(e) => {
                         warn!(error = %e, "MLflow is unreachable at start; serving with lineage unknown and retrying.");
                         metrics.registry_result(false, None);
+                        never_read = Some(e.to_string());
                         RegistryData::default()
                     }
                 };
@@ -553,7 +557,8 @@ impl Reloader {
             retired_now: Notify::new(),
             state: Mutex::new(state),
             refresh_now: Notify::new(),
-            registry_down: std::sync::atomic::AtomicBool::new(false),
+            registry_down: std::sync::atomic::AtomicBool::new(never_read.is_some()),
+            never_read: std::sync::Mutex::new(never_read),
             watching: std::sync::atomic::AtomicBool::new(false),
             subscribers: std::sync::RwLock::new(Vec::new()),
         }))
@@ -865,6 +870,7 @@ impl Reloader {
             RegistrySource::Mlflow(settings) => {
                 let client = Arc::new(MlflowRegistry::new(settings.clone())?);
                 let data = client.fetch().await?;
+                self.set_never_read(None);
                 state.remote = Some(Remote {
                     settings: settings.clone(),
                     client,
@@ -874,14 +880,16 @@ impl Reloader {
             }
             RegistrySource::File(path) => {
                 state.remote = None;
-                match &self.source {
+                let data = match &self.source {
                     Source::File(_) => {
                         (state.file_registry(path, config.registry_max_bytes))
                             .fetch()
                             .await?
                     }
                     Source::Embedded { .. } => self.source.load().await?.1,
-                }
+                };
+                self.set_never_read(None);
+                data
             }
         };
         let generation = self.generation.load(Ordering::Relaxed) + 1;
@@ -910,6 +918,7 @@ impl Reloader {
             Ok(data) => {
                 remote.last_success = Some(Instant::now());
                 self.metrics.registry_result(true, Some(0.0));
+                self.set_never_read(None);
                 if self.registry_down.swap(false, Ordering::Relaxed) {
                     self.emit(&ReloadEvent::RegistryUp);
                 }
@@ -942,6 +951,9 @@ impl Reloader {
             }
             Err(e) => {
                 self.metrics.registry_result(false, age(remote));
+                if remote.last_success.is_none() {
+                    self.set_never_read(Some(e.to_string()));
+                }
                 if !self.registry_down.swap(true, Ordering::Relaxed) {
                     self.emit(&ReloadEvent::RegistryDown {
                         error: &e.to_string(),
@@ -950,6 +962,22 @@ impl Reloader {
                 warn!(error = %e, "MLflow refresh failed; serving the last known good records.");
             }
         }
+    }
+
+    /// Why requests are stamped without lineage, while no registry record has ever been read
+    /// (MLflow unreachable or refusing since the start); `None` once records were read.
+    pub fn lineage_unavailable(&self) -> Option<String> {
+        self.never_read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_never_read(&self, why: Option<String>) {
+        *self
+            .never_read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
     }
 
     /// Ask the refresher to fetch now (an MLflow webhook).

@@ -321,6 +321,9 @@ pub struct MlflowSettings {
     pub retries: u32,
     /// Refuse to start while MLflow is unreachable (default: start with lineage `unknown`).
     pub fail_fast: bool,
+    /// `/readyz` answers 503 while no record has been read (default: ready, serving with
+    /// lineage `unknown`, and saying so).
+    pub ready_needs_lineage: bool,
     /// Registered models to read (default: the models the routes name).
     pub models: Vec<String>,
     /// Shared secret of MLflow webhooks (`X-MLflow-Signature`), when set.

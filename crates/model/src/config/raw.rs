@@ -204,6 +204,7 @@ pub struct RawRegistry {
     pub timeout: Option<String>,
     pub retries: Option<u32>,
     pub fail_fast: Option<bool>,
+    pub ready_needs_lineage: Option<bool>,
     pub models: Option<Vec<String>>,
     pub webhook_secret: Option<String>,
     pub max_versions: Option<usize>,

@@ -401,6 +401,7 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
                 (r.uri.is_some(), "uri"),
                 (r.models.is_some(), "models"),
                 (r.fail_fast.is_some(), "fail_fast"),
+                (r.ready_needs_lineage.is_some(), "ready_needs_lineage"),
                 (r.password_file.is_some(), "password_file"),
                 (r.token_file.is_some(), "token_file"),
             ] {
@@ -446,6 +447,7 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
                 timeout: dur(errs, "registry.timeout", &r.timeout, 5_000),
                 retries: r.retries.unwrap_or(2),
                 fail_fast: r.fail_fast.unwrap_or(false),
+                ready_needs_lineage: r.ready_needs_lineage.unwrap_or(false),
                 models,
                 webhook_secret: secret(
                     errs,
