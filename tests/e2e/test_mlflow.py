@@ -254,6 +254,82 @@ def test_a_new_dataset_digest_flags_the_dependent_versions_stale(stack):
     assert "Lineage is stale" in stack.procs.log("modelstamp")
 
 
+def test_an_authenticated_mlflow_is_read_with_the_mlflow_client_credentials(stack):
+    """`mlflow server --app-name basic-auth` over the same store, reached by another spelling of
+    its address: a sidecar given MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD reads the records
+    with the lineage IDs the unauthenticated sidecar stamps; without credentials, or with wrong
+    ones, `check` fails naming what to set and never prints the password."""
+    tmp = stack.procs.tmp
+    port = free_port()
+    ini = tmp / "basic_auth.ini"
+    ini.write_text(f"""[mlflow]
+default_permission = READ
+database_uri = sqlite:///{tmp}/basic_auth.db
+admin_username = admin
+admin_password = e2e-admin-pass-1234
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+""")
+    stack.procs.start("mlflow-auth", [str(VENV_BIN / "mlflow"), "server", "--app-name", "basic-auth",
+                                      "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+                                      "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1",
+                                      "--port", str(port)],
+                      env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+                           # The basic-auth app refuses to start without a CSRF key.
+                           "MLFLOW_FLASK_SERVER_SECRET_KEY": "e2e-csrf-key"})
+    wait_until(lambda: http("GET", f"http://127.0.0.1:{port}/health")[0] == 200, timeout=120,
+               what="mlflow basic-auth server")
+    # The real server refuses an anonymous API call: what the sidecar has to meet.
+    assert http("GET", f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/get?name=churn")[0] == 401
+    sidecar_port, admin_port = free_port(), free_port()
+    cfg = tmp / "modelstamp-auth.toml"
+    cfg.write_text(f"""
+[server]
+listen = "127.0.0.1:{sidecar_port}"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[access_log]
+target = "off"
+[registry]
+backend = "mlflow"
+uri = "http://localhost:{port}"
+poll_interval = "1s"
+timeout = "5s"
+retries = 0
+fail_fast = true
+[[routes]]
+name = "churn"
+model = "churn"
+upstream = "127.0.0.1:{stack.mlserver_port}"
+serves = "@champion"
+match = {{ open_inference = true }}
+""")
+    creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "e2e-admin-pass-1234"}
+    for env, expected in [({}, "MLflow asks for credentials and none are set"),
+                          ({**creds, "MLFLOW_TRACKING_PASSWORD": "wrong-pass-5678"}, "MLflow refused the credentials")]:
+        out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True,
+                             env={**os.environ, **env})
+        assert out.returncode != 0 and "HTTP 401" in out.stderr and expected in out.stderr, out.stderr
+        assert "MLFLOW_TRACKING_USERNAME" in out.stderr and "wrong-pass" not in out.stdout + out.stderr
+    out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True,
+                         env={**os.environ, **creds})
+    assert out.returncode == 0 and "1 models, 2 versions" in out.stdout, out.stdout + out.stderr
+    stack.procs.start("modelstamp-auth", [BIN, "run", "--config", str(cfg)], env=creds)
+    admin = f"http://127.0.0.1:{admin_port}"
+    wait_until(lambda: http("GET", f"{admin}/readyz")[0] == 200, what="modelstamp on the basic-auth MLflow")
+
+    def ids(admin_url):
+        models = json.loads(http("GET", f"{admin_url}/versions")[2])["models"]
+        return {v["version"]: v["lineage_id"] for m in models for v in m["versions"]}
+
+    wait_until(lambda: ids(admin) == ids(stack.admin), timeout=10, what="the same lineage IDs through both addresses")
+    assert all(i.startswith("ln_") for i in ids(admin).values()) and len(ids(admin)) == 2
+    record = json.loads(http("GET", f"{admin}/lineage/{ids(admin)['1']}")[2])["record"]
+    assert record["code"]["commit"] == stack.commit, "a lineage record read from the authenticated MLflow"
+    assert record["training_run_url"].startswith(f"http://localhost:{port}/")
+    stack.procs.stop("modelstamp-auth")
+    stack.procs.stop("mlflow-auth")
+
+
 def test_an_mlflow_outage_keeps_traffic_flowing(stack):
     assert stack.metric("modelstamp_registry_up") == 1
     stack.procs.stop("mlflow")
