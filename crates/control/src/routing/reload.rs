@@ -557,7 +557,8 @@ impl Reloader {
             retired_now: Notify::new(),
             state: Mutex::new(state),
             refresh_now: Notify::new(),
-            registry_down: std::sync::atomic::AtomicBool::new(never_read.is_some()),
+            // Down is announced by the first failed refresh (the journal then has both ends).
+            registry_down: std::sync::atomic::AtomicBool::new(false),
             never_read: std::sync::Mutex::new(never_read),
             watching: std::sync::atomic::AtomicBool::new(false),
             subscribers: std::sync::RwLock::new(Vec::new()),
