@@ -1508,6 +1508,13 @@ mod tests {
             "nothing changed"
         );
 
+        let serves_3 = |r: &Reloader| {
+            r.current()
+                .load()
+                .registry
+                .resolve("churn", "3", false)
+                .is_some()
+        };
         let record_1 = |r: &Reloader| {
             r.current().load().registry.models["churn"].versions["1"]
                 .record
@@ -1553,14 +1560,7 @@ mod tests {
             ],
         );
         assert!(matches!(reloader.reload_if_changed().await, Some(Ok(_))));
-        assert!(
-            reloader
-                .current()
-                .load()
-                .registry
-                .resolve("churn", "3", false)
-                .is_some()
-        );
+        assert!(serves_3(&reloader), "version 3 is served");
 
         // A broken generation is refused; the last good one keeps serving.
         let broken = (
@@ -1579,14 +1579,7 @@ mod tests {
         );
         assert!(matches!(reloader.reload_if_changed().await, Some(Err(_))));
         assert_eq!(champion(&reloader).as_deref(), Some("2"));
-        assert!(
-            reloader
-                .current()
-                .load()
-                .registry
-                .resolve("churn", "3", false)
-                .is_some()
-        );
+        assert!(serves_3(&reloader), "version 3 is served");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -755,16 +755,20 @@ mod tests {
         assert_eq!(r.metrics.get("train_acc"), Some(&0.96));
         assert_eq!(r.params.get("C").map(String::as_str), Some("1.0"));
         assert_eq!(r.created_at.as_deref(), Some("2026-11-26T06:05:27.853Z"));
-        let again = record(
-            "churn",
-            &mv.model_version,
-            Some(&run.run),
-            Some(&(
-                super::super::file::from_yaml(MLMODEL).unwrap_or_else(|e| panic!("{e:?}")),
-                Some("sha256:ab".into()),
-            )),
-            "http://mlflow:5000",
-        );
+        // The same answers read afresh, from MLflow at `uri`.
+        let afresh = |uri: &str| {
+            record(
+                "churn",
+                &mv.model_version,
+                Some(&run.run),
+                Some(&(
+                    super::super::file::from_yaml(MLMODEL).unwrap_or_else(|e| panic!("{e:?}")),
+                    Some("sha256:ab".into()),
+                )),
+                uri,
+            )
+        };
+        let again = afresh("http://mlflow:5000");
         assert_eq!(
             r.lineage_id(),
             again.lineage_id(),
@@ -781,16 +785,7 @@ mod tests {
 
         // Another spelling of the same MLflow: the run link differs, the ID does not; the
         // golden ID pins the canonical form of an MLflow record.
-        let elsewhere = record(
-            "churn",
-            &mv.model_version,
-            Some(&run.run),
-            Some(&(
-                super::super::file::from_yaml(MLMODEL).unwrap_or_else(|e| panic!("{e:?}")),
-                Some("sha256:ab".into()),
-            )),
-            "http://10.0.0.7:5000",
-        );
+        let elsewhere = afresh("http://10.0.0.7:5000");
         assert_ne!(r.training_run_url, elsewhere.training_run_url);
         assert_eq!(
             r.lineage_id_without_run_url(),
