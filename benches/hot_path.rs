@@ -13,6 +13,8 @@
 //! - `inspect/*`: the codecs that read the copied bodies after the response, the schema check
 //!   and the counting (off the byte path, but on the one worker thread's budget: a regression
 //!   lowers the exchanges per second it keeps up with before `queue_full` skips start).
+//!   `inspect/drift_check_*` is the once-a-second drift check: it must grow with the versions
+//!   that have traffic, not with the registry.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -251,6 +253,27 @@ fn inspect_worker_benches(c: &mut Criterion) {
                 stats.predictions(p, 0);
             }
         })
+    });
+    // The worker's once-a-second drift check over a large registry where two versions have
+    // traffic: the other 998 must cost next to nothing.
+    let mut many: Vec<VersionStats> = (0..1000)
+        .map(|v| {
+            let mut p = (*profile).clone();
+            p.version = v.to_string().into();
+            VersionStats::new(std::sync::Arc::new(p))
+        })
+        .collect();
+    for s in &mut many[..2] {
+        for _ in 0..200 {
+            s.features(&columns, 0);
+            if let modelstamp::inspect::codec::Predicted::Table(p) = &predicted {
+                s.predictions(p, 0);
+            }
+        }
+    }
+    let mut watch = modelstamp::inspect::stats::DriftWatch::default();
+    c.bench_function("inspect/drift_check_1000_versions_2_live", |b| {
+        b.iter(|| watch.check(black_box(&many), 0))
     });
 }
 

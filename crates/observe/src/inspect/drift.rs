@@ -130,6 +130,11 @@ impl Window {
         }
     }
 
+    /// Whether the window ending in slice `now` holds nothing.
+    pub fn is_empty(&self, now: u64) -> bool {
+        !self.slices.iter().any(|(s, _)| *s + SLICES > now)
+    }
+
     fn expire(&mut self, now: u64) {
         while self.slices.front().is_some_and(|(s, _)| *s + SLICES <= now) {
             self.slices.pop_front();

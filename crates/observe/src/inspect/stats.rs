@@ -219,6 +219,15 @@ impl VersionStats {
         self.issue_window.totals(slice)[0]
     }
 
+    /// Whether no window holds a value (the version had no traffic within the window).
+    pub fn idle(&self, slice: u64) -> bool {
+        self.prediction_window.is_empty(slice)
+            && self
+                .feature_windows
+                .iter()
+                .all(|w| w.as_ref().is_none_or(|w| w.is_empty(slice)))
+    }
+
     /// Windowed counts per drift signal: `(signal label, signal, counts)`.
     pub fn windows(&self, slice: u64) -> Vec<(String, &Signal, Vec<u64>)> {
         let mut out = vec![(
@@ -252,12 +261,18 @@ fn bin_of(signal: &Signal, v: &Value) -> Option<usize> {
 
 /// Drift of every signal of every version of one model: against the registry's reference and
 /// against each other live version with the same bins, once both windows hold `min_samples`.
+/// Versions without traffic in the window (most of a large registry) cost one look each:
+/// `min_samples` is at least 1, so an empty window is never compared.
 pub fn drift(versions: &[&VersionStats], slice: u64) -> Vec<(usize, DriftValue)> {
-    let windows: Vec<_> = versions.iter().map(|v| v.windows(slice)).collect();
+    let windows: Vec<_> = versions
+        .iter()
+        .map(|v| (!v.idle(slice)).then(|| v.windows(slice)))
+        .collect();
     let mut out = Vec::new();
     for (i, v) in versions.iter().enumerate() {
+        let Some(own) = &windows[i] else { continue };
         let min = v.profile.settings.min_samples;
-        for (label, signal, counts) in &windows[i] {
+        for (label, signal, counts) in own {
             if counts.iter().sum::<u64>() < min {
                 continue;
             }
@@ -285,7 +300,8 @@ pub fn drift(versions: &[&VersionStats], slice: u64) -> Vec<(usize, DriftValue)>
                 if i == j {
                     continue;
                 }
-                let Some((_, s, c)) = windows[j].iter().find(|(l, _, _)| l == label) else {
+                let Some((_, s, c)) = windows[j].iter().flatten().find(|(l, _, _)| l == label)
+                else {
                     continue;
                 };
                 if s.bins == signal.bins && c.iter().sum::<u64>() >= min {
@@ -465,6 +481,57 @@ mod tests {
         s.predictions(&low, 0);
         // 85/15: PSI 0.41 rises to alert; JS stays at warn.
         assert_eq!(levels(watch.check([&s], 0)), [("psi", Level::Alert)]);
+    }
+
+    #[test]
+    fn versions_without_traffic_change_no_drift_value() {
+        // Two live versions with a reference, among many registered ones that had no traffic
+        // (or whose traffic left the window): the values are those of the live pair alone.
+        let version = |name: &str, xs: &[f64], at: u64| {
+            let mut profile = (*stats(5, 0.2).profile).clone();
+            profile.version = name.into();
+            profile.prediction.signal.reference = Some(vec![0.5, 0.5]);
+            profile.prediction.signal.bins = drift::Bins::Numeric(vec![0.5]);
+            let mut s = VersionStats::new(Arc::new(profile));
+            let mut c = Columns::default();
+            for x in xs {
+                c.push("p", Value::Number(*x));
+            }
+            s.predictions(&c, at);
+            s
+        };
+        let now = drift::SLICES + 3;
+        let a = version("a", &[0.1, 0.2, 0.3, 0.9, 0.9, 0.9], now);
+        let b = version("b", &[0.1, 0.1, 0.1, 0.1, 0.1, 0.9], now - 1);
+        let gone = version("gone", &[0.1; 6], 2);
+        let idle: Vec<_> = (0..50)
+            .map(|i| version(&format!("i{i}"), &[], now))
+            .collect();
+        let mut all: Vec<&VersionStats> = idle.iter().collect();
+        all.insert(10, &a);
+        all.insert(30, &gone);
+        all.push(&b);
+        let named = |out: Vec<(usize, DriftValue)>, vs: &[&VersionStats]| {
+            let mut v: Vec<_> = out
+                .into_iter()
+                .map(|(i, d)| {
+                    (
+                        vs[i].profile.version.to_string(),
+                        d.signal,
+                        d.statistic,
+                        d.against,
+                        d.value,
+                    )
+                })
+                .collect();
+            v.sort_by(|x, y| format!("{x:?}").cmp(&format!("{y:?}")));
+            v
+        };
+        let live = named(drift(&[&a, &b], now), &[&a, &b]);
+        // PSI and JS, each version against the reference and against the other.
+        assert_eq!(live.len(), 8, "{live:?}");
+        assert_eq!(named(drift(&all, now), &all), live);
+        assert!(gone.idle(now) && idle[0].idle(now) && !a.idle(now) && !b.idle(now));
     }
 
     fn row(plan: Option<&str>) -> Columns {
