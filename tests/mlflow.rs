@@ -97,7 +97,7 @@ async fn start(
 }
 
 /// [`start`] with the config in `dir` and MLflow reached at `authority` (`host:port`, perhaps
-/// with `user:password@`).
+/// with `user:password@`, over http; or a whole `https://` URL).
 async fn start_in(
     dir: std::path::PathBuf,
     authority: &str,
@@ -105,8 +105,13 @@ async fn start_in(
     retries: u32,
     extra: &str,
 ) -> Result<(Sidecar, std::path::PathBuf), modelstamp::StartError> {
+    let uri = if authority.contains("://") {
+        authority.to_string()
+    } else {
+        format!("http://{authority}")
+    };
     let registry = format!(
-        "[registry]\nbackend = \"mlflow\"\nuri = \"http://{authority}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nretries = {retries}\n{extra}\n"
+        "[registry]\nbackend = \"mlflow\"\nuri = \"{uri}\"\npoll_interval = \"200ms\"\ntimeout = \"1s\"\nretries = {retries}\n{extra}\n"
     );
     let routes = format!(
         "{}[[routes]]\nname = \"ghost\"\nmodel = \"ghost\"\nupstream = \"{}\"\nserves = \"@champion\"\nmatch = {{ path_prefix = \"/ghost\" }}\n",
@@ -452,5 +457,148 @@ async fn readiness_says_lineage_is_unavailable_until_mlflow_answers() {
             .await
             .1
             .starts_with("ln_")
+    );
+}
+
+/// A TLS front for `backend` with the test server certificate (localhost, 127.0.0.1; signed by
+/// tests/fixtures/tls/ca.pem) that passes the plaintext through; with `client_auth`, it refuses
+/// a client without a certificate signed by that CA.
+async fn tls_front(backend: std::net::SocketAddr, client_auth: bool) -> std::net::SocketAddr {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
+    let pem = |name: &str| format!("tests/fixtures/tls/{name}");
+    #[allow(deprecated)]
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let certs: Vec<_> = CertificateDer::pem_file_iter(pem("server.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pem("server.key")).unwrap();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if client_auth {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(pem("ca.pem")).unwrap())
+            .unwrap();
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(certs, key).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+/// MLflow over https: its certificate checked against a private CA (`registry.tls.ca_file`),
+/// refused without it with an error that says what to set, and a client certificate presented
+/// where the server asks for one (mutual TLS). The records, and their IDs, are those read over
+/// http.
+#[tokio::test]
+async fn an_https_mlflow_is_read_with_a_private_ca_and_a_client_certificate() {
+    let mlflow = fake_mlflow(Arc::new(Fake::default())).await;
+    let up = Upstream::start(oi_handler("1")).await;
+    let tls_dir = std::fs::canonicalize("tests/fixtures/tls").unwrap();
+    let file = |name: &str| tls_dir.join(name).display().to_string();
+    let https = tls_front(mlflow.addr, false).await;
+    let mutual = tls_front(mlflow.addr, true).await;
+    let ca = format!("tls = {{ ca_file = \"{}\" }}", file("ca.pem"));
+    let start_at = |uri: String, extra: String| {
+        let up = &up;
+        async move {
+            start_in(temp_dir("mlflow-tls"), &uri, up, 0, &extra)
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    let (plain, _) = start(&mlflow, &up, 0, "").await.unwrap();
+    let by_ca = start_at(format!("https://localhost:{}", https.port()), ca.clone()).await;
+    let untrusted = start_at(format!("https://localhost:{}", https.port()), String::new()).await;
+    let with_cert = start_at(
+        format!("https://127.0.0.1:{}", mutual.port()),
+        format!(
+            "tls = {{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}",
+            file("ca.pem"),
+            file("client.pem"),
+            file("client.key")
+        ),
+    )
+    .await;
+    let without_cert = start_at(format!("https://127.0.0.1:{}", mutual.port()), ca).await;
+
+    let id = stamped(&plain, "/v2/models/churn/infer").await.1;
+    assert!(id.starts_with("ln_"), "{id}");
+    for (name, s) in [("private CA", &by_ca), ("client certificate", &with_cert)] {
+        assert_eq!(stamped(s, "/v2/models/churn/infer").await.1, id, "{name}");
+        assert_eq!(readyz(s).await, (200, "ready\n".to_string()), "{name}");
+    }
+    let (status, body) = readyz(&untrusted).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("ready: lineage unavailable (")
+            && body.contains("invalid peer certificate")
+            && body.contains("registry.tls.ca_file or MLFLOW_TRACKING_SERVER_CERT_PATH"),
+        "{body}"
+    );
+    assert_eq!(
+        stamped(&untrusted, "/v2/models/churn/infer").await.1,
+        "unknown"
+    );
+    let (_, body) = readyz(&without_cert).await;
+    assert!(body.starts_with("ready: lineage unavailable ("), "{body}");
+    assert_eq!(
+        stamped(&without_cert, "/v2/models/churn/infer").await.1,
+        "unknown"
+    );
+
+    // Settings that cannot work are config errors, named.
+    let refused = |uri: String, extra: String| {
+        let up = &up;
+        async move {
+            match start_in(temp_dir("mlflow-tls-bad"), &uri, up, 0, &extra).await {
+                Ok(_) => panic!("started with {extra}"),
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    let err = refused(
+        mlflow.addr.to_string(),
+        format!("tls = {{ ca_file = \"{}\" }}", file("ca.pem")),
+    )
+    .await;
+    assert!(
+        err.contains("registry.tls: set, but registry.uri is not https://"),
+        "{err}"
+    );
+    let err = refused(
+        format!("https://localhost:{}", https.port()),
+        format!("tls = {{ ca_file = \"{}\" }}", file("client.key")),
+    )
+    .await;
+    assert!(
+        err.contains("registry.tls.ca_file") && err.contains("no PEM certificate in it"),
+        "{err}"
     );
 }

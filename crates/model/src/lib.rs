@@ -13,3 +13,4 @@ pub mod config;
 pub mod journal;
 pub mod registry;
 pub mod split;
+pub mod tls;

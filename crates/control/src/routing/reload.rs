@@ -83,7 +83,7 @@ impl Source {
                     .fetch()
                     .await?
             }
-            (RegistrySource::Mlflow(m), _) => MlflowRegistry::new(m.clone())?.fetch().await?,
+            (RegistrySource::Mlflow(m), _) => MlflowRegistry::new((**m).clone())?.fetch().await?,
         };
         Ok((config, registry))
     }
@@ -508,9 +508,9 @@ impl Reloader {
         let mut never_read = None;
         let registry = match (&config.registry, &source) {
             (RegistrySource::Mlflow(settings), Source::File(_)) => {
-                let client = Arc::new(MlflowRegistry::new(settings.clone())?);
+                let client = Arc::new(MlflowRegistry::new((**settings).clone())?);
                 let mut remote = Remote {
-                    settings: settings.clone(),
+                    settings: (**settings).clone(),
                     client: client.clone(),
                     last_success: None,
                 };
@@ -863,17 +863,17 @@ impl Reloader {
                 if state
                     .remote
                     .as_ref()
-                    .is_some_and(|r| &r.settings == settings) =>
+                    .is_some_and(|r| r.settings == **settings) =>
             {
                 // Records come from the refresher; a config reload never waits on MLflow.
                 (*old.registry).clone()
             }
             RegistrySource::Mlflow(settings) => {
-                let client = Arc::new(MlflowRegistry::new(settings.clone())?);
+                let client = Arc::new(MlflowRegistry::new((**settings).clone())?);
                 let data = client.fetch().await?;
                 self.set_never_read(None);
                 state.remote = Some(Remote {
-                    settings: settings.clone(),
+                    settings: (**settings).clone(),
                     client,
                     last_success: Some(Instant::now()),
                 });

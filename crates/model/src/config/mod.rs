@@ -305,7 +305,7 @@ pub enum RegistrySource {
     /// A YAML file (path resolved against the config file's folder).
     File(PathBuf),
     /// An MLflow tracking server.
-    Mlflow(MlflowSettings),
+    Mlflow(Box<MlflowSettings>),
 }
 
 /// How the MLflow registry is read.
@@ -330,6 +330,8 @@ pub struct MlflowSettings {
     pub webhook_secret: Option<Secret>,
     /// How calls to MLflow authenticate, when it asks.
     pub credentials: Option<Credentials>,
+    /// How an https:// MLflow's certificate is checked, and the client certificate.
+    pub tls: crate::tls::TlsClient,
 }
 
 /// Credentials for MLflow, taken as MLflow's own clients take them.

@@ -82,8 +82,9 @@ pub struct RawTraces {
 
 impl RawConfig {
     /// Fill secrets left out of the file from `MODELSTAMP_ADMIN_TOKEN`,
-    /// `MODELSTAMP_WEBHOOK_SECRET` and MLflow's `MLFLOW_TRACKING_USERNAME`, `_PASSWORD` and
-    /// `_TOKEN`, and `[traces]` from the `OTEL_*` variables.
+    /// `MODELSTAMP_WEBHOOK_SECRET` and MLflow's `MLFLOW_TRACKING_USERNAME`, `_PASSWORD`,
+    /// `_TOKEN`, `_SERVER_CERT_PATH` and `_CLIENT_CERT_PATH`, and `[traces]` from the `OTEL_*`
+    /// variables.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
         if self.admin.token.is_none() {
@@ -98,6 +99,8 @@ impl RawConfig {
         }
         self.registry.env_password = env("MLFLOW_TRACKING_PASSWORD");
         self.registry.env_token = env("MLFLOW_TRACKING_TOKEN");
+        self.registry.env_ca_file = env("MLFLOW_TRACKING_SERVER_CERT_PATH");
+        self.registry.env_client_cert = env("MLFLOW_TRACKING_CLIENT_CERT_PATH");
         self.traces.apply_env(env);
     }
 }
@@ -220,6 +223,23 @@ pub struct RawRegistry {
     pub env_password: Option<String>,
     #[serde(skip)]
     pub env_token: Option<String>,
+    /// `[registry.tls]`: how an https:// MLflow is checked, and the client certificate.
+    pub tls: Option<RawTlsClient>,
+    /// `MLFLOW_TRACKING_SERVER_CERT_PATH` and `MLFLOW_TRACKING_CLIENT_CERT_PATH`: the defaults
+    /// of `tls.ca_file` and of `tls.cert_file` (a file holding the key too).
+    #[serde(skip)]
+    pub env_ca_file: Option<String>,
+    #[serde(skip)]
+    pub env_client_cert: Option<String>,
+}
+
+/// A TLS client's files (`[registry.tls]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsClient {
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 /// `[reload]`: how config and registry files are watched.

@@ -404,6 +404,7 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
                 (r.ready_needs_lineage.is_some(), "ready_needs_lineage"),
                 (r.password_file.is_some(), "password_file"),
                 (r.token_file.is_some(), "token_file"),
+                (r.tls.is_some(), "tls"),
             ] {
                 if set {
                     errs.push(ConfigError::new(
@@ -418,15 +419,21 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
             let (uri, userinfo) = split_userinfo(r.uri.as_deref().unwrap_or_default());
             let uri = uri.trim_end_matches('/').to_string();
             let credentials = credentials(errs, r, userinfo, base_dir);
-            if !uri
+            let scheme = uri
                 .parse::<http::Uri>()
-                .is_ok_and(|u| matches!(u.scheme_str(), Some("http")) && u.host().is_some())
-            {
+                .ok()
+                .filter(|u| u.host().is_some())
+                .and_then(|u| u.scheme_str().map(str::to_string));
+            let https = scheme.as_deref() == Some("https");
+            if !matches!(scheme.as_deref(), Some("http" | "https")) {
                 errs.push(ConfigError::new(
                     "registry.uri",
-                    format!("invalid MLflow URL \"{uri}\" (expected http://host:port)"),
+                    format!(
+                        "invalid MLflow URL \"{uri}\" (expected http://host:port or https://host)"
+                    ),
                 ));
             }
+            let tls = tls_client(errs, r, https, base_dir);
             let mut models: Vec<String> = r.models.clone().unwrap_or_else(|| {
                 raw.routes
                     .iter()
@@ -441,7 +448,7 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
                     "no models to read (name them here or in routes)",
                 ));
             }
-            RegistrySource::Mlflow(MlflowSettings {
+            RegistrySource::Mlflow(Box::new(MlflowSettings {
                 uri,
                 poll_interval: dur(errs, "registry.poll_interval", &r.poll_interval, 10_000),
                 timeout: dur(errs, "registry.timeout", &r.timeout, 5_000),
@@ -455,7 +462,8 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
                     r.webhook_secret.as_deref(),
                 ),
                 credentials,
-            })
+                tls,
+            }))
         }
         other => {
             errs.push(ConfigError::new(
@@ -724,6 +732,52 @@ fn credentials(
     }
 }
 
+/// `[registry.tls]`, else MLflow's `MLFLOW_TRACKING_SERVER_CERT_PATH` (a CA bundle) and
+/// `MLFLOW_TRACKING_CLIENT_CERT_PATH` (a certificate and its key in one file). Checked now, so
+/// a missing file or a key that does not match is a config error, not a failed poll later.
+fn tls_client(
+    errs: &mut Vec<ConfigError>,
+    r: &super::raw::RawRegistry,
+    https: bool,
+    base_dir: &Path,
+) -> crate::tls::TlsClient {
+    let raw = r.tls.clone().unwrap_or_default();
+    if !https && r.tls.is_some() {
+        errs.push(ConfigError::new(
+            "registry.tls",
+            "set, but registry.uri is not https://",
+        ));
+    }
+    let path = |p: &Option<String>| p.as_deref().map(|p| base_dir.join(p));
+    let mut tls = crate::tls::TlsClient {
+        ca_file: path(&raw.ca_file),
+        cert_file: path(&raw.cert_file),
+        key_file: path(&raw.key_file),
+    };
+    if tls.ca_file.is_none() {
+        tls.ca_file = path(&r.env_ca_file);
+    }
+    if tls.cert_file.is_none() && tls.key_file.is_none() {
+        tls.cert_file = path(&r.env_client_cert);
+    }
+    if !https {
+        return tls;
+    }
+    match tls.roots() {
+        Ok(roots) if roots.is_empty() => errs.push(ConfigError::new(
+            "registry.tls.ca_file",
+            "no certificate authority to check MLflow's certificate with: the platform has none (SSL_CERT_FILE, /etc/ssl/certs) and neither registry.tls.ca_file nor MLFLOW_TRACKING_SERVER_CERT_PATH is set",
+        )),
+        Ok(_) => {
+            if let Err(e) = tls.client_config() {
+                errs.push(ConfigError::new("registry.tls", e));
+            }
+        }
+        Err(e) => errs.push(ConfigError::new("registry.tls.ca_file", e)),
+    }
+    tls
+}
+
 fn secret(errs: &mut Vec<ConfigError>, path: &str, value: Option<&str>) -> Option<Secret> {
     let v = value?;
     if v.len() < 16 || !v.bytes().all(|b| b.is_ascii_graphic()) {
@@ -982,6 +1036,66 @@ mod tests {
             RegistrySource::Mlflow(m) => Ok((m.uri, m.credentials)),
             other => unreachable!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn mlflow_tls_comes_from_the_config_else_from_mlflow_client_variables() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tls");
+        let tls = |registry: &str, env: &[(&str, &str)]| {
+            let text = format!(
+                "[registry]\nbackend = \"mlflow\"\n{registry}\n[[routes]]\nmodel = \"churn\"\nupstream = \"127.0.0.1:8081\"\n"
+            );
+            let mut raw = parse(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+            raw.apply_env(|k| {
+                env.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            });
+            match validate(&raw, &fixtures).map(|c| c.registry) {
+                Ok(RegistrySource::Mlflow(m)) => Ok(m.tls),
+                Ok(other) => unreachable!("{other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let https = "uri = \"https://mlflow.internal\"";
+        let env = [
+            ("MLFLOW_TRACKING_SERVER_CERT_PATH", "ca.pem"),
+            ("MLFLOW_TRACKING_CLIENT_CERT_PATH", "client-combined.pem"),
+        ];
+        // MLflow's variables: a CA bundle, and one file holding the certificate and its key.
+        let from_env = tls(https, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_env.ca_file, Some(fixtures.join("ca.pem")));
+        assert_eq!(
+            from_env.cert_file,
+            Some(fixtures.join("client-combined.pem"))
+        );
+        assert_eq!(from_env.key_file, None);
+        // The config's keys win, each on its own.
+        let keys =
+            format!("{https}\ntls = {{ cert_file = \"client.pem\", key_file = \"client.key\" }}");
+        let from_config = tls(&keys, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(from_config.ca_file, Some(fixtures.join("ca.pem")));
+        assert_eq!(from_config.cert_file, Some(fixtures.join("client.pem")));
+        assert_eq!(from_config.key_file, Some(fixtures.join("client.key")));
+        // Over http the variables are ignored (set for another client); the keys are an error.
+        assert!(tls("uri = \"http://127.0.0.1:5000\"", &env).is_ok());
+        let err = tls(
+            "uri = \"http://127.0.0.1:5000\"\ntls = { ca_file = \"ca.pem\" }",
+            &[],
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(
+            err.contains("registry.tls: set, but registry.uri is not https://"),
+            "{err}"
+        );
+        let err = tls(https, &[("MLFLOW_TRACKING_CLIENT_CERT_PATH", "ca.pem")])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("registry.tls: ") && err.contains("no private key"),
+            "{err}"
+        );
     }
 
     fn basic(user: &str, password: &str) -> Option<Credentials> {

@@ -29,8 +29,9 @@ pub struct MlflowRegistry {
 /// Why an MLflow call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MlflowError {
-    /// Network error or timeout (retried).
-    #[error("{url}: {source}")]
+    /// Network error, TLS failure or timeout (retried). Shown with every cause: reqwest's own
+    /// message ("error sending request") hides the one that says what to fix.
+    #[error("{url}: {}{}", causes(source), tls_hint(source))]
     Transport {
         /// The URL.
         url: String,
@@ -67,6 +68,30 @@ pub enum MlflowError {
         /// Why.
         source: serde_json::Error,
     },
+}
+
+/// An error and its causes, outermost first, each said once.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+/// What to set when MLflow's certificate was not trusted.
+fn tls_hint(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    if causes(e).contains("invalid peer certificate") {
+        " (set registry.tls.ca_file or MLFLOW_TRACKING_SERVER_CERT_PATH to the CA that signed MLflow's certificate)"
+    } else {
+        ""
+    }
 }
 
 impl MlflowError {
@@ -246,9 +271,14 @@ fn yes() -> bool {
 impl MlflowRegistry {
     /// A backend for these settings.
     pub fn new(settings: MlflowSettings) -> Result<Self, ConfigErrors> {
+        let tls = settings
+            .tls
+            .client_config()
+            .map_err(|e| ConfigErrors(vec![ConfigError::new("registry.tls", e)]))?;
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
+            .tls_backend_preconfigured(tls)
             .build()
             .map_err(|e| {
                 ConfigErrors(vec![ConfigError::new(

@@ -1,0 +1,171 @@
+//! The TLS client stack: one rustls configuration (the `ring` provider, TLS 1.2 and 1.3), which
+//! trusts the platform's certificate authorities (`/etc/ssl/certs`, or `SSL_CERT_FILE` /
+//! `SSL_CERT_DIR` when set) plus the CA bundle a setting names, and presents a client
+//! certificate when one is given (mutual TLS). The MLflow client uses it.
+//!
+//! Only the client side lives here; nothing in this module runs per request.
+
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+
+/// How a TLS client checks the servers it reaches and, for mutual TLS, presents itself. The
+/// files are read each time a configuration is built, so a rotated CA or certificate is used
+/// from the next reload on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsClient {
+    /// A PEM bundle of certificate authorities trusted besides the platform's (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// The PEM certificate chain presented to servers that ask for one.
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file` (the same file when it holds both, as MLflow's
+    /// `MLFLOW_TRACKING_CLIENT_CERT_PATH` does).
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsClient {
+    /// The certificate authorities trusted: the platform's and `ca_file`'s. Empty when the
+    /// platform has none (a distroless image) and no `ca_file` is set.
+    pub fn roots(&self) -> Result<RootCertStore, String> {
+        let mut roots = RootCertStore::empty();
+        // Unreadable platform certificates are skipped, as every rustls user does: one bad
+        // file in /etc/ssl/certs must not stop the others from being trusted.
+        let platform = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(platform.certs);
+        if let Some(path) = &self.ca_file {
+            for cert in certificates(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: not a CA certificate: {e}", path.display()))?;
+            }
+        }
+        Ok(roots)
+    }
+
+    /// A rustls client configuration from these settings, reading the files now.
+    pub fn client_config(&self) -> Result<ClientConfig, String> {
+        // `ring`, not the aws-lc-rs default: no C++/cmake toolchain and a fraction of the build
+        // time. rustls 0.23.48 deprecated it for lacking post-quantum key exchange (X25519MLKEM768);
+        // classical X25519 and P-256 remain, which every MLflow and collector deployment speaks.
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        let builder = ClientConfig::builder_with_provider(provider.into())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(self.roots()?);
+        match (&self.cert_file, &self.key_file) {
+            (None, None) => Ok(builder.with_no_client_auth()),
+            (Some(cert), key) => {
+                let key_path = key.as_deref().unwrap_or(cert);
+                let key = PrivateKeyDer::from_pem_file(key_path)
+                    .map_err(|e| format!("{}: no private key read: {e}", key_path.display()))?;
+                builder
+                    .with_client_auth_cert(certificates(cert)?, key)
+                    .map_err(|e| {
+                        format!(
+                            "{} and {}: not a certificate and its key: {e}",
+                            cert.display(),
+                            key_path.display()
+                        )
+                    })
+            }
+            (None, Some(key)) => Err(format!(
+                "{}: a client key without its certificate",
+                key.display()
+            )),
+        }
+    }
+}
+
+/// Every certificate of a PEM file; at least one.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tls")
+            .join(name)
+    }
+
+    #[test]
+    fn a_ca_bundle_is_trusted_besides_the_platform() {
+        let platform = TlsClient::default()
+            .roots()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .len();
+        let with_ca = TlsClient {
+            ca_file: Some(fixture("ca.pem")),
+            ..TlsClient::default()
+        };
+        assert_eq!(with_ca.roots().map(|r| r.len()), Ok(platform + 1));
+        assert!(with_ca.client_config().is_ok());
+    }
+
+    #[test]
+    fn a_client_identity_is_a_certificate_and_its_key_in_one_file_or_two() {
+        for (cert, key) in [
+            ("client.pem", Some("client.key")),
+            ("client-combined.pem", None),
+        ] {
+            let tls = TlsClient {
+                ca_file: Some(fixture("ca.pem")),
+                cert_file: Some(fixture(cert)),
+                key_file: key.map(fixture),
+            };
+            let config = tls
+                .client_config()
+                .unwrap_or_else(|e| panic!("{cert}: {e}"));
+            assert!(config.client_auth_cert_resolver.has_certs(), "{cert}");
+        }
+    }
+
+    #[test]
+    fn bad_files_are_named_with_what_is_wrong() {
+        let err = |tls: TlsClient| tls.client_config().err().unwrap_or_default();
+        let missing = err(TlsClient {
+            ca_file: Some(fixture("absent.pem")),
+            ..TlsClient::default()
+        });
+        assert!(missing.contains("absent.pem"), "{missing}");
+        let key_as_ca = err(TlsClient {
+            ca_file: Some(fixture("client.key")),
+            ..TlsClient::default()
+        });
+        assert!(
+            key_as_ca.contains("client.key: no PEM certificate in it"),
+            "{key_as_ca}"
+        );
+        let no_key = err(TlsClient {
+            cert_file: Some(fixture("ca.pem")),
+            ..TlsClient::default()
+        });
+        assert!(no_key.contains("ca.pem: no private key read"), "{no_key}");
+        let wrong_key = err(TlsClient {
+            cert_file: Some(fixture("client.pem")),
+            key_file: Some(fixture("server.key")),
+            ..TlsClient::default()
+        });
+        assert!(
+            wrong_key.contains("not a certificate and its key"),
+            "{wrong_key}"
+        );
+        let key_only = err(TlsClient {
+            key_file: Some(fixture("client.key")),
+            ..TlsClient::default()
+        });
+        assert!(key_only.contains("without its certificate"), "{key_only}");
+    }
+}
