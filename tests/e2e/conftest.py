@@ -39,7 +39,7 @@ def wait_until(check, timeout=20.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}; last error: {last!r}")
 
 
-def http(method, url, body=None, headers=None, timeout=10):
+def http(method, url, body=None, headers=None, timeout=10, context=None):
     data = body.encode() if isinstance(body, str) else body
     headers = dict(headers or {})
     if data is not None:
@@ -47,7 +47,7 @@ def http(method, url, body=None, headers=None, timeout=10):
         headers.setdefault("content-type", "application/json")
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()

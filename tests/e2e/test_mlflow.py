@@ -4,6 +4,7 @@ registry backend in front, tritonclient driving traffic, and Prometheus scraping
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -254,12 +255,16 @@ def test_a_new_dataset_digest_flags_the_dependent_versions_stale(stack):
     assert "Lineage is stale" in stack.procs.log("modelstamp")
 
 
-def test_an_authenticated_mlflow_is_read_with_the_mlflow_client_credentials(stack):
-    """`mlflow server --app-name basic-auth` over the same store, reached by another spelling of
-    its address: a sidecar given MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD reads the records
-    with the lineage IDs the unauthenticated sidecar stamps; without credentials, or with wrong
-    ones, `check` fails naming what to set and never prints the password."""
+def test_an_authenticated_https_mlflow_is_read_with_the_mlflow_client_settings(stack):
+    """`mlflow server --app-name basic-auth` over the same store, served over https (uvicorn's
+    TLS, a certificate from the test CA in tests/fixtures/tls) and reached by another spelling of
+    its address: a sidecar given MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD and
+    MLFLOW_TRACKING_SERVER_CERT_PATH reads the records with the lineage IDs the unauthenticated
+    http sidecar stamps; without the CA, without credentials, or with wrong ones, `check` fails
+    naming what to set and never prints the password."""
     tmp = stack.procs.tmp
+    tls = ROOT / "tests" / "fixtures" / "tls"
+    ca = ssl.create_default_context(cafile=str(tls / "ca.pem"))
     port = free_port()
     ini = tmp / "basic_auth.ini"
     ini.write_text(f"""[mlflow]
@@ -272,14 +277,16 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
     stack.procs.start("mlflow-auth", [str(VENV_BIN / "mlflow"), "server", "--app-name", "basic-auth",
                                       "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
                                       "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1",
-                                      "--port", str(port)],
+                                      "--port", str(port), "--uvicorn-opts",
+                                      f"--ssl-keyfile {tls / 'server.key'} --ssl-certfile {tls / 'server.pem'}"],
                       env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_AUTH_CONFIG_PATH": str(ini),
                            # The basic-auth app refuses to start without a CSRF key.
                            "MLFLOW_FLASK_SERVER_SECRET_KEY": "e2e-csrf-key"})
-    wait_until(lambda: http("GET", f"http://127.0.0.1:{port}/health")[0] == 200, timeout=120,
-               what="mlflow basic-auth server")
+    wait_until(lambda: http("GET", f"https://127.0.0.1:{port}/health", context=ca)[0] == 200, timeout=120,
+               what="mlflow basic-auth server over https")
     # The real server refuses an anonymous API call: what the sidecar has to meet.
-    assert http("GET", f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/get?name=churn")[0] == 401
+    assert http("GET", f"https://127.0.0.1:{port}/api/2.0/mlflow/registered-models/get?name=churn",
+                context=ca)[0] == 401
     sidecar_port, admin_port = free_port(), free_port()
     cfg = tmp / "modelstamp-auth.toml"
     cfg.write_text(f"""
@@ -291,7 +298,7 @@ listen = "127.0.0.1:{admin_port}"
 target = "off"
 [registry]
 backend = "mlflow"
-uri = "http://localhost:{port}"
+uri = "https://localhost:{port}"
 poll_interval = "1s"
 timeout = "5s"
 retries = 0
@@ -304,7 +311,14 @@ serves = "@champion"
 match = {{ open_inference = true }}
 """)
     creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "e2e-admin-pass-1234"}
-    for env, expected in [({}, "MLflow asks for credentials and none are set"),
+    # MLflow's certificate is not trusted without the CA: the error says so and what to set.
+    out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True,
+                         env={**os.environ, **creds})
+    assert out.returncode != 0 and "invalid peer certificate" in out.stderr, out.stderr
+    assert "MLFLOW_TRACKING_SERVER_CERT_PATH" in out.stderr, out.stderr
+    creds["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(tls / "ca.pem")
+    trusted = {"MLFLOW_TRACKING_SERVER_CERT_PATH": str(tls / "ca.pem")}
+    for env, expected in [(trusted, "MLflow asks for credentials and none are set"),
                           ({**creds, "MLFLOW_TRACKING_PASSWORD": "wrong-pass-5678"}, "MLflow refused the credentials")]:
         out = subprocess.run([BIN, "check", "--config", str(cfg)], capture_output=True, text=True,
                              env={**os.environ, **env})
@@ -324,8 +338,8 @@ match = {{ open_inference = true }}
     wait_until(lambda: ids(admin) == ids(stack.admin), timeout=10, what="the same lineage IDs through both addresses")
     assert all(i.startswith("ln_") for i in ids(admin).values()) and len(ids(admin)) == 2
     record = json.loads(http("GET", f"{admin}/lineage/{ids(admin)['1']}")[2])["record"]
-    assert record["code"]["commit"] == stack.commit, "a lineage record read from the authenticated MLflow"
-    assert record["training_run_url"].startswith(f"http://localhost:{port}/")
+    assert record["code"]["commit"] == stack.commit, "a lineage record read from the authenticated HTTPS MLflow"
+    assert record["training_run_url"].startswith(f"https://localhost:{port}/")
     stack.procs.stop("modelstamp-auth")
     stack.procs.stop("mlflow-auth")
 
