@@ -155,6 +155,7 @@ fn span_benches(c: &mut Criterion) {
                 endpoint: "http://127.0.0.1:9".into(),
                 protocol: OtlpProtocol::Grpc,
                 timeout: std::time::Duration::from_millis(100),
+                tls: Default::default(),
             }),
             queue: 1024,
             batch: 512,

@@ -460,57 +460,6 @@ async fn readiness_says_lineage_is_unavailable_until_mlflow_answers() {
     );
 }
 
-/// A TLS front for `backend` with the test server certificate (localhost, 127.0.0.1; signed by
-/// tests/fixtures/tls/ca.pem) that passes the plaintext through; with `client_auth`, it refuses
-/// a client without a certificate signed by that CA.
-async fn tls_front(backend: std::net::SocketAddr, client_auth: bool) -> std::net::SocketAddr {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio_rustls::rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
-    let pem = |name: &str| format!("tests/fixtures/tls/{name}");
-    #[allow(deprecated)]
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let certs: Vec<_> = CertificateDer::pem_file_iter(pem("server.pem"))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(pem("server.key")).unwrap();
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let builder = if client_auth {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_file(pem("ca.pem")).unwrap())
-            .unwrap();
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .unwrap();
-        builder.with_client_cert_verifier(verifier)
-    } else {
-        builder.with_no_client_auth()
-    };
-    let config = builder.with_single_cert(certs, key).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-            });
-        }
-    });
-    addr
-}
-
 /// MLflow over https: its certificate checked against a private CA (`registry.tls.ca_file`),
 /// refused without it with an error that says what to set, and a client certificate presented
 /// where the server asks for one (mutual TLS). The records, and their IDs, are those read over
@@ -521,8 +470,8 @@ async fn an_https_mlflow_is_read_with_a_private_ca_and_a_client_certificate() {
     let up = Upstream::start(oi_handler("1")).await;
     let tls_dir = std::fs::canonicalize("tests/fixtures/tls").unwrap();
     let file = |name: &str| tls_dir.join(name).display().to_string();
-    let https = tls_front(mlflow.addr, false).await;
-    let mutual = tls_front(mlflow.addr, true).await;
+    let https = tls::front(mlflow.addr, false).await;
+    let mutual = tls::front(mlflow.addr, true).await;
     let ca = format!("tls = {{ ca_file = \"{}\" }}", file("ca.pem"));
     let start_at = |uri: String, extra: String| {
         let up = &up;

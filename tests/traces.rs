@@ -459,3 +459,57 @@ async fn openai_routes_carry_gen_ai_models_for_json_and_sse() {
         "{models:?}"
     );
 }
+
+/// An https:// collector (the test CA's certificate for localhost), over gRPC and over
+/// HTTP/protobuf: its certificate checked against `traces.otlp_certificate`, a client
+/// certificate presented where it asks for one (mutual TLS), and without the CA the batches are
+/// refused and counted as export failures, the proxied request unharmed.
+#[tokio::test]
+async fn spans_reach_an_https_collector_with_a_private_ca_and_a_client_certificate() {
+    let tls = std::fs::canonicalize("tests/fixtures/tls").unwrap();
+    let file = |name: &str| tls.join(name).display().to_string();
+    let up = Upstream::start(oi_handler("1")).await;
+    let ca = format!("otlp_certificate = \"{}\"", file("ca.pem"));
+    let mutual = format!(
+        "{ca}\notlp_client_certificate = \"{}\"\notlp_client_key = \"{}\"",
+        file("client.pem"),
+        file("client.key")
+    );
+    for (protocol, client_auth, settings) in [
+        ("grpc", false, ca.as_str()),
+        ("http/protobuf", false, ca.as_str()),
+        ("grpc", true, mutual.as_str()),
+        ("http/protobuf", true, mutual.as_str()),
+    ] {
+        let (collector, received) = otlp::start().await;
+        let front = tls::front(collector.addr, client_auth).await;
+        let endpoint = format!("https://localhost:{}", front.port());
+        let extra = traces_section(&endpoint, protocol, settings);
+        let h = Harness::start(&churn_route(up.addr, "@champion", ""), &extra).await;
+        let (resp, _) = send(traced(&h.url("/v2/models/churn/infer"))).await;
+        assert_eq!(resp.status(), 200);
+        let spans = wait_spans(&received, 2).await;
+        assert!(
+            spans.iter().all(|(_, s)| hex(&s.trace_id) == CALLER_TRACE),
+            "{protocol}, client certificate {client_auth}"
+        );
+    }
+
+    // The collector's certificate is not trusted (no CA given; the platform's do not sign it).
+    let (collector, received) = otlp::start().await;
+    let front = tls::front(collector.addr, false).await;
+    let extra = traces_section(&format!("https://localhost:{}", front.port()), "grpc", "");
+    let h = Harness::start(&churn_route(up.addr, "@champion", ""), &extra).await;
+    let (resp, _) = send(traced(&h.url("/v2/models/churn/infer"))).await;
+    assert_eq!(resp.status(), 200, "observation never breaks the request");
+    assert!(
+        h.metric_reaches(
+            r#"modelstamp_spans_dropped_total{reason="export_failed"}"#,
+            2.0
+        )
+        .await,
+        "{}",
+        h.metrics().await
+    );
+    assert!(received.spans().is_empty());
+}

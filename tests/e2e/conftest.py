@@ -121,7 +121,7 @@ def module_procs():
 class Stack:
     """Demo model server + modelstamp (+ optional collector) on free ports."""
 
-    def __init__(self, procs, otlp_endpoint=None, sampler="always_on"):
+    def __init__(self, procs, otlp_endpoint=None, sampler="always_on", env=None):
         self.procs = procs
         self.model_port, self.port, self.admin_port = free_port(), free_port(), free_port()
         procs.start("model", [BIN, "demo-model", "--listen", f"127.0.0.1:{self.model_port}"])
@@ -148,7 +148,7 @@ upstream = "127.0.0.1:{self.model_port}"
 serves = "@champion"
 match = {{ open_inference = true }}
 """)
-        procs.start("modelstamp", [BIN, "run", "--config", str(cfg)])
+        procs.start("modelstamp", [BIN, "run", "--config", str(cfg)], env=env)
         wait_until(lambda: http("GET", f"{self.admin}/readyz")[0] == 200, what="modelstamp ready")
         wait_until(lambda: http("GET", f"http://127.0.0.1:{self.model_port}/v2/health/ready")[0] == 200,
                    what="model server ready")

@@ -2,11 +2,16 @@
 queried in a real Prometheus, and both exposition formats checked by real parsers."""
 
 import json
+import socket
+import ssl
 import subprocess
+import threading
 import time
 import urllib.parse
 
-from conftest import ROTEL, Stack, free_port, http, wait_until
+from conftest import ROOT, ROTEL, Stack, free_port, http, wait_until
+
+TLS = ROOT / "tests" / "fixtures" / "tls"
 
 
 def start_rotel(procs):
@@ -34,6 +39,77 @@ def test_spans_reach_a_real_otlp_collector(procs):
     assert "ml.model.version: Str(2)" in log
     assert "Kind           : SPAN_KIND_SERVER" in log and "Kind           : SPAN_KIND_CLIENT" in log
     print(log[log.index("Span #"):][:1800])
+
+
+class TlsTerminator:
+    """TLS in front of a plaintext port, as a load balancer or nginx terminates it for a
+    collector: Python's ssl (OpenSSL, not the sidecar's rustls) with the test CA's certificate for
+    localhost and ALPN h2 / http/1.1, bytes relayed both ways. rotel's receivers have no TLS."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ctx.load_cert_chain(TLS / "server.pem", TLS / "server.key")
+        self.ctx.set_alpn_protocols(["h2", "http/1.1"])
+        self.alpn = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def serve(self, conn):
+        try:
+            tls = self.ctx.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            conn.close()
+            return
+        self.alpn.append(tls.selected_alpn_protocol())
+        plain = socket.create_connection(("127.0.0.1", self.backend))
+
+        def pump(src, dst):
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=pump, args=(plain, tls), daemon=True).start()
+        pump(tls, plain)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_spans_reach_a_real_collector_over_tls(procs):
+    """OTLP/gRPC over TLS: the sidecar's exporter checks the terminator's certificate against
+    OTEL_EXPORTER_OTLP_CERTIFICATE, negotiates h2 by ALPN, and rotel decodes the spans."""
+    grpc = start_rotel(procs)
+    front = TlsTerminator(grpc)
+    try:
+        stack = Stack(procs, otlp_endpoint=f"https://localhost:{front.port}",
+                      env={"OTEL_EXPORTER_OTLP_CERTIFICATE": str(TLS / "ca.pem")})
+        trace_ids = [f"{0x7150000 + i:032x}" for i in range(3)]
+        for i, t in enumerate(trace_ids):
+            status, headers, _ = stack.infer(version="2", trace_id=t, i=i)
+            assert status == 200
+        log = wait_until(lambda: (lambda text: text if all(t in text for t in trace_ids) else None)(procs.log("rotel")),
+                         what="all traces at the collector through TLS")
+        assert f"ml.lineage.id: Str({headers['x-lineage-id']})" in log
+        assert front.alpn and set(front.alpn) == {"h2"}, front.alpn
+    finally:
+        front.close()
 
 
 def prometheus(procs, target):

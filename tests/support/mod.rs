@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 pub mod h2raw;
+pub mod tls;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -414,7 +415,7 @@ pub fn env_headers(generic: Option<&str>, traces: Option<&str>) -> HeaderMap {
 /// Sends encoded requests to the collector.
 #[derive(Debug)]
 pub struct Transport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
     grpc: bool,
     headers: HeaderMap,
@@ -433,14 +434,25 @@ impl Transport {
         let uri: Uri = uri
             .parse()
             .map_err(|e| format!("invalid endpoint {endpoint}: {e}"))?;
-        if uri.scheme_str() != Some("http") {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(format!(
-                "{endpoint}: only http:// collectors are supported (no TLS in the exporter)"
+                "{endpoint}: expected an http:// or https:// collector"
             ));
         }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(export.timeout));
+        connector.enforce_http(false);
+        // https:// collectors over the project's TLS client (ALPN h2 for gRPC, http/1.1
+        // otherwise); http:// ones in the clear, as before.
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(export.tls.client_config()?)
+            .https_or_http();
+        let connector = if grpc {
+            tls.enable_http2().wrap_connector(connector)
+        } else {
+            tls.enable_http1().wrap_connector(connector)
+        };
         let client = Client::builder(TokioExecutor::new())
             .http2_only(grpc)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -573,6 +585,7 @@ mod tests {
             endpoint: "http://127.0.0.1:4317".into(),
             protocol,
             timeout: Duration::from_secs(1),
+            tls: Default::default(),
         };
         let grpc = Transport::new(&export(OtlpProtocol::Grpc), HeaderMap::new());
         let http = Transport::new(&export(OtlpProtocol::HttpProtobuf), HeaderMap::new());

@@ -180,6 +180,8 @@ pub struct OtlpExport {
     pub protocol: OtlpProtocol,
     /// Per-export timeout.
     pub timeout: Duration,
+    /// How an https:// collector's certificate is checked, and the client certificate.
+    pub tls: crate::tls::TlsClient,
 }
 
 /// Names of the headers modelstamp writes.

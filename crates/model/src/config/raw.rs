@@ -78,6 +78,13 @@ pub struct RawTraces {
     pub batch: Option<usize>,
     pub lineage_url: Option<String>,
     pub recent_requests: Option<usize>,
+    /// For an https:// collector: a CA bundle, and the client certificate and key (mTLS).
+    pub otlp_certificate: Option<String>,
+    pub otlp_client_certificate: Option<String>,
+    pub otlp_client_key: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, `_CLIENT_CERTIFICATE` and `_CLIENT_KEY`.
+    #[serde(skip)]
+    pub env_tls: RawTlsClient,
 }
 
 impl RawConfig {
@@ -107,7 +114,9 @@ impl RawConfig {
 
 impl RawTraces {
     /// Fill unset fields from `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER(_ARG)`,
-    /// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` and `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`.
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`, `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` and the
+    /// certificate files `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, `_CLIENT_CERTIFICATE`,
+    /// `_CLIENT_KEY`.
     /// The config file wins, as programmatic settings do in the OpenTelemetry SDKs.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
         let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
@@ -130,6 +139,15 @@ impl RawTraces {
             self.otlp_endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                 .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
         }
+        let otel = |name: &str| {
+            env(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
+                .or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{name}")))
+        };
+        self.env_tls = RawTlsClient {
+            ca_file: otel("CERTIFICATE"),
+            cert_file: otel("CLIENT_CERTIFICATE"),
+            key_file: otel("CLIENT_KEY"),
+        };
     }
 }
 

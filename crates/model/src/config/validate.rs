@@ -175,7 +175,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             "must be greater than 0",
         ));
     }
-    let traces = traces(&mut errs, raw, admin_listen);
+    let traces = traces(&mut errs, raw, admin_listen, base_dir);
     let inspect = super::inspect::inspect(&mut errs, &raw.inspect);
     let routes = routes(&mut errs, raw, upstream.response_timeout, &headers);
     let admin_token = secret(&mut errs, "admin.token", raw.admin.token.as_deref());
@@ -315,7 +315,12 @@ fn limits(errs: &mut Vec<ConfigError>, raw: &RawConfig) -> Limits {
     }
 }
 
-fn traces(errs: &mut Vec<ConfigError>, raw: &RawConfig, admin: SocketAddr) -> Traces {
+fn traces(
+    errs: &mut Vec<ConfigError>,
+    raw: &RawConfig,
+    admin: SocketAddr,
+    base_dir: &Path,
+) -> Traces {
     let t = &raw.traces;
     let ratio = t.sampler_ratio.unwrap_or(1.0);
     if !(0.0..=1.0).contains(&ratio) {
@@ -350,16 +355,44 @@ fn traces(errs: &mut Vec<ConfigError>, raw: &RawConfig, admin: SocketAddr) -> Tr
     let timeout = dur(errs, "traces.export_timeout", &t.export_timeout, 5_000);
     let export = t.otlp_endpoint.as_deref().map(|e| {
         let uri = e.parse::<http::Uri>();
-        if matches!(&uri, Ok(u) if u.scheme_str() == Some("https")) {
-            errs.push(ConfigError::new("traces.otlp_endpoint", format!("\"{e}\": https is not supported (the exporter has no TLS); export to a collector next to the sidecar over http://")));
-        } else if !matches!(&uri, Ok(u) if u.scheme_str() == Some("http") && u.host().is_some()) {
-            errs.push(ConfigError::new("traces.otlp_endpoint", format!("invalid URL \"{e}\" (expected http://host:port)")));
+        let https = matches!(&uri, Ok(u) if u.scheme_str() == Some("https") && u.host().is_some());
+        if !https && !matches!(&uri, Ok(u) if u.scheme_str() == Some("http") && u.host().is_some())
+        {
+            errs.push(ConfigError::new(
+                "traces.otlp_endpoint",
+                format!("invalid URL \"{e}\" (expected http://host:port or https://host:port)"),
+            ));
         }
+        let given = [
+            &t.otlp_certificate,
+            &t.otlp_client_certificate,
+            &t.otlp_client_key,
+        ]
+        .iter()
+        .any(|k| k.is_some())
+        .then(|| super::raw::RawTlsClient {
+            ca_file: t.otlp_certificate.clone(),
+            cert_file: t.otlp_client_certificate.clone(),
+            key_file: t.otlp_client_key.clone(),
+        });
+        let keys = TlsKeys {
+            ca: "traces.otlp_certificate",
+            ca_env: "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            identity: "traces.otlp_client_certificate",
+            set: "traces.otlp_certificate",
+            uri: "traces.otlp_endpoint",
+        };
+        let tls = tls_files(errs, &keys, given.as_ref(), &t.env_tls, https, base_dir);
         let mut endpoint = e.trim_end_matches('/').to_string();
         if protocol == OtlpProtocol::HttpProtobuf && !endpoint.ends_with("/v1/traces") {
             endpoint.push_str("/v1/traces");
         }
-        OtlpExport { endpoint, protocol, timeout }
+        OtlpExport {
+            endpoint,
+            protocol,
+            timeout,
+            tls,
+        }
     });
     let queue = t.queue.unwrap_or(4096);
     let batch = t.batch.unwrap_or(512);
@@ -433,7 +466,20 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
                     ),
                 ));
             }
-            let tls = tls_client(errs, r, https, base_dir);
+            // MLflow's variables: a CA bundle, and one file holding a certificate and its key.
+            let env = super::raw::RawTlsClient {
+                ca_file: r.env_ca_file.clone(),
+                cert_file: r.env_client_cert.clone(),
+                key_file: None,
+            };
+            let keys = TlsKeys {
+                ca: "registry.tls.ca_file",
+                ca_env: "MLFLOW_TRACKING_SERVER_CERT_PATH",
+                identity: "registry.tls",
+                set: "registry.tls",
+                uri: "registry.uri",
+            };
+            let tls = tls_files(errs, &keys, r.tls.as_ref(), &env, https, base_dir);
             let mut models: Vec<String> = r.models.clone().unwrap_or_else(|| {
                 raw.routes
                     .iter()
@@ -732,48 +778,64 @@ fn credentials(
     }
 }
 
-/// `[registry.tls]`, else MLflow's `MLFLOW_TRACKING_SERVER_CERT_PATH` (a CA bundle) and
-/// `MLFLOW_TRACKING_CLIENT_CERT_PATH` (a certificate and its key in one file). Checked now, so
-/// a missing file or a key that does not match is a config error, not a failed poll later.
-fn tls_client(
+/// Where a TLS client's settings live, for its errors.
+struct TlsKeys {
+    /// The CA bundle's key, and the variable that stands in for it.
+    ca: &'static str,
+    ca_env: &'static str,
+    /// Where an error about the client certificate or key is reported.
+    identity: &'static str,
+    /// The keys as a whole (an error when set for a plain-http endpoint), and that endpoint.
+    set: &'static str,
+    uri: &'static str,
+}
+
+/// A TLS client's files: the config's, else the environment's (`env`; a certificate without a
+/// key is one file holding both). Checked now when `https`, so a missing file or a key that
+/// does not match is a config error, not a failed call later. Over plain http the variables are
+/// ignored (set for another client) and the config's keys are an error.
+fn tls_files(
     errs: &mut Vec<ConfigError>,
-    r: &super::raw::RawRegistry,
+    keys: &TlsKeys,
+    given: Option<&super::raw::RawTlsClient>,
+    env: &super::raw::RawTlsClient,
     https: bool,
     base_dir: &Path,
 ) -> crate::tls::TlsClient {
-    let raw = r.tls.clone().unwrap_or_default();
-    if !https && r.tls.is_some() {
+    if !https && given.is_some() {
         errs.push(ConfigError::new(
-            "registry.tls",
-            "set, but registry.uri is not https://",
+            keys.set,
+            format!("set, but {} is not https://", keys.uri),
         ));
     }
+    let given = given.cloned().unwrap_or_default();
     let path = |p: &Option<String>| p.as_deref().map(|p| base_dir.join(p));
     let mut tls = crate::tls::TlsClient {
-        ca_file: path(&raw.ca_file),
-        cert_file: path(&raw.cert_file),
-        key_file: path(&raw.key_file),
+        ca_file: path(&given.ca_file).or_else(|| path(&env.ca_file)),
+        cert_file: path(&given.cert_file),
+        key_file: path(&given.key_file),
     };
-    if tls.ca_file.is_none() {
-        tls.ca_file = path(&r.env_ca_file);
-    }
     if tls.cert_file.is_none() && tls.key_file.is_none() {
-        tls.cert_file = path(&r.env_client_cert);
+        tls.cert_file = path(&env.cert_file);
+        tls.key_file = path(&env.key_file);
     }
     if !https {
         return tls;
     }
     match tls.roots() {
         Ok(roots) if roots.is_empty() => errs.push(ConfigError::new(
-            "registry.tls.ca_file",
-            "no certificate authority to check MLflow's certificate with: the platform has none (SSL_CERT_FILE, /etc/ssl/certs) and neither registry.tls.ca_file nor MLFLOW_TRACKING_SERVER_CERT_PATH is set",
+            keys.ca,
+            format!(
+                "no certificate authority to check the server's certificate with: the platform has none (SSL_CERT_FILE, /etc/ssl/certs) and neither {} nor {} is set",
+                keys.ca, keys.ca_env
+            ),
         )),
         Ok(_) => {
             if let Err(e) = tls.client_config() {
-                errs.push(ConfigError::new("registry.tls", e));
+                errs.push(ConfigError::new(keys.identity, e));
             }
         }
-        Err(e) => errs.push(ConfigError::new("registry.tls.ca_file", e)),
+        Err(e) => errs.push(ConfigError::new(keys.ca, e)),
     }
     tls
 }
@@ -992,11 +1054,61 @@ mod tests {
             errs[3].starts_with("traces.otlp_endpoint: invalid URL \"collector\""),
             "{errs:?}"
         );
-        let errs = check("[traces]\notlp_endpoint = \"https://collector:4317\"\n[[routes]]\nmodel = \"m\"\nupstream = \"h:1\"\n")
+        let route = "[[routes]]\nmodel = \"m\"\nupstream = \"h:1\"\n";
+        assert!(
+            check(&format!(
+                "[traces]\notlp_endpoint = \"https://collector:4317\"\n{route}"
+            ))
+            .is_ok()
+        );
+        let errs = check(&format!("[traces]\notlp_endpoint = \"http://collector:4317\"\notlp_certificate = \"/ca.pem\"\n{route}"))
             .err()
             .unwrap_or_default();
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("https is not supported"), "{errs:?}");
+        assert_eq!(
+            errs,
+            ["traces.otlp_certificate: set, but traces.otlp_endpoint is not https://"]
+        );
+        let errs = check(&format!("[traces]\notlp_endpoint = \"https://collector:4317\"\notlp_certificate = \"/no/such/ca.pem\"\n{route}"))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            errs.len() == 1 && errs[0].starts_with("traces.otlp_certificate: /no/such/ca.pem"),
+            "{errs:?}"
+        );
+        // The OpenTelemetry variables, the signal's own first; ignored for an http collector.
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tls");
+        let tls_from = |endpoint: &str, env: &[(&str, &str)]| {
+            let mut raw = parse(
+                &format!("[traces]\notlp_endpoint = \"{endpoint}\"\n{route}"),
+                "t",
+            )
+            .unwrap_or_else(|e| unreachable!("{e}"));
+            raw.apply_env(|k| {
+                env.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            });
+            validate(&raw, &fixtures).map(|c| c.traces.export.map(|e| e.tls))
+        };
+        let env = [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "server.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "ca.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "client.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "client.key"),
+        ];
+        let tls = tls_from("https://collector:4317", &env)
+            .unwrap_or_else(|e| unreachable!("{e}"))
+            .unwrap_or_default();
+        assert_eq!(tls.ca_file, Some(fixtures.join("ca.pem")));
+        assert_eq!(tls.cert_file, Some(fixtures.join("client.pem")));
+        assert_eq!(tls.key_file, Some(fixtures.join("client.key")));
+        assert!(
+            tls_from(
+                "http://collector:4317",
+                &[("OTEL_EXPORTER_OTLP_CERTIFICATE", "absent.pem")]
+            )
+            .is_ok()
+        );
     }
 
     #[test]
