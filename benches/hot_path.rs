@@ -156,6 +156,7 @@ fn span_benches(c: &mut Criterion) {
                 protocol: OtlpProtocol::Grpc,
                 timeout: std::time::Duration::from_millis(100),
                 tls: Default::default(),
+                gzip: false,
             }),
             queue: 1024,
             batch: 512,

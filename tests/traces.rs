@@ -513,3 +513,91 @@ async fn spans_reach_an_https_collector_with_a_private_ca_and_a_client_certifica
     );
     assert!(received.spans().is_empty());
 }
+
+/// Retryable answers (gRPC UNAVAILABLE, HTTP 503 with Retry-After, HTTP 429) are retried until
+/// the collector takes the batch; the others (INVALID_ARGUMENT, HTTP 400) are not. Each case's
+/// spans are counted once: exported, or dropped as export_failed.
+#[tokio::test]
+async fn exports_are_retried_on_the_answers_the_specification_calls_retryable() {
+    use otlp::Reply;
+    let up = Upstream::start(oi_handler("1")).await;
+    let exported = "modelstamp_spans_exported_total";
+    let failed = r#"modelstamp_spans_dropped_total{reason="export_failed"}"#;
+    for (protocol, script, attempts, delivered) in [
+        ("grpc", vec![Reply::Grpc("14"), Reply::Grpc("14")], 3, true),
+        ("http/protobuf", vec![Reply::Http(503, Some("1"))], 2, true),
+        ("http/protobuf", vec![Reply::Http(429, None)], 2, true),
+        ("grpc", vec![Reply::Grpc("3")], 1, false),
+        ("http/protobuf", vec![Reply::Http(400, None)], 1, false),
+    ] {
+        let case = format!("{protocol} {script:?}");
+        let (collector, received) = otlp::start().await;
+        received.answer(script.clone());
+        let extra = traces_section(&format!("http://{}", collector.addr), protocol, "");
+        let h = Harness::start(&churn_route(up.addr, "@champion", ""), &extra).await;
+        let (resp, _) = send(traced(&h.url("/v2/models/churn/infer"))).await;
+        assert_eq!(resp.status(), 200, "{case}");
+        let counted = if delivered { exported } else { failed };
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                h.metric(counted).await == 2.0
+            })
+            .await,
+            "{case}: {}",
+            h.metrics().await
+        );
+        let seen = received.attempts();
+        assert_eq!(seen.len(), attempts, "{case}");
+        assert_eq!(
+            received.spans().len(),
+            if delivered { 2 } else { 0 },
+            "{case}"
+        );
+        assert_eq!(
+            h.metric(if delivered { failed } else { exported }).await,
+            0.0,
+            "{case}"
+        );
+        if matches!(script[0], Reply::Http(503, Some("1"))) {
+            assert!(
+                seen[1].0 - seen[0].0 >= Duration::from_secs(1),
+                "Retry-After: 1 is waited for"
+            );
+        }
+    }
+}
+
+/// `otlp_compression = "gzip"` compresses every batch, flagged as each protocol flags it; a
+/// partial success counts the rejected spans apart from the exported ones.
+#[tokio::test]
+async fn gzip_bodies_and_partial_success() {
+    use otlp::Reply;
+    let up = Upstream::start(oi_handler("1")).await;
+    for protocol in ["grpc", "http/protobuf"] {
+        let (collector, received) = otlp::start().await;
+        received.answer([Reply::Partial(1, "one span too many")]);
+        let extra = traces_section(
+            &format!("http://{}", collector.addr),
+            protocol,
+            "otlp_compression = \"gzip\"",
+        );
+        let h = Harness::start(&churn_route(up.addr, "@champion", ""), &extra).await;
+        let (resp, _) = send(traced(&h.url("/v2/models/churn/infer"))).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(wait_spans(&received, 2).await.len(), 2, "{protocol}");
+        assert!(
+            h.metric_reaches(r#"modelstamp_spans_dropped_total{reason="rejected"}"#, 1.0)
+                .await,
+            "{protocol}: {}",
+            h.metrics().await
+        );
+        assert_eq!(h.metric("modelstamp_spans_exported_total").await, 1.0);
+        assert!(
+            received
+                .attempts()
+                .iter()
+                .all(|(_, encoding)| encoding.as_deref() == Some("gzip")),
+            "{protocol}"
+        );
+    }
+}

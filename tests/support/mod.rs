@@ -554,22 +554,57 @@ where
 pub mod otlp {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
     };
     use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
     pub use opentelemetry_proto::tonic::trace::v1::Span;
     use prost::Message;
 
+    /// What the receiver answers to the next export (`Ok` once the script is used up).
+    #[derive(Clone, Debug)]
+    pub enum Reply {
+        Ok,
+        /// A partial success: this many spans rejected, with this message.
+        Partial(i64, &'static str),
+        /// An HTTP error status, with a `Retry-After` value.
+        Http(u16, Option<&'static str>),
+        /// A gRPC error status (trailers-only).
+        Grpc(&'static str),
+    }
+
+    /// When an export arrived, and its `grpc-encoding` or `content-encoding`.
+    pub type Attempt = (Instant, Option<String>);
+
     #[derive(Clone, Default)]
     pub struct Received {
         pub spans: Arc<Mutex<Vec<(String, Span)>>>,
         pub requests: Arc<AtomicUsize>,
+        pub script: Arc<Mutex<std::collections::VecDeque<Reply>>>,
+        /// When each export arrived, and its `grpc-encoding` or `content-encoding`.
+        pub attempts: Arc<Mutex<Vec<Attempt>>>,
     }
 
     impl Received {
         pub fn spans(&self) -> Vec<(String, Span)> {
             self.spans.lock().unwrap().clone()
         }
+
+        pub fn answer(&self, replies: impl IntoIterator<Item = Reply>) {
+            self.script.lock().unwrap().extend(replies);
+        }
+
+        pub fn attempts(&self) -> Vec<Attempt> {
+            self.attempts.lock().unwrap().clone()
+        }
+    }
+
+    fn gunzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Read as _;
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
     }
 
     pub fn attr(span: &Span, key: &str) -> Option<String> {
@@ -619,12 +654,60 @@ pub mod otlp {
                     .headers()
                     .get("content-type")
                     .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                let encoding = req
+                    .headers()
+                    .get(if grpc {
+                        "grpc-encoding"
+                    } else {
+                        "content-encoding"
+                    })
+                    .map(|v| v.to_str().unwrap().to_string());
+                r.attempts
+                    .lock()
+                    .unwrap()
+                    .push((Instant::now(), encoding.clone()));
+                let reply = r.script.lock().unwrap().pop_front().unwrap_or(Reply::Ok);
                 let body = req.into_body().collect().await.unwrap().to_bytes();
+                let rejected = match reply {
+                    Reply::Ok => None,
+                    Reply::Partial(n, message) => Some((n, message)),
+                    Reply::Http(status, after) => {
+                        let mut resp = Response::builder().status(status);
+                        if let Some(after) = after {
+                            resp = resp.header("retry-after", after);
+                        }
+                        return resp.body(full("")).unwrap();
+                    }
+                    Reply::Grpc(code) => {
+                        return Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("grpc-status", code)
+                            .header("grpc-message", "scripted")
+                            .body(full(""))
+                            .unwrap();
+                    }
+                };
+                let reply = ExportTraceServiceResponse {
+                    partial_success: rejected.map(|(n, message)| ExportTracePartialSuccess {
+                        rejected_spans: n,
+                        error_message: message.into(),
+                    }),
+                }
+                .encode_to_vec();
+                let gzipped = encoding.as_deref() == Some("gzip");
                 if grpc {
                     // gRPC framing: 1 byte compression flag, 4 bytes big-endian length, message.
-                    let msg = ExportTraceServiceRequest::decode(&body[5..]).unwrap();
-                    store(&r, msg);
-                    let reply = ExportTraceServiceResponse::default().encode_to_vec();
+                    assert_eq!(
+                        body[0] == 1,
+                        gzipped,
+                        "the flag says what grpc-encoding says"
+                    );
+                    let message = if gzipped {
+                        gunzip(&body[5..])
+                    } else {
+                        body[5..].to_vec()
+                    };
+                    store(&r, ExportTraceServiceRequest::decode(&message[..]).unwrap());
                     let mut framed = vec![0u8];
                     framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
                     framed.extend_from_slice(&reply);
@@ -640,8 +723,12 @@ pub mod otlp {
                         .body(body)
                         .unwrap()
                 } else {
-                    store(&r, ExportTraceServiceRequest::decode(&body[..]).unwrap());
-                    let reply = ExportTraceServiceResponse::default().encode_to_vec();
+                    let message = if gzipped {
+                        gunzip(&body)
+                    } else {
+                        body.to_vec()
+                    };
+                    store(&r, ExportTraceServiceRequest::decode(&message[..]).unwrap());
                     Response::builder()
                         .header("content-type", "application/x-protobuf")
                         .body(full(reply))

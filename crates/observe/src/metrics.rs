@@ -183,8 +183,10 @@ impl UpstreamErrorKind {
 pub enum SpanDrop {
     /// The export queue was full.
     QueueFull,
-    /// The collector did not accept the batch (down, refused, timed out).
+    /// The collector did not accept the batch (down, refused, timed out), after the retries.
     ExportFailed,
+    /// The collector took the batch but rejected these spans (an OTLP partial success).
+    Rejected,
 }
 
 impl SpanDrop {
@@ -192,6 +194,7 @@ impl SpanDrop {
         match self {
             Self::QueueFull => "queue_full",
             Self::ExportFailed => "export_failed",
+            Self::Rejected => "rejected",
         }
     }
 }

@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry::{Array, KeyValue, Value};
+use prost::Message as _;
 
 use super::spans::SpanRecord;
 use crate::config::{OtlpExport, OtlpProtocol};
@@ -418,6 +419,7 @@ pub struct Transport {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
     grpc: bool,
+    gzip: bool,
     headers: HeaderMap,
 }
 
@@ -461,6 +463,7 @@ impl Transport {
             client,
             uri,
             grpc,
+            gzip: export.gzip,
             headers,
         })
     }
@@ -475,19 +478,31 @@ impl Transport {
         body
     }
 
-    /// Send a body from [`Self::body`] holding one encoded request; `Err` says why the
-    /// collector did not take it.
-    pub async fn send(&self, mut body: Vec<u8>) -> Result<(), String> {
-        if self.grpc {
-            // gRPC message framing: not compressed, then the length (big-endian u32).
-            let len = body
-                .len()
-                .checked_sub(GRPC_HEADER)
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| "batch too large".to_string())?;
-            body[0] = 0;
-            body[1..GRPC_HEADER].copy_from_slice(&len.to_be_bytes());
+    /// Frame (gRPC) and compress (gzip) a body from [`Self::body`] holding one encoded
+    /// request, once for every attempt to send it.
+    pub fn prepare(&self, mut body: Vec<u8>) -> Result<Bytes, String> {
+        if !self.grpc {
+            return Ok(Bytes::from(if self.gzip { gzip(&body)? } else { body }));
         }
+        if self.gzip {
+            let message = gzip(&body[GRPC_HEADER..])?;
+            body.truncate(GRPC_HEADER);
+            body.extend_from_slice(&message);
+        }
+        // gRPC message framing: the compressed flag, then the length (big-endian u32).
+        let len = body
+            .len()
+            .checked_sub(GRPC_HEADER)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| "batch too large".to_string())?;
+        body[0] = u8::from(self.gzip);
+        body[1..GRPC_HEADER].copy_from_slice(&len.to_be_bytes());
+        Ok(Bytes::from(body))
+    }
+
+    /// One attempt to send a prepared body: how many spans the collector took or rejected, or
+    /// why not and whether to try again.
+    pub async fn send(&self, body: Bytes) -> Result<Accepted, Refused> {
         let mut req = Request::post(self.uri.clone())
             .header(
                 CONTENT_TYPE,
@@ -497,33 +512,47 @@ impl Transport {
                     "application/x-protobuf"
                 },
             )
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+            .body(Full::new(body))
+            .map_err(|e| Refused::fatal(e.to_string()))?;
         if self.grpc {
             req.headers_mut()
                 .insert("te", HeaderValue::from_static("trailers"));
+            if self.gzip {
+                req.headers_mut()
+                    .insert("grpc-encoding", HeaderValue::from_static("gzip"));
+            }
+        } else if self.gzip {
+            req.headers_mut()
+                .insert("content-encoding", HeaderValue::from_static("gzip"));
         }
         for (k, v) in &self.headers {
             req.headers_mut().insert(k.clone(), v.clone());
         }
+        // Not reaching the collector is worth another try: it may be restarting.
         let resp = self
             .client
             .request(req)
             .await
-            .map_err(|e| format!("{e:?}"))?;
+            .map_err(|e| Refused::retry(format!("{e:?}"), None))?;
         let status = resp.status();
         let head = resp.headers().clone();
         let collected = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Refused::retry(e.to_string(), None))?;
         if !status.is_success() {
-            return Err(format!("collector answered HTTP {status}"));
+            let why = format!("collector answered HTTP {status}");
+            // The retryable answers of the OTLP specification, after Retry-After if given.
+            return Err(match status.as_u16() {
+                429 | 502 | 503 | 504 => Refused::retry(why, retry_after(&head)),
+                _ => Refused::fatal(why),
+            });
         }
-        if self.grpc {
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let body = collected.to_bytes();
+        let message = if self.grpc {
             // Trailers-only responses carry the status in the headers.
-            let trailers = collected.trailers().cloned().unwrap_or_default();
             let grpc_status = trailers
                 .get("grpc-status")
                 .or_else(|| head.get("grpc-status"))
@@ -536,12 +565,148 @@ impl Transport {
                         .or_else(|| head.get("grpc-message"))
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    return Err(format!("collector answered grpc-status {code} {message}"));
+                    let why = format!("collector answered grpc-status {code} {message}");
+                    // CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, OUT_OF_RANGE,
+                    // UNAVAILABLE, DATA_LOSS: retryable by the OTLP specification.
+                    return Err(match code {
+                        "1" | "4" | "8" | "10" | "11" | "14" | "15" => Refused::retry(why, None),
+                        _ => Refused::fatal(why),
+                    });
                 }
-                None => return Err("collector answered without a grpc-status".to_string()),
+                None => {
+                    return Err(Refused::fatal(
+                        "collector answered without a grpc-status".to_string(),
+                    ));
+                }
             }
+            body.get(GRPC_HEADER..).unwrap_or_default()
+        } else {
+            &body[..]
+        };
+        // An `ExportTraceServiceResponse`: a partial success names the spans it rejected.
+        let partial = ExportTraceServiceResponse::decode(message)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .unwrap_or_default();
+        Ok(Accepted {
+            rejected: u64::try_from(partial.rejected_spans).unwrap_or(0),
+            message: partial.error_message,
+        })
+    }
+}
+
+/// What the collector took.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Accepted {
+    /// Spans it rejected (a partial success); the rest were accepted.
+    pub rejected: u64,
+    /// Why, as it said.
+    pub message: String,
+}
+
+/// Why a batch was not taken, and whether (and after how long) to try it again.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// What went wrong.
+    pub why: String,
+    /// Worth another attempt.
+    pub retryable: bool,
+    /// The wait the collector asked for (`Retry-After`).
+    pub after: Option<Duration>,
+}
+
+impl Refused {
+    fn retry(why: String, after: Option<Duration>) -> Self {
+        Self {
+            why,
+            retryable: true,
+            after,
         }
-        Ok(())
+    }
+
+    fn fatal(why: String) -> Self {
+        Self {
+            why,
+            retryable: false,
+            after: None,
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by collectors and is ignored).
+fn retry_after(head: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = head
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+fn gzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(bytes)
+        .and_then(|()| enc.finish())
+        .map_err(|e| format!("gzip: {e}"))
+}
+
+/// The collector's answer (opentelemetry-proto's `ExportTraceServiceResponse`), read with prost:
+/// a cold path, once per batch.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportTraceServiceResponse {
+    #[prost(message, optional, tag = "1")]
+    partial_success: Option<ExportTracePartialSuccess>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportTracePartialSuccess {
+    #[prost(int64, tag = "1")]
+    rejected_spans: i64,
+    #[prost(string, tag = "2")]
+    error_message: String,
+}
+
+/// How a batch is retried: up to [`Retry::ATTEMPTS`] attempts, exponential back-off from
+/// [`Retry::FIRST`] with full jitter (a random wait up to the back-off, so sidecars that lost
+/// the same collector do not come back in step), or the collector's `Retry-After`; never past
+/// [`Retry::BUDGET`] after the first attempt, so the export thread moves on to newer spans.
+pub struct Retry;
+
+impl Retry {
+    /// Attempts per batch, the first included.
+    pub const ATTEMPTS: u32 = 5;
+    /// The first back-off.
+    pub const FIRST: Duration = Duration::from_millis(200);
+    /// The longest any one wait may be.
+    pub const CAP: Duration = Duration::from_secs(5);
+    /// Time from the first attempt after which a batch is given up.
+    pub const BUDGET: Duration = Duration::from_secs(30);
+
+    /// The wait before attempt `attempt` (1 = the first retry), or `None` to give up.
+    pub fn wait(attempt: u32, refused: &Refused, elapsed: Duration) -> Option<Duration> {
+        if !refused.retryable || attempt >= Self::ATTEMPTS {
+            return None;
+        }
+        let wait = match refused.after {
+            Some(after) => after,
+            None => {
+                let backoff = Self::FIRST
+                    .saturating_mul(1 << (attempt - 1).min(16))
+                    .min(Self::CAP);
+                let random = std::hash::BuildHasher::hash_one(
+                    &std::collections::hash_map::RandomState::new(),
+                    attempt,
+                );
+                backoff.mul_f64((random % 1_000_001) as f64 / 1_000_000.0)
+            }
+        };
+        (elapsed + wait <= Self::BUDGET).then_some(wait)
     }
 }
 
@@ -580,12 +745,56 @@ mod tests {
     }
 
     #[test]
+    fn retries_back_off_with_jitter_within_the_attempts_and_the_budget() {
+        let retry = Refused::retry("unavailable".into(), None);
+        for attempt in 1..Retry::ATTEMPTS {
+            let ceiling = Retry::FIRST
+                .saturating_mul(1 << (attempt - 1))
+                .min(Retry::CAP);
+            let waits: Vec<_> = (0..50)
+                .filter_map(|_| Retry::wait(attempt, &retry, Duration::ZERO))
+                .collect();
+            assert_eq!(waits.len(), 50, "attempt {attempt} is retried");
+            assert!(
+                waits.iter().all(|w| *w <= ceiling),
+                "{waits:?} <= {ceiling:?}"
+            );
+            // Full jitter: not one fixed wait that every sidecar would share.
+            assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
+        }
+        assert_eq!(Retry::wait(Retry::ATTEMPTS, &retry, Duration::ZERO), None);
+        assert_eq!(
+            Retry::wait(1, &Refused::fatal("bad".into()), Duration::ZERO),
+            None
+        );
+        // The collector's Retry-After is waited for as asked, within the budget.
+        let after = Refused::retry("busy".into(), Some(Duration::from_secs(7)));
+        assert_eq!(
+            Retry::wait(1, &after, Duration::ZERO),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            Retry::wait(1, &after, Retry::BUDGET - Duration::from_secs(6)),
+            None
+        );
+        let mut head = HeaderMap::new();
+        head.insert("retry-after", HeaderValue::from_static(" 12 "));
+        assert_eq!(retry_after(&head), Some(Duration::from_secs(12)));
+        head.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2026 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&head), None);
+    }
+
+    #[test]
     fn grpc_bodies_leave_room_for_the_frame_header() {
         let export = |protocol| OtlpExport {
             endpoint: "http://127.0.0.1:4317".into(),
             protocol,
             timeout: Duration::from_secs(1),
             tls: Default::default(),
+            gzip: false,
         };
         let grpc = Transport::new(&export(OtlpProtocol::Grpc), HeaderMap::new());
         let http = Transport::new(&export(OtlpProtocol::HttpProtobuf), HeaderMap::new());

@@ -20,11 +20,11 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{
     Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::metrics::{Metrics, SpanDrop};
 pub use super::otlp::Attributes;
-use super::otlp::{Encoder, Transport, env_headers};
+use super::otlp::{Accepted, Encoder, Refused, Retry, Transport, env_headers};
 use super::trace::TraceParent;
 use crate::codec::percent::decode as percent_decode;
 use crate::config::{OtlpExport, Sampler, Traces};
@@ -524,6 +524,40 @@ impl Sink {
     }
 }
 
+/// Send one batch, each attempt within `timeout`, retrying as [`Retry`] says.
+async fn export_batch(
+    transport: &Transport,
+    request: Vec<u8>,
+    timeout: Duration,
+) -> Result<Accepted, String> {
+    let body = transport.prepare(request)?;
+    let start = tokio::time::Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let refused = match tokio::time::timeout(timeout, transport.send(body.clone())).await {
+            Ok(Ok(accepted)) => return Ok(accepted),
+            Ok(Err(refused)) => refused,
+            // A slow collector may be overloaded, as DEADLINE_EXCEEDED says.
+            Err(_) => Refused {
+                why: format!("no answer within {timeout:?}"),
+                retryable: true,
+                after: None,
+            },
+        };
+        match Retry::wait(attempt, &refused, start.elapsed()) {
+            Some(wait) => {
+                debug!(error = %refused.why, attempt, ?wait, "Span export will be retried.");
+                tokio::time::sleep(wait).await;
+            }
+            None if attempt > 1 => {
+                return Err(format!("{} (after {attempt} attempts)", refused.why));
+            }
+            None => return Err(refused.why),
+        }
+    }
+}
+
 /// How long the export thread lets spans gather before a batch.
 const GATHER: Duration = Duration::from_millis(50);
 
@@ -587,19 +621,19 @@ fn export_loop(
             let mut request = transport.body(spans.len() * 900);
             encoder.encode(&spans, &mut request);
             spans.clear();
-            let result = runtime.block_on(async {
-                tokio::time::timeout(export.timeout, transport.send(request)).await
-            });
-            match result {
-                Ok(Ok(())) => metrics.spans_exported(n),
-                outcome => {
+            match runtime.block_on(export_batch(&transport, request, export.timeout)) {
+                Ok(accepted) => {
+                    let rejected = accepted.rejected.min(n);
+                    metrics.spans_exported(n - rejected);
+                    if rejected > 0 {
+                        metrics.spans_dropped(SpanDrop::Rejected, rejected);
+                        warn!(rejected, message = %accepted.message, "The collector rejected spans.");
+                    }
+                }
+                Err(why) => {
                     failures += 1;
                     metrics.spans_dropped(SpanDrop::ExportFailed, n);
                     if failures.is_power_of_two() {
-                        let why = match outcome {
-                            Ok(Err(e)) => e,
-                            _ => "timed out".to_string(),
-                        };
                         warn!(error = %why, dropped = n, failures, "Span export failed; spans dropped.");
                     }
                 }

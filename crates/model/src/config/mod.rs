@@ -182,6 +182,8 @@ pub struct OtlpExport {
     pub timeout: Duration,
     /// How an https:// collector's certificate is checked, and the client certificate.
     pub tls: crate::tls::TlsClient,
+    /// Bodies compressed with gzip (`grpc-encoding` / `content-encoding`).
+    pub gzip: bool,
 }
 
 /// Names of the headers modelstamp writes.

@@ -73,6 +73,7 @@ pub struct RawTraces {
     pub sampler_ratio: Option<f64>,
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: Option<String>,
+    pub otlp_compression: Option<String>,
     pub export_timeout: Option<String>,
     pub queue: Option<usize>,
     pub batch: Option<usize>,
@@ -114,7 +115,7 @@ impl RawConfig {
 
 impl RawTraces {
     /// Fill unset fields from `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER(_ARG)`,
-    /// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`, `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` and the
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`, `_PROTOCOL`, `_COMPRESSION`, `_TIMEOUT` and the
     /// certificate files `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, `_CLIENT_CERTIFICATE`,
     /// `_CLIENT_KEY`.
     /// The config file wins, as programmatic settings do in the OpenTelemetry SDKs.
@@ -128,6 +129,16 @@ impl RawTraces {
         }
         if self.sampler_ratio.is_none() {
             self.sampler_ratio = env("OTEL_TRACES_SAMPLER_ARG").and_then(|v| v.trim().parse().ok());
+        }
+        if self.otlp_compression.is_none() {
+            self.otlp_compression = env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+                .or_else(|| env("OTEL_EXPORTER_OTLP_COMPRESSION"));
+        }
+        if self.export_timeout.is_none() {
+            // Milliseconds, as the specification has it.
+            self.export_timeout = env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+                .or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT"))
+                .map(|ms| format!("{}ms", ms.trim()));
         }
         if self.otlp_protocol.is_none() {
             self.otlp_protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")

@@ -353,6 +353,17 @@ fn traces(
         }
     };
     let timeout = dur(errs, "traces.export_timeout", &t.export_timeout, 5_000);
+    let gzip = match t.otlp_compression.as_deref().unwrap_or("none") {
+        "gzip" => true,
+        "none" => false,
+        other => {
+            errs.push(ConfigError::new(
+                "traces.otlp_compression",
+                format!("unsupported \"{other}\" (gzip or none)"),
+            ));
+            false
+        }
+    };
     let export = t.otlp_endpoint.as_deref().map(|e| {
         let uri = e.parse::<http::Uri>();
         let https = matches!(&uri, Ok(u) if u.scheme_str() == Some("https") && u.host().is_some());
@@ -392,6 +403,7 @@ fn traces(
             protocol,
             timeout,
             tls,
+            gzip,
         }
     });
     let queue = t.queue.unwrap_or(4096);
