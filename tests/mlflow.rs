@@ -105,6 +105,18 @@ async fn start_in(
     retries: u32,
     extra: &str,
 ) -> Result<(Sidecar, std::path::PathBuf), modelstamp::StartError> {
+    start_watching(dir, authority, model_server, retries, extra, "1h").await
+}
+
+/// [`start_in`], with the config's files polled every `poll`.
+async fn start_watching(
+    dir: std::path::PathBuf,
+    authority: &str,
+    model_server: &Upstream,
+    retries: u32,
+    extra: &str,
+    poll: &str,
+) -> Result<(Sidecar, std::path::PathBuf), modelstamp::StartError> {
     let uri = if authority.contains("://") {
         authority.to_string()
     } else {
@@ -119,7 +131,7 @@ async fn start_in(
         model_server.addr
     );
     let cfg = dir.join("m.toml");
-    std::fs::write(&cfg, config_text_polling(&dir, &routes, &registry, "1h")).unwrap();
+    std::fs::write(&cfg, config_text_polling(&dir, &routes, &registry, poll)).unwrap();
     Sidecar::start(Source::File(cfg)).await.map(|s| (s, dir))
 }
 
@@ -549,5 +561,58 @@ async fn an_https_mlflow_is_read_with_a_private_ca_and_a_client_certificate() {
     assert!(
         err.contains("registry.tls.ca_file") && err.contains("no PEM certificate in it"),
         "{err}"
+    );
+}
+
+/// A rotated password file (a Kubernetes Secret updated in place) is read without a restart or
+/// a SIGHUP: the reloader watches the files the MLflow settings came from.
+#[tokio::test]
+async fn a_rotated_password_file_is_used_without_a_restart() {
+    use base64::Engine as _;
+    let state = Arc::new(Fake::default());
+    let mlflow = fake_mlflow(state.clone()).await;
+    let up = Upstream::start(oi_handler("1")).await;
+    let basic = |password: &str| {
+        let pair = format!("alice:{password}");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+        Some(format!("Basic {encoded}"))
+    };
+    *state.authorization.lock().unwrap() = basic("first-pass-1234");
+    let dir = temp_dir("mlflow-rotate");
+    std::fs::write(dir.join("password"), "first-pass-1234\n").unwrap();
+    let (s, _) = start_watching(
+        dir.clone(),
+        &mlflow.addr.to_string(),
+        &up,
+        0,
+        "username = \"alice\"\npassword_file = \"password\"\nfail_fast = true",
+        "100ms",
+    )
+    .await
+    .unwrap();
+    let up_metric = "modelstamp_registry_up";
+    assert_eq!(metric(&s, up_metric).await, 1.0);
+    // MLflow's password changes first: the refreshes are refused, the records kept.
+    *state.authorization.lock().unwrap() = basic("second-pass-5678");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&s, up_metric).await == 0.0
+        })
+        .await
+    );
+    assert!(
+        stamped(&s, "/v2/models/churn/infer")
+            .await
+            .1
+            .starts_with("ln_")
+    );
+    // Then the Secret: the next poll reads it and MLflow answers again.
+    std::fs::write(dir.join("password"), "second-pass-5678\n").unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&s, up_metric).await == 1.0
+        })
+        .await,
+        "the new password is used"
     );
 }

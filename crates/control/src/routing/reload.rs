@@ -94,8 +94,10 @@ impl Source {
             return Vec::new();
         };
         let mut paths = vec![path.clone()];
-        if let RegistrySource::File(p) = &config.registry {
-            paths.push(p.clone());
+        match &config.registry {
+            RegistrySource::File(p) => paths.push(p.clone()),
+            // Secrets and certificates are read with the config: a rotation reloads it.
+            RegistrySource::Mlflow(m) => paths.extend(m.files.iter().cloned()),
         }
         paths
     }

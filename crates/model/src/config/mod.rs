@@ -336,6 +336,12 @@ pub struct MlflowSettings {
     pub credentials: Option<Credentials>,
     /// How an https:// MLflow's certificate is checked, and the client certificate.
     pub tls: crate::tls::TlsClient,
+    /// The files these settings were read from (password, token, TLS): the reloader watches
+    /// them with the config, so a rotated Secret or certificate is used without a restart.
+    pub files: Vec<std::path::PathBuf>,
+    /// A hash of the TLS files' bytes: settings from rotated certificates differ, so the
+    /// client is rebuilt.
+    pub tls_fingerprint: u64,
 }
 
 /// Credentials for MLflow, taken as MLflow's own clients take them.

@@ -492,6 +492,26 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
                 uri: "registry.uri",
             };
             let tls = tls_files(errs, &keys, r.tls.as_ref(), &env, https, base_dir);
+            let tls_paths: Vec<_> = [&tls.ca_file, &tls.cert_file, &tls.key_file]
+                .into_iter()
+                .flatten()
+                .filter(|_| https)
+                .cloned()
+                .collect();
+            let files = [&r.password_file, &r.token_file]
+                .into_iter()
+                .flatten()
+                .map(|f| base_dir.join(f))
+                .chain(tls_paths.iter().cloned())
+                .collect();
+            let tls_fingerprint = {
+                use std::hash::{Hash as _, Hasher as _};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                for path in &tls_paths {
+                    std::fs::read(path).ok().hash(&mut h);
+                }
+                h.finish()
+            };
             let mut models: Vec<String> = r.models.clone().unwrap_or_else(|| {
                 raw.routes
                     .iter()
@@ -521,6 +541,8 @@ fn registry(errs: &mut Vec<ConfigError>, raw: &RawConfig, base_dir: &Path) -> Re
                 ),
                 credentials,
                 tls,
+                files,
+                tls_fingerprint,
             }))
         }
         other => {
@@ -1213,6 +1235,28 @@ mod tests {
             err.contains("registry.tls: set, but registry.uri is not https://"),
             "{err}"
         );
+        // The settings remember their files (watched for rotation) and differ once a
+        // certificate's bytes do, so the client is rebuilt with it.
+        let dir = std::env::temp_dir().join(format!("modelstamp-tls-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let ca = std::fs::read(fixtures.join("ca.pem")).unwrap_or_default();
+        let settings = |text: &str| {
+            let text = format!(
+                "[registry]\nbackend = \"mlflow\"\n{https}\ntls = {{ ca_file = \"ca.pem\" }}\n{text}\n[[routes]]\nmodel = \"churn\"\nupstream = \"127.0.0.1:8081\"\n"
+            );
+            let raw = parse(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+            match validate(&raw, &dir).map(|c| c.registry) {
+                Ok(RegistrySource::Mlflow(m)) => m,
+                other => panic!("{other:?}"),
+            }
+        };
+        let _ = std::fs::write(dir.join("ca.pem"), &ca);
+        let _ = std::fs::write(dir.join("token"), "t0ken");
+        let before = settings("token_file = \"token\"");
+        assert_eq!(before.files, [dir.join("token"), dir.join("ca.pem")]);
+        assert_eq!(settings("token_file = \"token\""), before);
+        let _ = std::fs::write(dir.join("ca.pem"), [&ca[..], &ca[..]].concat());
+        assert_ne!(settings("token_file = \"token\""), before);
         let err = tls(https, &[("MLFLOW_TRACKING_CLIENT_CERT_PATH", "ca.pem")])
             .err()
             .unwrap_or_default();
