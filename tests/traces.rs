@@ -601,3 +601,46 @@ async fn gzip_bodies_and_partial_success() {
         );
     }
 }
+
+/// A rotated collector CA (a Secret or cert-manager update, written in place) is used by the
+/// running exporter: batches refused while the file names the wrong CA arrive once it names
+/// the right one, with no restart.
+#[tokio::test]
+async fn a_rotated_collector_certificate_is_used_without_a_restart() {
+    let fixtures = std::fs::canonicalize("tests/fixtures/tls").unwrap();
+    let dir = temp_dir("otlp-rotate");
+    let ca = dir.join("collector-ca.pem");
+    // A certificate, but not the CA that signed the collector's.
+    std::fs::copy(fixtures.join("client.pem"), &ca).unwrap();
+    let up = Upstream::start(oi_handler("1")).await;
+    let (collector, received) = otlp::start().await;
+    let front = tls::front(collector.addr, false).await;
+    let extra = traces_section(
+        &format!("https://localhost:{}", front.port()),
+        "grpc",
+        &format!("otlp_certificate = \"{}\"", ca.display()),
+    );
+    let h = Harness::start(&churn_route(up.addr, "@champion", ""), &extra).await;
+    let (resp, _) = send(traced(&h.url("/v2/models/churn/infer"))).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        h.metric_reaches(
+            r#"modelstamp_spans_dropped_total{reason="export_failed"}"#,
+            2.0
+        )
+        .await,
+        "{}",
+        h.metrics().await
+    );
+    std::fs::copy(fixtures.join("ca.pem"), &ca).unwrap();
+    // The exporter looks at the files at most once a second, before a batch.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let (resp, _) = send(traced(&h.url("/v2/models/churn/infer"))).await;
+            resp.status() == 200 && !received.spans().is_empty()
+        })
+        .await,
+        "{}",
+        h.metrics().await
+    );
+}

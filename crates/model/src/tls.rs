@@ -79,6 +79,36 @@ impl TlsClient {
     }
 }
 
+impl TlsClient {
+    /// The files' metadata (size, times, inode; symlinks followed, so a Kubernetes Secret's
+    /// swap is seen) as one number: it changes when a file is rotated. One `stat` per file.
+    pub fn stamp(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        use std::os::unix::fs::MetadataExt as _;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for path in [&self.ca_file, &self.cert_file, &self.key_file]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| {
+                    (
+                        m.len(),
+                        m.mtime(),
+                        m.mtime_nsec(),
+                        m.ctime(),
+                        m.ctime_nsec(),
+                        m.ino(),
+                        m.dev(),
+                    )
+                })
+                .hash(&mut h);
+        }
+        h.finish()
+    }
+}
+
 /// Every certificate of a PEM file; at least one.
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)

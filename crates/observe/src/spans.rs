@@ -14,8 +14,9 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use http::HeaderMap;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{
     Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -586,7 +587,8 @@ fn export_loop(
         env("OTEL_EXPORTER_OTLP_HEADERS").as_deref(),
         env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").as_deref(),
     );
-    let transport = match runtime.block_on(async { Transport::new(&export, headers) }) {
+    let build = |headers: HeaderMap| runtime.block_on(async { Transport::new(&export, headers) });
+    let mut transport = match build(headers.clone()) {
         Ok(t) => t,
         Err(e) => {
             warn!(error = %e, "Span exporter cannot be built; spans will be dropped.");
@@ -598,6 +600,10 @@ fn export_loop(
     let mut acks = Vec::new();
     let mut failures: u64 = 0;
     let mut last_full = false;
+    // A rotated CA or client certificate (cert-manager, a Secret update) is picked up within
+    // a second of the next batch: the files are stat'ed, and read again only when they moved.
+    let mut tls_stamp = export.tls.stamp();
+    let mut tls_checked = Instant::now();
     while let Ok(first) = rx.recv() {
         // Let a batch gather while this thread sleeps: a sender only wakes a thread blocked in
         // `recv`, so under load this costs one wake-up per batch instead of one per span.
@@ -618,6 +624,22 @@ fn export_loop(
         last_full = spans.len() >= batch;
         if !spans.is_empty() {
             let n = spans.len() as u64;
+            if tls_checked.elapsed() >= Duration::from_secs(1) {
+                tls_checked = Instant::now();
+                let stamp = export.tls.stamp();
+                if stamp != tls_stamp {
+                    tls_stamp = stamp;
+                    match build(headers.clone()) {
+                        Ok(t) => {
+                            transport = t;
+                            info!("The collector's TLS files changed; the exporter uses them now.");
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "The collector's TLS files changed but cannot be used; the exporter keeps the previous ones.");
+                        }
+                    }
+                }
+            }
             let mut request = transport.body(spans.len() * 900);
             encoder.encode(&spans, &mut request);
             spans.clear();
