@@ -28,7 +28,7 @@
 
 pub use modelstamp_codec as codec;
 pub use modelstamp_control::{admin, canary, explain, routing};
-pub use modelstamp_model::{config, journal, registry};
+pub use modelstamp_model::{config, journal, registry, tls};
 pub use modelstamp_observe as observe;
 pub use modelstamp_observe::inspect;
 pub use modelstamp_proxy as proxy;

@@ -68,6 +68,14 @@ pub enum StartError {
     /// The control plane's thread could not start.
     #[error("cannot start the control plane: {0}")]
     Control(std::io::Error),
+    /// A listener's certificate or key cannot be used.
+    #[error("{listener}: {why}")]
+    Tls {
+        /// `server.tls` or `admin.tls`.
+        listener: &'static str,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 /// A started sidecar.
@@ -156,6 +164,20 @@ impl Sidecar {
             inspector,
             journal: journal.clone(),
         });
+        let tls = |listener: &'static str, settings: &Option<crate::tls::TlsServer>| {
+            settings
+                .as_ref()
+                .map(|t| t.server_config())
+                .transpose()
+                .map_err(|why| StartError::Tls { listener, why })
+        };
+        let proxy_tls = tls("server.tls", &config.server_tls)?;
+        let admin_tls = tls("admin.tls", &config.admin_tls)?;
+        let served: Vec<_> = [&proxy_tls, &admin_tls]
+            .into_iter()
+            .flatten()
+            .map(|(_, served)| served.clone())
+            .collect();
         let proxy_listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
         let proxy_addr = proxy_listener
@@ -183,7 +205,7 @@ impl Sidecar {
         let grace_source = snapshots.clone();
         let proxy_task = tokio::spawn(serve(
             proxy_listener,
-            move |peer| proxy.service(peer),
+            move |peer, tls| proxy.service(peer, tls),
             shutdown_rx.clone(),
             Listener {
                 name: "proxy",
@@ -195,6 +217,7 @@ impl Sidecar {
                     }
                 },
                 metrics: telemetry.metrics.listener("proxy"),
+                tls: proxy_tls.map(|(config, _)| Arc::new(config)),
             },
         ));
         let admin_state = Arc::new(AdminState {
@@ -226,7 +249,7 @@ impl Sidecar {
             };
             serve(
                 listener,
-                move |_| admin.clone(),
+                move |_, _| admin.clone(),
                 admin_shutdown_rx,
                 Listener {
                     name: "admin",
@@ -235,10 +258,14 @@ impl Sidecar {
                         limits: admin_limits.load().config.limits,
                     },
                     metrics: admin_metrics,
+                    tls: admin_tls.map(|(config, _)| Arc::new(config)),
                 },
             )
             .await
         });
+        if !served.is_empty() {
+            control.spawn(watch_certificates(served, shutdown_rx.clone()));
+        }
         control.spawn(canary.clone().watch(shutdown_rx.clone()));
         control.spawn(reloader.clone().watch(hup_rx, shutdown_rx));
         info!(%proxy_addr, %admin_addr, "modelstamp started.");
@@ -281,6 +308,37 @@ impl Sidecar {
             telemetry.tracing.flush();
         })
         .await;
+    }
+}
+
+/// How often the listeners' certificate files are looked at (a `stat` each).
+const CERTIFICATE_POLL: Duration = Duration::from_secs(2);
+
+/// Serve rotated certificates (cert-manager renewals, Secret updates) from the next handshake
+/// on: the files are stat'ed every [`CERTIFICATE_POLL`] on the control plane and read again only
+/// when they moved. Unusable new files are logged; the previous certificate keeps serving.
+async fn watch_certificates(
+    served: Vec<Arc<crate::tls::ServedCert>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CERTIFICATE_POLL) => {}
+            _ = shutdown.changed() => return,
+        }
+        for cert in &served {
+            let cert = cert.clone();
+            match tokio::task::spawn_blocking(move || cert.refresh()).await {
+                Ok(Ok(true)) => {
+                    info!("A listener's certificate was rotated; new handshakes use it.")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "A listener's new certificate cannot be used; the previous one keeps serving.")
+                }
+                Err(e) => warn!(error = %e, "The certificate check stopped."),
+            }
+        }
     }
 }
 

@@ -565,7 +565,8 @@ async fn an_https_mlflow_is_read_with_a_private_ca_and_a_client_certificate() {
 }
 
 /// A rotated password file (a Kubernetes Secret updated in place) is read without a restart or
-/// a SIGHUP: the reloader watches the files the MLflow settings came from.
+/// a SIGHUP: the reloader watches the files the MLflow settings came from. It works whichever
+/// of MLflow and the Secret changes first.
 #[tokio::test]
 async fn a_rotated_password_file_is_used_without_a_restart() {
     use base64::Engine as _;
@@ -614,5 +615,31 @@ async fn a_rotated_password_file_is_used_without_a_restart() {
         })
         .await,
         "the new password is used"
+    );
+    // The other order: the Secret is rotated before MLflow takes the new password. The new
+    // settings are kept and retried, not refused for good.
+    let reloads = r#"modelstamp_config_reloads_total{result="success"}"#;
+    let before = metric(&s, reloads).await;
+    std::fs::write(dir.join("password"), "third-pass-9012\n").unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&s, reloads).await > before
+        })
+        .await,
+        "the rotated file is read"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&s, up_metric).await == 0.0
+        })
+        .await
+    );
+    *state.authorization.lock().unwrap() = basic("third-pass-9012");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&s, up_metric).await == 1.0
+        })
+        .await,
+        "MLflow takes the rotated password once it accepts it"
     );
 }

@@ -50,12 +50,13 @@ pub async fn start_fixed(
     });
     tokio::spawn(serve(
         listener,
-        move |_| svc,
+        move |_, _| svc,
         shutdown,
         Listener {
             name: "stub-model",
             settings: ListenerSettings::default,
             metrics: ListenerMetrics::default(),
+            tls: None,
         },
     ));
     Ok(local)
@@ -82,12 +83,13 @@ pub async fn start(
     let svc = tower::service_fn(move |req: Request<Incoming>| handle(req, default_version));
     tokio::spawn(serve(
         listener,
-        move |_| svc,
+        move |_, _| svc,
         shutdown,
         Listener {
             name: "demo-model",
             settings: ListenerSettings::default,
             metrics: ListenerMetrics::default(),
+            tls: None,
         },
     ));
     Ok(local)

@@ -598,6 +598,13 @@ pub mod otlp {
         }
     }
 
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
     fn gunzip(bytes: &[u8]) -> Vec<u8> {
         use std::io::Read as _;
         let mut out = Vec::new();
@@ -708,7 +715,9 @@ pub mod otlp {
                         body[5..].to_vec()
                     };
                     store(&r, ExportTraceServiceRequest::decode(&message[..]).unwrap());
-                    let mut framed = vec![0u8];
+                    // Answered compressed as the request was, as grpc-go does.
+                    let reply = if gzipped { gzip(&reply) } else { reply };
+                    let mut framed = vec![u8::from(gzipped)];
                     framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
                     framed.extend_from_slice(&reply);
                     let (tx, body) = channel_body(2);
@@ -718,10 +727,11 @@ pub mod otlp {
                         trailers.insert("grpc-status", "0".parse().unwrap());
                         tx.send(Frame::trailers(trailers)).await.unwrap();
                     });
-                    Response::builder()
-                        .header("content-type", "application/grpc")
-                        .body(body)
-                        .unwrap()
+                    let mut resp = Response::builder().header("content-type", "application/grpc");
+                    if gzipped {
+                        resp = resp.header("grpc-encoding", "gzip");
+                    }
+                    resp.body(body).unwrap()
                 } else {
                     let message = if gzipped {
                         gunzip(&body)
@@ -729,9 +739,12 @@ pub mod otlp {
                         body.to_vec()
                     };
                     store(&r, ExportTraceServiceRequest::decode(&message[..]).unwrap());
-                    Response::builder()
-                        .header("content-type", "application/x-protobuf")
-                        .body(full(reply))
+                    let mut resp =
+                        Response::builder().header("content-type", "application/x-protobuf");
+                    if gzipped {
+                        resp = resp.header("content-encoding", "gzip");
+                    }
+                    resp.body(full(if gzipped { gzip(&reply) } else { reply }))
                         .unwrap()
                 }
             })

@@ -1,15 +1,23 @@
-//! The TLS client stack: one rustls configuration (the `ring` provider, TLS 1.2 and 1.3), which
+//! The TLS stack. Clients: one rustls configuration (the `ring` provider, TLS 1.2 and 1.3), which
 //! trusts the platform's certificate authorities (`/etc/ssl/certs`, or `SSL_CERT_FILE` /
-//! `SSL_CERT_DIR` when set) plus the CA bundle a setting names, and presents a client
-//! certificate when one is given (mutual TLS). The MLflow client uses it.
+//! `SSL_CERT_DIR` when set; read once per process) plus the CA bundle a setting names, and presents a client
+//! certificate when one is given (mutual TLS). The MLflow client and the OTLP exporter use it.
+//! Servers (the listeners' optional TLS): a certificate reloaded when its files change, ALPN
+//! `h2` and `http/1.1`, and optionally a client certificate required (mutual TLS).
 //!
-//! Only the client side lives here; nothing in this module runs per request.
+//! Nothing here runs per request: configurations are built at start or on a reload, and a
+//! handshake only looks up the certificate served now.
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// How a TLS client checks the servers it reaches and, for mutual TLS, presents itself. The
 /// files are read each time a configuration is built, so a rotated CA or certificate is used
@@ -30,10 +38,14 @@ impl TlsClient {
     /// platform has none (a distroless image) and no `ca_file` is set.
     pub fn roots(&self) -> Result<RootCertStore, String> {
         let mut roots = RootCertStore::empty();
-        // Unreadable platform certificates are skipped, as every rustls user does: one bad
-        // file in /etc/ssl/certs must not stop the others from being trusted.
-        let platform = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(platform.certs);
+        // Read once per process (a few hundred files, parsed): a config check or a client
+        // built on an async thread must not pay it again. Unreadable platform certificates are
+        // skipped, as every rustls user does: one bad file in /etc/ssl/certs must not stop the
+        // others from being trusted.
+        static PLATFORM: std::sync::OnceLock<Vec<CertificateDer<'static>>> =
+            std::sync::OnceLock::new();
+        let platform = PLATFORM.get_or_init(|| rustls_native_certs::load_native_certs().certs);
+        roots.add_parsable_certificates(platform.iter().cloned());
         if let Some(path) = &self.ca_file {
             for cert in certificates(path)? {
                 roots
@@ -46,12 +58,7 @@ impl TlsClient {
 
     /// A rustls client configuration from these settings, reading the files now.
     pub fn client_config(&self) -> Result<ClientConfig, String> {
-        // `ring`, not the aws-lc-rs default: no C++/cmake toolchain and a fraction of the build
-        // time. rustls 0.23.48 deprecated it for lacking post-quantum key exchange (X25519MLKEM768);
-        // classical X25519 and P-256 remain, which every MLflow and collector deployment speaks.
-        #[allow(deprecated)]
-        let provider = rustls::crypto::ring::default_provider();
-        let builder = ClientConfig::builder_with_provider(provider.into())
+        let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?
             .with_root_certificates(self.roots()?);
@@ -107,6 +114,132 @@ impl TlsClient {
         }
         h.finish()
     }
+}
+
+/// The crypto provider of every TLS configuration here.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    // `ring`, not the aws-lc-rs default: no C++/cmake toolchain and a fraction of the build
+    // time. rustls 0.23.48 deprecated it for lacking post-quantum key exchange (X25519MLKEM768);
+    // classical X25519 and P-256 remain, which every MLflow, collector and client speaks.
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(provider)
+}
+
+/// A listener's TLS: its certificate chain and key (PEM), and the CAs whose client
+/// certificates it requires, when set (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsServer {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+    /// Client certificates must chain to one of these CAs.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsServer {
+    /// The server configuration (ALPN `h2`, `http/1.1`) and the certificate it serves, which
+    /// [`ServedCert::refresh`] replaces when the files change.
+    pub fn server_config(&self) -> Result<(ServerConfig, Arc<ServedCert>), String> {
+        let served = Arc::new(ServedCert {
+            files: TlsClient {
+                ca_file: None,
+                cert_file: Some(self.cert_file.clone()),
+                key_file: Some(self.key_file.clone()),
+            },
+            key: ArcSwap::from_pointee(certified_key(&self.cert_file, &self.key_file)?),
+            stamp: std::sync::Mutex::new(0),
+        });
+        served.refresh()?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let builder = match &self.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for cert in certificates(path)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{}: not a CA certificate: {e}", path.display()))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
+                        .build()
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(served.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok((config, served))
+    }
+}
+
+/// The certificate a listener serves, replaced in place when its files are rotated (handshakes
+/// from then on use the new one; open connections keep theirs).
+#[derive(Debug)]
+pub struct ServedCert {
+    files: TlsClient,
+    key: ArcSwap<CertifiedKey>,
+    stamp: std::sync::Mutex<u64>,
+}
+
+impl ServedCert {
+    /// Read the files again if their metadata moved: `Ok(true)` when a new certificate is
+    /// served, `Err` (the old one kept) when the new files are not a certificate and its key.
+    /// Reads files: call off the proxy threads.
+    pub fn refresh(&self) -> Result<bool, String> {
+        let now = self.files.stamp();
+        let mut stamp = self
+            .stamp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *stamp == now {
+            return Ok(false);
+        }
+        // Remembered either way: a broken rotation is reported once, not at every look.
+        *stamp = now;
+        let (Some(cert), Some(key)) = (&self.files.cert_file, &self.files.key_file) else {
+            return Ok(false);
+        };
+        let fresh = certified_key(cert, key)?;
+        let changed = fresh.cert != self.key.load().cert;
+        self.key.store(Arc::new(fresh));
+        Ok(changed)
+    }
+
+    /// The leaf certificate served now.
+    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+        self.key.load().cert.first().cloned()
+    }
+}
+
+impl ResolvesServerCert for ServedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.key.load_full())
+    }
+}
+
+/// A certificate chain and its key, checked to match.
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let chain = certificates(cert)?;
+    let der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: no private key read: {e}", key.display()))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| {
+        format!(
+            "{} and {}: not a certificate and its key: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(certified)
 }
 
 /// Every certificate of a PEM file; at least one.

@@ -107,15 +107,20 @@ pub enum ConnErrorKind {
     Malformed,
     /// No bytes either way for `limits.idle_timeout`.
     IdleTimeout,
+    /// A TLS listener's handshake failed or did not finish within
+    /// `limits.header_read_timeout` (no common version, no or an untrusted client certificate,
+    /// plaintext sent to a TLS port).
+    TlsHandshake,
 }
 
 impl ConnErrorKind {
     /// Every kind, in label order.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::HeaderTimeout,
         Self::HeaderTooLarge,
         Self::Malformed,
         Self::IdleTimeout,
+        Self::TlsHandshake,
     ];
 
     /// The `kind` label.
@@ -125,6 +130,7 @@ impl ConnErrorKind {
             Self::HeaderTooLarge => "header_too_large",
             Self::Malformed => "malformed",
             Self::IdleTimeout => "idle_timeout",
+            Self::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -136,7 +142,7 @@ pub struct ListenerMetrics {
     pub open: Gauge,
     /// Connections closed at accept because `limits.max_connections` were open.
     pub refused: Counter,
-    errors: [Counter; 4],
+    errors: [Counter; ConnErrorKind::ALL.len()],
 }
 
 impl ListenerMetrics {

@@ -514,13 +514,30 @@ impl Sink {
         }
     }
 
+    /// Wait, at most `timeout` in all, until what is queued now has been exported (or given
+    /// up). The queue may be full behind a collector being retried: the flush request waits
+    /// for room within the same deadline, never longer.
     fn flush(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + timeout;
         let (ack_tx, ack_rx) = sync_channel(1);
-        self.tx
-            .send(Msg::Flush(ack_tx))
-            .map_err(|_| "the export thread has stopped".to_string())?;
+        let mut msg = Msg::Flush(ack_tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err("the export thread has stopped".to_string());
+                }
+                Err(TrySendError::Full(back)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(format!("not flushed within {timeout:?}: the queue is full"));
+                    }
+                    msg = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
         ack_rx
-            .recv_timeout(timeout)
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
             .map_err(|_| format!("not flushed within {timeout:?}"))
     }
 }
@@ -546,7 +563,7 @@ async fn export_batch(
                 after: None,
             },
         };
-        match Retry::wait(attempt, &refused, start.elapsed()) {
+        match Retry::wait(attempt, &refused, start.elapsed(), timeout) {
             Some(wait) => {
                 debug!(error = %refused.why, attempt, ?wait, "Span export will be retried.");
                 tokio::time::sleep(wait).await;

@@ -35,6 +35,8 @@ pub struct RequestCtx {
     pub client: SocketAddr,
     /// The client's IP, formatted once per connection (`x-forwarded-for`).
     pub client_ip: HeaderValue,
+    /// The client connection is TLS (`x-forwarded-proto: https`).
+    pub tls: bool,
     /// Monotonic start.
     pub start: Instant,
     /// Wall-clock start.

@@ -165,7 +165,7 @@ impl Clients {
         };
         let stamped = |n: &HeaderName| ctx.snapshot.config.headers.contains(n);
         remove_hop_by_hop(&mut parts.headers, stamped);
-        add_forwarded(&mut parts.headers, &ctx.client_ip, route.trusted);
+        add_forwarded(&mut parts.headers, &ctx.client_ip, route.trusted, ctx.tls);
         let upstream_attrs = state.upstream_attrs(authority);
         let span = self.client_span(&ctx.span, &parts, authority, &pq, &upstream_attrs);
         inject(&mut parts.headers, &span);

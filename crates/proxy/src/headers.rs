@@ -117,8 +117,8 @@ pub fn ip_value(client: SocketAddr) -> HeaderValue {
 }
 
 /// Append the client (`ip`, from [`ip_value`]) to `x-forwarded-for` and set
-/// `x-forwarded-proto` (kept from trusted callers).
-pub fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue, trusted: bool) {
+/// `x-forwarded-proto` to the client connection's scheme (kept from trusted callers).
+pub fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue, trusted: bool, tls: bool) {
     let prev = headers
         .get(X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
@@ -131,7 +131,8 @@ pub fn add_forwarded(headers: &mut HeaderMap, ip: &HeaderValue, trusted: bool) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let scheme = if tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
 }
 
@@ -207,14 +208,14 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
         ]);
-        add_forwarded(&mut h, &ip_value(client), false);
+        add_forwarded(&mut h, &ip_value(client), false, false);
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         let mut h = map(&[
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        add_forwarded(&mut h, &ip_value(client), true);
+        add_forwarded(&mut h, &ip_value(client), true, false);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

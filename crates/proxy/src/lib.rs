@@ -83,10 +83,11 @@ impl Proxy {
         }
     }
 
-    /// The service for one client connection.
+    /// The service for one client connection (`tls`: it arrived over TLS).
     pub fn service(
         &self,
         client: SocketAddr,
+        tls: bool,
     ) -> impl Service<
         Request<Incoming>,
         Response = Response<ObservedBody>,
@@ -111,6 +112,7 @@ impl Proxy {
             self.telemetry.clone(),
             self.held.clone(),
             client,
+            tls,
         )
         .layer(stamp)
     }

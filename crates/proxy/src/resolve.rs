@@ -80,6 +80,8 @@ pub struct ResolveLayer {
     client: SocketAddr,
     /// The client's IP, formatted once per connection: `x-forwarded-for` and `client.address`.
     peer: HeaderValue,
+    /// The connection is TLS: `x-forwarded-proto` and `url.scheme` say `https`.
+    tls: bool,
 }
 
 impl ResolveLayer {
@@ -89,6 +91,7 @@ impl ResolveLayer {
         telemetry: Arc<Telemetry>,
         held: Held,
         client: SocketAddr,
+        tls: bool,
     ) -> Self {
         Self {
             snapshots,
@@ -96,6 +99,7 @@ impl ResolveLayer {
             held,
             client,
             peer: super::headers::ip_value(client),
+            tls,
         }
     }
 }
@@ -109,6 +113,7 @@ impl<S> Layer<S> for ResolveLayer {
             held: self.held.clone(),
             client: self.client,
             peer: self.peer.clone(),
+            tls: self.tls,
             inner,
         }
     }
@@ -122,6 +127,7 @@ pub struct Resolve<S> {
     held: Held,
     client: SocketAddr,
     peer: HeaderValue,
+    tls: bool,
     inner: S,
 }
 
@@ -181,6 +187,7 @@ where
             version: req.version(),
             client: self.client,
             client_ip: self.peer.clone(),
+            tls: self.tls,
             start: Instant::now(),
             time: SystemTime::now(),
             grpc,
@@ -235,7 +242,7 @@ impl<S> Resolve<S> {
         let attrs = |a: &mut Attributes| {
             a.str("http.request.method", req.method().as_str());
             a.str("url.path", req.uri().path());
-            a.str("url.scheme", "http");
+            a.str("url.scheme", if self.tls { "https" } else { "http" });
             a.str("server.address", host.split(':').next().unwrap_or_default());
             a.str("network.protocol.version", protocol_version(req.version()));
             a.str("client.address", self.peer.to_str().unwrap_or_default());

@@ -1,5 +1,6 @@
-//! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, each connection watched
-//! for graceful shutdown. Used for the data plane and the admin listener alike.
+//! The accept loop: HTTP/1.1 and h2c (prior knowledge) on one port, or both over TLS (ALPN
+//! `h2`, `http/1.1`) when the listener has a certificate, each connection watched for graceful
+//! shutdown. Used for the data plane and the admin listener alike.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,6 +50,8 @@ pub struct Listener<C> {
     pub settings: C,
     /// Connection metrics.
     pub metrics: ListenerMetrics,
+    /// TLS, when the listener has a certificate.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// hyper's smallest read buffer.
@@ -124,7 +127,7 @@ pub async fn serve<F, S, B, C>(
     mut shutdown: watch::Receiver<bool>,
     conf: Listener<C>,
 ) where
-    F: Fn(SocketAddr) -> S,
+    F: Fn(SocketAddr, bool) -> S,
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -139,6 +142,7 @@ pub async fn serve<F, S, B, C>(
     let mut limits = (conf.settings)().limits;
     let mut builder = builder(&limits);
     let graceful = GracefulShutdown::new();
+    let tls = conf.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let open = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
@@ -158,25 +162,36 @@ pub async fn serve<F, S, B, C>(
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let service = Direct::new(make_service(peer));
+                    let service = Direct::new(make_service(peer, tls.is_some()));
                     // Idle timeouts are counted by the stream itself: hyper reports one on an idle
                     // keep-alive connection as a clean close.
                     let idle = conf.metrics.counter(ConnErrorKind::IdleTimeout);
-                    let io = TokioIo::new(IdleIo::new(stream, limits.idle_timeout, idle));
-                    let conn = builder.serve_connection(io, service).into_owned();
-                    let conn = graceful.watch(conn);
+                    let io = IdleIo::new(stream, limits.idle_timeout, idle);
                     let guard = OpenGuard::new(open.clone(), conf.metrics.clone());
+                    let Some(tls) = &tls else {
+                        let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
+                        tokio::spawn(finish(graceful.watch(conn), guard, peer));
+                        continue;
+                    };
+                    // The handshake runs on the connection's task, bounded like a request head,
+                    // so a client that stalls it holds one connection slot, never the loop.
+                    let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
+                    let handshake = limits.header_read_timeout;
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            match classify(e.as_ref()) {
-                                Some(kind) => {
-                                    guard.metrics.error(kind);
-                                    debug!(error = %e, %peer, kind = kind.as_str(), "Connection closed.");
-                                }
-                                None => debug!(error = %e, %peer, "Connection ended with an error."),
+                        match tokio::time::timeout(handshake, tls.accept(io)).await {
+                            Ok(Ok(stream)) => {
+                                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                                finish(watcher.watch(conn), guard, peer).await;
+                            }
+                            Ok(Err(e)) => {
+                                guard.metrics.error(ConnErrorKind::TlsHandshake);
+                                debug!(error = %e, %peer, "TLS handshake failed.");
+                            }
+                            Err(_) => {
+                                guard.metrics.error(ConnErrorKind::TlsHandshake);
+                                debug!(%peer, "TLS handshake timed out.");
                             }
                         }
-                        drop(guard);
                     });
                 }
                 Err(e) => {
@@ -201,6 +216,26 @@ pub async fn serve<F, S, B, C>(
         _ = graceful.shutdown() => info!(listener = name, "All connections drained."),
         _ = tokio::time::sleep(grace) => warn!(listener = name, "Grace period over; closing remaining connections."),
     }
+}
+
+/// Wait for a served connection to end and count how it ended.
+async fn finish<E>(
+    conn: impl std::future::Future<Output = Result<(), E>>,
+    guard: OpenGuard,
+    peer: SocketAddr,
+) where
+    E: std::ops::Deref<Target = dyn std::error::Error + Send + Sync> + std::fmt::Display,
+{
+    if let Err(e) = conn.await {
+        match classify(&*e) {
+            Some(kind) => {
+                guard.metrics.error(kind);
+                debug!(error = %e, %peer, kind = kind.as_str(), "Connection closed.");
+            }
+            None => debug!(error = %e, %peer, "Connection ended with an error."),
+        }
+    }
+    drop(guard);
 }
 
 /// Hands hyper's requests to a connection's tower service. hyper-util's adapter clones the

@@ -872,12 +872,26 @@ impl Reloader {
             }
             RegistrySource::Mlflow(settings) => {
                 let client = Arc::new(MlflowRegistry::new((**settings).clone())?);
-                let data = client.fetch().await?;
-                self.set_never_read(None);
+                let (data, last_success) = match (client.fetch().await, &state.remote) {
+                    (Ok(data), _) => {
+                        self.set_never_read(None);
+                        (data, Some(Instant::now()))
+                    }
+                    // New settings for an MLflow already read (a rotated password or
+                    // certificate, which MLflow may not accept yet): they are kept, with the
+                    // records read so far, and the refresher tries them again on its interval.
+                    // Refusing them would keep the old client for good: the files that
+                    // changed were stamped already.
+                    (Err(e), Some(previous)) => {
+                        warn!(error = %e, "MLflow cannot be read with the new registry settings yet; the last records keep serving and the refresher retries.");
+                        ((*old.registry).clone(), previous.last_success)
+                    }
+                    (Err(e), None) => return Err(e),
+                };
                 state.remote = Some(Remote {
                     settings: (**settings).clone(),
                     client,
-                    last_success: Some(Instant::now()),
+                    last_success,
                 });
                 data
             }
@@ -1298,6 +1312,9 @@ fn restart_required(old: &Config, new: &Config) -> Vec<ConfigError> {
     };
     check(old.listen != new.listen, "server.listen");
     check(old.admin_listen != new.admin_listen, "admin.listen");
+    // The certificate files themselves are watched and swapped in place (docs/deployment.md).
+    check(old.server_tls != new.server_tls, "server.tls");
+    check(old.admin_tls != new.admin_tls, "admin.tls");
     check(
         old.upstream.connect_timeout != new.upstream.connect_timeout,
         "upstream.connect_timeout",

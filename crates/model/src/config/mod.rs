@@ -90,6 +90,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listen address (loopback by default).
     pub admin_listen: SocketAddr,
+    /// TLS on the data-plane listener, when set.
+    pub server_tls: Option<crate::tls::TlsServer>,
+    /// TLS on the admin listener, when set (with client certificates required, optionally).
+    pub admin_tls: Option<crate::tls::TlsServer>,
     /// Bearer token required by mutating admin calls, when set.
     pub admin_token: Option<Secret>,
     /// Host names (beyond IP literals and `localhost`) the admin API answers to: a page that

@@ -168,6 +168,16 @@ impl RawTraces {
 pub struct RawServer {
     pub listen: Option<String>,
     pub drain_grace: Option<String>,
+    pub tls: Option<RawTlsServer>,
+}
+
+/// A listener's TLS (`[server.tls]`, `[admin.tls]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsServer {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub client_ca_file: Option<String>,
 }
 
 /// `[admin]`: the admin listener (metrics, health, lineage).
@@ -177,6 +187,7 @@ pub struct RawAdmin {
     pub listen: Option<String>,
     pub token: Option<String>,
     pub allowed_hosts: Option<Vec<String>>,
+    pub tls: Option<RawTlsServer>,
 }
 
 /// `[headers]`: names of the stamp headers.

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -176,6 +176,8 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
         ));
     }
     let traces = traces(&mut errs, raw, admin_listen, base_dir);
+    let server_tls = tls_server(&mut errs, "server.tls", raw.server.tls.as_ref(), base_dir);
+    let admin_tls = tls_server(&mut errs, "admin.tls", raw.admin.tls.as_ref(), base_dir);
     let inspect = super::inspect::inspect(&mut errs, &raw.inspect);
     let routes = routes(&mut errs, raw, upstream.response_timeout, &headers);
     let admin_token = secret(&mut errs, "admin.token", raw.admin.token.as_deref());
@@ -183,6 +185,8 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
         Ok(Config {
             listen,
             admin_listen,
+            server_tls,
+            admin_tls,
             admin_token,
             admin_allowed_hosts: (raw.admin.allowed_hosts.clone().unwrap_or_default())
                 .into_iter()
@@ -812,6 +816,34 @@ fn credentials(
     }
 }
 
+/// A listener's TLS: a certificate and its key (both required), and the CAs of required client
+/// certificates; checked now by building the server configuration.
+fn tls_server(
+    errs: &mut Vec<ConfigError>,
+    at: &str,
+    raw: Option<&super::raw::RawTlsServer>,
+    base_dir: &Path,
+) -> Option<crate::tls::TlsServer> {
+    let raw = raw?;
+    let path = |p: &Option<String>| p.as_deref().map(|p| base_dir.join(p));
+    let (Some(cert_file), Some(key_file)) = (path(&raw.cert_file), path(&raw.key_file)) else {
+        errs.push(ConfigError::new(
+            at,
+            "needs cert_file and key_file (PEM: the certificate chain, leaf first, and its key)",
+        ));
+        return None;
+    };
+    let tls = crate::tls::TlsServer {
+        cert_file,
+        key_file,
+        client_ca_file: path(&raw.client_ca_file),
+    };
+    if let Err(e) = tls.server_config() {
+        errs.push(ConfigError::new(at, e));
+    }
+    Some(tls)
+}
+
 /// Where a TLS client's settings live, for its errors.
 struct TlsKeys {
     /// The CA bundle's key, and the variable that stands in for it.
@@ -843,15 +875,18 @@ fn tls_files(
         ));
     }
     let given = given.cloned().unwrap_or_default();
+    // The config's paths are relative to its folder; the variables', to the working directory,
+    // as MLflow's and the OpenTelemetry SDKs' clients read them.
     let path = |p: &Option<String>| p.as_deref().map(|p| base_dir.join(p));
+    let env_path = |p: &Option<String>| p.as_deref().map(PathBuf::from);
     let mut tls = crate::tls::TlsClient {
-        ca_file: path(&given.ca_file).or_else(|| path(&env.ca_file)),
+        ca_file: path(&given.ca_file).or_else(|| env_path(&env.ca_file)),
         cert_file: path(&given.cert_file),
         key_file: path(&given.key_file),
     };
     if tls.cert_file.is_none() && tls.key_file.is_none() {
-        tls.cert_file = path(&env.cert_file);
-        tls.key_file = path(&env.key_file);
+        tls.cert_file = env_path(&env.cert_file);
+        tls.key_file = env_path(&env.key_file);
     }
     if !https {
         return tls;
@@ -1124,11 +1159,13 @@ mod tests {
             });
             validate(&raw, &fixtures).map(|c| c.traces.export.map(|e| e.tls))
         };
+        let file = |name: &str| fixtures.join(name).display().to_string();
+        let names = ["server.pem", "ca.pem", "client.pem", "client.key"].map(file);
         let env = [
-            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "server.pem"),
-            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "ca.pem"),
-            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "client.pem"),
-            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "client.key"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", names[0].as_str()),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", names[1].as_str()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", names[2].as_str()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", names[3].as_str()),
         ];
         let tls = tls_from("https://collector:4317", &env)
             .unwrap_or_else(|e| unreachable!("{e}"))
@@ -1204,9 +1241,15 @@ mod tests {
             }
         };
         let https = "uri = \"https://mlflow.internal\"";
+        // The variables' paths are the working directory's: absolute here.
+        let (ca, combined) = (
+            fixtures.join("ca.pem"),
+            fixtures.join("client-combined.pem"),
+        );
+        let (ca, combined) = (ca.display().to_string(), combined.display().to_string());
         let env = [
-            ("MLFLOW_TRACKING_SERVER_CERT_PATH", "ca.pem"),
-            ("MLFLOW_TRACKING_CLIENT_CERT_PATH", "client-combined.pem"),
+            ("MLFLOW_TRACKING_SERVER_CERT_PATH", ca.as_str()),
+            ("MLFLOW_TRACKING_CLIENT_CERT_PATH", combined.as_str()),
         ];
         // MLflow's variables: a CA bundle, and one file holding the certificate and its key.
         let from_env = tls(https, &env).unwrap_or_else(|e| panic!("{e}"));
@@ -1257,9 +1300,13 @@ mod tests {
         assert_eq!(settings("token_file = \"token\""), before);
         let _ = std::fs::write(dir.join("ca.pem"), [&ca[..], &ca[..]].concat());
         assert_ne!(settings("token_file = \"token\""), before);
-        let err = tls(https, &[("MLFLOW_TRACKING_CLIENT_CERT_PATH", "ca.pem")])
-            .err()
-            .unwrap_or_default();
+        let ca_path = fixtures.join("ca.pem").display().to_string();
+        let err = tls(
+            https,
+            &[("MLFLOW_TRACKING_CLIENT_CERT_PATH", ca_path.as_str())],
+        )
+        .err()
+        .unwrap_or_default();
         assert!(
             err.contains("registry.tls: ") && err.contains("no private key"),
             "{err}"
