@@ -121,7 +121,8 @@ def module_procs():
 class Stack:
     """Demo model server + modelstamp (+ optional collector) on free ports."""
 
-    def __init__(self, procs, otlp_endpoint=None, sampler="always_on", env=None):
+    def __init__(self, procs, otlp_endpoint=None, sampler="always_on", env=None, extra="", ready=True):
+        """`ready=False`: the admin API is not plain HTTP (TLS); call `wait_ready` with a check."""
         self.procs = procs
         self.model_port, self.port, self.admin_port = free_port(), free_port(), free_port()
         procs.start("model", [BIN, "demo-model", "--listen", f"127.0.0.1:{self.model_port}"])
@@ -147,9 +148,14 @@ model = "churn"
 upstream = "127.0.0.1:{self.model_port}"
 serves = "@champion"
 match = {{ open_inference = true }}
+{extra}
 """)
         procs.start("modelstamp", [BIN, "run", "--config", str(cfg)], env=env)
-        wait_until(lambda: http("GET", f"{self.admin}/readyz")[0] == 200, what="modelstamp ready")
+        if ready:
+            self.wait_ready(lambda: http("GET", f"{self.admin}/readyz")[0] == 200)
+
+    def wait_ready(self, check):
+        wait_until(check, what="modelstamp ready")
         wait_until(lambda: http("GET", f"http://127.0.0.1:{self.model_port}/v2/health/ready")[0] == 200,
                    what="model server ready")
 
