@@ -56,6 +56,19 @@ impl TlsClient {
         Ok(roots)
     }
 
+    /// An HTTP client from `builder` speaking TLS with these settings. Every reqwest client of
+    /// the project is built here: with reqwest's `rustls-no-provider` feature, a client built
+    /// without a TLS configuration panics in `build()`.
+    pub fn reqwest_client(
+        &self,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<reqwest::Client, String> {
+        builder
+            .tls_backend_preconfigured(self.client_config()?)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    }
+
     /// A rustls client configuration from these settings, reading the files now.
     pub fn client_config(&self) -> Result<ClientConfig, String> {
         let builder = ClientConfig::builder_with_provider(provider())

@@ -35,14 +35,14 @@ pub fn esc(s: &str) -> String {
 }
 
 impl Prometheus {
-    /// A client for `http://host:port`.
+    /// A client for `http://host:port` (or `https://`, checked against the platform's CAs).
     pub fn new(base: &str) -> Result<Self, PromError> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| PromError::Query {
+        let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let client = crate::tls::TlsClient::default()
+            .reqwest_client(builder)
+            .map_err(|reason| PromError::Query {
                 url: base.into(),
-                reason: e.to_string(),
+                reason,
             })?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
@@ -225,5 +225,17 @@ impl Prometheus {
             },
             thresholds,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_is_built_for_http_and_https_prometheus() {
+        // reqwest's rustls-no-provider feature panics in `build()` without a TLS configuration.
+        assert!(Prometheus::new("http://127.0.0.1:9090").is_ok());
+        assert!(Prometheus::new("https://prometheus.example").is_ok());
     }
 }

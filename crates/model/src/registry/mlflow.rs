@@ -271,21 +271,13 @@ fn yes() -> bool {
 impl MlflowRegistry {
     /// A backend for these settings.
     pub fn new(settings: MlflowSettings) -> Result<Self, ConfigErrors> {
-        let tls = settings
-            .tls
-            .client_config()
-            .map_err(|e| ConfigErrors(vec![ConfigError::new("registry.tls", e)]))?;
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .tls_backend_preconfigured(tls)
-            .build()
-            .map_err(|e| {
-                ConfigErrors(vec![ConfigError::new(
-                    "registry.uri",
-                    format!("cannot build the HTTP client: {e}"),
-                )])
-            })?;
+            .connect_timeout(settings.timeout);
+        let http = settings
+            .tls
+            .reqwest_client(builder)
+            .map_err(|e| ConfigErrors(vec![ConfigError::new("registry.tls", e)]))?;
         Ok(Self { settings, http })
     }
 
