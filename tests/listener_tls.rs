@@ -82,31 +82,25 @@ async fn tls_request(
         .body(Full::new(Bytes::from_static(br#"{"inputs":[]}"#)))
         .unwrap();
     let io = TokioIo::new(tls);
-    let status = if alpn == b"h2" {
+    let resp = if alpn == b"h2" {
         let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        resp.into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        status
+        send.send_request(req).await
     } else {
         let (mut send, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        resp.into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        status
-    };
+        send.send_request(req).await
+    }
+    .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((status, agreed, leaf))
 }
 

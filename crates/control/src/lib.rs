@@ -5,7 +5,7 @@
 //! below the binary: it may use every crate beneath it, and none of them knows it.
 
 pub use modelstamp_observe as observe;
-pub use modelstamp_observe::{clock, codec, config, inspect, journal, registry, tls};
+pub use modelstamp_observe::{clock, codec, config, inspect, journal, registry, stamp, tls};
 pub use modelstamp_proxy as proxy;
 
 pub mod admin;

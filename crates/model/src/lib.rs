@@ -13,4 +13,5 @@ pub mod config;
 pub mod journal;
 pub mod registry;
 pub mod split;
+pub mod stamp;
 pub mod tls;

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+
+use crate::stamp::FileStamp;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -54,6 +56,16 @@ impl TlsClient {
             }
         }
         Ok(roots)
+    }
+
+    /// The files' metadata (symlinks followed, so a Kubernetes Secret's swap is seen): it
+    /// changes when a file is rotated. One `stat` per file.
+    pub fn stamp(&self) -> Vec<Option<FileStamp>> {
+        [&self.ca_file, &self.cert_file, &self.key_file]
+            .into_iter()
+            .flatten()
+            .map(|path| FileStamp::read(path))
+            .collect()
     }
 
     /// An HTTP client from `builder` speaking TLS with these settings. Every reqwest client of
@@ -99,36 +111,6 @@ impl TlsClient {
     }
 }
 
-impl TlsClient {
-    /// The files' metadata (size, times, inode; symlinks followed, so a Kubernetes Secret's
-    /// swap is seen) as one number: it changes when a file is rotated. One `stat` per file.
-    pub fn stamp(&self) -> u64 {
-        use std::hash::{Hash as _, Hasher as _};
-        use std::os::unix::fs::MetadataExt as _;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for path in [&self.ca_file, &self.cert_file, &self.key_file]
-            .into_iter()
-            .flatten()
-        {
-            std::fs::metadata(path)
-                .ok()
-                .map(|m| {
-                    (
-                        m.len(),
-                        m.mtime(),
-                        m.mtime_nsec(),
-                        m.ctime(),
-                        m.ctime_nsec(),
-                        m.ino(),
-                        m.dev(),
-                    )
-                })
-                .hash(&mut h);
-        }
-        h.finish()
-    }
-}
-
 /// The crypto provider of every TLS configuration here.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     // `ring`, not the aws-lc-rs default: no C++/cmake toolchain and a fraction of the build
@@ -155,16 +137,18 @@ impl TlsServer {
     /// The server configuration (ALPN `h2`, `http/1.1`) and the certificate it serves, which
     /// [`ServedCert::refresh`] replaces when the files change.
     pub fn server_config(&self) -> Result<(ServerConfig, Arc<ServedCert>), String> {
+        let files = TlsClient {
+            ca_file: None,
+            cert_file: Some(self.cert_file.clone()),
+            key_file: Some(self.key_file.clone()),
+        };
+        // Stamped before reading: a write while reading is seen by the next refresh.
+        let stamp = std::sync::Mutex::new(files.stamp());
         let served = Arc::new(ServedCert {
-            files: TlsClient {
-                ca_file: None,
-                cert_file: Some(self.cert_file.clone()),
-                key_file: Some(self.key_file.clone()),
-            },
             key: ArcSwap::from_pointee(certified_key(&self.cert_file, &self.key_file)?),
-            stamp: std::sync::Mutex::new(0),
+            files,
+            stamp,
         });
-        served.refresh()?;
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?;
@@ -196,7 +180,7 @@ impl TlsServer {
 pub struct ServedCert {
     files: TlsClient,
     key: ArcSwap<CertifiedKey>,
-    stamp: std::sync::Mutex<u64>,
+    stamp: std::sync::Mutex<Vec<Option<FileStamp>>>,
 }
 
 impl ServedCert {
@@ -221,11 +205,6 @@ impl ServedCert {
         let changed = fresh.cert != self.key.load().cert;
         self.key.store(Arc::new(fresh));
         Ok(changed)
-    }
-
-    /// The leaf certificate served now.
-    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
-        self.key.load().cert.first().cloned()
     }
 }
 

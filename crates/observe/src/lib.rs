@@ -8,7 +8,7 @@
 //! comparison's statistics). Depends on modelstamp-model and modelstamp-codec; knows nothing
 //! of the proxy or the control plane.
 pub use modelstamp_codec::trace;
-pub use modelstamp_model::{clock, codec, config, journal, registry, tls};
+pub use modelstamp_model::{clock, codec, config, journal, registry, stamp, tls};
 
 pub mod canary;
 pub mod inspect;

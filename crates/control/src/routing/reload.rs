@@ -27,6 +27,7 @@ use crate::registry::mlflow::MlflowRegistry;
 use crate::registry::{
     DatasetKey, FileRegistry, Registry, RegistryData, parse_registry, read_bounded, registry_files,
 };
+use crate::stamp::FileStamp;
 
 /// Largest config file read: hand-written configs are a few KB; a larger file is refused
 /// before parsing.
@@ -115,31 +116,6 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-/// One watched file's metadata: what the poll compares on every tick without reading the file.
-/// `metadata` follows symlinks, so a Kubernetes ConfigMap update (an atomic swap of the
-/// `..data` link) shows as a new inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    ctime: (i64, i64),
-    inode: (u64, u64),
-    dir: bool,
-}
-
-impl FileStamp {
-    fn of(m: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Self {
-            len: m.len(),
-            modified: m.modified().ok(),
-            ctime: (m.ctime(), m.ctime_nsec()),
-            inode: (m.dev(), m.ino()),
-            dir: m.is_dir(),
-        }
-    }
-}
-
 /// The watched files: their metadata, checked every poll, and a hash of their content,
 /// computed only when the metadata moved (a `touch` or a rewrite with the same bytes reloads
 /// nothing). A watched directory (a registry split into files) stands for itself and its
@@ -184,7 +160,7 @@ impl Watched {
     fn stamp_all(roots: &[PathBuf]) -> Vec<(PathBuf, Option<FileStamp>)> {
         let mut stamps = Vec::with_capacity(roots.len());
         for root in roots {
-            let stamp = std::fs::metadata(root).ok().map(|m| FileStamp::of(&m));
+            let stamp = FileStamp::read(root);
             let dir = stamp.as_ref().is_some_and(|s| s.dir);
             stamps.push((root.clone(), stamp));
             if dir {
