@@ -97,7 +97,7 @@ async fn record(client: &AdminClient, lineage_id: &str) -> Option<LineageRecord>
 
 /// `modelstamp compare`.
 pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&args.admin.url().await)?;
+    let client = args.admin.client().await?;
     let comparison: Comparison = match &args.prometheus {
         None => {
             let mut q = Vec::new();
@@ -172,7 +172,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
 
 /// `modelstamp promote` and `modelstamp rollback`.
 pub async fn change(args: ChangeArgs, action: &str) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&args.admin.url().await)?;
+    let client = args.admin.client().await?;
     let mut body = json!({ "actor": args.actor, "reason": args.reason, "ticket": args.ticket });
     if action == "promote"
         && let Some(v) = &args.version
@@ -226,7 +226,7 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             }
         }
         AuditCommand::Show { admin } => {
-            let client = AdminClient::new(&admin.url().await)?;
+            let client = admin.client().await?;
             match client.get_json("/audit").await {
                 Ok(v) => {
                     outln!(
@@ -283,7 +283,7 @@ pub struct ExplainArgs {
 /// `modelstamp explain`.
 pub async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     use modelstamp::explain::rules::{Explanation, explain};
-    let client = AdminClient::new(&args.admin.url().await)?;
+    let client = args.admin.client().await?;
     let query = modelstamp::codec::percent::query(
         [
             ("since", &args.since),

@@ -94,26 +94,63 @@ mod admin_cli;
 
 #[derive(Args)]
 struct AdminArgs {
-    /// Admin API of a running sidecar (default: MODELSTAMP_ADMIN, then the config's admin.listen).
+    /// Admin API of a running sidecar, http:// or https:// (default: MODELSTAMP_ADMIN, then the
+    /// config's admin.listen, https when it sets admin.tls).
     #[arg(long, env = "MODELSTAMP_ADMIN")]
     admin: Option<String>,
     /// Config whose admin address to use when --admin is not given.
     #[arg(long, short, env = "MODELSTAMP_CONFIG")]
     config: Option<PathBuf>,
+    /// CA bundle (PEM) to check an https:// admin API with, besides the platform's. Without it,
+    /// an address taken from the config trusts exactly the certificate in admin.tls.cert_file.
+    #[arg(long, env = "MODELSTAMP_ADMIN_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM; it may hold the key too) for an admin API that requires one
+    /// (admin.tls.client_ca_file).
+    #[arg(long, env = "MODELSTAMP_ADMIN_CERT_FILE")]
+    cert_file: Option<PathBuf>,
+    /// The client certificate's key (PEM), when not in --cert-file.
+    #[arg(long, env = "MODELSTAMP_ADMIN_KEY_FILE")]
+    key_file: Option<PathBuf>,
 }
 
 impl AdminArgs {
-    /// --admin, else the config's admin address, else the default admin address.
-    async fn url(&self) -> String {
+    /// A client for --admin, else the config's admin address, else the default admin address.
+    async fn client(&self) -> anyhow::Result<AdminClient> {
+        let files = modelstamp::tls::TlsClient {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        };
+        let (url, served) = self.url().await;
+        let tls = match (url.starts_with("https://"), served) {
+            (false, _) => None,
+            (true, Some(served)) if files.ca_file.is_none() => Some(files.pinned_config(&served)),
+            (true, _) => Some(files.client_config()),
+        };
+        let tls = tls
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("admin API TLS: {e}"))?;
+        Ok(AdminClient::new(&url, tls)?)
+    }
+
+    /// The admin URL, and the certificate file its listener serves when it came from the config.
+    async fn url(&self) -> (String, Option<PathBuf>) {
         if let Some(a) = &self.admin {
-            return a.clone();
+            return (a.clone(), None);
         }
         if let Some(path) = &self.config
             && let Ok((config, _)) = Source::File(path.clone()).load().await
         {
-            return format!("http://{}", config.admin_listen);
+            return match &config.admin_tls {
+                Some(tls) => (
+                    format!("https://{}", config.admin_listen),
+                    Some(tls.cert_file.clone()),
+                ),
+                None => (format!("http://{}", config.admin_listen), None),
+            };
         }
-        "http://127.0.0.1:9901".to_string()
+        ("http://127.0.0.1:9901".to_string(), None)
     }
 }
 
@@ -356,7 +393,7 @@ async fn demo_model(args: DemoModelArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn lineage(args: LineageArgs) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&args.admin.url().await)?;
+    let client = args.admin.client().await?;
     match client.lineage(&args.id).await {
         Ok(answer) if args.json => outln!("{}", serde_json::to_string_pretty(&answer)?),
         Ok(answer) => out!("{}", render_lineage(&answer)),
@@ -369,7 +406,7 @@ async fn lineage(args: LineageArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn healthcheck(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&args.url().await)?;
+    let client = args.client().await?;
     match tokio::time::timeout(Duration::from_secs(3), client.ready()).await {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),
         Ok(Err(e)) => {

@@ -74,7 +74,7 @@ pub enum StartError {
         /// `server.tls` or `admin.tls`.
         listener: &'static str,
         /// What is wrong.
-        why: String,
+        why: crate::tls::TlsError,
     },
 }
 

@@ -242,3 +242,86 @@ async fn unusable_listener_certificates_are_config_errors() {
         assert!(err.contains(expected), "{err}");
     }
 }
+
+#[tokio::test]
+async fn the_cli_reaches_an_admin_api_over_tls_with_a_client_certificate() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let certs = temp_dir("admin-cli-tls");
+    for (from, to) in [
+        ("server.pem", "served.pem"),
+        ("server.key", "served.key"),
+        ("server2.pem", "other.pem"),
+        ("server2.key", "other.key"),
+        ("ca.pem", "ca.pem"),
+    ] {
+        std::fs::copy(fixtures().join(from), certs.join(to)).unwrap();
+    }
+    let routes = churn_route(up.addr, "@champion", "");
+    let h = Harness::start(&routes, &tls_section("admin", &certs, true)).await;
+    // The config as the CLI reads it: the admin port the sidecar got.
+    let text = std::fs::read_to_string(&h.config).unwrap().replace(
+        "[admin]\nlisten = \"127.0.0.1:0\"",
+        &format!("[admin]\nlisten = \"{}\"", h.sidecar.admin_addr),
+    );
+    let cli_config = h.dir.join("cli.toml");
+    std::fs::write(&cli_config, &text).unwrap();
+    // The same, but naming another certificate than the one served.
+    let other = h.dir.join("other.toml");
+    std::fs::write(
+        &other,
+        text.replace("served.pem", "other.pem")
+            .replace("served.key", "other.key"),
+    )
+    .unwrap();
+    let healthcheck = |args: Vec<String>, client_cert: bool| {
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_modelstamp"));
+            cmd.arg("healthcheck").args(args);
+            if client_cert {
+                cmd.env("MODELSTAMP_ADMIN_CERT_FILE", fixtures().join("client.pem"))
+                    .env("MODELSTAMP_ADMIN_KEY_FILE", fixtures().join("client.key"));
+            }
+            let out = cmd.output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        })
+    };
+    let config = |path: &Path| vec!["--config".to_string(), path.display().to_string()];
+    let port = h.sidecar.admin_addr.port();
+    let ca = fixtures().join("ca.pem").display().to_string();
+    let by_url = |host: &str, ca: Option<&str>| {
+        let mut args = vec!["--admin".to_string(), format!("https://{host}:{port}")];
+        if let Some(ca) = ca {
+            args.extend(["--ca-file".to_string(), ca.to_string()]);
+        }
+        args
+    };
+    for (what, args, client_cert, ok) in [
+        (
+            "the config's certificate, pinned",
+            config(&cli_config),
+            true,
+            true,
+        ),
+        ("no client certificate", config(&cli_config), false, false),
+        ("another certificate pinned", config(&other), true, false),
+        ("the CA given", by_url("localhost", Some(&ca)), true, true),
+        (
+            "the platform's CAs only",
+            by_url("127.0.0.1", None),
+            true,
+            false,
+        ),
+    ] {
+        let (code, stderr) = healthcheck(args, client_cert).await.unwrap();
+        assert_eq!(code, Some(if ok { 0 } else { 1 }), "{what}: {stderr}");
+        if !ok {
+            assert!(
+                stderr.contains("cannot reach the admin API"),
+                "{what}: {stderr}"
+            );
+        }
+    }
+}

@@ -16,10 +16,45 @@ use arc_swap::ArcSwap;
 
 use crate::stamp::FileStamp;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// Why a TLS configuration could not be built. Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read, or holds nothing usable.
+    #[error("{}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate and a key that do not belong together.
+    #[error("{} and {}: not a certificate and its key: {reason}", cert.display(), key.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls's reason.
+        reason: String,
+    },
+    /// A client key without its certificate.
+    #[error("{}: a client key without its certificate", .0.display())]
+    KeyWithoutCertificate(PathBuf),
+    /// A server name that is neither a DNS name nor an IP address.
+    #[error("\"{0}\" is not a DNS name or an IP address")]
+    ServerName(String),
+    /// rustls refused the configuration.
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
 
 /// How a TLS client checks the servers it reaches and, for mutual TLS, presents itself. The
 /// files are read each time a configuration is built, so a rotated CA or certificate is used
@@ -38,7 +73,7 @@ pub struct TlsClient {
 impl TlsClient {
     /// The certificate authorities trusted: the platform's and `ca_file`'s. Empty when the
     /// platform has none (a distroless image) and no `ca_file` is set.
-    pub fn roots(&self) -> Result<RootCertStore, String> {
+    pub fn roots(&self) -> Result<RootCertStore, TlsError> {
         let mut roots = RootCertStore::empty();
         // Read once per process (a few hundred files, parsed): a config check or a client
         // built on an async thread must not pay it again. Unreadable platform certificates are
@@ -52,7 +87,7 @@ impl TlsClient {
             for cert in certificates(path)? {
                 roots
                     .add(cert)
-                    .map_err(|e| format!("{}: not a CA certificate: {e}", path.display()))?;
+                    .map_err(|e| file_error(path, format!("not a CA certificate: {e}")))?;
             }
         }
         Ok(roots)
@@ -74,40 +109,184 @@ impl TlsClient {
     pub fn reqwest_client(
         &self,
         builder: reqwest::ClientBuilder,
-    ) -> Result<reqwest::Client, String> {
+    ) -> Result<reqwest::Client, TlsError> {
         builder
             .tls_backend_preconfigured(self.client_config()?)
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))
+            .map_err(|e| TlsError::Client(e.to_string()))
     }
 
     /// A rustls client configuration from these settings, reading the files now.
-    pub fn client_config(&self) -> Result<ClientConfig, String> {
+    pub fn client_config(&self) -> Result<ClientConfig, TlsError> {
         let builder = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?
+            .with_safe_default_protocol_versions()?
             .with_root_certificates(self.roots()?);
+        self.identity(builder)
+    }
+
+    /// A client configuration that accepts exactly the certificate at the head of `leaf_file`,
+    /// whoever signed it (`ca_file` is not used): how the CLI reaches its own sidecar's admin
+    /// listener, whose certificate file it reads from the same config. The handshake's
+    /// signatures are still checked against that certificate's key.
+    pub fn pinned_config(&self, leaf_file: &Path) -> Result<ClientConfig, TlsError> {
+        let leaf = certificates(leaf_file)?.swap_remove(0);
+        let verifier = Arc::new(Pinned {
+            leaf,
+            provider: provider(),
+        });
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        self.identity(builder)
+    }
+
+    /// The client certificate, when one is set.
+    fn identity(
+        &self,
+        builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    ) -> Result<ClientConfig, TlsError> {
         match (&self.cert_file, &self.key_file) {
             (None, None) => Ok(builder.with_no_client_auth()),
             (Some(cert), key) => {
                 let key_path = key.as_deref().unwrap_or(cert);
                 let key = PrivateKeyDer::from_pem_file(key_path)
-                    .map_err(|e| format!("{}: no private key read: {e}", key_path.display()))?;
+                    .map_err(|e| file_error(key_path, format!("no private key read: {e}")))?;
                 builder
                     .with_client_auth_cert(certificates(cert)?, key)
-                    .map_err(|e| {
-                        format!(
-                            "{} and {}: not a certificate and its key: {e}",
-                            cert.display(),
-                            key_path.display()
-                        )
+                    .map_err(|e| TlsError::Mismatch {
+                        cert: cert.clone(),
+                        key: key_path.to_path_buf(),
+                        reason: e.to_string(),
                     })
             }
-            (None, Some(key)) => Err(format!(
-                "{}: a client key without its certificate",
-                key.display()
-            )),
+            (None, Some(key)) => Err(TlsError::KeyWithoutCertificate(key.clone())),
         }
+    }
+}
+
+/// How a route reaches model servers over HTTPS (`[routes.upstream_tls]`): the client
+/// configuration, built when the config is read, and the name the certificates are checked
+/// against. Connections are pooled per upstream and per [`UpstreamTls::id`], so a rotated CA or
+/// client certificate (a new `id` after the reload it causes) gets new connections.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    /// A hash of the settings and the bytes of their files: equal for equal settings.
+    pub id: u64,
+    /// The name checked in the upstream's certificate and sent as SNI; `None`: each upstream's
+    /// host (an IP address is checked against the certificate's IP addresses).
+    pub server_name: Option<ServerName<'static>>,
+    /// Without ALPN (a client that sets its own, as hyper-rustls does).
+    pub config: Arc<ClientConfig>,
+    /// With ALPN `http/1.1`, for the HTTP/1.1 pool.
+    pub http1: Arc<ClientConfig>,
+    /// The files it was read from (the reloader watches them).
+    pub files: TlsClient,
+}
+
+impl UpstreamTls {
+    /// Build from the files, read now. `server_name` is checked to be a DNS name or an IP address.
+    pub fn new(files: TlsClient, server_name: Option<&str>) -> Result<Self, TlsError> {
+        let server_name = server_name
+            .map(|n| {
+                ServerName::try_from(n.to_string()).map_err(|_| TlsError::ServerName(n.to_string()))
+            })
+            .transpose()?;
+        let config = files.client_config()?;
+        let mut http1 = config.clone();
+        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let id = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            server_name
+                .as_ref()
+                .map(|n| n.to_str().into_owned())
+                .hash(&mut h);
+            for path in [&files.ca_file, &files.cert_file, &files.key_file] {
+                path.hash(&mut h);
+                path.as_ref()
+                    .and_then(|p| std::fs::read(p).ok())
+                    .hash(&mut h);
+            }
+            // 0 is a plain connection's key in the pool.
+            h.finish().max(1)
+        };
+        Ok(Self {
+            id,
+            server_name,
+            config: Arc::new(config),
+            http1: Arc::new(http1),
+            files,
+        })
+    }
+
+    /// The name to check for `host` (an authority's host, IPv6 brackets included).
+    pub fn server_name_for(&self, host: &str) -> Result<ServerName<'static>, TlsError> {
+        if let Some(name) = &self.server_name {
+            return Ok(name.clone());
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(host.to_string()).map_err(|_| TlsError::ServerName(host.to_string()))
+    }
+}
+
+/// Accepts one certificate: [`TlsClient::pinned_config`].
+#[derive(Debug)]
+struct Pinned {
+    leaf: CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.leaf.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -136,7 +315,7 @@ pub struct TlsServer {
 impl TlsServer {
     /// The server configuration (ALPN `h2`, `http/1.1`) and the certificate it serves, which
     /// [`ServedCert::refresh`] replaces when the files change.
-    pub fn server_config(&self) -> Result<(ServerConfig, Arc<ServedCert>), String> {
+    pub fn server_config(&self) -> Result<(ServerConfig, Arc<ServedCert>), TlsError> {
         let files = TlsClient {
             ca_file: None,
             cert_file: Some(self.cert_file.clone()),
@@ -150,8 +329,7 @@ impl TlsServer {
             stamp,
         });
         let builder = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?;
+            .with_safe_default_protocol_versions()?;
         let builder = match &self.client_ca_file {
             None => builder.with_no_client_auth(),
             Some(path) => {
@@ -159,12 +337,12 @@ impl TlsServer {
                 for cert in certificates(path)? {
                     roots
                         .add(cert)
-                        .map_err(|e| format!("{}: not a CA certificate: {e}", path.display()))?;
+                        .map_err(|e| file_error(path, format!("not a CA certificate: {e}")))?;
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
                         .build()
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                        .map_err(|e| file_error(path, e.to_string()))?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
@@ -187,7 +365,7 @@ impl ServedCert {
     /// Read the files again if their metadata moved: `Ok(true)` when a new certificate is
     /// served, `Err` (the old one kept) when the new files are not a certificate and its key.
     /// Reads files: call off the proxy threads.
-    pub fn refresh(&self) -> Result<bool, String> {
+    pub fn refresh(&self) -> Result<bool, TlsError> {
         let now = self.files.stamp();
         let mut stamp = self
             .stamp
@@ -215,34 +393,39 @@ impl ResolvesServerCert for ServedCert {
 }
 
 /// A certificate chain and its key, checked to match.
-fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = certificates(cert)?;
     let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: no private key read: {e}", key.display()))?;
+        .map_err(|e| file_error(key, format!("no private key read: {e}")))?;
     let signing = provider()
         .key_provider
         .load_private_key(der)
-        .map_err(|e| format!("{}: {e}", key.display()))?;
+        .map_err(|e| file_error(key, e.to_string()))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| {
-        format!(
-            "{} and {}: not a certificate and its key: {e}",
-            cert.display(),
-            key.display()
-        )
+    certified.keys_match().map_err(|e| TlsError::Mismatch {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        reason: e.to_string(),
     })?;
     Ok(certified)
 }
 
 /// Every certificate of a PEM file; at least one.
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| file_error(path, e.to_string()))?;
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", path.display()));
+        return Err(file_error(path, "no PEM certificate in it".into()));
     }
     Ok(certs)
+}
+
+fn file_error(path: &Path, reason: String) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 #[cfg(test)]
@@ -265,7 +448,7 @@ mod tests {
             ca_file: Some(fixture("ca.pem")),
             ..TlsClient::default()
         };
-        assert_eq!(with_ca.roots().map(|r| r.len()), Ok(platform + 1));
+        assert_eq!(with_ca.roots().ok().map(|r| r.len()), Some(platform + 1));
         assert!(with_ca.client_config().is_ok());
     }
 
@@ -289,7 +472,11 @@ mod tests {
 
     #[test]
     fn bad_files_are_named_with_what_is_wrong() {
-        let err = |tls: TlsClient| tls.client_config().err().unwrap_or_default();
+        let err = |tls: TlsClient| {
+            (tls.client_config().err())
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
         let missing = err(TlsClient {
             ca_file: Some(fixture("absent.pem")),
             ..TlsClient::default()

@@ -448,7 +448,7 @@ impl Transport {
         // https:// collectors over the project's TLS client (ALPN h2 for gRPC, http/1.1
         // otherwise); http:// ones in the clear, as before.
         let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(export.tls.client_config()?)
+            .with_tls_config(export.tls.client_config().map_err(|e| e.to_string())?)
             .https_or_http();
         let connector = if grpc {
             tls.enable_http2().wrap_connector(connector)

@@ -1,6 +1,7 @@
 //! `upstream_peer` phase: send the request to the route's model server over pooled
 //! connections (HTTP/1.1 from [`super::pool`], h2c with prior knowledge from hyper-util's
-//! client), with connect and response timeouts, and classify failures.
+//! client; both over TLS for a route with `upstream_tls`), with connect and response timeouts,
+//! and classify failures.
 
 use std::error::Error as StdError;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use super::error::{ClientFault, ProxyError};
 use super::headers::{add_forwarded, refusal, remove_hop_by_hop};
 use super::pool::{Pool, UpstreamBody};
 use super::resolve::{BoxFuture, method_name, protocol_version};
+use super::tls_clients::{Alpn, TlsClients};
 use crate::inspect::Inspector;
 use crate::observe::spans::{
     Attributes, SharedAttributes, Span, Tracing, end_http_span, propagation_headers,
@@ -56,18 +58,20 @@ pub struct Forward {
 struct Clients {
     http1: Pool,
     http2: HttpClient,
+    /// h2 over TLS, per route TLS setting.
+    https2: TlsClients<LimitedBody>,
     tracing: Tracing,
     inspector: Inspector,
 }
 
 impl Forward {
-    /// Build the HTTP/1 pool and the h2c client.
+    /// Build the HTTP/1 pool and the h2 clients.
     pub fn new(settings: &UpstreamSettings, tracing: Tracing, inspector: Inspector) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
-        let http2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
+        let mut h2 = Client::builder(TokioExecutor::new());
+        h2.pool_idle_timeout(settings.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(true)
@@ -75,12 +79,12 @@ impl Forward {
             // received ahead of the client; the connection window lets 128 stalled streams
             // share one model-server connection before they hold up the others.
             .http2_initial_stream_window_size(crate::server::UPSTREAM_READ_BUF as u32)
-            .http2_initial_connection_window_size(128 * crate::server::UPSTREAM_READ_BUF as u32)
-            .build(connector);
+            .http2_initial_connection_window_size(128 * crate::server::UPSTREAM_READ_BUF as u32);
         Self {
             inner: Arc::new(Clients {
                 http1: Pool::new(settings.connect_timeout, settings.pool_idle_timeout),
-                http2,
+                http2: h2.build(connector),
+                https2: TlsClients::new(h2, Alpn::Http2, settings),
                 tracing,
                 inspector,
             }),
@@ -151,10 +155,11 @@ impl Clients {
         }
         let (authority, pq) = target(route, &ctx, parts.uri.path_and_query());
         let pq = pq.unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // HTTP/1 requests carry the origin form (the pool knows the authority); h2c ones the
+        let tls = route.upstream_tls.as_ref();
+        // HTTP/1 requests carry the origin form (the pool knows the authority); h2 ones the
         // absolute URI, from which hyper takes `:authority`.
         parts.uri = if h2 {
-            upstream_uri(authority, pq.clone())?
+            upstream_uri(tls.is_some(), authority, pq.clone())?
         } else {
             Uri::from(pq.clone())
         };
@@ -167,19 +172,23 @@ impl Clients {
         remove_hop_by_hop(&mut parts.headers, stamped);
         add_forwarded(&mut parts.headers, &ctx.client_ip, route.trusted, ctx.tls);
         let upstream_attrs = state.upstream_attrs(authority);
-        let span = self.client_span(&ctx.span, &parts, authority, &pq, &upstream_attrs);
+        let span = self.client_span(&ctx.span, &parts, route, authority, &pq, &upstream_attrs);
         inject(&mut parts.headers, &span);
         let body = LimitedBody::new(body, ctx.clone(), limit, self.inspector.clone());
         let req = Request::from_parts(parts, body);
         let start = Instant::now();
         let sent = async {
             if h2 {
-                match self.http2.request(req).await {
+                let sent = match tls {
+                    None => self.http2.request(req).await,
+                    Some(tls) => self.https2.get(tls).request(req).await,
+                };
+                match sent {
                     Ok(response) => Ok((response, None)),
                     Err(e) => Err(failure(e.is_connect(), e)),
                 }
             } else {
-                match self.http1.send(authority, req).await {
+                match self.http1.send(authority, tls, req).await {
                     Ok((response, lease)) => Ok((response, Some(lease))),
                     Err(e) => Err(failure(e.is_connect(), e)),
                 }
@@ -231,13 +240,22 @@ impl Clients {
         &self,
         server: &Span,
         parts: &http::request::Parts,
+        route: &crate::config::Route,
         authority: &Authority,
         pq: &PathAndQuery,
         upstream: &Arc<SharedAttributes>,
     ) -> Span {
         let attrs = |a: &mut Attributes| {
             a.str("http.request.method", parts.method.as_str());
-            a.str_parts("url.full", &["http://", authority.as_str(), pq.as_str()]);
+            a.str_parts(
+                "url.full",
+                &[
+                    route.upstream_scheme(),
+                    "://",
+                    authority.as_str(),
+                    pq.as_str(),
+                ],
+            );
             a.str("network.protocol.version", protocol_version(parts.version));
         };
         self.tracing
@@ -281,9 +299,9 @@ fn target<'a>(
     (authority, rewritten.or_else(|| pq.cloned()))
 }
 
-fn upstream_uri(authority: &Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
+fn upstream_uri(tls: bool, authority: &Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
     Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(if tls { Scheme::HTTPS } else { Scheme::HTTP })
         .authority(authority.clone())
         .path_and_query(pq)
         .build()

@@ -14,7 +14,7 @@
 //! snapshots lives above, in modelstamp-control.
 
 pub use modelstamp_observe as observe;
-pub use modelstamp_observe::{canary, codec, config, inspect, journal, registry};
+pub use modelstamp_observe::{canary, codec, config, inspect, journal, registry, tls};
 
 pub mod routing;
 
@@ -32,6 +32,7 @@ pub mod server;
 pub mod shadow;
 mod stamp;
 mod tee;
+mod tls_clients;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,5 +1,6 @@
 //! HTTP/1.1 upstream connections for `upstream_peer`: requests in, responses out, over
-//! keep-alive connections kept per upstream authority.
+//! keep-alive connections kept per upstream authority and TLS setting (plain TCP, or rustls for
+//! a route with `upstream_tls`).
 //!
 //! A connection is lent to one exchange and comes back when the response body has been read to
 //! its end (a [`Lease`] travels with the body): two short mutex holds and no task per request.
@@ -16,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::io::ErrorKind;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -30,6 +32,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::LimitedBody;
+use crate::tls::UpstreamTls;
 
 /// Why an upstream exchange failed before response headers.
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +45,18 @@ pub enum PoolError {
         /// The cause.
         source: std::io::Error,
     },
-    /// TCP connect took longer than `upstream.connect_timeout`.
+    /// TCP connect and TLS handshake took longer than `upstream.connect_timeout`.
     #[error("connect to {0}: timed out")]
     ConnectTimeout(Authority),
+    /// The TLS handshake failed (an untrusted certificate, a name that does not match, no
+    /// common protocol): nothing was sent.
+    #[error("TLS handshake with {authority}: {source}")]
+    Tls {
+        /// The upstream.
+        authority: Authority,
+        /// The cause (rustls's error inside).
+        source: std::io::Error,
+    },
     /// The connection failed after connecting (reset, closed, malformed response).
     #[error("upstream exchange: {0}")]
     Exchange(#[source] hyper::Error),
@@ -53,7 +65,10 @@ pub enum PoolError {
 impl PoolError {
     /// Failed while connecting (nothing was sent).
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::ConnectTimeout(_))
+        matches!(
+            self,
+            Self::Connect { .. } | Self::ConnectTimeout(_) | Self::Tls { .. }
+        )
     }
 }
 
@@ -65,12 +80,15 @@ pub struct Pool {
 
 #[derive(Debug)]
 struct Inner {
-    slots: Mutex<HashMap<Authority, Arc<Slot>, BuildHasherDefault<Fnv>>>,
+    slots: Mutex<HashMap<Key, Arc<Slot>, BuildHasherDefault<Fnv>>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     /// Set once the sweeper task runs (started by the first connection).
     sweeper: std::sync::OnceLock<()>,
 }
+
+/// An upstream and how it is reached: 0 for plain TCP, else the route's [`UpstreamTls::id`].
+type Key = (Authority, u64);
 
 /// One upstream's idle connections, oldest first.
 #[derive(Debug)]
@@ -102,28 +120,31 @@ impl Pool {
         }
     }
 
-    /// Send `req` (origin-form URI) to `authority` over an idle connection or a new one.
-    /// The response comes with the lease of its connection, to return when its body ends.
+    /// Send `req` (origin-form URI) to `authority`, over TLS when `tls` is set, on an idle
+    /// connection or a new one. The response comes with the lease of its connection, to return
+    /// when its body ends.
     pub async fn send(
         &self,
         authority: &Authority,
+        tls: Option<&Arc<UpstreamTls>>,
         mut req: Request<LimitedBody>,
     ) -> Result<(Response<Incoming>, Lease), PoolError> {
         if !req.headers().contains_key(header::HOST) {
-            // As hyper-util does: the authority, without the default port.
+            // As hyper-util does: the authority, without the scheme's default port.
+            let default = if tls.is_some() { 443 } else { 80 };
             let host = match authority.port_u16() {
-                Some(80) | None => authority.host(),
-                Some(_) => authority.as_str(),
+                Some(p) if p != default => authority.as_str(),
+                _ => authority.host(),
             };
             if let Ok(v) = HeaderValue::from_str(host) {
                 req.headers_mut().insert(header::HOST, v);
             }
         }
-        let slot = self.slot(authority);
+        let slot = self.slot(authority, tls.map_or(0, |t| t.id));
         loop {
             let (mut tx, reused) = match slot.take(self.inner.idle_timeout) {
                 Some(tx) => (tx, true),
-                None => (self.connect(authority).await?, false),
+                None => (self.connect(authority, tls).await?, false),
             };
             match tx.try_send_request(req).await {
                 Ok(response) => {
@@ -138,54 +159,104 @@ impl Pool {
         }
     }
 
-    fn slot(&self, authority: &Authority) -> Arc<Slot> {
+    fn slot(&self, authority: &Authority, tls: u64) -> Arc<Slot> {
+        // The authority's bytes are shared: cloning it is a reference count.
+        let key = (authority.clone(), tls);
         let mut slots = lock(&self.inner.slots);
-        if let Some(slot) = slots.get(authority) {
+        if let Some(slot) = slots.get(&key) {
             return slot.clone();
         }
         let slot = Arc::new(Slot {
             idle: Mutex::new(Vec::new()),
         });
-        slots.insert(authority.clone(), slot.clone());
+        slots.insert(key, slot.clone());
         slot
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<SendRequest<LimitedBody>, PoolError> {
+    async fn connect(
+        &self,
+        authority: &Authority,
+        tls: Option<&Arc<UpstreamTls>>,
+    ) -> Result<SendRequest<LimitedBody>, PoolError> {
         // An IPv6 literal keeps its brackets in the authority, not in a socket address.
         let host = authority
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
-        let port = authority.port_u16().unwrap_or(80);
-        let connect = TcpStream::connect((host, port));
-        let tcp = match tokio::time::timeout(self.inner.connect_timeout, connect).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(source)) => {
-                return Err(PoolError::Connect {
-                    authority: authority.clone(),
-                    source,
-                });
-            }
-            Err(_) => return Err(PoolError::ConnectTimeout(authority.clone())),
+        let port = (authority.port_u16()).unwrap_or(if tls.is_some() { 443 } else { 80 });
+        let tls_failed = |source| PoolError::Tls {
+            authority: authority.clone(),
+            source,
         };
-        // Small requests and responses go out at once rather than waiting for an ACK.
-        let _ = tcp.set_nodelay(true);
-        self.inner.start_sweeper();
-        // The read buffer is the most of an answer read ahead of the client: a client that does
-        // not read holds one buffer here, not the model server's whole answer.
-        let (tx, conn) = http1::Builder::new()
-            .max_buf_size(crate::server::UPSTREAM_READ_BUF)
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(PoolError::Exchange)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "Upstream connection ended with an error.");
+        // The name is checked before connecting: a bad one never reaches the network.
+        let tls = match tls {
+            Some(tls) => Some((
+                tls,
+                (tls.server_name_for(authority.host()))
+                    .map_err(|e| tls_failed(std::io::Error::new(ErrorKind::InvalidInput, e)))?,
+            )),
+            None => None,
+        };
+        // The connect timeout covers the TCP connect and the TLS handshake: neither sent
+        // anything, and a server that accepts but never answers the handshake is as unreachable.
+        let connected = tokio::time::timeout(self.inner.connect_timeout, async {
+            let tcp =
+                TcpStream::connect((host, port))
+                    .await
+                    .map_err(|source| PoolError::Connect {
+                        authority: authority.clone(),
+                        source,
+                    })?;
+            // Small requests and responses go out at once rather than waiting for an ACK.
+            let _ = tcp.set_nodelay(true);
+            match tls {
+                None => Ok(Conn::Plain(tcp)),
+                Some((tls, name)) => tokio_rustls::TlsConnector::from(tls.http1.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map(|s| Conn::Tls(Box::new(s)))
+                    .map_err(tls_failed),
             }
         });
-        Ok(tx)
+        let conn = match connected.await {
+            Ok(conn) => conn?,
+            Err(_) => return Err(PoolError::ConnectTimeout(authority.clone())),
+        };
+        self.inner.start_sweeper();
+        match conn {
+            Conn::Plain(tcp) => handshake(tcp).await,
+            Conn::Tls(tls) => handshake(*tls).await,
+        }
     }
 }
+
+/// A connected upstream socket.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Start HTTP/1.1 on a connected socket; its connection task runs until the upstream or the
+/// pool closes it.
+async fn handshake<I>(io: I) -> Result<SendRequest<LimitedBody>, PoolError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // The read buffer is the most of an answer read ahead of the client: a client that does
+    // not read holds one buffer here, not the model server's whole answer.
+    let (tx, conn) = http1::Builder::new()
+        .max_buf_size(crate::server::UPSTREAM_READ_BUF)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(PoolError::Exchange)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "Upstream connection ended with an error.");
+        }
+    });
+    Ok(tx)
+}
+
 
 impl Inner {
     /// Start the sweeper on first use: it closes connections idle for longer than the idle
@@ -373,13 +444,13 @@ mod tests {
         let pool = Pool::new(Duration::from_secs(1), Duration::from_secs(60));
         let a: Authority = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
         let b: Authority = "127.0.0.1:2".parse().unwrap_or_else(|_| unreachable!());
-        let held = pool.slot(&a);
-        drop(pool.slot(&b));
+        let held = pool.slot(&a, 0);
+        drop(pool.slot(&b, 0));
         assert_eq!(lock(&pool.inner.slots).len(), 2);
         pool.inner.sweep();
         let slots = lock(&pool.inner.slots);
         assert_eq!(slots.len(), 1, "the unused upstream is forgotten");
-        assert!(slots.contains_key(&a), "the one in use stays");
+        assert!(slots.contains_key(&(a, 0)), "the one in use stays");
         drop(slots);
         drop(held);
         pool.inner.sweep();

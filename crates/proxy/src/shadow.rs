@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::debug;
 
 use super::ctx::RequestCtx;
+use super::tls_clients::{Alpn, TlsClients};
 use crate::canary::shadow::{Outcome, ShadowSkip, ShadowStats, compare_predictions};
 use crate::config::UpstreamSettings;
 use crate::inspect::Codec;
@@ -35,6 +36,8 @@ pub struct Shadower(Arc<Shared>);
 #[derive(Debug)]
 struct Shared {
     client: Client<HttpConnector, Full<Bytes>>,
+    /// For routes whose model servers are reached over HTTPS.
+    https: TlsClients<Full<Bytes>>,
     stats: Arc<ShadowStats>,
     in_flight: Arc<AtomicUsize>,
 }
@@ -53,11 +56,13 @@ impl Shadower {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_timer(TokioTimer::new());
         Self(Arc::new(Shared {
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(settings.pool_idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .build(connector),
+            client: builder.build(connector),
+            https: TlsClients::new(builder, Alpn::Http1, settings),
             stats,
             in_flight: Arc::new(AtomicUsize::new(0)),
         }))
@@ -101,7 +106,10 @@ impl Shadower {
             .unwrap_or_else(|| ctx.path.as_str().to_string());
         let req = Request::builder()
             .method(ctx.method.clone())
-            .uri(format!("http://{upstream}{path}"))
+            .uri(format!(
+                "{}://{upstream}{path}",
+                route.route.upstream_scheme()
+            ))
             .header(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -124,15 +132,16 @@ impl Shadower {
         let (timeout, abs, rel) = (shadow.timeout, shadow.abs_tolerance, shadow.rel_tolerance);
         let cap = ctx.snapshot.config.limits.max_inspect_bytes;
         let shared = self.0.clone();
+        let tls = route.route.upstream_tls.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let start = Instant::now();
             let answer = tokio::time::timeout(timeout, async {
-                let resp = shared
-                    .client
-                    .request(req)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let resp = match &tls {
+                    None => shared.client.request(req).await,
+                    Some(tls) => shared.https.get(tls).request(req).await,
+                }
+                .map_err(|e| e.to_string())?;
                 let ok = resp.status().is_success();
                 let body = Limited::new(resp.into_body(), cap.max(1))
                     .collect()

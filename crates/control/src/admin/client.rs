@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -16,9 +17,12 @@ use serde_json::Value;
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The URL is not `http://host:port`.
-    #[error("invalid admin URL {0:?} (expected http://host:port)")]
+    /// The URL is not `http://host:port` or `https://host:port`.
+    #[error("invalid admin URL {0:?} (expected http://host:port or https://host:port)")]
     Url(String),
+    /// The TLS settings could not be read.
+    #[error("admin API TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The sidecar could not be reached.
     #[error("cannot reach the admin API at {url}: {reason}")]
     Unreachable {
@@ -35,23 +39,45 @@ pub enum ClientError {
 /// A client for one admin base URL.
 pub struct AdminClient {
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Transport,
+}
+
+enum Transport {
+    Plain(Client<HttpConnector, Full<Bytes>>),
+    Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
 }
 
 impl AdminClient {
-    /// A client for `http://host:port`.
-    pub fn new(base: &str) -> Result<Self, ClientError> {
+    /// A client for `http://host:port`, or `https://host:port` checked with `tls` (by default
+    /// the platform's certificate authorities).
+    pub fn new(base: &str, tls: Option<rustls::ClientConfig>) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_string();
-        let ok = base
+        let scheme = base
             .parse::<http::Uri>()
-            .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
-        if !ok {
-            return Err(ClientError::Url(base));
-        }
-        Ok(Self {
-            base,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        })
+            .ok()
+            .filter(|u| u.host().is_some())
+            .and_then(|u| u.scheme_str().map(str::to_string));
+        let builder = Client::builder(TokioExecutor::new());
+        let client = match scheme.as_deref() {
+            Some("http") => Transport::Plain(builder.build_http()),
+            Some("https") => {
+                let config = match tls {
+                    Some(config) => config,
+                    None => (crate::tls::TlsClient::default().client_config())
+                        .map_err(ClientError::Tls)?,
+                };
+                let mut http = HttpConnector::new();
+                http.enforce_http(false);
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(http);
+                Transport::Tls(builder.build(connector))
+            }
+            _ => return Err(ClientError::Url(base)),
+        };
+        Ok(Self { base, client })
     }
 
     /// Whether the sidecar is ready (`GET /readyz` answers 200): the container healthcheck.
@@ -118,7 +144,13 @@ impl AdminClient {
             url: self.base.clone(),
             reason,
         };
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+        let sent = async {
+            match &self.client {
+                Transport::Plain(c) => c.request(req).await,
+                Transport::Tls(c) => c.request(req).await,
+            }
+        };
+        let resp = tokio::time::timeout(Duration::from_secs(10), sent)
             .await
             .map_err(|_| unreachable("timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
@@ -299,7 +331,9 @@ mod tests {
 
     #[test]
     fn rejects_non_http_urls() {
-        assert!(AdminClient::new("127.0.0.1:9901").is_err());
-        assert!(AdminClient::new("http://127.0.0.1:9901/").is_ok());
+        assert!(AdminClient::new("127.0.0.1:9901", None).is_err());
+        assert!(AdminClient::new("ftp://127.0.0.1:9901", None).is_err());
+        assert!(AdminClient::new("http://127.0.0.1:9901/", None).is_ok());
+        assert!(AdminClient::new("https://127.0.0.1:9901/", None).is_ok());
     }
 }

@@ -40,9 +40,9 @@ impl Prometheus {
         let builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
         let client = crate::tls::TlsClient::default()
             .reqwest_client(builder)
-            .map_err(|reason| PromError::Query {
+            .map_err(|e| PromError::Query {
                 url: base.into(),
-                reason,
+                reason: e.to_string(),
             })?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),

@@ -89,7 +89,8 @@ impl Source {
         Ok((config, registry))
     }
 
-    /// The files a reload reads for `config`: the config file and a file registry.
+    /// The files a reload reads for `config`: the config file, a file registry, and the secret
+    /// and certificate files it names.
     fn watched_paths(&self, config: &Config) -> Vec<PathBuf> {
         let Source::File(path) = self else {
             return Vec::new();
@@ -99,6 +100,18 @@ impl Source {
             RegistrySource::File(p) => paths.push(p.clone()),
             // Secrets and certificates are read with the config: a rotation reloads it.
             RegistrySource::Mlflow(m) => paths.extend(m.files.iter().cloned()),
+        }
+        // A model server's rotated CA or client certificate: new connections use it.
+        for tls in config.routes.iter().filter_map(|r| r.upstream_tls.as_ref()) {
+            let f = &tls.files;
+            for file in [&f.ca_file, &f.cert_file, &f.key_file]
+                .into_iter()
+                .flatten()
+            {
+                if !paths.contains(file) {
+                    paths.push(file.clone());
+                }
+            }
         }
         paths
     }

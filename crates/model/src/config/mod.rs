@@ -431,6 +431,19 @@ pub struct Route {
     pub canary: Canary,
     /// Shadow version.
     pub shadow: Option<Shadow>,
+    /// Its model servers (the route's, its backends' and its shadow's) are reached over HTTPS.
+    pub upstream_tls: Option<std::sync::Arc<crate::tls::UpstreamTls>>,
+}
+
+impl Route {
+    /// The `url.full` scheme of its upstream calls.
+    pub fn upstream_scheme(&self) -> &'static str {
+        if self.upstream_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// A route's conditions; all given ones must hold.

@@ -311,6 +311,17 @@ pub struct RawRoute {
     pub backends: Vec<RawBackend>,
     pub canary: Option<RawCanary>,
     pub shadow: Option<RawShadow>,
+    pub upstream_tls: Option<RawUpstreamTls>,
+}
+
+/// `[routes.upstream_tls]`: the route's model servers are reached over HTTPS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub server_name: Option<String>,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 /// `[[routes.backends]]`: one version of the route's model and its share of traffic.

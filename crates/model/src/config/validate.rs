@@ -179,7 +179,13 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
     let server_tls = tls_server(&mut errs, "server.tls", raw.server.tls.as_ref(), base_dir);
     let admin_tls = tls_server(&mut errs, "admin.tls", raw.admin.tls.as_ref(), base_dir);
     let inspect = super::inspect::inspect(&mut errs, &raw.inspect);
-    let routes = routes(&mut errs, raw, upstream.response_timeout, &headers);
+    let routes = routes(
+        &mut errs,
+        raw,
+        upstream.response_timeout,
+        &headers,
+        base_dir,
+    );
     let admin_token = secret(&mut errs, "admin.token", raw.admin.token.as_deref());
     if errs.is_empty() {
         Ok(Config {
@@ -564,6 +570,7 @@ fn routes(
     raw: &RawConfig,
     default_timeout: Duration,
     headers: &HeaderNames,
+    base_dir: &Path,
 ) -> Vec<Route> {
     if raw.routes.is_empty() {
         errs.push(ConfigError::new("routes", "at least one route is required"));
@@ -581,7 +588,7 @@ fn routes(
                 format!("duplicate route name \"{name}\""),
             ));
         }
-        if let Some(route) = route(errs, r, &at, name, default_timeout, headers) {
+        if let Some(route) = route(errs, r, &at, name, default_timeout, headers, base_dir) {
             out.push(route);
         }
     }
@@ -595,6 +602,7 @@ fn route(
     name: String,
     default_timeout: Duration,
     headers: &HeaderNames,
+    base_dir: &Path,
 ) -> Option<Route> {
     let before = errs.len();
     let upstream = match r.upstream.as_deref() {
@@ -706,6 +714,10 @@ fn route(
     let backends = super::canary::backends(errs, r, at);
     let canary = super::canary::canary(errs, r.canary.as_ref(), &backends, at);
     let shadow = super::canary::shadow(errs, r.shadow.as_ref(), r.model.is_some(), at);
+    let upstream_tls = r
+        .upstream_tls
+        .as_ref()
+        .and_then(|t| upstream_tls(errs, t, at, base_dir));
     if errs.len() != before {
         return None;
     }
@@ -727,6 +739,7 @@ fn route(
         backends,
         canary,
         shadow,
+        upstream_tls,
     })
 }
 
@@ -839,12 +852,53 @@ fn tls_server(
         client_ca_file: path(&raw.client_ca_file),
     };
     if let Err(e) = tls.server_config() {
-        errs.push(ConfigError::new(at, e));
+        errs.push(ConfigError::new(at, e.to_string()));
     }
     Some(tls)
 }
 
 /// Where a TLS client's settings live, for its errors.
+/// `[routes.upstream_tls]`: the files are read now, so a missing CA or a certificate that does
+/// not match its key is a config error.
+fn upstream_tls(
+    errs: &mut Vec<ConfigError>,
+    t: &super::raw::RawUpstreamTls,
+    at: &dyn Fn(&str) -> String,
+    base_dir: &Path,
+) -> Option<std::sync::Arc<crate::tls::UpstreamTls>> {
+    let path = |p: &Option<String>| p.as_deref().map(|p| base_dir.join(p));
+    let files = crate::tls::TlsClient {
+        ca_file: path(&t.ca_file),
+        cert_file: path(&t.cert_file),
+        key_file: path(&t.key_file),
+    };
+    match files.roots() {
+        Ok(roots) if roots.is_empty() => {
+            errs.push(ConfigError::new(
+                at("upstream_tls.ca_file"),
+                "no certificate authority to check the model server's certificate with: the platform has none (SSL_CERT_FILE, /etc/ssl/certs) and this is not set",
+            ));
+            return None;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            errs.push(ConfigError::new(at("upstream_tls.ca_file"), e.to_string()));
+            return None;
+        }
+    }
+    match crate::tls::UpstreamTls::new(files, t.server_name.as_deref()) {
+        Ok(tls) => Some(std::sync::Arc::new(tls)),
+        Err(e) => {
+            let key = match e {
+                crate::tls::TlsError::ServerName(_) => "upstream_tls.server_name",
+                _ => "upstream_tls",
+            };
+            errs.push(ConfigError::new(at(key), e.to_string()));
+            None
+        }
+    }
+}
+
 struct TlsKeys {
     /// The CA bundle's key, and the variable that stands in for it.
     ca: &'static str,
@@ -901,10 +955,10 @@ fn tls_files(
         )),
         Ok(_) => {
             if let Err(e) = tls.client_config() {
-                errs.push(ConfigError::new(keys.identity, e));
+                errs.push(ConfigError::new(keys.identity, e.to_string()));
             }
         }
-        Err(e) => errs.push(ConfigError::new(keys.ca, e)),
+        Err(e) => errs.push(ConfigError::new(keys.ca, e.to_string())),
     }
     tls
 }

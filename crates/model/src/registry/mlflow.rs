@@ -277,7 +277,7 @@ impl MlflowRegistry {
         let http = settings
             .tls
             .reqwest_client(builder)
-            .map_err(|e| ConfigErrors(vec![ConfigError::new("registry.tls", e)]))?;
+            .map_err(|e| ConfigErrors(vec![ConfigError::new("registry.tls", e.to_string())]))?;
         Ok(Self { settings, http })
     }
 
