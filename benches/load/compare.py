@@ -18,7 +18,13 @@ for a quiet machine and it reports how much CPU other processes used during the 
 (`modelstamp-bare`) and hyper-floor: what each feature costs. The OTLP sink's CPU per request
 is reported too (it shares the cores).
 
-Usage: compare.py [--reps 5] [--seconds 10] [--smoke] [--versions 1,100,1000] [--features]
+`--tls` runs the same scenarios with the clients speaking TLS (HTTP/1.1, keep-alive) to each
+proxy: modelstamp's `[server.tls]`, nginx's `listen ... ssl` and haproxy's `bind ... ssl`, all
+with the test certificate of tests/fixtures/tls; `direct` stays plaintext, so "added" latency
+includes terminating TLS; `modelstamp-plain` and `nginx-json-plain` are the same proxies without
+TLS, in the same run. The upstream leg is plaintext for every target.
+
+Usage: compare.py [--reps 5] [--seconds 10] [--smoke] [--versions 1,100,1000] [--features] [--tls]
 """
 
 import argparse
@@ -46,12 +52,17 @@ MODELSTAMP_ENV = {"MODELSTAMP_LOG": "warn", "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 MODELSTAMP_TARGETS = {
     "modelstamp": frozenset(),
     "modelstamp-2w": frozenset(),
+    # The TLS mode's references (with nginx-json-plain): the same proxy with a plaintext listener.
+    "modelstamp-plain": frozenset(),
     "modelstamp-no-inspect": frozenset({"inspect"}),
     "modelstamp-no-spans": frozenset({"spans"}),
     "modelstamp-no-log": frozenset({"log"}),
     "modelstamp-bare": frozenset({"inspect", "spans", "log"}),
 }
 FEATURE_TARGETS = "direct,modelstamp,modelstamp-no-inspect,modelstamp-no-spans,modelstamp-no-log,modelstamp-bare,hyper-floor"
+# hyper-floor has no TLS listener.
+TLS_TARGETS = "direct,modelstamp-plain,modelstamp,modelstamp-2w,nginx-json-plain,nginx,nginx-json,haproxy"
+TLS_DIR = ROOT / "tests" / "fixtures" / "tls"
 
 
 def free_port():
@@ -152,8 +163,8 @@ class Procs:
             self.stop(p)
 
 
-def modelstamp_config(tmp, port, admin, upstream, otlp, versions=1, off=frozenset()):
-    """Every feature on, except those in `off` ("inspect", "spans", "log")."""
+def modelstamp_config(tmp, port, admin, upstream, otlp, versions=1, off=frozenset(), tls=False):
+    """Every feature on, except those in `off` ("inspect", "spans", "log"); TLS on the listener with `tls`."""
     reg = tmp / f"registry-{versions}.yaml"
     lines = ["models:"]
     for i in range(versions):
@@ -162,9 +173,11 @@ def modelstamp_config(tmp, port, admin, upstream, otlp, versions=1, off=frozense
                   f"      \"1\": {{ code: {{ commit: c{i:07x} }}, training_data: {{ name: d{i}, digest: x{i:07x} }} }}"]
     reg.write_text("\n".join(lines) + "\n")
     cfg = tmp / f"modelstamp-{versions}-{'-'.join(sorted(off)) or 'all'}.toml"
+    server_tls = f'[server.tls]\ncert_file = "{TLS_DIR / "server.pem"}"\nkey_file = "{TLS_DIR / "server.key"}"' if tls else ""
     cfg.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
+{server_tls}
 [admin]
 listen = "127.0.0.1:{admin}"
 [access_log]
@@ -190,7 +203,7 @@ NGINX_JSON = ("'{\"time\":\"$time_iso8601\",\"request_id\":\"$request_id\",\"met
               "\"bytes_in\":$request_length,\"bytes_out\":$bytes_sent,\"client\":\"$remote_addr\"}'")
 
 
-def nginx_config(tmp, name, port, upstream, json_log):
+def nginx_config(tmp, name, port, upstream, json_log, tls=False):
     d = tmp / name
     d.mkdir(exist_ok=True)
     fmt = "json" if json_log else "combined"
@@ -208,7 +221,8 @@ http {{
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   upstream model {{ server 127.0.0.1:{upstream}; keepalive 128; }}
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{' ssl' if tls else ''};
+    {f'ssl_certificate {TLS_DIR / "server.pem"}; ssl_certificate_key {TLS_DIR / "server.key"};' if tls else ''}
     location / {{
       proxy_pass http://model;
       proxy_http_version 1.1;
@@ -222,7 +236,13 @@ http {{
     return cfg
 
 
-def haproxy_config(tmp, port, upstream):
+def haproxy_config(tmp, port, upstream, tls=False):
+    bind = f"127.0.0.1:{port}"
+    if tls:
+        # haproxy reads the certificate and its key from one file.
+        pem = tmp / "haproxy.pem"
+        pem.write_text((TLS_DIR / "server.pem").read_text() + (TLS_DIR / "server.key").read_text())
+        bind += f" ssl crt {pem} alpn http/1.1"
     cfg = tmp / "haproxy.cfg"
     cfg.write_text(f"""
 global
@@ -236,7 +256,7 @@ defaults
   timeout client 30s
   timeout server 30s
 frontend fe
-  bind 127.0.0.1:{port}
+  bind {bind}
   default_backend be
 backend be
   http-reuse always
@@ -307,7 +327,10 @@ def main():
     ap.add_argument("--features", action="store_true",
                     help="what each observation feature costs: modelstamp with each off, all off, hyper-floor")
     ap.add_argument("--json", default="", help="write all runs here")
+    ap.add_argument("--tls", action="store_true", help="clients speak TLS to each proxy (direct stays plaintext)")
     a = ap.parse_args()
+    if a.tls:
+        os.environ["LOADGEN_CA_FILE"] = str(TLS_DIR / "ca.pem")
     profile = "debug" if a.smoke else "release"
     if a.smoke:
         a.reps, a.seconds = 1, 2
@@ -339,7 +362,8 @@ def main():
             scenarios = [("c32", lambda url: run_wrk(url, 32, a.seconds, lua)),
                          ("c64", lambda url: run_wrk(url, 64, a.seconds, lua)),
                          (f"rate{a.rate}", lambda url: run_rate(loadgen, url, a.rate, a.seconds, body_file))]
-            targets = (FEATURE_TARGETS if a.features else a.targets).split(",")
+            targets = (FEATURE_TARGETS if a.features else TLS_TARGETS if a.tls else a.targets).split(",")
+            scheme = "https" if a.tls else "http"
             runs = []
             for rep in range(a.reps):
                 order = targets[rep % len(targets):] + targets[:rep % len(targets)]
@@ -350,20 +374,24 @@ def main():
                     elif target in MODELSTAMP_TARGETS:
                         # modelstamp runs one proxy thread unless MODELSTAMP_WORKERS says otherwise;
                         # modelstamp-2w runs two, as many as nginx's and haproxy's workers here.
-                        cfg = modelstamp_config(tmp, port, free_port(), up_port, otlp, off=MODELSTAMP_TARGETS[target])
+                        cfg = modelstamp_config(tmp, port, free_port(), up_port, otlp, off=MODELSTAMP_TARGETS[target],
+                                                tls=a.tls and target != "modelstamp-plain")
                         env = dict(MODELSTAMP_ENV, MODELSTAMP_WORKERS="2" if target == "modelstamp-2w" else "1")
                         proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)], env=env)
                     elif target == "hyper-floor":
                         proc = procs.start(target, [str(ROOT / "target" / profile / "examples" / "hyper_floor"),
                                                     f"127.0.0.1:{port}", f"127.0.0.1:{up_port}"])
                     elif target.startswith("nginx"):
-                        cfg = nginx_config(tmp, target, port, up_port, target == "nginx-json")
+                        # nginx-json-plain: the TLS mode's plaintext nginx-json, in the same run.
+                        cfg = nginx_config(tmp, target, port, up_port, target.startswith("nginx-json"),
+                                           tls=a.tls and not target.endswith("-plain"))
                         proc = procs.start(target, ["nginx", "-c", str(cfg)])
                     elif target == "haproxy":
-                        proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(haproxy_config(tmp, port, up_port))])
+                        proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(haproxy_config(tmp, port, up_port, tls=a.tls))])
                     if proc:
                         wait_port(port)
-                        url = f"http://127.0.0.1:{port}{PATH}"
+                        plain = target.endswith("-plain")
+                        url = f"{'http' if plain else scheme}://127.0.0.1:{port}{PATH}"
                         run_wrk(url, 32, 1, lua)  # warm-up: pools, caches
                     proxy_pids = tree(proc.pid) if proc else []
                     for name, fn in scenarios:

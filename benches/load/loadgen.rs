@@ -5,7 +5,7 @@
 //! omission), while the timer's own millisecond granularity is not charged to the server.
 //! wrk2 is not packaged for Debian and h2load reports no percentiles, hence this small tool.
 //!
-//! Usage: loadgen URL RATE SECONDS CONNECTIONS BODY_FILE
+//! Usage: loadgen URL RATE SECONDS CONNECTIONS BODY_FILE (an https:// URL: the CA in LOADGEN_CA_FILE)
 //! Prints one JSON object: sent, ok, errors, achieved rate, p50/p90/p99/p999/max in µs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,6 +15,26 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+
+fn tls_config() -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Ok(path) = std::env::var("LOADGEN_CA_FILE") {
+        for cert in CertificateDer::pem_file_iter(&path).expect("LOADGEN_CA_FILE") {
+            roots
+                .add(cert.expect("a PEM certificate"))
+                .expect("a CA certificate");
+        }
+    }
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -32,7 +52,16 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(conns).build_http();
+        // https:// URLs (the TLS mode) trust the CA in LOADGEN_CA_FILE and speak HTTP/1.1, as wrk does.
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(conns).build(connector);
         let total = (rate * secs) as usize;
         let interval = Duration::from_secs_f64(1.0 / rate);
         let start = Instant::now() + Duration::from_millis(50);

@@ -1,12 +1,13 @@
 """[connect] TLS on the data plane, reached by a real client: curl (OpenSSL, nghttp2) over
 HTTP/2 negotiated by ALPN and over HTTP/1.1, checking the sidecar's certificate against the test
 CA; the stamps and the model's answer arrive as over plaintext, and the admin API, given
-client-certificate auth, answers only a client that presents one."""
+client-certificate auth, answers only a client that presents one, the CLI's healthcheck included."""
 
 import json
+import os
 import subprocess
 
-from conftest import ROOT, Stack, infer_body
+from conftest import BIN, ROOT, Stack, infer_body
 
 TLS = ROOT / "tests" / "fixtures" / "tls"
 
@@ -48,3 +49,13 @@ client_ca_file = "{TLS / 'ca.pem'}"
     assert code != 0, "answered without a client certificate"
     code, out, err = curl(*client, f"{admin}/versions")
     assert code == 0 and json.loads(out)["models"], err
+    # The container healthcheck, as the image runs it: the CLI reads the same config, speaks https
+    # to the admin listener, trusts the certificate it serves and presents the client one.
+    cfg = stack.procs.tmp / "modelstamp.toml"
+    env = dict(os.environ, MODELSTAMP_ADMIN_CERT_FILE=str(TLS / "client.pem"),
+               MODELSTAMP_ADMIN_KEY_FILE=str(TLS / "client.key"))
+    check = subprocess.run([BIN, "healthcheck", "--config", str(cfg)], env=env, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    env.pop("MODELSTAMP_ADMIN_CERT_FILE")
+    check = subprocess.run([BIN, "healthcheck", "--config", str(cfg)], env=env, capture_output=True, text=True)
+    assert check.returncode == 1, "healthy without the client certificate the admin API requires"
