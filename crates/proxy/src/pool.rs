@@ -257,7 +257,6 @@ where
     Ok(tx)
 }
 
-
 impl Inner {
     /// Start the sweeper on first use: it closes connections idle for longer than the idle
     /// timeout, and stops with the pool.
