@@ -297,6 +297,7 @@ fn access_log_benches(c: &mut Criterion) {
         protocol: "1.1",
         status: 200,
         upstream_status: Some(200),
+        grpc_status: None,
         duration_ms: 0.412_345,
         upstream_ms: Some(0.25),
         bytes_in: 213,

@@ -48,17 +48,18 @@ async fn http1_and_h2_reach_a_model_server_over_tls_on_pooled_connections() {
         1,
         "five sequential requests share one TLS connection"
     );
-    let resp = h2_client()
-        .request(post(&h.url("/v2/models/churn/infer"), "{}"))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        up.last().version,
-        http::Version::HTTP_2,
-        "h2 in, h2 over TLS (ALPN) out"
-    );
     assert_eq!(h.metric(CONNECT_ERRORS).await, 0.0);
+    // h2 over TLS (ALPN) when the route asks for it.
+    let extra = "upstream_protocol = \"http2\"";
+    let h2 = Harness::start(&tls_route(&front.to_string(), &ca(), extra), "").await;
+    for client in [h1_client(), h2_client()] {
+        let resp = client
+            .request(post(&h2.url("/v2/models/churn/infer"), "{}"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(up.last().version, http::Version::HTTP_2);
+    }
     let log = h.access_log();
     assert!(log.iter().all(|l| l["status"] == 200), "{log:?}");
 }

@@ -72,6 +72,9 @@ pub struct AccessLine {
     pub status: u16,
     /// Status the model server sent.
     pub upstream_status: Option<u16>,
+    /// The `grpc-status` the client got; only gRPC calls have the field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u16>,
     /// Total latency in milliseconds.
     pub duration_ms: f64,
     /// Upstream latency to response headers in milliseconds.
@@ -180,6 +183,10 @@ impl AccessLine {
         match self.upstream_status {
             Some(s) => json_u64(out, u64::from(s)),
             None => out.extend_from_slice(b"null"),
+        }
+        if let Some(code) = self.grpc_status {
+            out.extend_from_slice(b",\"grpc_status\":");
+            json_u64(out, u64::from(code));
         }
         out.extend_from_slice(b",\"duration_ms\":");
         json_f64(out, self.duration_ms);
@@ -486,6 +493,7 @@ mod tests {
             protocol: "1.1",
             status: 200,
             upstream_status: Some(200),
+            grpc_status: None,
             duration_ms: 0.412_345,
             upstream_ms: Some(0.25),
             bytes_in: 213,
@@ -510,6 +518,9 @@ mod tests {
         empty.duration_ms = 1e-9;
         empty.client = "[fe80::1]:8080".parse().unwrap_or(empty.client);
         lines.push(empty);
+        let mut grpc = line();
+        grpc.grpc_status = Some(14);
+        lines.push(grpc);
         // Every control character, quotes, backslashes and non-ASCII, in the free-text fields.
         let nasty: String = (0u8..0x20)
             .map(char::from)

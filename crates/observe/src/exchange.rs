@@ -76,6 +76,14 @@ pub struct Exchange<'a, C: ?Sized> {
     pub status: u16,
     /// Status the model server sent.
     pub upstream_status: Option<u16>,
+    /// The `grpc-status` the client got (a gRPC call): the model server's, passed through, or
+    /// the sidecar's own when it answered instead.
+    pub grpc_status: Option<u16>,
+    /// The status the exchange counts as in metrics, windows and verdicts: `status`, except for
+    /// a gRPC call the model server answered, which counts as the HTTP status of its
+    /// `grpc-status` (`NOT_FOUND` a 404, `UNAVAILABLE` a 503), and for one the sidecar answered,
+    /// the status an HTTP client would have got.
+    pub outcome: u16,
     /// Total time, start to the last byte (or the drop).
     pub total: Duration,
     /// Upstream time to response headers.
@@ -114,7 +122,7 @@ pub struct Exchange<'a, C: ?Sized> {
 impl<C: ?Sized> Exchange<'_, C> {
     /// Whether the client got a successful answer with no error on the way.
     pub fn succeeded(&self) -> bool {
-        (200..300).contains(&self.status) && self.error.is_none()
+        (200..300).contains(&self.outcome) && self.error.is_none()
     }
 }
 
@@ -174,7 +182,7 @@ pub struct VersionMetricsSink;
 impl<C: ?Sized> Sink<C> for VersionMetricsSink {
     fn finish(&self, ex: &Exchange<'_, C>) {
         ex.served.metrics.record(&Recorded {
-            status: ex.status,
+            status: ex.outcome,
             total_seconds: ex.total.as_secs_f64(),
             upstream_seconds: ex.upstream_latency.map(|d| d.as_secs_f64()),
             upstream_error: ex.upstream_error,
@@ -215,9 +223,18 @@ impl<C: ?Sized> Sink<C> for Spans {
             let error = ex
                 .upstream_error
                 .map(|_| ex.error.unwrap_or("upstream_error"));
-            end_http_span(client, ex.upstream_status, error, |_| {});
+            // The model server's own gRPC status (the sidecar's is not the upstream call's).
+            let grpc = ex.grpc_status.filter(|_| ex.upstream_status.is_some());
+            end_http_span(client, ex.upstream_status, error, |attrs| {
+                if let Some(code) = grpc {
+                    attrs.i64("rpc.grpc.status_code", i64::from(code));
+                }
+            });
         }
         end_http_span(ex.server_span, Some(ex.status), ex.error, |attrs| {
+            if let Some(code) = ex.grpc_status {
+                attrs.i64("rpc.grpc.status_code", i64::from(code));
+            }
             if let Some(reported) = ex.reported {
                 attrs.str("ml.model.reported_version", reported);
             }
@@ -256,6 +273,7 @@ impl<C: ?Sized> Sink<C> for AccessLogSink {
             protocol: ex.protocol,
             status: ex.status,
             upstream_status: ex.upstream_status,
+            grpc_status: ex.grpc_status,
             duration_ms: ex.total.as_secs_f64() * 1e3,
             upstream_ms: ex.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
             bytes_in: ex.bytes_in,
@@ -362,6 +380,8 @@ mod tests {
             protocol: "HTTP/1.1",
             status,
             upstream_status: Some(status),
+            grpc_status: None,
+            outcome: status,
             total: Duration::from_millis(3),
             upstream_latency: Some(Duration::from_millis(2)),
             upstream_error: (status >= 500).then_some(UpstreamErrorKind::Status5xx),
@@ -439,6 +459,21 @@ mod tests {
         has(r#"modelstamp_requests_total{model="churn",version="2",status_class="5xx"} 1"#);
         has(r#"modelstamp_upstream_errors_total{model="churn",version="2",kind="5xx"} 1"#);
         has(r#"modelstamp_request_duration_seconds_count{model="churn",version="2"} 3"#);
+        // A gRPC call counts by its outcome, not by the HTTP 200 it rode in.
+        let unavailable = Exchange {
+            grpc_status: Some(14),
+            outcome: 503,
+            ..exchange(&f, &(), 200)
+        };
+        observer.finish(&unavailable);
+        assert_eq!(f.version.window.totals().errors, 2);
+        let text = scrape(&f);
+        for class in ["2xx", "5xx"] {
+            let series = format!(
+                r#"modelstamp_requests_total{{model="churn",version="2",status_class="{class}"}} 2"#
+            );
+            assert!(text.contains(&series), "{series} in\n{text}");
+        }
     }
 
     #[test]

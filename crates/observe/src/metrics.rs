@@ -168,10 +168,19 @@ pub enum UpstreamErrorKind {
     Reset,
     /// The upstream answered 5xx.
     Status5xx,
+    /// The upstream ended a gRPC call with a status the server caused (`UNAVAILABLE`,
+    /// `INTERNAL`, `DEADLINE_EXCEEDED`, ...), or with none.
+    Grpc,
 }
 
 impl UpstreamErrorKind {
-    const ALL: [Self; 4] = [Self::Connect, Self::Timeout, Self::Reset, Self::Status5xx];
+    const ALL: [Self; 5] = [
+        Self::Connect,
+        Self::Timeout,
+        Self::Reset,
+        Self::Status5xx,
+        Self::Grpc,
+    ];
 
     /// The `kind` label value.
     pub fn as_str(self) -> &'static str {
@@ -180,6 +189,7 @@ impl UpstreamErrorKind {
             Self::Timeout => "timeout",
             Self::Reset => "reset",
             Self::Status5xx => "5xx",
+            Self::Grpc => "grpc",
         }
     }
 }
@@ -346,12 +356,12 @@ impl Metrics {
         );
         reg.register(
             "upstream_errors",
-            "Upstream failures by kind: connect, timeout, reset, 5xx",
+            "Upstream failures by kind: connect, timeout, reset, 5xx, grpc (a gRPC status the server caused)",
             m.upstream_errors.clone(),
         );
         reg.register(
             "request_errors",
-            "Client-side failures by kind: body_too_large, client_abort, schema_violation, body_malformed, body_timeout, bad_request",
+            "Client-side failures by kind: body_too_large, client_abort, schema_violation, body_malformed, body_timeout, bad_request, overloaded",
             m.request_errors.clone(),
         );
         reg.register(
@@ -781,7 +791,7 @@ pub struct VersionMetrics {
     requests: [CounterWithExemplar<TraceExemplar>; 5],
     duration: HistogramWithExemplars<TraceExemplar>,
     upstream_duration: HistogramWithExemplars<TraceExemplar>,
-    upstream_errors: [Counter; 4],
+    upstream_errors: [Counter; 5],
     request_errors: [Counter; 7],
     /// Requests being proxied now.
     pub in_flight: Gauge,
@@ -823,7 +833,8 @@ impl VersionMetrics {
 /// What a finished request contributes to metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct Recorded {
-    /// Status sent to the client.
+    /// The status the exchange counts as: the one sent, or for a gRPC call the HTTP status of
+    /// its `grpc-status`.
     pub status: u16,
     /// Total latency.
     pub total_seconds: f64,

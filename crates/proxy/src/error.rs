@@ -131,6 +131,7 @@ impl ProxyError {
                 UpstreamErrorKind::Timeout => "upstream_timeout",
                 UpstreamErrorKind::Reset => "upstream_reset",
                 UpstreamErrorKind::Status5xx => "upstream_5xx",
+                UpstreamErrorKind::Grpc => "upstream_grpc",
             },
         }
     }
@@ -161,32 +162,33 @@ impl ProxyError {
         }
     }
 
-    fn status_and_grpc(&self) -> (StatusCode, &'static str) {
+    /// The HTTP status of the answer, and the gRPC code a gRPC client gets instead.
+    pub(crate) fn status_and_grpc(&self) -> (StatusCode, u16) {
         match self {
-            Self::NoRoute => (StatusCode::NOT_FOUND, "12"),
-            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "3"),
-            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "14"),
-            Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "8"),
-            Self::SchemaViolation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "3"),
+            Self::NoRoute => (StatusCode::NOT_FOUND, 12),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, 3),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, 14),
+            Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 8),
+            Self::SchemaViolation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 3),
             // 499 as nginx logs a client that left; gRPC CANCELLED, INVALID_ARGUMENT and
             // DEADLINE_EXCEEDED for the same three.
             Self::ClientBody {
                 fault: ClientFault::Aborted,
                 ..
-            } => (CLIENT_CLOSED_REQUEST, "1"),
+            } => (CLIENT_CLOSED_REQUEST, 1),
             Self::ClientBody {
                 fault: ClientFault::Malformed,
                 ..
-            } => (StatusCode::BAD_REQUEST, "3"),
+            } => (StatusCode::BAD_REQUEST, 3),
             Self::ClientBody {
                 fault: ClientFault::Timeout,
                 ..
-            } => (StatusCode::REQUEST_TIMEOUT, "4"),
+            } => (StatusCode::REQUEST_TIMEOUT, 4),
             Self::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 ..
-            } => (StatusCode::GATEWAY_TIMEOUT, "4"),
-            Self::Upstream { .. } => (StatusCode::BAD_GATEWAY, "14"),
+            } => (StatusCode::GATEWAY_TIMEOUT, 4),
+            Self::Upstream { .. } => (StatusCode::BAD_GATEWAY, 14),
         }
     }
 }
@@ -207,7 +209,7 @@ pub fn error_response(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        h.insert("grpc-status", HeaderValue::from_static(grpc_status));
+        h.insert("grpc-status", HeaderValue::from(grpc_status));
         if let Ok(v) = HeaderValue::from_str(&crate::codec::percent::grpc_message(&message)) {
             h.insert("grpc-message", v);
         }

@@ -136,7 +136,9 @@ impl Clients {
         let h2 = match route.upstream_protocol {
             UpstreamProtocol::Http1 => false,
             UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Auto => req.version() == Version::HTTP_2,
+            // gRPC needs HTTP/2; model servers' REST ports (MLServer's, KServe's, Triton's)
+            // often speak HTTP/1.1 only, whatever the client spoke.
+            UpstreamProtocol::Auto => ctx.grpc,
         };
         let (mut parts, body) = req.into_parts();
         // One Host upstream, the one the client addressed: an absolute-form target or HTTP/2
@@ -222,6 +224,12 @@ impl Clients {
                     .unwrap_or(ClientFault::Aborted),
                 source,
             },
+            Ok(Err((kind, source))) if h2 && kind == UpstreamErrorKind::Reset => {
+                ProxyError::Upstream {
+                    kind,
+                    source: Box::new(NoH2c(source)),
+                }
+            }
             Ok(Err((kind, source))) => ProxyError::Upstream { kind, source },
             Err(elapsed) if ctx.awaiting_client.load(Ordering::Relaxed) => ProxyError::ClientBody {
                 fault: ClientFault::Timeout,
@@ -310,6 +318,14 @@ fn upstream_uri(tls: bool, authority: &Authority, pq: PathAndQuery) -> Result<Ur
             source: Box::new(e),
         })
 }
+
+/// An HTTP/2 exchange the model server cut before answering: what an HTTP/1.1-only server does
+/// with the h2c preface.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0} (the model server closed the HTTP/2 connection without answering; if it speaks HTTP/1.1 only, set upstream_protocol = \"http1\" on the route)"
+)]
+struct NoH2c(#[source] BoxError);
 
 /// An upstream error with its kind.
 fn failure(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::codec;
 use crate::inspect::worker::BodyCopy;
 use crate::inspect::{Inspector, Skip, open_inference, openai};
 use bytes::Bytes;
@@ -139,6 +140,13 @@ struct Pending {
     upstream_error: Option<UpstreamErrorKind>,
     request_error: Option<RequestErrorKind>,
     error: Option<&'static str>,
+    /// The model server answered a gRPC call (HTTP 200, `application/grpc`): its outcome is
+    /// the `grpc-status` of the trailers (or of a trailers-only head).
+    grpc_answer: bool,
+    /// The `grpc-status` the client got.
+    grpc_status: Option<u16>,
+    /// What the exchange counts as when the sidecar answered a gRPC call itself.
+    outcome: Option<u16>,
     reported: Option<String>,
     bytes_out: u64,
     tee: Option<BodyCopy>,
@@ -168,6 +176,9 @@ impl Pending {
             upstream_error: None,
             request_error: None,
             error: None,
+            grpc_answer: false,
+            grpc_status: None,
+            outcome: None,
             reported: None,
             bytes_out: 0,
             tee: None,
@@ -194,6 +205,15 @@ impl Pending {
             self.error = Some("upstream_5xx");
         }
         let headers = response.headers();
+        if self.ctx.grpc
+            && status == http::StatusCode::OK
+            && headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        {
+            self.grpc_answer = true;
+            self.grpc_status = grpc_status(headers);
+        }
         if let Some(name) = self
             .ctx
             .route()
@@ -230,6 +250,27 @@ impl Pending {
         self.upstream_error = err.upstream_kind();
         self.request_error = err.request_kind();
         self.error = Some(err.kind_str());
+        if self.ctx.grpc {
+            // The answer is HTTP 200 with this code; it counts as what an HTTP client got.
+            let (status, code) = err.status_and_grpc();
+            self.grpc_status = Some(code);
+            self.outcome = Some(status.as_u16());
+        }
+    }
+
+    /// A gRPC call's outcome, once its body ended: the status the server caused is the
+    /// version's error, counted as `upstream_errors{kind="grpc"}`; one ended without a status
+    /// counts as `UNKNOWN`, as gRPC clients take it.
+    fn grpc_outcome(&mut self) -> Option<u16> {
+        if !self.grpc_answer || !self.finished || self.error.is_some() {
+            return None;
+        }
+        let code = self.grpc_status.unwrap_or(2);
+        if codec::grpc::server_fault(code) {
+            self.upstream_error = Some(UpstreamErrorKind::Grpc);
+            self.error = Some("upstream_grpc");
+        }
+        Some(codec::grpc::http_status(code))
     }
 
     fn data(&mut self, data: &Bytes) {
@@ -262,6 +303,9 @@ impl Pending {
             self.request_error = Some(RequestErrorKind::ClientAbort);
             self.error = Some("client_abort");
         }
+        let outcome = (self.grpc_outcome())
+            .or(self.outcome)
+            .unwrap_or(self.status);
         let copy = self.tee.take().filter(|_| self.finished || self.tee_sse);
         if let Some(copy) = &copy {
             self.inspect(copy.bytes());
@@ -290,6 +334,8 @@ impl Pending {
             protocol: protocol(ctx.version),
             status: self.status,
             upstream_status: self.upstream_status,
+            grpc_status: self.grpc_status,
+            outcome,
             total: ctx.start.elapsed(),
             upstream_latency: self.upstream_latency,
             upstream_error: self.upstream_error,
@@ -335,6 +381,11 @@ impl Pending {
             }
         }
     }
+}
+
+/// The code of a `grpc-status` header or trailer.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    (headers.get("grpc-status")).and_then(|v| codec::grpc::parse(v.as_bytes()))
 }
 
 /// The bounded label of a reported version that is not the one served: the reported version
@@ -412,8 +463,11 @@ impl Body for ObservedBody {
                     *data = this.held.account(std::mem::take(data));
                 }
                 // No stamp rides in trailers: the model server's would contradict the head's.
-                if let (Some(trailers), Some(p)) = (frame.trailers_mut(), this.pending.as_ref()) {
+                if let (Some(trailers), Some(p)) = (frame.trailers_mut(), this.pending.as_mut()) {
                     super::stamp::strip_stamps(trailers, &p.ctx.snapshot.config.headers);
+                    if p.grpc_answer {
+                        p.grpc_status = grpc_status(trailers).or(p.grpc_status);
+                    }
                 }
                 if this.inner.is_end_stream() {
                     this.finish(None);

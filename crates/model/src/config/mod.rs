@@ -385,7 +385,7 @@ impl RegistrySource {
 /// Which HTTP version is spoken to the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
-    /// The same as the downstream request (HTTP/2 in, h2c out).
+    /// gRPC (`content-type: application/grpc*`) over h2c, everything else over HTTP/1.1.
     Auto,
     /// Always HTTP/1.1.
     Http1,

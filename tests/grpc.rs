@@ -1,0 +1,243 @@
+//! gRPC calls count by their `grpc-status`, not by the HTTP 200 they ride in: per-version status
+//! classes, `upstream_errors{kind="grpc"}` for what the server caused, the rolling window the
+//! canary and `explain` judge from, the access log's `grpc_status`, and `rpc.grpc.status_code`
+//! on both spans. The sidecar's own gRPC answers (upstream down) count as an HTTP client's would.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use support::otlp::{self, attr};
+use support::*;
+
+/// A length-prefixed gRPC message (uncompressed, 3 bytes).
+const MESSAGE: &[u8] = &[0, 0, 0, 0, 3, 1, 2, 3];
+
+/// A model server answering `/t/{code}` with the status in trailers, `/h/{code}` trailers-only
+/// (the status in the head), and `/none` without any status.
+fn grpc_server() -> Handler {
+    Arc::new(|req: Request<Incoming>| {
+        Box::pin(async move {
+            let path = req.uri().path().to_string();
+            let _ = req.into_body().collect().await;
+            let (how, code) = path[1..].split_once('/').unwrap_or((&path[1..], ""));
+            let mut head = Response::builder().header("content-type", "application/grpc");
+            if how == "h" {
+                head = head.header("grpc-status", code);
+                return head.body(full(Bytes::new())).unwrap();
+            }
+            let (tx, body) = channel_body(4);
+            let code = code.to_string();
+            let with_status = how == "t";
+            tokio::spawn(async move {
+                tx.send(Frame::data(Bytes::from_static(MESSAGE)))
+                    .await
+                    .unwrap();
+                if with_status {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", code.parse().unwrap());
+                    tx.send(Frame::trailers(trailers)).await.unwrap();
+                }
+            });
+            head.body(body).unwrap()
+        })
+    })
+}
+
+fn grpc_route(upstream: impl std::fmt::Display) -> String {
+    format!(
+        "[[routes]]\nname = \"grpc\"\nmodel = \"churn\"\nupstream = \"{upstream}\"\nserves = \"1\"\n"
+    )
+}
+
+/// One unary call; returns the `grpc-status` the client got (trailers, else the head).
+async fn call(h: &Harness, path: &str) -> Option<String> {
+    let req = Request::post(h.url(path))
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(Bytes::from_static(MESSAGE)))
+        .unwrap();
+    let resp = h2_client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    let head = resp.headers().get("grpc-status").cloned();
+    let collected = resp.into_body().collect().await.unwrap();
+    collected
+        .trailers()
+        .and_then(|t| t.get("grpc-status").cloned())
+        .or(head)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+fn series(name: &str, label: &str) -> String {
+    format!(r#"modelstamp_{name}{{model="churn",version="1",{label}}}"#)
+}
+
+#[tokio::test]
+async fn a_grpc_call_counts_by_its_status_in_metrics_window_log_and_spans() {
+    let (collector, received) = otlp::start().await;
+    let up = Upstream::start(grpc_server()).await;
+    let traces = format!(
+        "[traces]\notlp_endpoint = \"http://{}\"\notlp_protocol = \"grpc\"\n",
+        collector.addr
+    );
+    let h = Harness::start(&grpc_route(up.addr), &traces).await;
+    let calls = [
+        ("/t/0", Some("0")),
+        ("/t/5", Some("5")),   // NOT_FOUND: the client's
+        ("/t/8", Some("8")),   // RESOURCE_EXHAUSTED: the client's (429)
+        ("/t/14", Some("14")), // UNAVAILABLE: the server's
+        ("/h/13", Some("13")), // INTERNAL, trailers-only
+        ("/none", None),       // no status at all: UNKNOWN
+    ];
+    for (path, want) in calls {
+        assert_eq!(call(&h, path).await.as_deref(), want, "{path}");
+    }
+    let class = |c: &str| series("requests_total", &format!("status_class=\"{c}\""));
+    assert!(
+        h.metric_reaches(&class("2xx"), 1.0).await,
+        "{}",
+        h.metrics().await
+    );
+    assert_eq!(h.metric(&class("4xx")).await, 2.0);
+    assert_eq!(h.metric(&class("5xx")).await, 3.0);
+    assert_eq!(
+        h.metric(&series("upstream_errors_total", "kind=\"grpc\""))
+            .await,
+        3.0,
+        "UNAVAILABLE, INTERNAL and a missing status are the version's errors"
+    );
+    let snap = h.sidecar.reloader.current().load_full();
+    let window = snap.models["churn"].versions["1"].metrics.window.totals();
+    assert_eq!((window.requests, window.errors), (6, 3));
+
+    let log = h.access_log();
+    let got: Vec<(Option<u64>, Option<&str>)> = log
+        .iter()
+        .map(|l| (l["grpc_status"].as_u64(), l["error"].as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(0), None),
+            (Some(5), None),
+            (Some(8), None),
+            (Some(14), Some("upstream_grpc")),
+            (Some(13), Some("upstream_grpc")),
+            (None, Some("upstream_grpc")),
+        ]
+    );
+    assert!(log.iter().all(|l| l["status"] == 200));
+
+    // Both spans carry the code; the server's is an error only for the server's codes.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            received.spans().len() >= 12
+        })
+        .await
+    );
+    let spans = received.spans();
+    let server: Vec<_> = spans.iter().filter(|(_, s)| s.kind == 2).collect();
+    let codes: Vec<Option<String>> = server
+        .iter()
+        .map(|(_, s)| attr(s, "rpc.grpc.status_code"))
+        .collect();
+    for want in ["0", "5", "14", "13"] {
+        assert!(codes.contains(&Some(want.to_string())), "{codes:?}");
+    }
+    for (_, s) in &server {
+        let code = attr(s, "rpc.grpc.status_code");
+        let is_error = s.status.as_ref().is_some_and(|st| st.code == 2);
+        let server_fault = !matches!(code.as_deref(), Some("0" | "5" | "8"));
+        assert_eq!(is_error, server_fault, "{code:?}");
+    }
+    let client = spans.iter().filter(|(_, s)| s.kind == 3);
+    assert_eq!(
+        client
+            .filter(|(_, s)| attr(s, "rpc.grpc.status_code").as_deref() == Some("14"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_sidecars_own_grpc_answers_count_as_an_http_clients_would() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let h = Harness::start(&grpc_route(closed), "").await;
+    assert_eq!(call(&h, "/g/ModelInfer").await.as_deref(), Some("14"));
+    let five = series("requests_total", "status_class=\"5xx\"");
+    assert!(h.metric_reaches(&five, 1.0).await, "{}", h.metrics().await);
+    assert_eq!(
+        h.metric(&series("requests_total", "status_class=\"2xx\""))
+            .await,
+        0.0,
+        "a refused upstream is not a success because the answer was HTTP 200"
+    );
+    assert_eq!(
+        h.metric(&series("upstream_errors_total", "kind=\"connect\""))
+            .await,
+        1.0
+    );
+    let log = h.access_log();
+    assert_eq!(log[0]["grpc_status"], 14);
+    assert_eq!(log[0]["error"], "upstream_connect");
+}
+
+#[tokio::test]
+async fn rest_lines_have_no_grpc_status() {
+    let up = Upstream::start(oi_handler("1")).await;
+    let h = Harness::start(&churn_route(up.addr, "1", ""), "").await;
+    let (resp, _) = send(post(&h.url("/v2/models/churn/infer"), "{}")).await;
+    assert_eq!(resp.status(), 200);
+    let log = h.access_log();
+    assert!(log[0].get("grpc_status").is_none(), "{}", log[0]);
+}
+
+#[tokio::test]
+async fn auto_sends_grpc_over_h2c_and_everything_else_over_http1() {
+    let up = Upstream::start(grpc_server()).await;
+    let h = Harness::start(&grpc_route(up.addr), "").await;
+    assert_eq!(call(&h, "/t/0").await.as_deref(), Some("0"));
+    assert_eq!(up.last().version, http::Version::HTTP_2);
+    // An HTTP/2 REST client in front of a REST port: HTTP/1.1 upstream.
+    let resp = h2_client()
+        .request(post(&h.url("/v2/models/churn/infer"), "{}"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.last().version, http::Version::HTTP_11);
+
+    // A server that speaks HTTP/1.1 only, as MLServer's REST port: it refuses the h2c preface.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http1_only = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let route = format!("{}upstream_protocol = \"http2\"\n", grpc_route(http1_only));
+    let h = Harness::start(&route, "").await;
+    let (resp, body) = send(post(&h.url("/v2/models/churn/infer"), "{}")).await;
+    assert_eq!(resp.status(), 502);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("upstream_reset") && body.contains("upstream_protocol = \\\"http1\\\""),
+        "{body}"
+    );
+}
