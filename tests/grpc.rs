@@ -241,3 +241,64 @@ async fn auto_sends_grpc_over_h2c_and_everything_else_over_http1() {
         "{body}"
     );
 }
+
+/// `ModelInferResponse`'s first fields and an output tensor, as the proto declares them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct InferResponse {
+    #[prost(string, tag = "1")]
+    model_name: String,
+    #[prost(string, tag = "2")]
+    model_version: String,
+    #[prost(bytes = "vec", repeated, tag = "6")]
+    raw_output_contents: Vec<Vec<u8>>,
+}
+
+#[tokio::test]
+async fn the_version_a_model_infer_response_reports_is_read_and_a_mismatch_counted() {
+    // The model server answers ModelInfer as version 2; the route says it serves 1.
+    let handler: Handler = Arc::new(|req: Request<Incoming>| {
+        Box::pin(async move {
+            let _ = req.into_body().collect().await;
+            let message = prost::Message::encode_to_vec(&InferResponse {
+                model_name: "churn".into(),
+                model_version: "2".into(),
+                raw_output_contents: vec![vec![7; 4096]],
+            });
+            let mut framed = vec![0];
+            framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&message);
+            let (tx, body) = channel_body(4);
+            tokio::spawn(async move {
+                tx.send(Frame::data(Bytes::from(framed))).await.unwrap();
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                tx.send(Frame::trailers(trailers)).await.unwrap();
+            });
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body)
+                .unwrap()
+        })
+    });
+    let up = Upstream::start(handler).await;
+    let h = Harness::start(&grpc_route(up.addr), "").await;
+    let infer = "/inference.GRPCInferenceService/ModelInfer";
+    assert_eq!(call(&h, infer).await.as_deref(), Some("0"));
+    let mismatch = r#"modelstamp_version_mismatch_total{model="churn",expected="1",reported="2"}"#;
+    assert!(
+        h.metric_reaches(mismatch, 1.0).await,
+        "{}",
+        h.metrics().await
+    );
+    let log = h.access_log();
+    assert_eq!(log[0]["reported_version"], "2");
+    assert_eq!(log[0]["version"], "1");
+    // Another method's answer is not read as a ModelInferResponse.
+    assert_eq!(
+        call(&h, "/inference.GRPCInferenceService/ModelMetadata")
+            .await
+            .as_deref(),
+        Some("0")
+    );
+    assert!(h.access_log()[1]["reported_version"].is_null());
+}

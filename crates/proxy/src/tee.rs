@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::codec;
 use crate::inspect::worker::BodyCopy;
-use crate::inspect::{Inspector, Skip, open_inference, openai};
+use crate::inspect::{Inspector, Skip, grpc_infer, open_inference, openai};
 use bytes::Bytes;
 use http::{Response, header};
 use http_body::{Body, Frame, SizeHint};
@@ -152,6 +152,8 @@ struct Pending {
     tee: Option<BodyCopy>,
     /// The tee holds an SSE stream, of which a prefix is enough to read the model.
     tee_sse: bool,
+    /// The tee holds a gRPC `ModelInferResponse`, whose first fields name the version.
+    tee_grpc: bool,
     /// The SSE copy stopped at the cap (the prefix is read, the usage is not).
     tee_truncated: bool,
     gen_ai_response_model: Option<String>,
@@ -183,6 +185,7 @@ impl Pending {
             bytes_out: 0,
             tee: None,
             tee_sse: false,
+            tee_grpc: false,
             tee_truncated: false,
             gen_ai_response_model: None,
             finished: false,
@@ -238,10 +241,15 @@ impl Pending {
         let openai = self.ctx.resolved.openai.is_some() && (json || sse);
         let inspect = self.ctx.inspect.is_some() && (json || sse);
         let shadow = super::shadow::Shadower::wanted(&self.ctx) && json;
-        if status.is_success() && (oi || openai || inspect || shadow) {
+        // A gRPC `ModelInferResponse` names its version in its first fields.
+        let grpc = self.reported.is_none()
+            && self.grpc_answer
+            && self.ctx.path.path() == grpc_infer::MODEL_INFER;
+        if status.is_success() && (oi || openai || inspect || shadow || grpc) {
             let cap = self.ctx.snapshot.config.limits.max_inspect_bytes;
             self.tee = Some(self.inspector.copy(cap));
             self.tee_sse = sse;
+            self.tee_grpc = grpc;
         }
         response
     }
@@ -362,7 +370,12 @@ impl Pending {
 
     /// Read what the copied response body says (after the exchange, never on the byte path).
     fn inspect(&mut self, body: &[u8]) {
-        if self.ctx.resolved.openai.is_some() {
+        if self.tee_grpc {
+            match grpc_infer::reported_version(body) {
+                Ok(v) => self.reported = v,
+                Err(e) => debug!(error = %e, "gRPC response not read for its version."),
+            }
+        } else if self.ctx.resolved.openai.is_some() {
             self.gen_ai_response_model = if self.tee_sse {
                 openai::sse_model(body)
             } else {

@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod drift;
 pub mod exposition;
+pub mod grpc_infer;
 pub mod open_inference;
 pub mod openai;
 pub mod profile;
