@@ -302,3 +302,169 @@ async fn the_version_a_model_infer_response_reports_is_read_and_a_mismatch_count
     );
     assert!(h.access_log()[1]["reported_version"].is_null());
 }
+
+/// `ModelInferRequest`'s leading fields and its raw tensors, as the proto declares them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct InferRequest {
+    #[prost(string, tag = "1")]
+    model_name: String,
+    #[prost(string, tag = "2")]
+    model_version: String,
+    #[prost(bytes = "vec", repeated, tag = "7")]
+    raw_input_contents: Vec<Vec<u8>>,
+}
+
+fn framed(message: &impl prost::Message) -> Bytes {
+    let bytes = message.encode_to_vec();
+    let mut out = vec![0];
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&bytes);
+    Bytes::from(out)
+}
+
+/// A model server that serves the version a `ModelInfer` message names (its default, "1",
+/// when none), reports it in its answer, and keeps every request body it got.
+fn versioned_grpc_server(bodies: Arc<std::sync::Mutex<Vec<Bytes>>>) -> Handler {
+    Arc::new(move |req: Request<Incoming>| {
+        let bodies = bodies.clone();
+        Box::pin(async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            bodies.lock().unwrap().push(body.clone());
+            let asked: InferRequest = prost::Message::decode(&body[5..]).unwrap();
+            let version = Some(asked.model_version).filter(|v| !v.is_empty());
+            let answer = framed(&InferResponse {
+                model_name: asked.model_name,
+                model_version: version.unwrap_or_else(|| "1".into()),
+                raw_output_contents: vec![],
+            });
+            let (tx, body) = channel_body(4);
+            tokio::spawn(async move {
+                tx.send(Frame::data(answer)).await.unwrap();
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                tx.send(Frame::trailers(trailers)).await.unwrap();
+            });
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body)
+                .unwrap()
+        })
+    })
+}
+
+/// One `ModelInfer` call: the stamped version and the version the answer reports.
+async fn model_infer(h: &Harness, message: &InferRequest) -> (String, String) {
+    let req = Request::post(h.url("/inference.GRPCInferenceService/ModelInfer"))
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(framed(message)))
+        .unwrap();
+    let resp = h2_client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stamped = resp.headers()["x-model-version"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let answer: InferResponse = prost::Message::decode(&body[5..]).unwrap();
+    (stamped, answer.model_version)
+}
+
+#[tokio::test]
+async fn model_infer_resolves_by_the_model_and_version_its_message_names() {
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let up = Upstream::start(versioned_grpc_server(bodies.clone())).await;
+    // The model comes from the message, as from an Open Inference REST path.
+    let route = format!(
+        "[[routes]]\nname = \"oi\"\nupstream = \"{}\"\nserves = \"@champion\"\nmatch = {{ open_inference = true }}\n",
+        up.addr
+    );
+    let h = Harness::start(&route, "").await;
+    let tensors = vec![vec![5u8; 200_000]];
+    let explicit = InferRequest {
+        model_name: "churn".into(),
+        model_version: "2".into(),
+        raw_input_contents: tensors.clone(),
+    };
+    assert_eq!(
+        model_infer(&h, &explicit).await,
+        ("2".into(), "2".into()),
+        "an explicit version wins over the route's alias"
+    );
+    assert_eq!(
+        bodies.lock().unwrap()[0],
+        framed(&explicit),
+        "the message reaches the model server byte for byte"
+    );
+    assert_eq!(up.last().headers["x-model-version"], "2");
+    assert_eq!(up.last().headers["x-lineage-id"], h.lineage_id("2"));
+    let default = InferRequest {
+        model_version: String::new(),
+        ..explicit.clone()
+    };
+    assert_eq!(model_infer(&h, &default).await, ("1".into(), "1".into()));
+    let requests = |v: &str| {
+        format!(r#"modelstamp_requests_total{{model="churn",version="{v}",status_class="2xx"}}"#)
+    };
+    assert!(h.metric_reaches(&requests("2"), 1.0).await);
+    assert_eq!(h.metric(&requests("1")).await, 1.0);
+    let mismatches = h.metrics().await;
+    assert!(
+        !mismatches.contains("modelstamp_version_mismatch_total{"),
+        "{mismatches}"
+    );
+    // A model the registry does not know is stamped unknown, as over REST.
+    let other = InferRequest {
+        model_name: "fraud".into(),
+        ..default.clone()
+    };
+    assert_eq!(model_infer(&h, &other).await.0, "unknown");
+}
+
+#[tokio::test]
+async fn a_grpc_canary_split_sets_the_version_it_stamps_in_the_message() {
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let up = Upstream::start(versioned_grpc_server(bodies.clone())).await;
+    let route = format!(
+        "[[routes]]\nname = \"churn\"\nmodel = \"churn\"\nupstream = \"{}\"\nmatch = {{ open_inference = true }}\n\
+         [[routes.backends]]\nversion = \"1\"\nweight = 50\n[[routes.backends]]\nversion = \"2\"\nweight = 50\n",
+        up.addr
+    );
+    let h = Harness::start(&route, "").await;
+    let message = InferRequest {
+        model_name: "churn".into(),
+        model_version: String::new(),
+        raw_input_contents: vec![vec![1, 2, 3, 4]],
+    };
+    let mut served = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let (stamped, answered) = model_infer(&h, &message).await;
+        assert_eq!(
+            stamped, answered,
+            "the version stamped is the version that served"
+        );
+        *served.entry(stamped).or_insert(0) += 1;
+    }
+    assert_eq!(served.len(), 2, "both backends served: {served:?}");
+    // The message is otherwise unchanged.
+    for body in bodies.lock().unwrap().iter() {
+        let got: InferRequest = prost::Message::decode(&body[5..]).unwrap();
+        assert_eq!(got.raw_input_contents, message.raw_input_contents);
+        assert_eq!(
+            body.len() - 5,
+            u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize
+        );
+    }
+    for (v, n) in &served {
+        let series = format!(
+            r#"modelstamp_requests_total{{model="churn",version="{v}",status_class="2xx"}}"#
+        );
+        assert!(h.metric_reaches(&series, f64::from(*n)).await, "{v}");
+    }
+    let metrics = h.metrics().await;
+    assert!(
+        !metrics.contains("modelstamp_version_mismatch_total{"),
+        "{metrics}"
+    );
+}

@@ -39,6 +39,8 @@ pub enum ClientBody {
         trailers: Option<http::HeaderMap>,
         /// The unread rest, if the body did not end within the read-ahead.
         rest: Option<Incoming>,
+        /// The client's body failed during the read-ahead: the failure, after the bytes read.
+        failed: Option<hyper::Error>,
     },
 }
 
@@ -56,9 +58,13 @@ impl Body for ClientBody {
                 head,
                 trailers,
                 rest,
+                failed,
             } => {
                 if let Some(h) = head.take() {
                     return Poll::Ready(Some(Ok(Frame::data(h))));
+                }
+                if let Some(e) = failed.take() {
+                    return Poll::Ready(Some(Err(e)));
                 }
                 if let Some(r) = rest {
                     match Pin::new(r).poll_frame(cx) {
@@ -78,8 +84,10 @@ impl Body for ClientBody {
                 head,
                 trailers,
                 rest,
+                failed,
             } => {
                 head.is_none()
+                    && failed.is_none()
                     && trailers.is_none()
                     && rest.as_ref().is_none_or(|r| r.is_end_stream())
             }
@@ -94,11 +102,12 @@ impl Body for ClientBody {
                 match rest {
                     None => SizeHint::with_exact(head),
                     Some(r) => {
+                        // The upper bound first: a lower bound above the current upper panics.
                         let mut hint = r.size_hint();
-                        hint.set_lower(hint.lower() + head);
                         if let Some(upper) = hint.upper() {
                             hint.set_upper(upper + head);
                         }
+                        hint.set_lower(hint.lower() + head);
                         hint
                     }
                 }

@@ -79,6 +79,7 @@ where
             if let ClientBody::Buffered {
                 head: Some(head),
                 rest: None,
+                failed: None,
                 ..
             } = &body
             {
@@ -125,6 +126,7 @@ async fn read_ahead(
                     head: Some(head.freeze()),
                     trailers: None,
                     rest: None,
+                    failed: None,
                 });
             }
             Some(Err(e)) => {
@@ -141,6 +143,7 @@ async fn read_ahead(
                             head: Some(head.freeze()),
                             trailers: None,
                             rest: Some(body),
+                            failed: None,
                         });
                     }
                 }
@@ -149,6 +152,7 @@ async fn read_ahead(
                         head: Some(head.freeze()),
                         trailers: frame.into_trailers().ok(),
                         rest: None,
+                        failed: None,
                     });
                 }
             },

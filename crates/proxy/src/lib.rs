@@ -23,6 +23,7 @@ mod ctx;
 mod enforce;
 mod error;
 mod forward;
+mod grpc_lead;
 mod headers;
 mod held;
 pub mod idle;

@@ -20,12 +20,14 @@ use super::body::ClientBody;
 use super::ctx::{ProxyRequest, RequestCtx};
 use super::held::Held;
 
+use super::grpc_lead;
 use crate::inspect::Codec;
+use crate::inspect::grpc_infer;
 use crate::observe::Telemetry;
 use crate::observe::access_log::owned_path;
 use crate::observe::spans::{Attributes, remote_parent};
 use crate::observe::trace::parse_traceparent;
-use crate::routing::{Resolved, Snapshot, resolve};
+use crate::routing::{OpenInferencePath, Resolved, Snapshot, resolve, resolve_as};
 
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
@@ -109,11 +111,13 @@ impl<S> Layer<S> for ResolveLayer {
     fn layer(&self, inner: S) -> Resolve<S> {
         Resolve {
             snapshots: self.snapshots.clone(),
-            telemetry: self.telemetry.clone(),
             held: self.held.clone(),
-            client: self.client,
-            peer: self.peer.clone(),
-            tls: self.tls,
+            conn: Conn {
+                telemetry: self.telemetry.clone(),
+                client: self.client,
+                peer: self.peer.clone(),
+                tls: self.tls,
+            },
             inner,
         }
     }
@@ -123,21 +127,28 @@ impl<S> Layer<S> for ResolveLayer {
 #[derive(Clone)]
 pub struct Resolve<S> {
     snapshots: Arc<ArcSwap<Snapshot>>,
-    telemetry: Arc<Telemetry>,
     held: Held,
+    conn: Conn,
+    inner: S,
+}
+
+/// What a request's context takes from its connection.
+#[derive(Clone)]
+struct Conn {
+    telemetry: Arc<Telemetry>,
     client: SocketAddr,
     peer: HeaderValue,
     tls: bool,
-    inner: S,
 }
 
 impl<S, B> Service<Request<Incoming>> for Resolve<S>
 where
-    S: Service<ProxyRequest, Response = Response<B>, Error = Infallible>,
+    S: Service<ProxyRequest, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
     type Response = Response<B>;
     type Error = Infallible;
-    type Future = S::Future;
+    type Future = Call<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -149,13 +160,103 @@ where
         if self.held.bytes() > snapshot.config.limits.max_held_response_bytes {
             req.extensions_mut().insert(Overloaded);
         }
-        let resolved = resolve(&snapshot, req.uri().path(), req.headers(), self.client.ip());
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let (parts, body) = req.into_parts();
+        if grpc && parts.uri.path() == grpc_infer::MODEL_INFER {
+            // The model and version are in the message: read its first bytes, then resolve.
+            // The service that was polled ready goes with the call; a clone stays (tower's
+            // recipe; every inner service here is always ready).
+            let ready = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, ready);
+            let conn = self.conn.clone();
+            // The exchange is timed from its arrival, read-ahead included.
+            let arrived = (Instant::now(), SystemTime::now());
+            return Call::Later {
+                inner: Box::pin(async move {
+                    let stall = snapshot.config.limits.body_read_timeout;
+                    let (body, lead) = grpc_lead::read_leading(body, stall).await;
+                    let oi = lead.as_ref().and_then(|l| {
+                        Some(OpenInferencePath {
+                            name: l.model_name.as_deref()?,
+                            version: l.model_version.as_deref(),
+                            infer: true,
+                        })
+                    });
+                    let resolved = resolve_as(
+                        &snapshot,
+                        parts.uri.path(),
+                        oi,
+                        &parts.headers,
+                        conn.client.ip(),
+                    );
+                    let mut parts = parts;
+                    let body = grpc_lead::steer(body, lead.as_ref(), &resolved, &mut parts.headers);
+                    let ctx = conn.context(&parts, snapshot, resolved, true, arrived);
+                    let req = Request::from_parts(parts, body);
+                    inner.call(ProxyRequest { req, ctx }).await
+                }),
+            };
+        }
+        let resolved = resolve(
+            &snapshot,
+            parts.uri.path(),
+            &parts.headers,
+            self.conn.client.ip(),
+        );
+        let arrived = (Instant::now(), SystemTime::now());
+        let ctx = self.conn.context(&parts, snapshot, resolved, grpc, arrived);
+        Call::Now {
+            inner: self.inner.call(ProxyRequest {
+                req: Request::from_parts(parts, ClientBody::Streaming(body)),
+                ctx,
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's future; for a gRPC `ModelInfer`, read ahead first (boxed: the
+    /// common path allocates nothing more).
+    #[project = CallProj]
+    pub enum Call<F: Future> {
+        /// Resolved from the head alone.
+        Now { #[pin] inner: F },
+        /// Resolved once the message's leading fields are read.
+        Later { inner: BoxFuture<F::Output> },
+    }
+}
+
+impl<F: Future> Future for Call<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            CallProj::Now { inner } => inner.poll(cx),
+            CallProj::Later { inner } => inner.as_mut().poll(cx),
+        }
+    }
+}
+
+impl Conn {
+    /// The request's context: its ID, span and inspection choice, with what resolution found.
+    fn context(
+        &self,
+        parts: &http::request::Parts,
+        snapshot: Arc<Snapshot>,
+        resolved: Resolved,
+        grpc: bool,
+        (start, time): (Instant, SystemTime),
+    ) -> Arc<RequestCtx> {
         let trusted = resolved
             .route
             .and_then(|i| snapshot.routes.get(i))
             .is_some_and(|r| r.route.trusted);
         let request_id = if trusted {
-            req.headers()
+            parts
+                .headers
                 .get(&snapshot.config.headers.request_id)
                 .filter(|v| valid_request_id(v))
                 .map(owned_header)
@@ -163,33 +264,29 @@ where
         } else {
             new_request_id()
         };
-        let grpc = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let span = self.server_span(&req, &snapshot, &resolved, &request_id);
+        let span = self.server_span(parts, &snapshot, &resolved, &request_id);
         let inspect = resolved
             .route
             .and_then(|i| snapshot.routes.get(i))
             .and_then(|r| {
-                let codec = Codec::choose(r.route.inspect.codec, req.uri().path())?;
+                let codec = Codec::choose(r.route.inspect.codec, parts.uri.path())?;
                 let sampled = self.telemetry.inspector.sample(r.route.inspect.sample);
                 sampled.then_some(codec)
             });
-        let ctx = RequestCtx {
+        Arc::new(RequestCtx {
             span,
             request_id,
-            method: req.method().clone(),
-            path: req
-                .uri()
+            method: parts.method.clone(),
+            path: parts
+                .uri
                 .path_and_query()
                 .map_or_else(|| http::uri::PathAndQuery::from_static("/"), owned_path),
-            version: req.version(),
+            version: parts.version,
             client: self.client,
             client_ip: self.peer.clone(),
             tls: self.tls,
-            start: Instant::now(),
-            time: SystemTime::now(),
+            start,
+            time,
             grpc,
             bytes_in: AtomicU64::new(0),
             body_too_large: AtomicBool::new(false),
@@ -201,24 +298,18 @@ where
             request_copy: std::sync::OnceLock::new(),
             snapshot,
             resolved,
-        };
-        self.inner.call(ProxyRequest {
-            req: req.map(ClientBody::Streaming),
-            ctx: Arc::new(ctx),
         })
     }
-}
 
-impl<S> Resolve<S> {
     /// The server span, with what resolution found as `ml.*` attributes.
     fn server_span(
         &self,
-        req: &Request<Incoming>,
+        parts: &http::request::Parts,
         snap: &Snapshot,
         resolved: &Resolved,
         request_id: &HeaderValue,
     ) -> crate::observe::spans::Span {
-        let h = req.headers();
+        let h = &parts.headers;
         let parent = h
             .get(TRACEPARENT)
             .and_then(|v| parse_traceparent(v.as_bytes()))
@@ -231,20 +322,20 @@ impl<S> Resolve<S> {
         let host = h
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
             .unwrap_or_default();
         let route_name = route.map_or("unmatched", |r| r.route.name.as_str());
-        let method = req.method().as_str();
+        let method = parts.method.as_str();
         let mut name = String::with_capacity(method.len() + 1 + route_name.len());
         name.push_str(method);
         name.push(' ');
         name.push_str(route_name);
         let attrs = |a: &mut Attributes| {
-            a.str("http.request.method", req.method().as_str());
-            a.str("url.path", req.uri().path());
+            a.str("http.request.method", parts.method.as_str());
+            a.str("url.path", parts.uri.path());
             a.str("url.scheme", if self.tls { "https" } else { "http" });
             a.str("server.address", host.split(':').next().unwrap_or_default());
-            a.str("network.protocol.version", protocol_version(req.version()));
+            a.str("network.protocol.version", protocol_version(parts.version));
             a.str("client.address", self.peer.to_str().unwrap_or_default());
             a.str(
                 "modelstamp.request_id",

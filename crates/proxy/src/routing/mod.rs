@@ -6,5 +6,5 @@ mod resolve;
 mod snapshot;
 pub use modelstamp_model::split;
 
-pub use resolve::{OpenInferencePath, Resolved, parse_open_inference, resolve};
+pub use resolve::{OpenInferencePath, Resolved, parse_open_inference, resolve, resolve_as};
 pub use snapshot::{BackendState, ModelState, RouteState, Served, Snapshot, Stale, UNKNOWN};

@@ -152,7 +152,19 @@ fn split(
 
 /// Resolve a request against a snapshot, counting what the registry does not know.
 pub fn resolve(snap: &Snapshot, path: &str, headers: &HeaderMap, client: IpAddr) -> Resolved {
-    let oi = parse_open_inference(path);
+    resolve_as(snap, path, parse_open_inference(path), headers, client)
+}
+
+/// [`resolve`] for a request whose model and version are not in its path: a gRPC `ModelInfer`
+/// names them in its message, which routes and resolves as the Open Inference REST path with
+/// the same model and version would.
+pub fn resolve_as(
+    snap: &Snapshot,
+    path: &str,
+    oi: Option<OpenInferencePath<'_>>,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Resolved {
     let open_inference_infer = oi.is_some_and(|p| p.infer);
     let openai = crate::inspect::openai::operation(path);
     let found = snap.routes.iter().enumerate().find(|(_, r)| {
