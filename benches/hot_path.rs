@@ -205,7 +205,38 @@ fn inspect_benches(c: &mut Criterion) {
     c.bench_function("inspect/openai_sse_usage", |b| {
         b.iter(|| openai::sse_usage(black_box(sse)))
     });
+    grpc_benches(c);
     inspect_worker_benches(c);
+}
+
+/// gRPC ModelInfer: the leading fields read ahead of a request (on the proxy thread, before
+/// resolving), a split's version written into them, and a response's version read after it.
+fn grpc_benches(c: &mut Criterion) {
+    use modelstamp::inspect::grpc_infer::{self, Leading};
+    // model_name "churn", model_version "2", id "req-1", then 4 KiB of raw input tensors: the
+    // leading fields are read from the first bytes, the tensors never.
+    let mut message = vec![0x0a, 5];
+    message.extend_from_slice(b"churn");
+    message.extend_from_slice(&[0x12, 1, b'2', 0x1a, 5]);
+    message.extend_from_slice(b"req-1");
+    message.extend_from_slice(&[0x3a, 0x80, 0x20]);
+    message.extend_from_slice(&[7; 4096]);
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    c.bench_function("grpc/model_infer_leading_fields", |b| {
+        b.iter(|| grpc_infer::leading(black_box(&body)))
+    });
+    let Leading::Read(lead) = grpc_infer::leading(&body) else {
+        return;
+    };
+    let head = &body[..64];
+    c.bench_function("grpc/model_infer_set_version", |b| {
+        b.iter(|| grpc_infer::with_version(black_box(head), &lead, "3"))
+    });
+    c.bench_function("grpc/model_infer_response_reported_version", |b| {
+        b.iter(|| grpc_infer::reported_version(black_box(&body)))
+    });
 }
 
 /// The worker's per-exchange work: decode with each codec, check the schema, count.

@@ -340,6 +340,8 @@ match = {{ open_inference = true }}
     record = json.loads(http("GET", f"{admin}/lineage/{ids(admin)['1']}")[2])["record"]
     assert record["code"]["commit"] == stack.commit, "a lineage record read from the authenticated HTTPS MLflow"
     assert record["training_run_url"].startswith(f"https://localhost:{port}/")
+    # Shown with `pytest -s`: the record as an incident responder reads it.
+    print("lineage record read from the authenticated https MLflow:", json.dumps(record, indent=1))
     stack.procs.stop("modelstamp-auth")
     stack.procs.stop("mlflow-auth")
 
