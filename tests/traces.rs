@@ -514,9 +514,10 @@ async fn spans_reach_an_https_collector_with_a_private_ca_and_a_client_certifica
     assert!(received.spans().is_empty());
 }
 
-/// Retryable answers (gRPC UNAVAILABLE, HTTP 503 with Retry-After, HTTP 429) are retried until
-/// the collector takes the batch; the others (INVALID_ARGUMENT, HTTP 400) are not. Each case's
-/// spans are counted once: exported, or dropped as export_failed.
+/// Retryable answers (gRPC UNAVAILABLE, RESOURCE_EXHAUSTED with a RetryInfo, HTTP 503 with
+/// Retry-After, HTTP 429) are retried until the collector takes the batch, after the delay it
+/// asked for; the others (INVALID_ARGUMENT, RESOURCE_EXHAUSTED without a RetryInfo, HTTP 400) are
+/// not. Each case's spans are counted once: exported, or dropped as export_failed.
 #[tokio::test]
 async fn exports_are_retried_on_the_answers_the_specification_calls_retryable() {
     use otlp::Reply;
@@ -528,6 +529,8 @@ async fn exports_are_retried_on_the_answers_the_specification_calls_retryable() 
         ("http/protobuf", vec![Reply::Http(503, Some("1"))], 2, true),
         ("http/protobuf", vec![Reply::Http(429, None)], 2, true),
         ("grpc", vec![Reply::Grpc("3")], 1, false),
+        ("grpc", vec![Reply::GrpcRetryInfo("8", 1000)], 2, true),
+        ("grpc", vec![Reply::Grpc("8")], 1, false),
         ("http/protobuf", vec![Reply::Http(400, None)], 1, false),
     ] {
         let case = format!("{protocol} {script:?}");
@@ -558,10 +561,13 @@ async fn exports_are_retried_on_the_answers_the_specification_calls_retryable() 
             0.0,
             "{case}"
         );
-        if matches!(script[0], Reply::Http(503, Some("1"))) {
+        if matches!(
+            script[0],
+            Reply::Http(503, Some("1")) | Reply::GrpcRetryInfo(_, 1000)
+        ) {
             assert!(
                 seen[1].0 - seen[0].0 >= Duration::from_secs(1),
-                "Retry-After: 1 is waited for"
+                "{case}: the delay the collector asked for is waited for"
             );
         }
     }

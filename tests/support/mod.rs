@@ -570,6 +570,9 @@ pub mod otlp {
         Http(u16, Option<&'static str>),
         /// A gRPC error status (trailers-only).
         Grpc(&'static str),
+        /// A gRPC error status with a `google.rpc.RetryInfo` of this many milliseconds in
+        /// `grpc-status-details-bin`.
+        GrpcRetryInfo(&'static str, u64),
     }
 
     /// When an export arrived, and its `grpc-encoding` or `content-encoding`.
@@ -625,6 +628,52 @@ pub mod otlp {
                 AnyValue::DoubleValue(d) => Some(d.to_string()),
                 _ => None,
             })
+    }
+
+    /// A `google.rpc.Status` holding a `google.rpc.RetryInfo`, base64 without padding as gRPC
+    /// libraries send binary metadata.
+    fn retry_info(millis: u64) -> String {
+        use base64::Engine as _;
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Status {
+            #[prost(int32, tag = "1")]
+            code: i32,
+            #[prost(message, repeated, tag = "3")]
+            details: Vec<Any>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Any {
+            #[prost(string, tag = "1")]
+            type_url: String,
+            #[prost(bytes = "vec", tag = "2")]
+            value: Vec<u8>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct RetryInfo {
+            #[prost(message, optional, tag = "1")]
+            retry_delay: Option<Duration>,
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Duration {
+            #[prost(int64, tag = "1")]
+            seconds: i64,
+            #[prost(int32, tag = "2")]
+            nanos: i32,
+        }
+        let info = RetryInfo {
+            retry_delay: Some(Duration {
+                seconds: (millis / 1000) as i64,
+                nanos: ((millis % 1000) * 1_000_000) as i32,
+            }),
+        };
+        let status = Status {
+            code: 8,
+            details: vec![Any {
+                type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                value: info.encode_to_vec(),
+            }],
+        };
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(status.encode_to_vec())
     }
 
     pub fn hex(bytes: &[u8]) -> String {
@@ -690,6 +739,14 @@ pub mod otlp {
                             .header("content-type", "application/grpc")
                             .header("grpc-status", code)
                             .header("grpc-message", "scripted")
+                            .body(full(""))
+                            .unwrap();
+                    }
+                    Reply::GrpcRetryInfo(code, millis) => {
+                        return Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("grpc-status", code)
+                            .header("grpc-status-details-bin", retry_info(millis))
                             .body(full(""))
                             .unwrap();
                     }

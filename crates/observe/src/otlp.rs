@@ -566,13 +566,11 @@ impl Transport {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
                     let why = format!("collector answered grpc-status {code} {message}");
-                    // CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE,
-                    // DATA_LOSS: retryable by the OTLP specification (RESOURCE_EXHAUSTED only
-                    // with a RetryInfo, which this exporter does not read: not retried).
-                    return Err(match code {
-                        "1" | "4" | "10" | "11" | "14" | "15" => Refused::retry(why, None),
-                        _ => Refused::fatal(why),
-                    });
+                    let details = trailers
+                        .get("grpc-status-details-bin")
+                        .or_else(|| head.get("grpc-status-details-bin"));
+                    let retry_info = details.and_then(|v| retry_delay(v.as_bytes()));
+                    return Err(grpc_refusal(code, why, retry_info));
                 }
                 None => {
                     return Err(Refused::fatal(
@@ -641,6 +639,75 @@ impl Refused {
             after: None,
         }
     }
+}
+
+/// A collector's gRPC error: CANCELLED, DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE
+/// and DATA_LOSS are retryable by the OTLP specification, after the RetryInfo delay when the
+/// collector gives one; RESOURCE_EXHAUSTED only with a RetryInfo (the collector says recovery
+/// is possible); every other code is final.
+fn grpc_refusal(code: &str, why: String, retry_info: Option<Duration>) -> Refused {
+    match (code, retry_info) {
+        ("1" | "4" | "10" | "11" | "14" | "15", after) => Refused::retry(why, after),
+        ("8", Some(after)) => Refused::retry(why, Some(after)),
+        _ => Refused::fatal(why),
+    }
+}
+
+/// `google.rpc.Status`, as `grpc-status-details-bin` carries it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<ProtoAny>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// `google.rpc.RetryInfo`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<ProtoDuration>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
+/// The delay of a `google.rpc.RetryInfo` in a `grpc-status-details-bin` value (base64, padded
+/// or not, as gRPC's binary metadata may be).
+fn retry_delay(value: &[u8]) -> Option<Duration> {
+    use base64::Engine as _;
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let bytes = engine.decode(value).ok()?;
+    let status = <RpcStatus as prost::Message>::decode(bytes.as_slice()).ok()?;
+    let info = status
+        .details
+        .iter()
+        .find(|d| d.type_url.ends_with("/google.rpc.RetryInfo"))?;
+    let delay = <RetryInfo as prost::Message>::decode(info.value.as_slice())
+        .ok()?
+        .retry_delay?;
+    let secs = u64::try_from(delay.seconds).ok()?;
+    let nanos = u32::try_from(delay.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)?;
+    Some(Duration::new(secs, nanos))
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is not used by collectors and is ignored).
@@ -823,6 +890,42 @@ mod tests {
             HeaderValue::from_static("Wed, 21 Oct 2026 07:28:00 GMT"),
         );
         assert_eq!(retry_after(&head), None);
+    }
+
+    #[test]
+    fn resource_exhausted_is_retried_only_with_a_retry_info_and_after_its_delay() {
+        use base64::Engine as _;
+        let info = RetryInfo {
+            retry_delay: Some(ProtoDuration {
+                seconds: 1,
+                nanos: 500_000_000,
+            }),
+        };
+        let status = RpcStatus {
+            details: vec![ProtoAny {
+                type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                value: prost::Message::encode_to_vec(&info),
+            }],
+        };
+        let bytes = prost::Message::encode_to_vec(&status);
+        let padded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&bytes);
+        let delay = Some(Duration::from_millis(1500));
+        assert_eq!(retry_delay(padded.as_bytes()), delay);
+        assert_eq!(retry_delay(unpadded.as_bytes()), delay);
+        assert_eq!(retry_delay(b"not base64!"), None);
+        let why = || "refused".to_string();
+        assert_eq!(grpc_refusal("8", why(), None), Refused::fatal(why()));
+        assert_eq!(
+            grpc_refusal("8", why(), delay),
+            Refused::retry(why(), delay)
+        );
+        assert_eq!(grpc_refusal("14", why(), None), Refused::retry(why(), None));
+        assert_eq!(
+            grpc_refusal("14", why(), delay),
+            Refused::retry(why(), delay)
+        );
+        assert_eq!(grpc_refusal("3", why(), delay), Refused::fatal(why()));
     }
 
     #[test]
