@@ -548,7 +548,7 @@ async fn export_batch(
     request: Vec<u8>,
     timeout: Duration,
 ) -> Result<Accepted, String> {
-    let body = transport.prepare(request)?;
+    let body = transport.prepare(request).map_err(|e| e.to_string())?;
     let start = tokio::time::Instant::now();
     let mut attempt = 0;
     loop {
