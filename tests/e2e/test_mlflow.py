@@ -70,9 +70,9 @@ class MlflowStack:
             (d / "model-settings.json").write_text(json.dumps({
                 "name": "churn", "implementation": "mlserver_mlflow.MLflowRuntime",
                 "parameters": {"uri": f"models:/churn/{v}", "version": v}}))
-        self.mlserver_port = free_port()
+        self.mlserver_port, self.mlserver_grpc_port = free_port(), free_port()
         env = {"MLFLOW_TRACKING_URI": self.mlflow, "MLSERVER_HTTP_PORT": str(self.mlserver_port),
-               "MLSERVER_GRPC_PORT": str(free_port()), "MLSERVER_METRICS_ENDPOINT": "", "MLSERVER_PARALLEL_WORKERS": "0",
+               "MLSERVER_GRPC_PORT": str(self.mlserver_grpc_port), "MLSERVER_METRICS_ENDPOINT": "", "MLSERVER_PARALLEL_WORKERS": "0",
                "MLSERVER_HOST": "127.0.0.1", "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
         self.procs.start("mlserver", [str(VENV_BIN / "mlserver"), "start", str(models)], env=env)
         for v in ("1", "2"):
@@ -344,6 +344,91 @@ match = {{ open_inference = true }}
     print("lineage record read from the authenticated https MLflow:", json.dumps(record, indent=1))
     stack.procs.stop("modelstamp-auth")
     stack.procs.stop("mlflow-auth")
+
+
+def test_tritonclient_grpc_through_the_sidecar_to_mlserver(stack):
+    """[grpc] tritonclient.grpc → modelstamp → MLServer's gRPC port, on a route splitting 50/50
+    between versions 1 and 2 of the MLflow model: an explicit model_version is resolved, stamped
+    and served; a version MLServer does not have answers NOT_FOUND, which counts as the client's
+    4xx (not a 2xx, not the version's error); calls without a version are split, and each is served
+    by the version stamped on it (the version MLServer reports in the ModelInferResponse)."""
+    import tritonclient.grpc as tgrpc
+    from tritonclient.utils import InferenceServerException
+
+    port, admin_port = free_port(), free_port()
+    log = stack.procs.tmp / "grpc-access.log"
+    cfg = stack.procs.tmp / "modelstamp-grpc.toml"
+    cfg.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+[access_log]
+target = "{log}"
+[registry]
+backend = "mlflow"
+uri = "{stack.mlflow}"
+poll_interval = "1s"
+timeout = "2s"
+retries = 0
+[[routes]]
+name = "churn-grpc"
+model = "churn"
+upstream = "127.0.0.1:{stack.mlserver_grpc_port}"
+match = {{ open_inference = true }}
+[[routes.backends]]
+version = "1"
+weight = 50
+[[routes.backends]]
+version = "2"
+weight = 50
+""")
+    stack.procs.start("modelstamp-grpc", [BIN, "run", "--config", str(cfg)])
+    admin = f"http://127.0.0.1:{admin_port}"
+    wait_until(lambda: http("GET", f"{admin}/readyz")[0] == 200, what="modelstamp on MLServer's gRPC port")
+    client = tgrpc.InferenceServerClient(url=f"127.0.0.1:{port}")
+
+    def infer(version="", i=0):
+        inputs = []
+        for k, name in enumerate(FEATURES):
+            x = tgrpc.InferInput(name, [1, 1], "FP64")
+            x.set_data_from_numpy(np.array([[((i * 7 + k) % 10) / 10 - 0.5]], dtype=np.float64))
+            inputs.append(x)
+        return client.infer("churn", inputs, model_version=version).get_response()
+
+    for v in ("1", "2"):
+        assert infer(v).model_version == v
+    with pytest.raises(InferenceServerException) as refused:
+        infer("7")
+    assert "NOT_FOUND" in str(refused.value.status()), refused.value
+    served = [infer("", i).model_version for i in range(20)]
+    assert set(served) == {"1", "2"}, served
+
+    def lines():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    wait_until(lambda: len(lines()) == 23, what="23 access-log lines")
+    got = lines()
+    assert [(line["version"], line["reported_version"], line["grpc_status"]) for line in got[:2]] == \
+        [("1", "1", 0), ("2", "2", 0)], got[:2]
+    assert got[2]["grpc_status"] == 5 and got[2]["status"] == 200 and got[2]["error"] is None, got[2]
+    split = got[3:]
+    assert all(line["version"] == line["reported_version"] for line in split), split
+    assert [line["reported_version"] for line in split] == served
+    assert all(line["lineage_id"].startswith("ln_") and line["grpc_status"] == 0 for line in split), split
+
+    def metric(series):
+        for line in http("GET", f"{admin}/metrics")[2].decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    ok = sum(metric(f'modelstamp_requests_total{{model="churn",version="{v}",status_class="2xx"}}') for v in ("1", "2"))
+    assert ok == 22
+    assert metric('modelstamp_requests_total{model="churn",version="unknown",status_class="4xx"}') == 1
+    assert metric('modelstamp_requests_total{model="churn",version="unknown",status_class="2xx"}') == 0
+    assert "modelstamp_version_mismatch_total{" not in http("GET", f"{admin}/metrics")[2].decode()
+    stack.procs.stop("modelstamp-grpc")
 
 
 def test_an_mlflow_outage_keeps_traffic_flowing(stack):
