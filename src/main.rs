@@ -123,7 +123,10 @@ impl AdminArgs {
             key_file: self.key_file.clone(),
         };
         let (url, served) = self.url().await;
-        let tls = match (url.starts_with("https://"), served) {
+        let https = url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+        let tls = match (https, served) {
             (false, _) => None,
             (true, Some(served)) if files.ca_file.is_none() => Some(files.pinned_config(&served)),
             (true, _) => Some(files.client_config()),

@@ -262,7 +262,8 @@ async fn the_version_a_model_infer_response_reports_is_read_and_a_mismatch_count
             let message = prost::Message::encode_to_vec(&InferResponse {
                 model_name: "churn".into(),
                 model_version: "2".into(),
-                raw_output_contents: vec![vec![7; 4096]],
+                // Past limits.max_inspect_bytes: the version is read from the copy's prefix.
+                raw_output_contents: vec![vec![7; 200_000]],
             });
             let mut framed = vec![0];
             framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
@@ -427,7 +428,7 @@ async fn a_grpc_canary_split_sets_the_version_it_stamps_in_the_message() {
     let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
     let up = Upstream::start(versioned_grpc_server(bodies.clone())).await;
     let route = format!(
-        "[[routes]]\nname = \"churn\"\nmodel = \"churn\"\nupstream = \"{}\"\nmatch = {{ open_inference = true }}\n\
+        "[[routes]]\nname = \"churn\"\nmodel = \"churn\"\nupstream = \"{}\"\n\
          [[routes.backends]]\nversion = \"1\"\nweight = 50\n[[routes.backends]]\nversion = \"2\"\nweight = 50\n",
         up.addr
     );
@@ -465,6 +466,46 @@ async fn a_grpc_canary_split_sets_the_version_it_stamps_in_the_message() {
     let metrics = h.metrics().await;
     assert!(
         !metrics.contains("modelstamp_version_mismatch_total{"),
+        "{metrics}"
+    );
+    // The route matches every call; one whose message names another model (fraud) is not
+    // steered by churn's split: it reaches the model server as sent.
+    let fraud = InferRequest {
+        model_name: "fraud".into(),
+        ..message.clone()
+    };
+    let sent = framed(&fraud);
+    let req = Request::post(h.url("/inference.GRPCInferenceService/ModelInfer"))
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .body(full(sent.clone()))
+        .unwrap();
+    let _ = h2_client().request(req).await.unwrap();
+    assert_eq!(bodies.lock().unwrap().pop(), Some(sent));
+}
+
+#[tokio::test]
+async fn grpc_calls_are_not_mirrored_to_a_shadow() {
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let up = Upstream::start(versioned_grpc_server(bodies.clone())).await;
+    let route = format!(
+        "{}[routes.shadow]\nversion = \"2\"\nsample = 1.0\n",
+        grpc_route(up.addr)
+    );
+    let h = Harness::start(&route, "").await;
+    let message = InferRequest {
+        model_name: "churn".into(),
+        model_version: String::new(),
+        raw_input_contents: vec![vec![1]],
+    };
+    for _ in 0..3 {
+        assert_eq!(model_infer(&h, &message).await.0, "1");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let metrics = h.metrics().await;
+    assert!(
+        !metrics.contains("modelstamp_shadow_requests_total{"),
         "{metrics}"
     );
 }

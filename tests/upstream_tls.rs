@@ -44,6 +44,11 @@ async fn http1_and_h2_reach_a_model_server_over_tls_on_pooled_connections() {
     }
     assert_eq!(up.last().version, http::Version::HTTP_11);
     assert_eq!(
+        up.last().headers["host"],
+        front.to_string(),
+        "Host names the HTTPS model server, as its SNI does"
+    );
+    assert_eq!(
         up.accepted.load(Ordering::SeqCst),
         1,
         "five sequential requests share one TLS connection"

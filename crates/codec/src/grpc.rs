@@ -6,6 +6,15 @@
 /// `OK`.
 pub const OK: u16 = 0;
 
+/// Whether a `content-type` is gRPC's: `application/grpc`, `application/grpc+proto` and the
+/// like, with or without parameters; not `application/grpc-web*`, whose status is in the body.
+pub fn is_grpc(content_type: &[u8]) -> bool {
+    let Some(rest) = content_type.strip_prefix(b"application/grpc") else {
+        return false;
+    };
+    matches!(rest.first(), None | Some(b'+' | b';' | b' '))
+}
+
 /// The code of a `grpc-status` value: ASCII digits, at most 65535; `None` for anything else.
 pub fn parse(value: &[u8]) -> Option<u16> {
     if value.is_empty() || value.len() > 5 || !value.iter().all(u8::is_ascii_digit) {
@@ -46,6 +55,25 @@ pub fn server_fault(code: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_content_types_but_not_grpc_web() {
+        for yes in [
+            &b"application/grpc"[..],
+            b"application/grpc+proto",
+            b"application/grpc; charset=utf-8",
+        ] {
+            assert!(is_grpc(yes), "{yes:?}");
+        }
+        for no in [
+            &b"application/grpc-web"[..],
+            b"application/grpc-web+proto",
+            b"application/json",
+            b"",
+        ] {
+            assert!(!is_grpc(no), "{no:?}");
+        }
+    }
 
     #[test]
     fn codes_parse_from_digits_only() {

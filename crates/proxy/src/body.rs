@@ -97,6 +97,10 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Streaming(b) => b.size_hint(),
+            // A body that failed has no length: an exact one would let the failure go unseen.
+            Self::Buffered {
+                failed: Some(_), ..
+            } => SizeHint::default(),
             Self::Buffered { head, rest, .. } => {
                 let head = head.as_ref().map_or(0, |h| h.len() as u64);
                 match rest {

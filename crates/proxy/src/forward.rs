@@ -158,6 +158,18 @@ impl Clients {
         let (authority, pq) = target(route, &ctx, parts.uri.path_and_query());
         let pq = pq.unwrap_or_else(|| PathAndQuery::from_static("/"));
         let tls = route.upstream_tls.as_ref();
+        // An HTTPS model server is addressed as its certificate names it: Host agrees with the
+        // SNI (as `:authority` does on the h2 path), not with the sidecar the client addressed.
+        if let Some(tls) = tls.filter(|_| !h2) {
+            let host = match &tls.server_name {
+                Some(name) => name.to_str().into_owned(),
+                None if authority.port_u16() == Some(443) => authority.host().to_string(),
+                None => authority.as_str().to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
         // HTTP/1 requests carry the origin form (the pool knows the authority); h2 ones the
         // absolute URI, from which hyper takes `:authority`.
         parts.uri = if h2 {
@@ -224,7 +236,12 @@ impl Clients {
                     .unwrap_or(ClientFault::Aborted),
                 source,
             },
-            Ok(Err((kind, source))) if h2 && kind == UpstreamErrorKind::Reset => {
+            // Only where HTTP/2 was forced on a call that did not need it: gRPC has no other way.
+            Ok(Err((kind, source)))
+                if kind == UpstreamErrorKind::Reset
+                    && route.upstream_protocol == UpstreamProtocol::Http2
+                    && !ctx.grpc =>
+            {
                 ProxyError::Upstream {
                     kind,
                     source: Box::new(NoH2c(source)),

@@ -82,7 +82,10 @@ pub fn steer(
         .split
         .as_ref()
         .is_some_and(|c| c.version_path && resolved.served.is_known());
-    if !steered || lead.model_version.is_some() {
+    // Only a message for the served model: a route matched by prefix or header may see
+    // another model's calls, whose version this split does not choose.
+    let same_model = lead.model_name.as_deref() == Some(&*resolved.served.model);
+    if !steered || !same_model || lead.model_version.is_some() {
         return body;
     }
     let ClientBody::Buffered {
@@ -98,8 +101,12 @@ pub fn steer(
         Some(rewritten) => {
             let declared = (headers.get(http::header::CONTENT_LENGTH))
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if let Some(n) = declared {
-                let n = (n + rewritten.len() as u64).saturating_sub(head.len() as u64);
+            // A length that cannot be moved stays as declared (and is refused as too large).
+            let moved = declared.and_then(|n| {
+                n.checked_sub(head.len() as u64)?
+                    .checked_add(rewritten.len() as u64)
+            });
+            if let Some(n) = moved {
                 headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
             }
             bytes::Bytes::from(rewritten)

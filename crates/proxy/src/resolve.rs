@@ -163,7 +163,7 @@ where
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            .is_some_and(|v| crate::codec::grpc::is_grpc(v.as_bytes()));
         let (parts, body) = req.into_parts();
         if grpc && parts.uri.path() == grpc_infer::MODEL_INFER {
             // The model and version are in the message: read its first bytes, then resolve.
@@ -265,8 +265,9 @@ impl Conn {
             new_request_id()
         };
         let span = self.server_span(parts, &snapshot, &resolved, &request_id);
-        let inspect = resolved
-            .route
+        // No codec reads gRPC tensors yet: a gRPC call is not inspected.
+        let inspect = (resolved.route)
+            .filter(|_| !grpc)
             .and_then(|i| snapshot.routes.get(i))
             .and_then(|r| {
                 let codec = Codec::choose(r.route.inspect.codec, parts.uri.path())?;

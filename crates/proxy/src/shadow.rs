@@ -70,7 +70,8 @@ impl Shadower {
 
     /// Whether this exchange wants its bodies copied for a shadow call.
     pub fn wanted(ctx: &RequestCtx) -> bool {
-        ctx.route().is_some_and(|r| r.shadow_version.is_some())
+        // A gRPC call is not mirrored: its shadow would need the message rewritten, not a path.
+        !ctx.grpc && ctx.route().is_some_and(|r| r.shadow_version.is_some())
     }
 
     /// Mirror an answered exchange, if the route has a shadow and the sample picks it.

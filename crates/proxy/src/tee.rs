@@ -212,7 +212,7 @@ impl Pending {
             && status == http::StatusCode::OK
             && headers
                 .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+                .is_some_and(|v| codec::grpc::is_grpc(v.as_bytes()))
         {
             self.grpc_answer = true;
             self.grpc_status = grpc_status(headers);
@@ -288,8 +288,9 @@ impl Pending {
             return;
         }
         if let Err(why) = copy.push(data) {
-            if self.tee_sse {
-                // The first events name the model: keep the prefix, stop copying.
+            if self.tee_sse || self.tee_grpc {
+                // The first events (a gRPC answer's first fields) name the model: keep the
+                // prefix, stop copying.
                 copy.push_prefix(data);
                 self.tee_truncated = true;
             } else {
@@ -318,8 +319,9 @@ impl Pending {
         if let Some(copy) = &copy {
             self.inspect(copy.bytes());
         }
+        // A gRPC answer's copy was only read for its version here (its prefix, maybe).
         let response = copy
-            .filter(|_| self.finished && !self.tee_truncated)
+            .filter(|_| self.finished && !self.tee_truncated && !self.tee_grpc)
             .map(BodyCopy::freeze);
         served.metrics.in_flight.dec();
         let client_span = self.client_span.take();

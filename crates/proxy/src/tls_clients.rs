@@ -68,7 +68,12 @@ where
             .clients
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, client)) = clients.get(&tls.id) {
+        if let Some((held, client)) = clients.get_mut(&tls.id) {
+            // The current snapshot's setting: a reload makes a new one with the same id, and
+            // the old one must not make this client look unused.
+            if !Arc::ptr_eq(held, tls) {
+                *held = tls.clone();
+            }
             return client.clone();
         }
         // Settings no snapshot holds any more (only this map does): their clients go, and

@@ -857,7 +857,6 @@ fn tls_server(
     Some(tls)
 }
 
-/// Where a TLS client's settings live, for its errors.
 /// `[routes.upstream_tls]`: the files are read now, so a missing CA or a certificate that does
 /// not match its key is a config error.
 fn upstream_tls(
@@ -899,6 +898,7 @@ fn upstream_tls(
     }
 }
 
+/// Where a TLS client's settings live, for its errors.
 struct TlsKeys {
     /// The CA bundle's key, and the variable that stands in for it.
     ca: &'static str,

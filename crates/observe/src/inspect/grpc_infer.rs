@@ -1,9 +1,8 @@
 //! Open Inference over gRPC (`inference.GRPCInferenceService`, KServe's `grpc_predict_v2.proto`,
 //! which Triton and MLServer serve): the model name and version a `ModelInfer` message carries.
-//! Decoded with prost from a message that declares only those two fields (tags 1 and 2 of both
-//! `ModelInferRequest` and `ModelInferResponse`): the tensors are skipped by length, never copied.
-
-use prost::Message as _;
+//! Both messages begin with them (tags 1 and 2 of `ModelInferRequest` and `ModelInferResponse`),
+//! and every protobuf library writes fields in number order: they are read from the first bytes
+//! of a body, never its tensors (prost, which needs a whole message, checks this in the tests).
 
 /// The `:path` of a `ModelInfer` call.
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -11,29 +10,18 @@ pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 /// Bytes before each gRPC message: a compressed flag and a big-endian length.
 const PREFIX: usize = 5;
 
-/// Fields 1 and 2 of `ModelInferRequest` and `ModelInferResponse`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct InferHead {
-    /// `model_name`.
-    #[prost(string, tag = "1")]
-    pub model_name: String,
-    /// `model_version` (empty: none given).
-    #[prost(string, tag = "2")]
-    pub model_version: String,
-}
-
 /// Why a gRPC body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrpcError {
-    /// Fewer bytes than the first message's prefix announces (a copy cut at the cap).
+    /// Fewer bytes than needed (a copy cut before the fields, or before the message's end).
     #[error("the first gRPC message is incomplete")]
     Incomplete,
     /// The message is compressed (`grpc-encoding`), which is not read.
     #[error("the first gRPC message is compressed")]
     Compressed,
     /// Not the protobuf of a `ModelInfer` message.
-    #[error("not a ModelInfer message: {0}")]
-    Protobuf(String),
+    #[error("not a ModelInfer message")]
+    Unreadable,
 }
 
 /// The first message of a gRPC body.
@@ -44,18 +32,19 @@ pub fn first_message(body: &[u8]) -> Result<&[u8], GrpcError> {
     if flag != 0 {
         return Err(GrpcError::Compressed);
     }
-    body.get(PREFIX..PREFIX + len).ok_or(GrpcError::Incomplete)
+    let end = PREFIX.checked_add(len).ok_or(GrpcError::Incomplete)?;
+    body.get(PREFIX..end).ok_or(GrpcError::Incomplete)
 }
 
-/// The model name and version of the first `ModelInfer` message of a body.
-pub fn head(body: &[u8]) -> Result<InferHead, GrpcError> {
-    InferHead::decode(first_message(body)?).map_err(|e| GrpcError::Protobuf(e.to_string()))
-}
-
-/// The version a `ModelInferResponse` reports; `None` when it names none.
+/// The version a `ModelInferResponse` reports (`None` when it names none), from its leading
+/// fields: a prefix of the answer is enough, the tensors are never read.
 pub fn reported_version(body: &[u8]) -> Result<Option<String>, GrpcError> {
-    let head = head(body)?;
-    Ok(Some(head.model_version).filter(|v| !v.is_empty()))
+    match leading(body) {
+        Leading::Read(lead) => Ok(lead.model_version),
+        Leading::NeedMore => Err(GrpcError::Incomplete),
+        Leading::Unreadable if body.first() != Some(&0) => Err(GrpcError::Compressed),
+        Leading::Unreadable => Err(GrpcError::Unreadable),
+    }
 }
 
 /// The most of a request read ahead for its leading fields: a model name and version longer
@@ -267,11 +256,15 @@ mod tests {
     }
 
     #[test]
-    fn the_reported_version_is_read_past_the_tensors() {
+    fn the_reported_version_is_read_from_a_prefix_of_the_answer() {
         let body = framed(&response("2"));
+        // The whole answer, and a prefix cut inside the tensors, as a capped copy holds it.
         assert_eq!(reported_version(&body), Ok(Some("2".into())));
-        assert_eq!(head(&body).map(|h| h.model_name), Ok("churn".into()));
+        assert_eq!(reported_version(&body[..40]), Ok(Some("2".into())));
         assert_eq!(reported_version(&framed(&response(""))), Ok(None));
+        // What prost reads from the whole message.
+        let decoded = <Response as prost::Message>::decode(first_message(&body).unwrap());
+        assert_eq!(decoded.map(|r| r.model_version), Ok("2".to_string()));
         // A second message after the first is not read.
         let mut two = body.clone();
         two.extend_from_slice(&framed(&response("3")));
@@ -281,15 +274,25 @@ mod tests {
     #[test]
     fn cut_compressed_or_foreign_bodies_are_errors() {
         let body = framed(&response("2"));
-        for cut in [0, 3, 5, body.len() - 1] {
-            assert_eq!(head(&body[..cut]), Err(GrpcError::Incomplete), "{cut}");
+        // Cut before the version's field ends.
+        for cut in [0, 3, 5, 12, 14] {
+            assert_eq!(
+                reported_version(&body[..cut]),
+                Err(GrpcError::Incomplete),
+                "{cut}"
+            );
         }
+        assert_eq!(
+            first_message(&body[..body.len() - 1]),
+            Err(GrpcError::Incomplete)
+        );
         let mut compressed = body.clone();
         compressed[0] = 1;
-        assert_eq!(head(&compressed), Err(GrpcError::Compressed));
+        assert_eq!(reported_version(&compressed), Err(GrpcError::Compressed));
+        assert_eq!(first_message(&compressed), Err(GrpcError::Compressed));
         // Field 1 as a varint: not a string.
         let foreign = [0, 0, 0, 0, 2, 0x08, 0x01];
-        assert!(matches!(head(&foreign), Err(GrpcError::Protobuf(_))));
+        assert_eq!(reported_version(&foreign), Err(GrpcError::Unreadable));
     }
 
     /// `ModelInferRequest` as the proto declares it, tensors included.
@@ -353,7 +356,7 @@ mod tests {
                 rewritten.extend_from_slice(&body[head_len..]);
                 let message = first_message(&rewritten).unwrap();
                 assert_eq!(message.len() + 5, rewritten.len(), "the prefix is updated");
-                let decoded = Request::decode(message).unwrap();
+                let decoded = <Request as prost::Message>::decode(message).unwrap();
                 let want = Request {
                     model_version: new.into(),
                     ..original.clone()

@@ -46,7 +46,11 @@ impl Retry {
                 backoff.mul_f64((random % 1_000_001) as f64 / 1_000_000.0)
             }
         };
-        (elapsed + wait + timeout <= Self::BUDGET).then_some(wait)
+        // A collector's wait may be any number of seconds: past the budget, not an overflow.
+        let done = elapsed
+            .checked_add(wait)
+            .and_then(|t| t.checked_add(timeout));
+        done.is_some_and(|t| t <= Self::BUDGET).then_some(wait)
     }
 }
 
@@ -92,5 +96,10 @@ mod tests {
             Retry::wait(1, &after, Retry::BUDGET - Duration::from_secs(7), T),
             None
         );
+        let forever = Refused {
+            after: Some(Duration::from_secs(u64::MAX)),
+            ..after
+        };
+        assert_eq!(Retry::wait(1, &forever, Duration::ZERO, T), None);
     }
 }
