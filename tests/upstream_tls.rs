@@ -213,3 +213,31 @@ async fn bad_tls_settings_are_config_errors_naming_the_key() {
         .unwrap_or_default();
     assert!(unknown.contains("sni"), "{unknown}");
 }
+
+#[tokio::test]
+async fn a_model_server_that_never_answers_the_handshake_is_given_up_at_the_connect_timeout() {
+    // Accepts, then says nothing: the handshake never completes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let timeouts = "[upstream]\nconnect_timeout = \"200ms\"\nresponse_timeout = \"60s\"\n";
+    for protocol in ["http1", "http2"] {
+        let extra = format!("upstream_protocol = \"{protocol}\"");
+        let h = Harness::start(&tls_route(&silent.to_string(), &ca(), &extra), timeouts).await;
+        let answered = tokio::time::timeout(
+            Duration::from_secs(10),
+            send(post(&h.url("/v2/models/churn/infer"), "{}")),
+        )
+        .await;
+        let (resp, _) = answered.unwrap_or_else(|_| panic!("{protocol}: waited past 10 s"));
+        assert_eq!(resp.status(), 504, "{protocol}");
+        let timed_out =
+            r#"modelstamp_upstream_errors_total{model="churn",version="1",kind="timeout"}"#;
+        assert_eq!(h.metric(timed_out).await, 1.0, "{protocol}");
+    }
+}

@@ -4,18 +4,64 @@
 //! setting (a reload replaced it).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use tower::Service;
 
 use http_body::Body;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Builder, Client};
 
+use super::body::BoxError;
 use crate::config::UpstreamSettings;
 use crate::tls::UpstreamTls;
 
 /// A client that speaks TLS to its upstreams.
-pub type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+pub type HttpsClient<B> = Client<Timed<HttpsConnector<HttpConnector>>, B>;
+
+/// A connector whose connect and TLS handshake together take at most `timeout`, as the HTTP/1
+/// pool's do (hyper-util's timeout covers the TCP connect only): a server that accepts and
+/// never answers the handshake is a connect failure, not a wait for the response timeout.
+#[derive(Clone, Debug)]
+pub struct Timed<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> Service<Uri> for Timed<C>
+where
+    C: Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect and TLS handshake timed out",
+                )) as BoxError),
+            }
+        })
+    }
+}
 
 /// Which HTTP version a client speaks over TLS (its ALPN offer).
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +79,7 @@ type Made<B> = (Arc<UpstreamTls>, HttpsClient<B>);
 pub struct TlsClients<B> {
     builder: Builder,
     alpn: Alpn,
-    connect_timeout: std::time::Duration,
+    connect_timeout: Duration,
     /// By [`UpstreamTls::id`], with the setting it was made for.
     clients: Mutex<HashMap<u64, Made<B>>>,
 }
@@ -102,6 +148,9 @@ where
             Alpn::Http1 => builder.enable_http1().wrap_connector(http),
             Alpn::Http2 => builder.enable_http2().wrap_connector(http),
         };
-        self.builder.build(connector)
+        self.builder.build(Timed {
+            inner: connector,
+            timeout: self.connect_timeout,
+        })
     }
 }
