@@ -192,10 +192,7 @@ impl UpstreamTls {
                 ServerName::try_from(n.to_string()).map_err(|_| TlsError::ServerName(n.to_string()))
             })
             .transpose()?;
-        let config = files.client_config()?;
-        let mut http1 = config.clone();
-        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let id = {
+        let id = |files: &TlsClient| {
             use std::hash::{Hash as _, Hasher as _};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             server_name
@@ -211,6 +208,23 @@ impl UpstreamTls {
             // 0 is a plain connection's key in the pool.
             h.finish().max(1)
         };
+        // The id names the bytes the configuration was built from: files rotated while they
+        // were read are refused (the reload that rotation causes reads them again), so a client
+        // cached by id never holds other certificates than its id says.
+        let before = id(&files);
+        let config = files.client_config()?;
+        let id = id(&files);
+        if id != before {
+            let path = (files.cert_file.clone())
+                .or_else(|| files.ca_file.clone())
+                .unwrap_or_default();
+            return Err(TlsError::File {
+                path,
+                reason: "changed while it was read; it is read again at the next reload".into(),
+            });
+        }
+        let mut http1 = config.clone();
+        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             id,
             server_name,
@@ -468,6 +482,31 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{cert}: {e}"));
             assert!(config.client_auth_cert_resolver.has_certs(), "{cert}");
         }
+    }
+
+    #[test]
+    fn an_upstream_tls_id_names_the_settings_and_the_bytes_of_their_files() {
+        let dir = std::env::temp_dir().join(format!("modelstamp-tls-id-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let ca = dir.join("ca.pem");
+        let copy = |from: &str| std::fs::copy(fixture(from), &ca).map(|_| ());
+        assert!(copy("ca.pem").is_ok());
+        let files = TlsClient {
+            ca_file: Some(ca.clone()),
+            ..TlsClient::default()
+        };
+        let id = |name: Option<&str>| {
+            UpstreamTls::new(files.clone(), name)
+                .map(|t| t.id)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let first = id(None);
+        assert_eq!(id(None), first, "the same settings and bytes, the same id");
+        assert_ne!(id(Some("models.example")), first, "another server name");
+        // A rotated CA (other bytes at the same path): another id, so new connections use it.
+        assert!(copy("server.pem").is_ok());
+        assert_ne!(id(None), first);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
