@@ -27,27 +27,34 @@ fn grpc_server() -> Handler {
             let path = req.uri().path().to_string();
             let _ = req.into_body().collect().await;
             let (how, code) = path[1..].split_once('/').unwrap_or((&path[1..], ""));
-            let mut head = Response::builder().header("content-type", "application/grpc");
             if how == "h" {
-                head = head.header("grpc-status", code);
-                return head.body(full(Bytes::new())).unwrap();
-            }
-            let (tx, body) = channel_body(4);
-            let code = code.to_string();
-            let with_status = how == "t";
-            tokio::spawn(async move {
-                tx.send(Frame::data(Bytes::from_static(MESSAGE)))
-                    .await
+                return Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", code)
+                    .body(full(Bytes::new()))
                     .unwrap();
-                if with_status {
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", code.parse().unwrap());
-                    tx.send(Frame::trailers(trailers)).await.unwrap();
-                }
-            });
-            head.body(body).unwrap()
+            }
+            let status = (how == "t").then(|| code.to_string());
+            grpc_answer(Bytes::from_static(MESSAGE), status)
         })
     })
+}
+
+/// A gRPC answer: one message, then `grpc-status` in trailers (none at all when `None`).
+fn grpc_answer(message: Bytes, status: Option<String>) -> Response<TestBody> {
+    let (tx, body) = channel_body(4);
+    tokio::spawn(async move {
+        tx.send(Frame::data(message)).await.unwrap();
+        if let Some(code) = status {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", code.parse().unwrap());
+            tx.send(Frame::trailers(trailers)).await.unwrap();
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(body)
+        .unwrap()
 }
 
 fn grpc_route(upstream: impl std::fmt::Display) -> String {
@@ -259,26 +266,13 @@ async fn the_version_a_model_infer_response_reports_is_read_and_a_mismatch_count
     let handler: Handler = Arc::new(|req: Request<Incoming>| {
         Box::pin(async move {
             let _ = req.into_body().collect().await;
-            let message = prost::Message::encode_to_vec(&InferResponse {
+            let answer = framed(&InferResponse {
                 model_name: "churn".into(),
                 model_version: "2".into(),
                 // Past limits.max_inspect_bytes: the version is read from the copy's prefix.
                 raw_output_contents: vec![vec![7; 200_000]],
             });
-            let mut framed = vec![0];
-            framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-            framed.extend_from_slice(&message);
-            let (tx, body) = channel_body(4);
-            tokio::spawn(async move {
-                tx.send(Frame::data(Bytes::from(framed))).await.unwrap();
-                let mut trailers = http::HeaderMap::new();
-                trailers.insert("grpc-status", "0".parse().unwrap());
-                tx.send(Frame::trailers(trailers)).await.unwrap();
-            });
-            Response::builder()
-                .header("content-type", "application/grpc")
-                .body(body)
-                .unwrap()
+            grpc_answer(answer, Some("0".into()))
         })
     });
     let up = Upstream::start(handler).await;
@@ -338,17 +332,7 @@ fn versioned_grpc_server(bodies: Arc<std::sync::Mutex<Vec<Bytes>>>) -> Handler {
                 model_version: version.unwrap_or_else(|| "1".into()),
                 raw_output_contents: vec![],
             });
-            let (tx, body) = channel_body(4);
-            tokio::spawn(async move {
-                tx.send(Frame::data(answer)).await.unwrap();
-                let mut trailers = http::HeaderMap::new();
-                trailers.insert("grpc-status", "0".parse().unwrap());
-                tx.send(Frame::trailers(trailers)).await.unwrap();
-            });
-            Response::builder()
-                .header("content-type", "application/grpc")
-                .body(body)
-                .unwrap()
+            grpc_answer(answer, Some("0".into()))
         })
     })
 }

@@ -160,15 +160,15 @@ impl Clients {
         let tls = route.upstream_tls.as_ref();
         // An HTTPS model server is addressed as its certificate names it: Host agrees with the
         // SNI (as `:authority` does on the h2 path), not with the sidecar the client addressed.
+        // Without a `server_name`, the pool writes the upstream's own Host (its one rule for the
+        // scheme's default port).
         if let Some(tls) = tls.filter(|_| !h2) {
-            let host = match &tls.server_name {
-                Some(name) => name.to_str().into_owned(),
-                None if authority.port_u16() == Some(443) => authority.host().to_string(),
-                None => authority.as_str().to_string(),
+            let named = (tls.server_name.as_ref())
+                .and_then(|name| HeaderValue::from_str(&name.to_str()).ok());
+            match named {
+                Some(v) => parts.headers.insert(header::HOST, v),
+                None => parts.headers.remove(header::HOST),
             };
-            if let Ok(v) = HeaderValue::from_str(&host) {
-                parts.headers.insert(header::HOST, v);
-            }
         }
         // HTTP/1 requests carry the origin form (the pool knows the authority); h2 ones the
         // absolute URI, from which hyper takes `:authority`.
