@@ -309,6 +309,11 @@ fn print_config_errors(e: &StartError) -> bool {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Installed before the listeners answer: a SIGHUP (or SIGTERM) sent as soon as the sidecar
+    // is seen ready would otherwise meet the default action and end the process undrained.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let sidecar = match Sidecar::start(Source::File(args.config.clone())).await {
         Ok(s) => s,
         Err(e) => {
@@ -318,9 +323,6 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Err(e).context(format!("starting with {}", args.config.display()));
         }
     };
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
