@@ -24,6 +24,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
 use modelstamp::config;
 use modelstamp::demo::{DEMO_CONFIG, DEMO_REGISTRY};
+use modelstamp::inspect::Framing;
 use modelstamp::observe::exemplar::TraceExemplar;
 use modelstamp::observe::metrics::{Metrics, Recorded};
 use modelstamp::proxy::{new_request_id, stamp};
@@ -239,6 +240,72 @@ fn grpc_benches(c: &mut Criterion) {
     });
 }
 
+/// An Open Inference JSON request (FP64 inputs) as gRPC messages (typed contents; raw
+/// contents) and as a binary-extension body with its JSON head's length.
+fn other_forms(json: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>, usize) {
+    use modelstamp::inspect::grpc_infer::pb;
+    use prost::Message as _;
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let inputs = v["inputs"].as_array().unwrap();
+    let tensor = |t: &serde_json::Value, contents| pb::InferTensor {
+        name: t["name"].as_str().unwrap().into(),
+        datatype: "FP64".into(),
+        shape: vec![1, 1],
+        contents,
+    };
+    let data = |t: &serde_json::Value| -> Vec<f64> {
+        let d = t["data"].as_array().unwrap();
+        d.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()
+    };
+    let frame = |m: &pb::ModelInferRequest| {
+        let bytes = m.encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(&bytes);
+        out
+    };
+    let typed = pb::ModelInferRequest {
+        model_name: "churn".into(),
+        inputs: (inputs.iter())
+            .map(|t| {
+                let fp64_contents = data(t);
+                tensor(
+                    t,
+                    Some(pb::InferTensorContents {
+                        fp64_contents,
+                        ..Default::default()
+                    }),
+                )
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let le = |t: &serde_json::Value| {
+        data(t)
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let raw = pb::ModelInferRequest {
+        model_name: "churn".into(),
+        inputs: inputs.iter().map(|t| tensor(t, None)).collect(),
+        raw_input_contents: inputs.iter().map(le).collect(),
+        ..Default::default()
+    };
+    let head = serde_json::json!({
+        "inputs": inputs.iter().map(|t| serde_json::json!({
+            "name": t["name"], "datatype": "FP64", "shape": [1, 1],
+            "parameters": {"binary_data_size": 8},
+        })).collect::<Vec<_>>(),
+    });
+    let mut binary = serde_json::to_vec(&head).unwrap();
+    let head_len = binary.len();
+    for t in inputs {
+        binary.extend_from_slice(&le(t));
+    }
+    (frame(&typed), frame(&raw), binary, head_len)
+}
+
 /// The worker's per-exchange work: decode with each codec, check the schema, count.
 fn inspect_worker_benches(c: &mut Criterion) {
     use modelstamp::inspect::Codec;
@@ -265,19 +332,56 @@ fn inspect_worker_benches(c: &mut Criterion) {
     ];
     for (name, codec, req, resp) in bodies {
         c.bench_function(&format!("inspect/{name}_features"), |b| {
-            b.iter(|| codec.features(black_box(req), &profile.names))
+            b.iter(|| codec.features(black_box(req), Framing::Whole, &profile.names))
         });
         c.bench_function(&format!("inspect/{name}_predictions"), |b| {
-            b.iter(|| codec.predicted(black_box(resp), false))
+            b.iter(|| codec.predicted(black_box(resp), Framing::Whole))
+        });
+    }
+    // The same request in the other forms Open Inference takes: gRPC with typed contents and
+    // with raw contents, and Triton's binary extension over REST.
+    let (grpc_typed, grpc_raw, binary, head_len) = other_forms(&oi_req);
+    let forms: [(&str, Codec, &[u8], Framing); 3] = [
+        (
+            "grpc_contents",
+            Codec::OpenInferenceGrpc,
+            &grpc_typed,
+            Framing::Whole,
+        ),
+        (
+            "grpc_raw",
+            Codec::OpenInferenceGrpc,
+            &grpc_raw,
+            Framing::Whole,
+        ),
+        (
+            "binary",
+            Codec::OpenInference,
+            &binary,
+            Framing::JsonHead(head_len),
+        ),
+    ];
+    let want = Codec::OpenInference.features(oi_req.as_bytes(), Framing::Whole, &profile.names);
+    for (name, codec, req, framing) in forms {
+        let got = codec.features(req, framing, &profile.names);
+        assert_eq!(
+            got.ok(),
+            want.as_ref().ok().cloned(),
+            "{name} reads as the JSON form"
+        );
+        c.bench_function(&format!("inspect/open_inference_{name}_features"), |b| {
+            b.iter(|| codec.features(black_box(req), framing, &profile.names))
         });
     }
     let columns = Codec::OpenInference
-        .features(oi_req.as_bytes(), &profile.names)
+        .features(oi_req.as_bytes(), Framing::Whole, &profile.names)
         .unwrap();
     c.bench_function("inspect/quality_check", |b| {
         b.iter(|| quality::check(&profile.schema, black_box(&columns)))
     });
-    let predicted = Codec::OpenInference.predicted(oi_resp, false).unwrap();
+    let predicted = Codec::OpenInference
+        .predicted(oi_resp, Framing::Whole)
+        .unwrap();
     let mut stats = VersionStats::new(profile.clone());
     c.bench_function("inspect/count_exchange", |b| {
         b.iter(|| {

@@ -10,38 +10,46 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use modelstamp::config::{self, CodecChoice};
-use modelstamp::inspect::codec::{Codec, Predicted};
+use modelstamp::config;
+use modelstamp::inspect::codec::{Codec, Framing, Predicted};
+use modelstamp::inspect::grpc_infer;
 use modelstamp::observe::trace::parse_traceparent;
 
 /// Most values one message may yield (the codecs' documented bound).
 const MAX_VALUES: usize = 100_000;
 
-/// Every codec, on request and response bytes. The first byte picks the codec and whether the
-/// response is read as SSE; the rest is the body.
+/// Every codec, on request and response bytes. The first byte picks the codec and how the
+/// body is framed (whole, SSE, or a binary-extension JSON head of half its bytes); the rest is
+/// the body.
 pub fn codecs(data: &[u8]) -> Result<(), String> {
     let Some((&selector, body)) = data.split_first() else {
         return Ok(());
     };
-    let choices = [
-        CodecChoice::OpenInference,
-        CodecChoice::KserveV1,
-        CodecChoice::Mlflow,
-        CodecChoice::OpenAi,
+    let codecs = [
+        Codec::OpenInference,
+        Codec::OpenInferenceGrpc,
+        Codec::KserveV1,
+        Codec::Mlflow,
+        Codec::OpenAi,
     ];
-    let choice = choices[usize::from(selector) % choices.len()];
-    let codec = Codec::choose(choice, "/").ok_or("every explicit choice has a codec")?;
-    let sse = selector & 0x80 != 0;
+    let codec = codecs[usize::from(selector & 0x3f) % codecs.len()];
+    let framing = match selector >> 6 {
+        2 => Framing::Sse,
+        1 | 3 => Framing::JsonHead(body.len() / 2),
+        _ => Framing::Whole,
+    };
     let names: Vec<String> = ["tenure", "usage_gb", "plan", "x"]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    if let Ok(cols) = codec.features(body, &names)
+    if let Ok(cols) = codec.features(body, framing, &names)
         && cols.len() > MAX_VALUES
     {
         return Err(format!("features: {} values over the bound", cols.len()));
     }
-    match codec.predicted(body, sse) {
+    let _ = grpc_infer::leading(body);
+    let _ = grpc_infer::reported_version(body);
+    match codec.predicted(body, framing) {
         Ok(Predicted::Table(cols)) if cols.len() > MAX_VALUES => {
             Err(format!("predictions: {} values over the bound", cols.len()))
         }

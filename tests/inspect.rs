@@ -177,6 +177,110 @@ async fn predictions_data_quality_and_drift_per_version() {
     );
 }
 
+/// A Triton-like server speaking the binary tensor extension: it predicts each row's `tenure`
+/// (a binary FP64 input) as a binary FP64 output, and reports version `reports`.
+fn triton_binary(reports: &'static str) -> Handler {
+    Arc::new(move |req: Request<Incoming>| {
+        Box::pin(async move {
+            let len: usize = req.headers()["inference-header-content-length"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let head: serde_json::Value = serde_json::from_slice(&body[..len]).unwrap();
+            let mut at = len;
+            let mut tenure = Vec::new();
+            for t in head["inputs"].as_array().unwrap() {
+                let size = t["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+                if t["name"] == "tenure" {
+                    tenure = body[at..at + size].to_vec();
+                }
+                at += size;
+            }
+            let rows = tenure.len() / 8;
+            let head = serde_json::json!({"model_name": "churn", "model_version": reports,
+                "outputs": [{"name": "p", "datatype": "FP64", "shape": [rows, 1],
+                             "parameters": {"binary_data_size": tenure.len()}}]})
+            .to_string();
+            let mut answer = head.clone().into_bytes();
+            answer.extend_from_slice(&tenure);
+            Response::builder()
+                .header("content-type", "application/octet-stream")
+                .header("inference-header-content-length", head.len())
+                .body(full(answer))
+                .unwrap()
+        })
+    })
+}
+
+/// A binary-extension request as tritonclient.http sends it: `tenure` FP64 and `plan` BYTES,
+/// both binary.
+fn binary_rows(tenure: &[f64], plan: &[&str]) -> Request<TestBody> {
+    let mut plan_bytes = Vec::new();
+    for p in plan {
+        plan_bytes.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        plan_bytes.extend_from_slice(p.as_bytes());
+    }
+    let head = serde_json::json!({"inputs": [
+        {"name": "tenure", "datatype": "FP64", "shape": [tenure.len(), 1],
+         "parameters": {"binary_data_size": tenure.len() * 8}},
+        {"name": "plan", "datatype": "BYTES", "shape": [plan.len(), 1],
+         "parameters": {"binary_data_size": plan_bytes.len()}}],
+        "outputs": [{"name": "p", "parameters": {"binary_data": true}}]})
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend(tenure.iter().flat_map(|v| v.to_le_bytes()));
+    body.extend_from_slice(&plan_bytes);
+    Request::post("/v2/models/churn/infer")
+        .header("content-type", "application/octet-stream")
+        .header("inference-header-content-length", head.len())
+        .body(full(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn triton_binary_tensors_are_inspected_as_json_ones_are() {
+    let up = Upstream::start(triton_binary("2")).await;
+    let h = Harness::start_with_registry(&churn_route(up.addr, "1", ""), "", REGISTRY).await;
+    for _ in 0..10 {
+        let mut req = binary_rows(&[0.25, 0.75], &["basic", "gold"]);
+        *req.uri_mut() = h.url("/v2/models/churn/infer").parse().unwrap();
+        let (r, body) = send(req).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-model-version"], "1");
+        assert!(
+            body.ends_with(&0.75f64.to_le_bytes()),
+            "the answer passes unchanged"
+        );
+    }
+    settle(&h).await;
+    let m = h.metrics().await;
+    let v = |s: &str| metric_value(&m, s);
+    assert_eq!(
+        v(r#"modelstamp_inspected_rows_total{model="churn",version="1"}"#),
+        20.0,
+        "{m}"
+    );
+    let unseen = r#"modelstamp_feature_issues_total{model="churn",version="1",feature="plan",issue="unseen_category"}"#;
+    assert_eq!(v(unseen), 10.0, "{m}");
+    assert_eq!(
+        v(r#"modelstamp_prediction_count{model="churn",version="1"}"#),
+        20.0
+    );
+    assert_eq!(
+        v(r#"modelstamp_prediction_sum{model="churn",version="1"}"#),
+        10.0
+    );
+    // The version the answer's JSON head reports (2) is not the one served (1).
+    assert_eq!(
+        v(r#"modelstamp_version_mismatch_total{model="churn",expected="1",reported="2"}"#),
+        10.0,
+        "{m}"
+    );
+    assert_eq!(h.access_log()[0]["reported_version"], "2");
+}
+
 #[tokio::test]
 async fn enforce_rejects_violations_with_422_and_forwards_clean_requests_unchanged() {
     let up = Upstream::start(echo_body("application/json")).await;

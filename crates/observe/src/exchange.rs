@@ -20,7 +20,7 @@ use tracing::warn;
 use crate::access_log::{AccessLine, AccessLog};
 use crate::exemplar::TraceExemplar;
 use crate::inspect::worker::Copied;
-use crate::inspect::{Codec, Inspector, Job, Profile};
+use crate::inspect::{Codec, Framing, Inspector, Job, Profile};
 use crate::journal::Journal;
 use crate::metrics::{Metrics, Recorded, RequestErrorKind, UpstreamErrorKind, VersionMetrics};
 use crate::spans::{Span, end_http_span};
@@ -115,8 +115,10 @@ pub struct Exchange<'a, C: ?Sized> {
     pub request_copy: Option<&'a Copied>,
     /// The response body's copy (complete, or a stream's prefix).
     pub response_copy: Option<&'a Copied>,
-    /// The response is an SSE stream.
-    pub sse: bool,
+    /// How the request body is laid out.
+    pub request_framing: Framing,
+    /// How the response body is laid out.
+    pub response_framing: Framing,
 }
 
 impl<C: ?Sized> Exchange<'_, C> {
@@ -300,7 +302,8 @@ impl<C: ?Sized> Sink<C> for Inspection {
             codec,
             request,
             response,
-            sse: ex.sse,
+            request_framing: ex.request_framing,
+            response_framing: ex.response_framing,
             trace: sc.is_valid().then(|| sc.clone()),
         });
     }
@@ -397,7 +400,8 @@ mod tests {
             inspect: None,
             request_copy: None,
             response_copy: None,
-            sse: false,
+            request_framing: Framing::Whole,
+            response_framing: Framing::Whole,
         }
     }
 

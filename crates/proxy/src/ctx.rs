@@ -43,6 +43,8 @@ pub struct RequestCtx {
     pub time: SystemTime,
     /// Whether this is a gRPC call (errors are reported as grpc-status).
     pub grpc: bool,
+    /// How the request body is laid out (Triton's binary extension, per its headers).
+    pub framing: crate::inspect::Framing,
     /// Request body bytes forwarded so far.
     pub bytes_in: AtomicU64,
     /// Set when the request body went over the limit.

@@ -17,8 +17,8 @@ use super::body::ClientBody;
 use super::ctx::ProxyRequest;
 use super::error::{BodyReadTimeout, ClientFault, ProxyError};
 use super::resolve::BoxFuture;
-use crate::inspect::Codec;
 use crate::inspect::quality::violations;
+use crate::inspect::{Codec, Framing};
 
 /// Violations listed in a 422 body; the total is always given.
 const MAX_LISTED: usize = 100;
@@ -73,7 +73,19 @@ where
             let limits = &ctx.snapshot.config.limits;
             let (cap, stall) = (limits.max_inspect_bytes, limits.body_read_timeout);
             let body = match body {
-                ClientBody::Streaming(incoming) => read_ahead(incoming, cap, stall).await?,
+                ClientBody::Streaming(incoming) => {
+                    read_ahead(BytesMut::new(), incoming, cap, stall).await?
+                }
+                // Read ahead in part already (a gRPC call's leading fields): read on.
+                ClientBody::Buffered {
+                    head,
+                    trailers: None,
+                    rest: Some(incoming),
+                    failed: None,
+                } if head.as_ref().is_none_or(|h| h.len() <= cap) => {
+                    let head = BytesMut::from(head.unwrap_or_default());
+                    read_ahead(head, incoming, cap, stall).await?
+                }
                 buffered => buffered,
             };
             if let ClientBody::Buffered {
@@ -84,7 +96,7 @@ where
             } = &body
             {
                 let profile = &ctx.resolved.served.profile;
-                match codec.features(head, &profile.names) {
+                match codec.features(head, Framing::of(&parts.headers), &profile.names) {
                     Ok(columns) => {
                         let (listed, total) = violations(&profile.schema, &columns, MAX_LISTED);
                         if total > 0 {
@@ -105,14 +117,14 @@ where
     }
 }
 
-/// Read up to `cap` bytes (or the whole body, with its trailers, if it ends first), waiting
-/// at most `stall` for each frame.
+/// Read on from `head` up to `cap` bytes (or the whole body, with its trailers, if it ends
+/// first), waiting at most `stall` for each frame.
 async fn read_ahead(
+    mut head: BytesMut,
     mut body: Incoming,
     cap: usize,
     stall: std::time::Duration,
 ) -> Result<ClientBody, ProxyError> {
-    let mut head = BytesMut::new();
     loop {
         let Ok(frame) = tokio::time::timeout(stall, body.frame()).await else {
             return Err(ProxyError::ClientBody {

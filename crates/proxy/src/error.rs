@@ -193,6 +193,9 @@ impl ProxyError {
     }
 }
 
+/// Schema violations named in a gRPC answer's `grpc-message`.
+const GRPC_LISTED: usize = 10;
+
 /// The response for an error: JSON for HTTP clients; a trailers-only response with
 /// `grpc-status` for gRPC clients (refused/reset → 14 UNAVAILABLE, timeout → 4).
 pub fn error_response(
@@ -201,8 +204,19 @@ pub fn error_response(
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
     let (status, grpc_status) = err.status_and_grpc();
-    let message = err.to_string();
+    let mut message = err.to_string();
     let mut resp = if grpc {
+        // A gRPC client has no body to read the violations from: the first ones go in the
+        // message.
+        if let ProxyError::SchemaViolation {
+            violations, total, ..
+        } = err
+        {
+            let listed: Vec<String> = (violations.iter().take(GRPC_LISTED))
+                .map(|v| format!("row {} {} {}", v.row, v.feature, v.issue.as_str()))
+                .collect();
+            message = format!("{message}: {} ({total} in all)", listed.join(", "));
+        }
         let mut r = Response::new(ProxyBody::full(Bytes::new()));
         let h = r.headers_mut();
         h.insert(

@@ -69,13 +69,18 @@ fn read(buf: &[u8]) -> Option<LeadingFields> {
 
 /// A split route whose backend shares the route's model server: the chosen version goes into the
 /// message (the REST path gets `/versions/{v}`), so the version that serves is the one stamped.
-/// A message that names a version itself was resolved to it and is not split. A declared
-/// `content-length` is moved by as many bytes as the message grew or shrank.
-pub fn steer(
+/// A message that names a version itself was resolved to it and is not split. A compressed
+/// message is read whole first (at most `limits.max_inspect_bytes`, waiting at most
+/// `limits.body_read_timeout` per frame) and sent inflated with the version set; one larger, or
+/// one whose client stalls, goes as it came, and the version its answer reports shows the
+/// mismatch. A declared `content-length` is moved by as many bytes as the message grew or
+/// shrank.
+pub async fn steer(
     body: ClientBody,
     lead: Option<&LeadingFields>,
     resolved: &Resolved,
     headers: &mut http::HeaderMap,
+    limits: &crate::config::Limits,
 ) -> ClientBody {
     let Some(lead) = lead else { return body };
     let steered = resolved
@@ -88,6 +93,10 @@ pub fn steer(
     if !steered || !same_model || lead.model_version.is_some() {
         return body;
     }
+    let body = match lead.compressed() {
+        true => read_message(body, limits.max_inspect_bytes, limits.body_read_timeout).await,
+        false => body,
+    };
     let ClientBody::Buffered {
         head: Some(head),
         trailers,
@@ -118,5 +127,43 @@ pub fn steer(
         trailers,
         rest,
         failed,
+    }
+}
+
+/// Read on until the body's first bytes hold its whole first message, it ends, fails or stalls
+/// for `stall`, or it would hold more than `cap` bytes. Never fails: what was read is replayed.
+async fn read_message(body: ClientBody, cap: usize, stall: std::time::Duration) -> ClientBody {
+    let ClientBody::Buffered {
+        head,
+        trailers: None,
+        rest: Some(mut rest),
+        failed: None,
+    } = body
+    else {
+        return body;
+    };
+    let mut buf = BytesMut::from(head.unwrap_or_default());
+    let buffered = |buf: BytesMut, rest, trailers, failed| ClientBody::Buffered {
+        head: Some(buf.freeze()).filter(|h| !h.is_empty()),
+        trailers,
+        rest,
+        failed,
+    };
+    loop {
+        let whole = grpc_infer::framed_len(&buf).is_some_and(|n| buf.len() >= n);
+        if whole || buf.len() > cap {
+            return buffered(buf, Some(rest), None, None);
+        }
+        let Ok(frame) = tokio::time::timeout(stall, rest.frame()).await else {
+            return buffered(buf, Some(rest), None, None);
+        };
+        match frame {
+            None => return buffered(buf, None, None, None),
+            Some(Err(e)) => return buffered(buf, None, None, Some(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => buf.extend_from_slice(&data),
+                Err(frame) => return buffered(buf, None, frame.into_trailers().ok(), None),
+            },
+        }
     }
 }

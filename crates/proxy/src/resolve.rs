@@ -21,8 +21,8 @@ use super::ctx::{ProxyRequest, RequestCtx};
 use super::held::Held;
 
 use super::grpc_lead;
-use crate::inspect::Codec;
 use crate::inspect::grpc_infer;
+use crate::inspect::{Codec, Framing};
 use crate::observe::Telemetry;
 use crate::observe::access_log::owned_path;
 use crate::observe::spans::{Attributes, remote_parent};
@@ -193,7 +193,15 @@ where
                         conn.client.ip(),
                     );
                     let mut parts = parts;
-                    let body = grpc_lead::steer(body, lead.as_ref(), &resolved, &mut parts.headers);
+                    let limits = &snapshot.config.limits;
+                    let body = grpc_lead::steer(
+                        body,
+                        lead.as_ref(),
+                        &resolved,
+                        &mut parts.headers,
+                        limits,
+                    )
+                    .await;
                     let ctx = conn.context(&parts, snapshot, resolved, true, arrived);
                     let req = Request::from_parts(parts, body);
                     inner.call(ProxyRequest { req, ctx }).await
@@ -265,12 +273,12 @@ impl Conn {
             new_request_id()
         };
         let span = self.server_span(parts, &snapshot, &resolved, &request_id);
-        // No codec reads gRPC tensors yet: a gRPC call is not inspected.
+        // A gRPC call is read by the gRPC codec alone, and only the gRPC codec reads one.
         let inspect = (resolved.route)
-            .filter(|_| !grpc)
             .and_then(|i| snapshot.routes.get(i))
             .and_then(|r| {
-                let codec = Codec::choose(r.route.inspect.codec, parts.uri.path())?;
+                let codec = Codec::choose(r.route.inspect.codec, parts.uri.path())
+                    .filter(|c| grpc == (*c == Codec::OpenInferenceGrpc))?;
                 let sampled = self.telemetry.inspector.sample(r.route.inspect.sample);
                 sampled.then_some(codec)
             });
@@ -289,6 +297,7 @@ impl Conn {
             start,
             time,
             grpc,
+            framing: Framing::of(&parts.headers),
             bytes_in: AtomicU64::new(0),
             body_too_large: AtomicBool::new(false),
             client_fault: std::sync::OnceLock::new(),

@@ -2,6 +2,10 @@
 //! route's shadow version, off the client's path (a spawned task, bounded in number), and the
 //! shadow's predictions are compared with the primary's. The client never waits for it and
 //! never sees it; failures and timeouts are counted, nothing else.
+//!
+//! A REST call names the shadow version in its path (`/versions/{v}`); a gRPC `ModelInfer` call
+//! in its message's `model_version` (a compressed message is sent inflated), over h2, and its
+//! outcome is its `grpc-status`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,9 +23,9 @@ use super::ctx::RequestCtx;
 use super::tls_clients::{Alpn, TlsClients};
 use crate::canary::shadow::{Outcome, ShadowSkip, ShadowStats, compare_predictions};
 use crate::config::UpstreamSettings;
-use crate::inspect::Codec;
 use crate::inspect::codec::Predicted;
 use crate::inspect::worker::Copied;
+use crate::inspect::{Codec, Framing, grpc_infer};
 use crate::observe::exchange::{Exchange, Sink};
 use crate::routing::split;
 
@@ -38,6 +42,10 @@ struct Shared {
     client: Client<HttpConnector, Full<Bytes>>,
     /// For routes whose model servers are reached over HTTPS.
     https: TlsClients<Full<Bytes>>,
+    /// gRPC calls: h2 with prior knowledge.
+    h2: Client<HttpConnector, Full<Bytes>>,
+    /// gRPC calls to model servers reached over HTTPS.
+    https2: TlsClients<Full<Bytes>>,
     stats: Arc<ShadowStats>,
     in_flight: Arc<AtomicUsize>,
 }
@@ -60,18 +68,23 @@ impl Shadower {
         builder
             .pool_idle_timeout(settings.pool_idle_timeout)
             .pool_timer(TokioTimer::new());
+        let mut h2 = builder.clone();
+        h2.timer(TokioTimer::new()).http2_only(true);
         Self(Arc::new(Shared {
-            client: builder.build(connector),
+            client: builder.build(connector.clone()),
             https: TlsClients::new(builder, Alpn::Http1, settings),
+            h2: h2.build(connector),
+            https2: TlsClients::new(h2, Alpn::Http2, settings),
             stats,
             in_flight: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
-    /// Whether this exchange wants its bodies copied for a shadow call.
+    /// Whether this exchange wants its bodies copied for a shadow call. Of gRPC calls, only
+    /// `ModelInfer` is mirrored (its message names the version).
     pub fn wanted(ctx: &RequestCtx) -> bool {
-        // A gRPC call is not mirrored: its shadow would need the message rewritten, not a path.
-        !ctx.grpc && ctx.route().is_some_and(|r| r.shadow_version.is_some())
+        ctx.route().is_some_and(|r| r.shadow_version.is_some())
+            && (!ctx.grpc || ctx.path.path() == grpc_infer::MODEL_INFER)
     }
 
     /// Mirror an answered exchange, if the route has a shadow and the sample picks it.
@@ -81,6 +94,7 @@ impl Shadower {
         primary_ok: bool,
         request: Option<Copied>,
         primary: Option<Copied>,
+        primary_framing: Framing,
     ) {
         let Some(route) = ctx.route() else { return };
         let (Some(shadow), Some(version)) = (&route.route.shadow, &route.shadow_version) else {
@@ -103,24 +117,42 @@ impl Shadower {
         let guard = InFlight(self.0.in_flight.clone());
         let served = &ctx.resolved.served;
         let upstream = shadow.upstream.as_ref().unwrap_or(&route.route.upstream);
-        let path = split::with_version(ctx.path.as_str(), &served.model, version)
-            .unwrap_or_else(|| ctx.path.as_str().to_string());
-        let req = Request::builder()
+        let grpc = ctx.grpc;
+        let (path, body, content_type) = if grpc {
+            // The message names the version; it goes as it came but for that field.
+            let Some(body) = grpc_infer::set_version(&request.bytes, version) else {
+                return self.0.stats.skip(ShadowSkip::NoCopy);
+            };
+            let content_type = HeaderValue::from_static("application/grpc");
+            (
+                ctx.path.as_str().to_string(),
+                Bytes::from(body),
+                content_type,
+            )
+        } else {
+            let path = split::with_version(ctx.path.as_str(), &served.model, version)
+                .unwrap_or_else(|| ctx.path.as_str().to_string());
+            let content_type = HeaderValue::from_static("application/json");
+            (path, request.bytes.clone(), content_type)
+        };
+        let mut req = Request::builder()
             .method(ctx.method.clone())
             .uri(format!(
                 "{}://{upstream}{path}",
                 route.route.upstream_scheme()
             ))
-            .header(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )
+            .header(header::CONTENT_TYPE, content_type)
             .header(
                 &ctx.snapshot.config.headers.request_id,
                 ctx.request_id.clone(),
             )
-            .header(SHADOW_HEADER, HeaderValue::from_static("true"))
-            .body(Full::new(request.bytes.clone()));
+            .header(SHADOW_HEADER, HeaderValue::from_static("true"));
+        if grpc {
+            req = req.header(header::TE, HeaderValue::from_static("trailers"));
+        } else if let Framing::JsonHead(len) = ctx.framing {
+            req = req.header(crate::inspect::codec::INFERENCE_HEADER_CONTENT_LENGTH, len);
+        }
+        let req = req.body(Full::new(body));
         let Ok(req) = req else { return };
         let codec = ctx
             .inspect
@@ -138,18 +170,30 @@ impl Shadower {
             let _guard = guard;
             let start = Instant::now();
             let answer = tokio::time::timeout(timeout, async {
-                let resp = match &tls {
-                    None => shared.client.request(req).await,
-                    Some(tls) => shared.https.get(tls).request(req).await,
+                let resp = match (&tls, grpc) {
+                    (None, false) => shared.client.request(req).await,
+                    (Some(tls), false) => shared.https.get(tls).request(req).await,
+                    (None, true) => shared.h2.request(req).await,
+                    (Some(tls), true) => shared.https2.get(tls).request(req).await,
                 }
                 .map_err(|e| e.to_string())?;
-                let ok = resp.status().is_success();
-                let body = Limited::new(resp.into_body(), cap.max(1))
+                let (head, body) = resp.into_parts();
+                let framing = Framing::of(&head.headers);
+                let collected = Limited::new(body, cap.max(1))
                     .collect()
                     .await
-                    .map_err(|e| e.to_string())?
-                    .to_bytes();
-                Ok::<_, String>((ok, body))
+                    .map_err(|e| e.to_string())?;
+                // A gRPC answer succeeded when its status (in the trailers, or a trailers-only
+                // head) is OK.
+                let ok = head.status.is_success()
+                    && (!grpc
+                        || collected
+                            .trailers()
+                            .and_then(|t| t.get("grpc-status"))
+                            .or_else(|| head.headers.get("grpc-status"))
+                            .and_then(|v| crate::codec::grpc::parse(v.as_bytes()))
+                            == Some(0));
+                Ok::<_, String>((ok, collected.to_bytes(), framing))
             })
             .await;
             let k = (key.0.as_str(), key.1.as_str(), key.2.as_str());
@@ -159,10 +203,16 @@ impl Shadower {
                     debug!(error = %e, "Shadow call failed.");
                     (Outcome::Error, None)
                 }
-                Ok(Ok((false, _))) => (Outcome::Error, None),
-                Ok(Ok((true, body))) => (
+                Ok(Ok((false, ..))) => (Outcome::Error, None),
+                Ok(Ok((true, body, framing))) => (
                     Outcome::Ok,
-                    agreement(codec, &primary.bytes, &body, abs, rel),
+                    agreement(
+                        codec,
+                        (&primary.bytes, primary_framing),
+                        (&body, framing),
+                        abs,
+                        rel,
+                    ),
                 ),
             };
             shared.stats.record(k, outcome, start.elapsed(), agreed);
@@ -179,6 +229,7 @@ impl Sink<RequestCtx> for Shadower {
                 ex.succeeded(),
                 ex.request_copy.cloned(),
                 ex.response_copy.cloned(),
+                ex.response_framing,
             );
         }
     }
@@ -186,15 +237,15 @@ impl Sink<RequestCtx> for Shadower {
 
 fn agreement(
     codec: Option<Codec>,
-    primary: &[u8],
-    shadow: &[u8],
+    primary: (&[u8], Framing),
+    shadow: (&[u8], Framing),
     abs: f64,
     rel: f64,
 ) -> Option<bool> {
     let codec = codec.filter(|c| c.tabular())?;
     match (
-        codec.predicted(primary, false),
-        codec.predicted(shadow, false),
+        codec.predicted(primary.0, primary.1),
+        codec.predicted(shadow.0, shadow.1),
     ) {
         (Ok(Predicted::Table(p)), Ok(Predicted::Table(s))) => compare_predictions(&p, &s, abs, rel),
         _ => None,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::codec;
 use crate::inspect::worker::BodyCopy;
-use crate::inspect::{Inspector, Skip, grpc_infer, open_inference, openai};
+use crate::inspect::{Framing, Inspector, Skip, grpc_infer, open_inference, openai};
 use bytes::Bytes;
 use http::{Response, header};
 use http_body::{Body, Frame, SizeHint};
@@ -154,6 +154,8 @@ struct Pending {
     tee_sse: bool,
     /// The tee holds a gRPC `ModelInferResponse`, whose first fields name the version.
     tee_grpc: bool,
+    /// How the response body is laid out.
+    framing: Framing,
     /// The SSE copy stopped at the cap (the prefix is read, the usage is not).
     tee_truncated: bool,
     gen_ai_response_model: Option<String>,
@@ -186,6 +188,7 @@ impl Pending {
             tee: None,
             tee_sse: false,
             tee_grpc: false,
+            framing: Framing::Whole,
             tee_truncated: false,
             gen_ai_response_model: None,
             finished: false,
@@ -227,25 +230,26 @@ impl Pending {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
         }
-        let json = headers.get(header::CONTENT_TYPE).is_none_or(|v| {
-            v.as_bytes()
-                .windows(4)
-                .any(|w| w.eq_ignore_ascii_case(b"json"))
-        });
-        let sse = headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        // Open Inference responses carry `model_version` in the body, OpenAI-compatible ones
-        // `model` (JSON, or in each SSE event): keep a bounded copy.
+        self.framing = Framing::of(headers);
+        let binary = matches!(self.framing, Framing::JsonHead(_));
+        let json = binary
+            || headers.get(header::CONTENT_TYPE).is_none_or(|v| {
+                v.as_bytes()
+                    .windows(4)
+                    .any(|w| w.eq_ignore_ascii_case(b"json"))
+            });
+        let sse = self.framing == Framing::Sse;
+        // Open Inference responses carry `model_version` in the body (in the JSON head of a
+        // binary one), OpenAI-compatible ones `model` (JSON, or in each SSE event): keep a
+        // bounded copy.
         let oi = self.reported.is_none() && self.ctx.resolved.open_inference_infer && json;
         let openai = self.ctx.resolved.openai.is_some() && (json || sse);
-        let inspect = self.ctx.inspect.is_some() && (json || sse);
-        let shadow = super::shadow::Shadower::wanted(&self.ctx) && json;
         // A gRPC `ModelInferResponse` names its version in its first fields.
-        let grpc = self.reported.is_none()
-            && self.grpc_answer
-            && self.ctx.path.path() == grpc_infer::MODEL_INFER;
-        if status.is_success() && (oi || openai || inspect || shadow || grpc) {
+        let grpc = self.grpc_answer && self.ctx.path.path() == grpc_infer::MODEL_INFER;
+        let inspect = self.ctx.inspect.is_some() && (json || sse || grpc);
+        let shadow = super::shadow::Shadower::wanted(&self.ctx) && (json || grpc);
+        let grpc_version = grpc && self.reported.is_none();
+        if status.is_success() && (oi || openai || inspect || shadow || grpc_version) {
             let cap = self.ctx.snapshot.config.limits.max_inspect_bytes;
             self.tee = Some(self.inspector.copy(cap));
             self.tee_sse = sse;
@@ -319,9 +323,8 @@ impl Pending {
         if let Some(copy) = &copy {
             self.inspect(copy.bytes());
         }
-        // A gRPC answer's copy was only read for its version here (its prefix, maybe).
         let response = copy
-            .filter(|_| self.finished && !self.tee_truncated && !self.tee_grpc)
+            .filter(|_| self.finished && !self.tee_truncated)
             .map(BodyCopy::freeze);
         served.metrics.in_flight.dec();
         let client_span = self.client_span.take();
@@ -365,7 +368,8 @@ impl Pending {
             inspect: ctx.inspect,
             request_copy: ctx.request_copy.get(),
             response_copy: response.as_ref(),
-            sse: self.tee_sse,
+            request_framing: ctx.framing,
+            response_framing: self.framing,
         };
         self.observer.finish(&exchange);
     }
@@ -373,9 +377,12 @@ impl Pending {
     /// Read what the copied response body says (after the exchange, never on the byte path).
     fn inspect(&mut self, body: &[u8]) {
         if self.tee_grpc {
-            match grpc_infer::reported_version(body) {
-                Ok(v) => self.reported = v,
-                Err(e) => debug!(error = %e, "gRPC response not read for its version."),
+            // A version named by the route's version header stands.
+            if self.reported.is_none() {
+                match grpc_infer::reported_version(body) {
+                    Ok(v) => self.reported = v,
+                    Err(e) => debug!(error = %e, "gRPC response not read for its version."),
+                }
             }
         } else if self.ctx.resolved.openai.is_some() {
             self.gen_ai_response_model = if self.tee_sse {
@@ -383,8 +390,10 @@ impl Pending {
             } else {
                 openai::json_model(body)
             };
-        } else {
-            match open_inference::reported_version(body) {
+        } else if self.reported.is_none() {
+            // A binary (Triton) answer names its version in its JSON head.
+            let json = self.framing.json(body);
+            match json.and_then(|j| open_inference::reported_version(j).map_err(Into::into)) {
                 Ok(v) => self.reported = v,
                 Err(e) => {
                     debug!(error = %e, "Response body is not Open Inference JSON.");

@@ -1,8 +1,19 @@
 //! Open Inference over gRPC (`inference.GRPCInferenceService`, KServe's `grpc_predict_v2.proto`,
-//! which Triton and MLServer serve): the model name and version a `ModelInfer` message carries.
-//! Both messages begin with them (tags 1 and 2 of `ModelInferRequest` and `ModelInferResponse`),
-//! and every protobuf library writes fields in number order: they are read from the first bytes
-//! of a body, never its tensors (prost, which needs a whole message, checks this in the tests).
+//! which Triton and MLServer serve): the model name and version a `ModelInfer` message carries,
+//! and its tensors.
+//!
+//! Both messages begin with the name and version (tags 1 and 2 of `ModelInferRequest` and
+//! `ModelInferResponse`), and every protobuf library writes fields in number order: on the
+//! proxy's path they are read from the first bytes of a body, never its tensors. The tensors
+//! are decoded with prost on the inspection worker, from `contents` (by datatype) and from
+//! `raw_*_contents`. A message compressed with gzip or deflate (`grpc-encoding`) is inflated to
+//! read it, at most [`MAX_INFLATED`] bytes; other encodings are not read.
+
+use std::borrow::Cow;
+use std::io::Read as _;
+
+use super::table::{CodecError, Columns, MAX_VALUES, Value};
+use super::tensor::{Tensor, raw, tensors, width};
 
 /// The `:path` of a `ModelInfer` call.
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -10,30 +21,90 @@ pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 /// Bytes before each gRPC message: a compressed flag and a big-endian length.
 const PREFIX: usize = 5;
 
+/// The most a compressed message is inflated to, to read it.
+pub const MAX_INFLATED: usize = 16 << 20;
+
 /// Why a gRPC body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrpcError {
     /// Fewer bytes than needed (a copy cut before the fields, or before the message's end).
     #[error("the first gRPC message is incomplete")]
     Incomplete,
-    /// The message is compressed (`grpc-encoding`), which is not read.
-    #[error("the first gRPC message is compressed")]
+    /// The message is compressed with an encoding that is not read (not gzip or deflate).
+    #[error("the first gRPC message is compressed with an encoding that is not read")]
     Compressed,
-    /// Not the protobuf of a `ModelInfer` message.
+    /// The message inflates to more than [`MAX_INFLATED`] bytes.
+    #[error("the first gRPC message inflates to more than {MAX_INFLATED} bytes")]
+    TooLarge,
+    /// Not the protobuf of a `ModelInfer` message (or a compressed stream that is corrupt).
     #[error("not a ModelInfer message")]
     Unreadable,
 }
 
-/// The first message of a gRPC body.
-pub fn first_message(body: &[u8]) -> Result<&[u8], GrpcError> {
+/// The first message of a gRPC body, inflated when it is compressed.
+pub fn first_message(body: &[u8]) -> Result<Cow<'_, [u8]>, GrpcError> {
     let (&flag, rest) = body.split_first().ok_or(GrpcError::Incomplete)?;
     let len = rest.get(..4).ok_or(GrpcError::Incomplete)?;
     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    if flag != 0 {
-        return Err(GrpcError::Compressed);
-    }
     let end = PREFIX.checked_add(len).ok_or(GrpcError::Incomplete)?;
-    body.get(PREFIX..end).ok_or(GrpcError::Incomplete)
+    let payload = body.get(PREFIX..end).ok_or(GrpcError::Incomplete)?;
+    match flag {
+        0 => Ok(Cow::Borrowed(payload)),
+        1 => {
+            let (inflated, complete) = inflate(payload, MAX_INFLATED)?;
+            match complete {
+                true => Ok(Cow::Owned(inflated)),
+                false => Err(GrpcError::TooLarge),
+            }
+        }
+        _ => Err(GrpcError::Unreadable),
+    }
+}
+
+/// Inflate a compressed message (gzip, or zlib as gRPC's `deflate` is, told apart by their
+/// headers), up to `limit` bytes. `complete` is false when the output stopped at the limit or
+/// the input was cut: what was inflated so far is still returned (a prefix is enough to read
+/// the leading fields).
+fn inflate(payload: &[u8], limit: usize) -> Result<(Vec<u8>, bool), GrpcError> {
+    let mut reader: Box<dyn std::io::Read + '_> = match sniff(payload)? {
+        Deflated::Gzip => Box::new(flate2::read::GzDecoder::new(payload)),
+        Deflated::Zlib => Box::new(flate2::read::ZlibDecoder::new(payload)),
+    };
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => return Ok((out, true)),
+            Ok(n) if out.len() + n > limit => {
+                out.extend_from_slice(&chunk[..limit - out.len()]);
+                return Ok((out, false));
+            }
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok((out, false)),
+            Err(_) if out.is_empty() => return Err(GrpcError::Unreadable),
+            Err(_) => return Ok((out, false)),
+        }
+    }
+}
+
+/// The two compressed formats that are read.
+enum Deflated {
+    Gzip,
+    Zlib,
+}
+
+/// Which format a compressed message is in, from its first two bytes.
+fn sniff(payload: &[u8]) -> Result<Deflated, GrpcError> {
+    let [a, b, ..] = *payload else {
+        return Err(GrpcError::Incomplete);
+    };
+    if [a, b] == [0x1f, 0x8b] {
+        Ok(Deflated::Gzip)
+    } else if a & 0x0f == 8 && (u16::from(a) << 8 | u16::from(b)) % 31 == 0 {
+        Ok(Deflated::Zlib)
+    } else {
+        Err(GrpcError::Compressed)
+    }
 }
 
 /// The version a `ModelInferResponse` reports (`None` when it names none), from its leading
@@ -42,8 +113,12 @@ pub fn reported_version(body: &[u8]) -> Result<Option<String>, GrpcError> {
     match leading(body) {
         Leading::Read(lead) => Ok(lead.model_version),
         Leading::NeedMore => Err(GrpcError::Incomplete),
-        Leading::Unreadable if body.first() != Some(&0) => Err(GrpcError::Compressed),
-        Leading::Unreadable => Err(GrpcError::Unreadable),
+        Leading::Unreadable => match body.first() {
+            Some(1) => Err(sniff(body.get(PREFIX..).unwrap_or_default())
+                .err()
+                .unwrap_or(GrpcError::Unreadable)),
+            _ => Err(GrpcError::Unreadable),
+        },
     }
 }
 
@@ -58,11 +133,13 @@ pub enum Leading {
     NeedMore,
     /// The leading fields were read.
     Read(LeadingFields),
-    /// It cannot be read (compressed, not protobuf, fields over [`MAX_LEADING`]): forwarded as is.
+    /// It cannot be read (compressed in an encoding that is not read, not protobuf, fields over
+    /// [`MAX_LEADING`]): forwarded as is.
     Unreadable,
 }
 
-/// `model_name` and `model_version` of the first message, where they lie.
+/// `model_name` and `model_version` of the first message, where they lie (in the body's bytes;
+/// in its inflated bytes when it is compressed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeadingFields {
     /// `model_name`, when given.
@@ -75,19 +152,48 @@ pub struct LeadingFields {
     version_field: Option<std::ops::Range<usize>>,
     /// The first message's length, from its prefix.
     message_len: usize,
+    /// The message is compressed: the ranges are in its inflated bytes.
+    compressed: bool,
 }
 
 /// Read the leading fields 1 and 2 of the first message of a request body's first bytes. Every
 /// protobuf library writes a message's fields in field-number order, so both come before the
-/// tensors: a few dozen bytes are enough, never the whole message.
+/// tensors: a few dozen bytes are enough, never the whole message. A compressed message is
+/// inflated as far as the fields (its fields are read, but cannot be rewritten in place).
 pub fn leading(buf: &[u8]) -> Leading {
     let Some(prefix) = buf.get(..PREFIX) else {
         return Leading::NeedMore;
     };
-    if prefix[0] != 0 {
-        return Leading::Unreadable;
-    }
     let message_len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    match prefix[0] {
+        0 => fields(buf, message_len, false),
+        1 => {
+            let available = &buf[PREFIX..buf.len().min(PREFIX.saturating_add(message_len))];
+            let whole = available.len() == message_len;
+            match inflate(available, MAX_LEADING) {
+                Err(GrpcError::Incomplete) => Leading::NeedMore,
+                Err(_) => Leading::Unreadable,
+                Ok((inflated, complete)) => {
+                    let len = match complete && whole {
+                        true => inflated.len(),
+                        false => usize::MAX - PREFIX,
+                    };
+                    let mut framed = vec![0; PREFIX];
+                    framed.extend_from_slice(&inflated);
+                    match fields(&framed, len, true) {
+                        // All of it was inflated as far as the limit: the fields are longer.
+                        Leading::NeedMore if whole => Leading::Unreadable,
+                        read => read,
+                    }
+                }
+            }
+        }
+        _ => Leading::Unreadable,
+    }
+}
+
+/// The leading fields of an uncompressed message of `message_len` bytes framed in `buf`.
+fn fields(buf: &[u8], message_len: usize, compressed: bool) -> Leading {
     let end = PREFIX.saturating_add(message_len);
     let mut lead = LeadingFields {
         model_name: None,
@@ -95,6 +201,7 @@ pub fn leading(buf: &[u8]) -> Leading {
         name_field: None,
         version_field: None,
         message_len,
+        compressed,
     };
     let mut pos = PREFIX;
     while pos < end {
@@ -148,10 +255,31 @@ pub fn leading(buf: &[u8]) -> Leading {
     Leading::Read(lead)
 }
 
+impl LeadingFields {
+    /// The message is compressed: setting its version needs all of it ([`framed_len`]).
+    pub fn compressed(&self) -> bool {
+        self.compressed
+    }
+}
+
+/// The length of a body's first message with its prefix, once the prefix is there.
+pub fn framed_len(buf: &[u8]) -> Option<usize> {
+    let len = buf.get(1..PREFIX)?;
+    PREFIX.checked_add(u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize)
+}
+
 /// The body's first bytes with the first message's `model_version` set to `version`: the field
 /// is replaced (or added after `model_name`) and the message's length prefix updated. `buf`
-/// holds the bytes [`leading`] read; the rest of the message follows unchanged.
+/// holds the bytes [`leading`] read; the rest of the message follows unchanged. A compressed
+/// message is rewritten whole: `buf` must hold all of it, and it is sent inflated (then what
+/// followed it in `buf`); `None` when it does not.
 pub fn with_version(buf: &[u8], lead: &LeadingFields, version: &str) -> Option<Vec<u8>> {
+    if lead.compressed {
+        let end = framed_len(buf)?;
+        let mut out = set_version(buf.get(..end)?, version)?;
+        out.extend_from_slice(&buf[end..]);
+        return Some(out);
+    }
     let (cut, resume) = match (&lead.version_field, &lead.name_field) {
         (Some(v), _) => (v.start, v.end),
         (None, Some(n)) => (n.end, n.end),
@@ -169,6 +297,180 @@ pub fn with_version(buf: &[u8], lead: &LeadingFields, version: &str) -> Option<V
     out.extend_from_slice(&field);
     out.extend_from_slice(buf.get(resume..)?);
     Some(out)
+}
+
+/// A whole request body (one message) with its `model_version` set to `version`: a
+/// compressed message is inflated and sent uncompressed (the per-message flag allows it under
+/// any `grpc-encoding`). `None` when the body cannot be read.
+pub fn set_version(body: &[u8], version: &str) -> Option<Vec<u8>> {
+    let message = first_message(body).ok()?;
+    let len = u32::try_from(message.len()).ok()?;
+    let mut framed = Vec::with_capacity(PREFIX + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(&message);
+    let Leading::Read(lead) = leading(&framed) else {
+        return None;
+    };
+    with_version(&framed, &lead, version)
+}
+
+/// The Open Inference gRPC messages, as far as they are read (prost skips the other fields:
+/// `parameters`, requested `outputs`).
+pub mod pb {
+    /// `inference.ModelInferRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ModelInferRequest {
+        /// `model_name`.
+        #[prost(string, tag = "1")]
+        pub model_name: String,
+        /// `model_version`.
+        #[prost(string, tag = "2")]
+        pub model_version: String,
+        /// `id`.
+        #[prost(string, tag = "3")]
+        pub id: String,
+        /// `inputs`.
+        #[prost(message, repeated, tag = "5")]
+        pub inputs: Vec<InferTensor>,
+        /// `raw_input_contents`, one per input when used.
+        #[prost(bytes = "vec", repeated, tag = "7")]
+        pub raw_input_contents: Vec<Vec<u8>>,
+    }
+
+    /// `inference.ModelInferResponse`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ModelInferResponse {
+        /// `model_name`.
+        #[prost(string, tag = "1")]
+        pub model_name: String,
+        /// `model_version`.
+        #[prost(string, tag = "2")]
+        pub model_version: String,
+        /// `id`.
+        #[prost(string, tag = "3")]
+        pub id: String,
+        /// `outputs`.
+        #[prost(message, repeated, tag = "5")]
+        pub outputs: Vec<InferTensor>,
+        /// `raw_output_contents`, one per output when used.
+        #[prost(bytes = "vec", repeated, tag = "6")]
+        pub raw_output_contents: Vec<Vec<u8>>,
+    }
+
+    /// `InferInputTensor` and `InferOutputTensor`, which share their fields.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InferTensor {
+        /// `name`.
+        #[prost(string, tag = "1")]
+        pub name: String,
+        /// `datatype`.
+        #[prost(string, tag = "2")]
+        pub datatype: String,
+        /// `shape`.
+        #[prost(int64, repeated, tag = "3")]
+        pub shape: Vec<i64>,
+        /// `contents`, when not raw.
+        #[prost(message, optional, tag = "5")]
+        pub contents: Option<InferTensorContents>,
+    }
+
+    /// `inference.InferTensorContents`: one field per datatype family.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InferTensorContents {
+        /// `BOOL`.
+        #[prost(bool, repeated, tag = "1")]
+        pub bool_contents: Vec<bool>,
+        /// `INT8`, `INT16`, `INT32`.
+        #[prost(int32, repeated, tag = "2")]
+        pub int_contents: Vec<i32>,
+        /// `INT64`.
+        #[prost(int64, repeated, tag = "3")]
+        pub int64_contents: Vec<i64>,
+        /// `UINT8`, `UINT16`, `UINT32`.
+        #[prost(uint32, repeated, tag = "4")]
+        pub uint_contents: Vec<u32>,
+        /// `UINT64`.
+        #[prost(uint64, repeated, tag = "5")]
+        pub uint64_contents: Vec<u64>,
+        /// `FP32`.
+        #[prost(float, repeated, tag = "6")]
+        pub fp32_contents: Vec<f32>,
+        /// `FP64`.
+        #[prost(double, repeated, tag = "7")]
+        pub fp64_contents: Vec<f64>,
+        /// `BYTES`.
+        #[prost(bytes = "vec", repeated, tag = "8")]
+        pub bytes_contents: Vec<Vec<u8>>,
+    }
+}
+
+/// Tensors from their declarations and, when the message uses them, their raw contents (one per
+/// tensor, in order).
+fn infer_tensors(
+    list: Vec<pb::InferTensor>,
+    raw_contents: &[Vec<u8>],
+) -> Result<Vec<Tensor<'static>>, CodecError> {
+    if !raw_contents.is_empty() && raw_contents.len() != list.len() {
+        return Err(CodecError::Shape(
+            "raw contents do not match the tensors one to one",
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, t) in list.into_iter().enumerate() {
+        let mut values = Vec::new();
+        match raw_contents.get(i) {
+            Some(bytes) => raw(&t.datatype, bytes, &mut values)?,
+            None => contents(&t.datatype, t.contents.unwrap_or_default(), &mut values)?,
+        }
+        out.push(Tensor {
+            name: Some(t.name.into()),
+            width: width(&t.shape),
+            values,
+        });
+    }
+    Ok(out)
+}
+
+/// The values of a tensor's typed `contents`, from the field its datatype uses.
+fn contents(
+    datatype: &str,
+    c: pb::InferTensorContents,
+    out: &mut Vec<Value>,
+) -> Result<(), CodecError> {
+    fn put<T>(out: &mut Vec<Value>, values: Vec<T>, value: impl Fn(T) -> Value) {
+        let room = MAX_VALUES.saturating_sub(out.len());
+        out.extend(values.into_iter().take(room).map(value));
+    }
+    let number = |v: f64| Value::Number(v);
+    match datatype {
+        "BOOL" => put(out, c.bool_contents, Value::Bool),
+        "INT8" | "INT16" | "INT32" => put(out, c.int_contents, |v| number(f64::from(v))),
+        "INT64" => put(out, c.int64_contents, |v| number(v as f64)),
+        "UINT8" | "UINT16" | "UINT32" => put(out, c.uint_contents, |v| number(f64::from(v))),
+        "UINT64" => put(out, c.uint64_contents, |v| number(v as f64)),
+        "FP32" => put(out, c.fp32_contents, |v| number(f64::from(v))),
+        "FP64" => put(out, c.fp64_contents, number),
+        "BYTES" => put(out, c.bytes_contents, |v| {
+            Value::Text(String::from_utf8_lossy(&v).into_owned())
+        }),
+        _ => return Err(CodecError::Shape("tensor contents of an unknown datatype")),
+    }
+    Ok(())
+}
+
+/// The input features of a `ModelInfer` request body.
+pub fn request_features(body: &[u8], names: &[String]) -> Result<Columns, CodecError> {
+    let message = first_message(body)?;
+    let m = <pb::ModelInferRequest as prost::Message>::decode(&*message)?;
+    tensors(infer_tensors(m.inputs, &m.raw_input_contents)?, Some(names))
+}
+
+/// The predictions of a `ModelInfer` response body, one column per output (or output position).
+pub fn response_predictions(body: &[u8]) -> Result<Columns, CodecError> {
+    let message = first_message(body)?;
+    let m = <pb::ModelInferResponse as prost::Message>::decode(&*message)?;
+    tensors(infer_tensors(m.outputs, &m.raw_output_contents)?, None)
 }
 
 /// A protobuf varint at `pos`, advancing it; `None` when cut or over ten bytes.
@@ -197,38 +499,8 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 mod tests {
     use super::*;
 
-    /// `ModelInferResponse` as the proto declares it, tensors included.
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Response {
-        #[prost(string, tag = "1")]
-        model_name: String,
-        #[prost(string, tag = "2")]
-        model_version: String,
-        #[prost(string, tag = "3")]
-        id: String,
-        #[prost(message, repeated, tag = "5")]
-        outputs: Vec<Output>,
-        #[prost(bytes = "vec", repeated, tag = "6")]
-        raw_output_contents: Vec<Vec<u8>>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Output {
-        #[prost(string, tag = "1")]
-        name: String,
-        #[prost(string, tag = "2")]
-        datatype: String,
-        #[prost(int64, repeated, tag = "3")]
-        shape: Vec<i64>,
-        #[prost(message, optional, tag = "5")]
-        contents: Option<Contents>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Contents {
-        #[prost(double, repeated, tag = "7")]
-        fp64_contents: Vec<f64>,
-    }
+    use pb::ModelInferResponse as Response;
+    use pb::{InferTensor, InferTensorContents, ModelInferRequest as Request};
 
     fn framed(message: &impl prost::Message) -> Vec<u8> {
         let bytes = message.encode_to_vec();
@@ -243,15 +515,13 @@ mod tests {
             model_name: "churn".into(),
             model_version: version.into(),
             id: "req-1".into(),
-            outputs: vec![Output {
+            outputs: vec![InferTensor {
                 name: "predict".into(),
                 datatype: "FP64".into(),
                 shape: vec![2, 1],
-                contents: Some(Contents {
-                    fp64_contents: vec![0.1, 0.9],
-                }),
+                contents: None,
             }],
-            raw_output_contents: vec![vec![0; 64]],
+            raw_output_contents: vec![[0.1f64, 0.9].iter().flat_map(|x| x.to_le_bytes()).collect()],
         }
     }
 
@@ -263,7 +533,7 @@ mod tests {
         assert_eq!(reported_version(&body[..40]), Ok(Some("2".into())));
         assert_eq!(reported_version(&framed(&response(""))), Ok(None));
         // What prost reads from the whole message.
-        let decoded = <Response as prost::Message>::decode(first_message(&body).unwrap());
+        let decoded = <Response as prost::Message>::decode(&*first_message(&body).unwrap());
         assert_eq!(decoded.map(|r| r.model_version), Ok("2".to_string()));
         // A second message after the first is not read.
         let mut two = body.clone();
@@ -295,24 +565,17 @@ mod tests {
         assert_eq!(reported_version(&foreign), Err(GrpcError::Unreadable));
     }
 
-    /// `ModelInferRequest` as the proto declares it, tensors included.
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Request {
-        #[prost(string, tag = "1")]
-        model_name: String,
-        #[prost(string, tag = "2")]
-        model_version: String,
-        #[prost(string, tag = "3")]
-        id: String,
-        #[prost(bytes = "vec", repeated, tag = "7")]
-        raw_input_contents: Vec<Vec<u8>>,
-    }
-
     fn request(name: &str, version: &str) -> Request {
         Request {
             model_name: name.into(),
             model_version: version.into(),
             id: "req-1".into(),
+            inputs: vec![InferTensor {
+                name: "x".into(),
+                datatype: "UINT8".into(),
+                shape: vec![300],
+                contents: None,
+            }],
             raw_input_contents: vec![vec![9; 300]],
         }
     }
@@ -356,7 +619,7 @@ mod tests {
                 rewritten.extend_from_slice(&body[head_len..]);
                 let message = first_message(&rewritten).unwrap();
                 assert_eq!(message.len() + 5, rewritten.len(), "the prefix is updated");
-                let decoded = <Request as prost::Message>::decode(message).unwrap();
+                let decoded = <Request as prost::Message>::decode(&*message).unwrap();
                 let want = Request {
                     model_version: new.into(),
                     ..original.clone()
@@ -364,5 +627,166 @@ mod tests {
                 assert_eq!(decoded, want, "{name} {version} -> {new}");
             }
         }
+    }
+
+    fn compressed(message: &[u8], zlib: bool) -> Vec<u8> {
+        use std::io::Write as _;
+        let deflated = if zlib {
+            let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            z.write_all(message).unwrap();
+            z.finish().unwrap()
+        } else {
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            z.write_all(message).unwrap();
+            z.finish().unwrap()
+        };
+        let mut out = vec![1];
+        out.extend_from_slice(&(deflated.len() as u32).to_be_bytes());
+        out.extend_from_slice(&deflated);
+        out
+    }
+
+    #[test]
+    fn compressed_messages_are_read_from_their_inflated_prefix() {
+        let message = prost::Message::encode_to_vec(&request("churn", "7"));
+        for zlib in [false, true] {
+            let body = compressed(&message, zlib);
+            let Leading::Read(lead) = leading(&body) else {
+                panic!("{:?}", leading(&body))
+            };
+            assert_eq!(lead.model_version.as_deref(), Some("7"));
+            // Cut before the fields inflate: more is needed, never a wrong answer.
+            assert_eq!(leading(&body[..7]), Leading::NeedMore, "zlib {zlib}");
+            // A compressed message is rewritten whole, and sent inflated; cut, it is not.
+            assert!(lead.compressed());
+            assert_eq!(with_version(&body[..body.len() - 1], &lead, "3"), None);
+            let mut next = body.clone();
+            next.extend_from_slice(b"next");
+            let rewritten = with_version(&next, &lead, "3").unwrap();
+            assert!(rewritten.ends_with(b"next"));
+            let end = framed_len(&rewritten).unwrap();
+            let decoded = <Request as prost::Message>::decode(&rewritten[5..end]).unwrap();
+            assert_eq!(
+                decoded,
+                Request {
+                    model_version: "3".into(),
+                    ..request("churn", "7")
+                }
+            );
+            assert_eq!(&*first_message(&body).unwrap(), &message[..]);
+        }
+        let answer = prost::Message::encode_to_vec(&response("4"));
+        assert_eq!(
+            reported_version(&compressed(&answer, false)),
+            Ok(Some("4".into()))
+        );
+        // zstd's magic number: an encoding that is not read.
+        let zstd = [1, 0, 0, 0, 6, 0x28, 0xb5, 0x2f, 0xfd, 0, 0];
+        assert_eq!(leading(&zstd), Leading::Unreadable);
+        assert_eq!(reported_version(&zstd), Err(GrpcError::Compressed));
+        assert_eq!(first_message(&zstd), Err(GrpcError::Compressed));
+        // A gzip header over garbage.
+        let corrupt = [
+            1, 0, 0, 0, 12, 0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff,
+        ];
+        assert!(first_message(&corrupt).is_err());
+        assert_eq!(leading(&corrupt), Leading::Unreadable);
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_bound() {
+        let bomb = compressed(&vec![0; MAX_INFLATED + 1], false);
+        assert!(bomb.len() < MAX_INFLATED / 100, "a small body");
+        assert_eq!(first_message(&bomb), Err(GrpcError::TooLarge));
+        assert!(matches!(
+            request_features(&bomb, &[]),
+            Err(CodecError::Grpc(GrpcError::TooLarge))
+        ));
+        // Zeros read as field 0: not a message, found from the first inflated bytes alone.
+        assert_eq!(leading(&bomb), Leading::Unreadable);
+    }
+
+    #[test]
+    fn typed_contents_are_read_by_datatype_and_raw_contents_by_position() {
+        let tensor = |name: &str, datatype: &str, shape: Vec<i64>, contents| InferTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape,
+            contents,
+        };
+        let typed = Request {
+            model_name: "churn".into(),
+            inputs: vec![
+                tensor(
+                    "a",
+                    "INT32",
+                    vec![2],
+                    Some(InferTensorContents {
+                        int_contents: vec![1, -2],
+                        // A field the datatype does not use is not read.
+                        fp64_contents: vec![9.0],
+                        ..Default::default()
+                    }),
+                ),
+                tensor(
+                    "b",
+                    "BYTES",
+                    vec![2],
+                    Some(InferTensorContents {
+                        bytes_contents: vec![b"x".to_vec(), b"y".to_vec()],
+                        ..Default::default()
+                    }),
+                ),
+                tensor(
+                    "c",
+                    "FP32",
+                    vec![1, 2],
+                    Some(InferTensorContents {
+                        fp32_contents: vec![0.5, 1.5],
+                        ..Default::default()
+                    }),
+                ),
+            ],
+            ..Default::default()
+        };
+        let f = request_features(&framed(&typed), &["p".into(), "q".into()]).unwrap();
+        assert_eq!(
+            f.get("a"),
+            Some(&[Value::Number(1.0), Value::Number(-2.0)][..])
+        );
+        assert_eq!(
+            f.get("b"),
+            Some(&[Value::Text("x".into()), Value::Text("y".into())][..])
+        );
+        assert_eq!(f.get("c[1]"), Some(&[Value::Number(1.5)][..]));
+        // One tensor holding whole rows takes the schema's names.
+        let rows = Request {
+            inputs: vec![tensor("x", "FP64", vec![1, 2], None)],
+            raw_input_contents: vec![[3.0f64, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect()],
+            ..Default::default()
+        };
+        let f = request_features(&framed(&rows), &["p".into(), "q".into()]).unwrap();
+        assert_eq!(f.get("q"), Some(&[Value::Number(4.0)][..]));
+        // Raw contents that do not pair with the tensors, or an unknown datatype: errors.
+        let unpaired = Request {
+            raw_input_contents: vec![vec![0; 8], vec![0; 8]],
+            ..rows.clone()
+        };
+        assert!(request_features(&framed(&unpaired), &[]).is_err());
+        let unknown = Request {
+            inputs: vec![tensor(
+                "x",
+                "FP8",
+                vec![1],
+                Some(InferTensorContents::default()),
+            )],
+            ..Default::default()
+        };
+        assert!(request_features(&framed(&unknown), &[]).is_err());
+        // Not protobuf at all.
+        assert!(matches!(
+            response_predictions(&[0, 0, 0, 0, 2, 0xff, 0xff]),
+            Err(CodecError::Protobuf(_))
+        ));
     }
 }

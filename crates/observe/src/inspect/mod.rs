@@ -4,6 +4,7 @@
 //! per-version prediction, data-quality and drift signals. Codecs are pure functions of bytes,
 //! so they are unit-testable and never touch the forwarded bytes.
 
+pub mod binary;
 pub mod codec;
 pub mod drift;
 pub mod exposition;
@@ -15,9 +16,10 @@ pub mod quality;
 pub mod rest;
 pub mod stats;
 pub mod table;
+mod tensor;
 pub mod worker;
 
-pub use codec::Codec;
+pub use codec::{Codec, Framing};
 pub use profile::Profile;
 pub use worker::{Inspector, Job, Skip};
 
@@ -46,15 +48,23 @@ mod tests {
         let _ = openai::sse_model(body);
         let _ = openai::json_usage(body);
         let _ = openai::sse_usage(body);
+        let _ = grpc_infer::leading(body);
+        let _ = grpc_infer::reported_version(body);
         for codec in [
             Codec::OpenInference,
+            Codec::OpenInferenceGrpc,
             Codec::KserveV1,
             Codec::Mlflow,
             Codec::OpenAi,
         ] {
-            let _ = codec.features(body, &names);
-            let _ = codec.predicted(body, false);
-            let _ = codec.predicted(body, true);
+            for framing in [
+                Framing::Whole,
+                Framing::Sse,
+                Framing::JsonHead(body.len() / 2),
+            ] {
+                let _ = codec.features(body, framing, &names);
+                let _ = codec.predicted(body, framing);
+            }
         }
     }
 

@@ -8,7 +8,8 @@
 //! did (nesting limit, UTF-8 and escape checks, number values bit for bit); the serde decoder
 //! it replaced is kept in the tests as its oracle.
 
-use super::table::{CodecError, Columns, MAX_VALUES, Value, positional};
+use super::table::{CodecError, Columns, MAX_VALUES, Value};
+use super::tensor::{Tensor, tensors};
 use std::borrow::Cow;
 
 /// Why a response body could not be read as JSON: what was wrong and at which byte.
@@ -350,14 +351,6 @@ fn reported(s: &mut Scan<'_>) -> Read<Option<String>> {
         return s.err("trailing characters");
     }
     Ok(found.flatten())
-}
-
-/// One tensor as read: its name (when a string), its row width (`shape[1]`, else 1) and its
-/// values, flattened row-major.
-struct Tensor<'a> {
-    name: Option<Cow<'a, str>>,
-    width: usize,
-    values: Vec<Value>,
 }
 
 /// serde_json's nesting limit for values it decodes (it does not limit values it skips): the
@@ -806,32 +799,6 @@ fn tensor_member<'a>(s: &mut Scan<'a>, member: &'static str) -> Read<Option<Vec<
     Ok(found.flatten())
 }
 
-/// Tensors as columns: shape `[N]` or `[N, 1]` is one column named after the tensor; `[N, F]`
-/// gives F columns, named from `names` when a request carries a single tensor (a whole row of
-/// features, as many clients send), else `name[i]` (e.g. class probabilities of an output).
-fn tensors(list: Vec<Tensor<'_>>, names: Option<&[String]>) -> Result<Columns, CodecError> {
-    let row_names = names.filter(|_| list.len() == 1);
-    let mut out = Columns::with_capacity(list.len());
-    for t in list {
-        let name = t.name.ok_or(CodecError::Shape("tensor without a name"))?;
-        if t.width == 1 {
-            out.extend(&name, t.values);
-            continue;
-        }
-        let width = t.width.min(t.values.len().max(1));
-        let col_names: Vec<String> = (0..width)
-            .map(|col| match row_names {
-                Some(n) => positional(n, col),
-                None => format!("{name}[{col}]"),
-            })
-            .collect();
-        for (i, v) in t.values.into_iter().enumerate() {
-            out.push(&col_names[i % t.width], v);
-        }
-    }
-    Ok(out)
-}
-
 /// The input features of an inference request.
 pub fn request_features(body: &[u8], names: &[String]) -> Result<Columns, CodecError> {
     tensors(read_tensors(body, "inputs")?, Some(names))
@@ -845,6 +812,7 @@ pub fn response_predictions(body: &[u8]) -> Result<Columns, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inspect::table::positional;
 
     const MLSERVER_REQUEST: &[u8] = br#"{"id":"req-1","parameters":{"content_type":"pd"},"inputs":[{"name":"tenure","datatype":"FP64","shape":[2,1],"data":[-0.67,-1.8]},{"name":"monthly_charges","datatype":"FP64","shape":[2,1],"data":[1.04,-1.7]},{"name":"support_calls","datatype":"FP64","shape":[2,1],"data":[0.06,2.2]},{"name":"usage_gb","datatype":"FP64","shape":[2,1],"data":[0.65,0.6]}]}"#;
     const MLSERVER_RESPONSE: &[u8] = br#"{"model_name":"churn","model_version":"2","id":"req-1","parameters":{"content_type":"np"},"outputs":[{"name":"output-1","shape":[2,1],"datatype":"INT64","parameters":{"content_type":"np"},"data":[0,0]}]}"#;

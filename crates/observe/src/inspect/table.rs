@@ -190,9 +190,15 @@ pub enum CodecError {
     /// Not JSON, as a hand-written reader found (what and where).
     #[error("not JSON: {0}")]
     Syntax(#[from] super::open_inference::NotJson),
-    /// JSON, but not this protocol's shape.
+    /// JSON (or protobuf), but not this protocol's shape.
     #[error("unexpected shape: {0}")]
     Shape(&'static str),
+    /// Not a readable gRPC message (cut, or compressed in an encoding that is not read).
+    #[error("{0}")]
+    Grpc(#[from] super::grpc_infer::GrpcError),
+    /// Not the protobuf of this protocol's message.
+    #[error("not protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
 }
 
 #[cfg(test)]

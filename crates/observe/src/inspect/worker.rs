@@ -15,7 +15,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanContext;
 use tracing::{debug, warn};
 
-use super::codec::{Codec, Predicted};
+use super::codec::{Codec, Framing, Predicted};
 use super::drift::SLICES;
 use super::profile::Profile;
 use super::stats::{DriftWatch, QualityEvent, VersionStats};
@@ -155,8 +155,10 @@ pub struct Job {
     pub request: Option<Copied>,
     /// The response body, when copied whole (or a stream's prefix).
     pub response: Option<Copied>,
-    /// The response is an SSE stream.
-    pub sse: bool,
+    /// How the request body is laid out.
+    pub request_framing: Framing,
+    /// How the response body is laid out.
+    pub response_framing: Framing,
     /// The request's server span, for event spans.
     pub trace: Option<SpanContext>,
 }
@@ -397,19 +399,21 @@ fn run(rx: &Receiver<Job>, queue: usize, shared: &Shared, tracing: &Tracing, jou
 
 fn process(shared: &Shared, job: &Job) -> Vec<QualityEvent> {
     let p = &job.profile;
-    let features = job
-        .request
-        .as_ref()
-        .filter(|_| job.codec.tabular())
-        .map(|c| {
-            job.codec.features(&c.bytes, &p.names).map_err(|e| {
+    let features =
+        job.request
+            .as_ref()
+            .filter(|_| job.codec.tabular())
+            .map(|c| {
+                job.codec.features(&c.bytes, job.request_framing, &p.names).map_err(|e| {
                 debug!(error = %e, codec = job.codec.as_str(), "Request body not readable.");
             })
-        });
+            });
     let predicted = job.response.as_ref().map(|c| {
-        job.codec.predicted(&c.bytes, job.sse).map_err(|e| {
-            debug!(error = %e, codec = job.codec.as_str(), "Response body not readable.");
-        })
+        job.codec
+            .predicted(&c.bytes, job.response_framing)
+            .map_err(|e| {
+                debug!(error = %e, codec = job.codec.as_str(), "Response body not readable.");
+            })
     });
     let slice = shared.slice_now();
     let mut all = shared.stats.lock().unwrap_or_else(PoisonError::into_inner);
