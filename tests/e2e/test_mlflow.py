@@ -351,7 +351,9 @@ def test_tritonclient_grpc_through_the_sidecar_to_mlserver(stack):
     between versions 1 and 2 of the MLflow model: an explicit model_version is resolved, stamped
     and served; a version MLServer does not have answers NOT_FOUND, which counts as the client's
     4xx (not a 2xx, not the version's error); calls without a version are split, and each is served
-    by the version stamped on it (the version MLServer reports in the ModelInferResponse)."""
+    by the version stamped on it (the version MLServer reports in the ModelInferResponse). Calls
+    the client gzip-compresses resolve the same; per version, the inspector counts exactly the rows,
+    predictions and missing features sent over gRPC."""
     import tritonclient.grpc as tgrpc
     from tritonclient.utils import InferenceServerException
 
@@ -428,6 +430,39 @@ weight = 50
     assert metric('modelstamp_requests_total{model="churn",version="unknown",status_class="4xx"}') == 1
     assert metric('modelstamp_requests_total{model="churn",version="unknown",status_class="2xx"}') == 0
     assert "modelstamp_version_mismatch_total{" not in http("GET", f"{admin}/metrics")[2].decode()
+
+    # Calls compressed by the client (grpc-encoding gzip) resolve, stamp and inspect as plain ones.
+    for i in range(3):
+        inputs = []
+        for k, name in enumerate(FEATURES):
+            x = tgrpc.InferInput(name, [1, 1], "FP64")
+            x.set_data_from_numpy(np.array([[0.1 * k]], dtype=np.float64))
+            inputs.append(x)
+        answer = client.infer("churn", inputs, model_version="1", compression_algorithm="gzip")
+        assert answer.get_response().model_version == "1"
+    # Rows without `usage_gb`: MLServer refuses them; the inspector counts the missing feature.
+    for i in range(3):
+        inputs = []
+        for name in FEATURES[:-1]:
+            x = tgrpc.InferInput(name, [1, 1], "FP64")
+            x.set_data_from_numpy(np.array([[0.2]], dtype=np.float64))
+            inputs.append(x)
+        with pytest.raises(InferenceServerException):
+            client.infer("churn", inputs, model_version="2")
+    wait_until(lambda: len(lines()) == 29, what="29 access-log lines")
+    assert [(line["version"], line["reported_version"]) for line in lines()[23:26]] == [("1", "1")] * 3
+    # Per version, the inspector counted exactly the rows and predictions sent over gRPC.
+    rows = {"1": 1 + served.count("1") + 3, "2": 1 + served.count("2") + 3}
+    predicted = {"1": 1 + served.count("1") + 3, "2": 1 + served.count("2")}
+    for v in ("1", "2"):
+        wait_until(lambda: metric(f'modelstamp_inspected_rows_total{{model="churn",version="{v}"}}') == rows[v],
+                   what=f"version {v}'s {rows[v]} gRPC rows inspected")
+        assert metric(f'modelstamp_prediction_count{{model="churn",version="{v}"}}') == predicted[v], v
+    missing = 'modelstamp_feature_issues_total{model="churn",version="2",feature="usage_gb",issue="missing"}'
+    assert metric(missing) == 3
+    assert metric(missing.replace('version="2"', 'version="1"')) == 0
+    assert metric('modelstamp_inspect_skipped_total{reason="unparseable"}') == 0
+    print("gRPC inspection per version:", {v: (rows[v], predicted[v]) for v in rows}, missing, 3)
     stack.procs.stop("modelstamp-grpc")
 
 

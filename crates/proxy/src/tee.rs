@@ -323,8 +323,10 @@ impl Pending {
         if let Some(copy) = &copy {
             self.inspect(copy.bytes());
         }
+        // A gRPC answer holds a response message only when its status is OK.
+        let grpc_ok = !self.grpc_answer || self.grpc_status == Some(0);
         let response = copy
-            .filter(|_| self.finished && !self.tee_truncated)
+            .filter(|_| self.finished && !self.tee_truncated && grpc_ok)
             .map(BodyCopy::freeze);
         served.metrics.in_flight.dec();
         let client_span = self.client_span.take();
