@@ -233,7 +233,7 @@ fn grpc_benches(c: &mut Criterion) {
     };
     let head = &body[..64];
     c.bench_function("grpc/model_infer_set_version", |b| {
-        b.iter(|| grpc_infer::with_version(black_box(head), &lead, "3"))
+        b.iter(|| grpc_infer::with_version(black_box(head), &lead, "3", 1 << 16))
     });
     c.bench_function("grpc/model_infer_response_reported_version", |b| {
         b.iter(|| grpc_infer::reported_version(black_box(&body)))

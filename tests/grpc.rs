@@ -613,18 +613,27 @@ async fn a_grpc_canary_split_sets_the_version_it_stamps_in_the_message() {
         .header("content-type", "application/grpc")
         .body(full(sent.clone()))
         .unwrap();
-    let _ = h2_client().request(req).await.unwrap();
+    let resp = h2_client().request(req).await.unwrap();
+    let _ = resp.into_body().collect().await;
     assert_eq!(bodies.lock().unwrap().pop(), Some(sent));
     // A compressed message past limits.max_inspect_bytes (64 KiB) is not read whole: it goes
     // as it came, and the version its answer reports shows any mismatch.
-    let (stamped, status) = infer_raw(&h, gzipped(&large), Some("gzip")).await;
-    assert_eq!(status.as_deref(), Some("0"));
-    assert_eq!(bodies.lock().unwrap().pop().unwrap()[0], 1, "as it came");
-    if stamped != "1" {
-        let mismatch =
-            r#"modelstamp_version_mismatch_total{model="churn",expected="2",reported="1"}"#;
-        assert!(h.metric_reaches(mismatch, 1.0).await);
+    // Sent until the split picks version 2 (the server's default is 1).
+    let mismatch = r#"modelstamp_version_mismatch_total{model="churn",expected="2",reported="1"}"#;
+    let before = h.metric(mismatch).await;
+    for _ in 0..40 {
+        let (stamped, status) = infer_raw(&h, gzipped(&large), Some("gzip")).await;
+        assert_eq!(status.as_deref(), Some("0"));
+        assert_eq!(bodies.lock().unwrap().pop().unwrap()[0], 1, "as it came");
+        if stamped == "2" {
+            break;
+        }
     }
+    assert!(
+        h.metric_reaches(mismatch, before + 1.0).await,
+        "{}",
+        h.metrics().await
+    );
 }
 
 #[tokio::test]

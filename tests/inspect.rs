@@ -279,6 +279,21 @@ async fn triton_binary_tensors_are_inspected_as_json_ones_are() {
         "{m}"
     );
     assert_eq!(h.access_log()[0]["reported_version"], "2");
+    // An answer past limits.max_inspect_bytes (64 KiB): its version is still read from the
+    // JSON head at its start.
+    let rows = vec![0.5; 10_000];
+    let plans = vec!["basic"; 10_000];
+    let mut req = binary_rows(&rows, &plans);
+    *req.uri_mut() = h.url("/v2/models/churn/infer").parse().unwrap();
+    let (r, body) = send(req).await;
+    assert_eq!(r.status(), 200);
+    assert!(body.len() > 64 * 1024);
+    let mismatch = r#"modelstamp_version_mismatch_total{model="churn",expected="1",reported="2"}"#;
+    assert!(
+        h.metric_reaches(mismatch, 11.0).await,
+        "{}",
+        h.metrics().await
+    );
 }
 
 #[tokio::test]

@@ -24,7 +24,14 @@ with the test certificate of tests/fixtures/tls; `direct` stays plaintext, so "a
 includes terminating TLS; `modelstamp-plain` and `nginx-json-plain` are the same proxies without
 TLS, in the same run. The upstream leg is plaintext for every target.
 
-Usage: compare.py [--reps 5] [--seconds 10] [--smoke] [--versions 1,100,1000] [--features] [--tls]
+`--grpc` compares the proxied gRPC path with the REST path through the same proxies: gRPC
+`ModelInfer` over h2c (h2load; the stub answers a `ModelInferResponse` and `grpc-status: 0`), the
+same request as REST JSON over h2c (h2load) and over HTTP/1.1 (wrk). modelstamp resolves the
+call from the message's leading fields, stamps it, inspects it (the gRPC codec on its worker) and
+counts it by its `grpc-status`; nginx uses `grpc_pass`, haproxy an h2 backend. A gRPC status
+other than OK that modelstamp counted is reported as an error.
+
+Usage: compare.py [--reps 5] [--seconds 10] [--smoke] [--versions 1,100,1000] [--features] [--tls] [--grpc]
 """
 
 import argparse
@@ -34,10 +41,12 @@ import re
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,6 +337,8 @@ def main():
                     help="what each observation feature costs: modelstamp with each off, all off, hyper-floor")
     ap.add_argument("--json", default="", help="write all runs here")
     ap.add_argument("--tls", action="store_true", help="clients speak TLS to each proxy (direct stays plaintext)")
+    ap.add_argument("--grpc", action="store_true",
+                    help="gRPC ModelInfer (h2load over h2c) against REST over h2c and HTTP/1.1, same proxies")
     a = ap.parse_args()
     if a.tls:
         os.environ["LOADGEN_CA_FILE"] = str(TLS_DIR / "ca.pem")
@@ -359,6 +370,8 @@ def main():
                 wait_port(otlp)
             if a.versions:
                 return versions_mode(a, procs, binary, tmp, up_port, upstream, otlp, lua)
+            if a.grpc:
+                return grpc_mode(a, procs, binary, tmp, up_port, upstream, otlp, sink, lua)
             scenarios = [("c32", lambda url: run_wrk(url, 32, a.seconds, lua)),
                          ("c64", lambda url: run_wrk(url, 64, a.seconds, lua)),
                          (f"rate{a.rate}", lambda url: run_rate(loadgen, url, a.rate, a.seconds, body_file))]
@@ -439,6 +452,180 @@ def report(runs, targets, scenarios):
     other = statistics.median([r["other_cpu_s"] for r in runs]) if runs else 0
     out.append(f"\nOther CPU during a run (load generator and other tenants), median: {other:.1f} s.")
     return "\n".join(out)
+
+
+def pb_varint(n):
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def pb_field(number, payload):
+    """A length-delimited protobuf field."""
+    return pb_varint(number << 3 | 2) + pb_varint(len(payload)) + payload
+
+
+def grpc_body():
+    """The REST body's request as a framed gRPC ModelInferRequest: model_name, then the four FP64
+    inputs with typed contents (shape [1, 1], fp64_contents packed), as tritonclient builds it."""
+    inputs = b""
+    for f in ("tenure", "monthly_charges", "support_calls", "usage_gb"):
+        contents = pb_field(7, struct.pack("<d", 0.25))
+        tensor = pb_field(1, f.encode()) + pb_field(2, b"FP64") + pb_field(3, b"\x01\x01") + pb_field(5, contents)
+        inputs += pb_field(5, tensor)
+    message = pb_field(1, b"churn") + pb_field(3, b"bench") + inputs
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def run_h2load(url, conns, secs, body_file, headers):
+    """h2load over h2c (prior knowledge), one thread, `conns` connections, one stream each.
+    It prints no percentiles: the mean latency stands in for p50, the max for p99."""
+    args = ["h2load", "-t1", f"-c{conns}", "-m1", f"-D{secs}", "--warm-up-time=1", "-d", str(body_file)]
+    for h in headers:
+        args += ["-H", h]
+    out = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
+    try:
+        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+        rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+        lat = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
+        return {"rps": rps, "requests": int(done.group(1)), "p50_us": parse_duration_us(lat.group(3)),
+                "p99_us": parse_duration_us(lat.group(2)), "errors": int(done.group(3)) + int(done.group(4))}
+    except (AttributeError, ValueError) as e:
+        raise RuntimeError(f"cannot parse h2load output ({e}):\n{out}") from e
+
+
+def grpc_nginx_config(tmp, h2_port, h1_port, upstream):
+    """nginx with an h2c listener (gRPC to grpc_pass, REST to proxy_pass) and an HTTP/1.1 one."""
+    d = tmp / "nginx-grpc"
+    d.mkdir(exist_ok=True)
+    cfg = d / "nginx.conf"
+    rest = """location / { proxy_pass http://model; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Request-Id $request_id; add_header X-Request-Id $request_id; }"""
+    cfg.write_text(f"""
+worker_processes auto;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+  log_format json escape=json {NGINX_JSON};
+  access_log {d}/access.log json;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  upstream model {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+  upstream model_grpc {{ server 127.0.0.1:{upstream}; keepalive 128; keepalive_requests 1000000; }}
+  # h2load does not reconnect a connection nginx retires after keepalive_requests (1,000).
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{h2_port} http2;
+    location /inference.GRPCInferenceService/ {{ grpc_pass grpc://model_grpc; grpc_set_header X-Request-Id $request_id; }}
+    {rest}
+  }}
+  server {{ listen 127.0.0.1:{h1_port}; {rest} }}
+}}
+""")
+    return cfg
+
+
+def grpc_haproxy_config(tmp, port, upstream):
+    """haproxy on one port (HTTP/1.1, and h2c by its preface); gRPC goes upstream over h2."""
+    cfg = tmp / "haproxy-grpc.cfg"
+    cfg.write_text(f"""
+global
+  log stdout format raw local0
+defaults
+  mode http
+  log global
+  option httplog
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:{port}
+  use_backend grpc if {{ req.hdr(content-type) -m beg application/grpc }}
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:{upstream}
+backend grpc
+  http-reuse always
+  server s1 127.0.0.1:{upstream} proto h2
+""")
+    return cfg
+
+
+def modelstamp_errors(admin):
+    """Exchanges modelstamp counted as server errors (a gRPC status rides in an HTTP 200; the
+    calls a load generator cuts when its time is up are 499s, the client's, and not counted)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r'^modelstamp_requests_total\{[^}]*status_class="5xx"\} (\S+)$', text, re.M))
+
+
+def grpc_mode(a, procs, binary, tmp, up_port, upstream, otlp, sink, lua):
+    """The proxied gRPC path's cost against the REST path's, through the same proxies, in one
+    run: gRPC ModelInfer over h2c (h2load), the same request as REST JSON over h2c (h2load) and
+    over HTTP/1.1 (wrk), 32 connections each."""
+    grpc_file, rest_file = tmp / "body.grpc", tmp / "body-rest.json"
+    grpc_file.write_bytes(grpc_body())
+    rest_file.write_text(BODY)
+    grpc_headers = ["content-type: application/grpc", "te: trailers"]
+    scenarios = [
+        ("grpc-h2c", "/inference.GRPCInferenceService/ModelInfer", lambda url: run_h2load(url, 32, a.seconds, grpc_file, grpc_headers)),
+        ("rest-h2c", PATH, lambda url: run_h2load(url, 32, a.seconds, rest_file, ["content-type: application/json"])),
+        ("rest-h1", PATH, lambda url: run_wrk(url, 32, a.seconds, lua)),
+    ]
+    targets = ["direct", "modelstamp", "nginx-json", "haproxy"]
+    runs = []
+    for rep in range(a.reps):
+        for target in targets[rep % len(targets):] + targets[:rep % len(targets)]:
+            port, h1_port, admin = free_port(), None, None
+            if target == "direct":
+                proc, port = None, up_port
+            elif target == "modelstamp":
+                admin = free_port()
+                cfg = modelstamp_config(tmp, port, admin, up_port, otlp)
+                proc = procs.start("modelstamp", [str(binary), "run", "--config", str(cfg)],
+                                   env=dict(MODELSTAMP_ENV, MODELSTAMP_WORKERS="1"))
+            elif target == "nginx-json":
+                h1_port = free_port()
+                proc = procs.start(target, ["nginx", "-c", str(grpc_nginx_config(tmp, port, h1_port, up_port))])
+            else:
+                proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(grpc_haproxy_config(tmp, port, up_port))])
+            if proc:
+                wait_port(port)
+                run_wrk(f"http://127.0.0.1:{h1_port or port}{PATH}", 32, 1, lua)  # warm-up
+            proxy_pids = tree(proc.pid) if proc else []
+            for name, path, fn in scenarios:
+                p = h1_port if name == "rest-h1" and h1_port else port
+                url = f"http://127.0.0.1:{p}{path}"
+                before = modelstamp_errors(admin) if admin else 0
+                r = measure(lambda: fn(url), proxy_pids, [upstream.pid], tree(sink.pid) if sink else [])
+                if admin:
+                    r["errors"] += modelstamp_errors(admin) - before
+                r.update(target=target, scenario=name, rep=rep)
+                runs.append(r)
+                print(f"rep {rep} {target:<11} {name:<9} {r['rps']:>9.0f} req/s  mean/p50 {r['p50_us']:>7.0f} us  "
+                      f"proxy {r['proxy_cpu_us']:>5.1f} us/req  ratio {r['cpu_ratio']:.2f}  errors {r['errors']}  "
+                      f"other CPU {r['other_cpu_s']:.1f}s", flush=True)
+            if proc:
+                procs.stop(proc)
+    if a.json:
+        Path(a.json).write_text(json.dumps(runs, indent=1))
+    print(f"\n### gRPC vs REST (medians of {a.reps} repetitions; h2load's mean latency in the p50 column, wrk's p50 for rest-h1)\n")
+    print("| target | scenario | req/s | latency µs | proxy CPU µs/req | proxy ÷ upstream CPU | CPU vs its rest-h1 | req/s vs nginx-json | req/s vs haproxy |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for t in targets:
+        for name, _, _ in scenarios:
+            rps, lat = med(runs, t, name, "rps"), med(runs, t, name, "p50_us")
+            cpu = med(runs, t, name, "proxy_cpu_us") if t != "direct" else float("nan")
+            ratio = med(runs, t, name, "cpu_ratio") if t != "direct" else float("nan")
+            vs_rest = cpu / med(runs, t, "rest-h1", "proxy_cpu_us") if t != "direct" else float("nan")
+            nj, hp = rps / med(runs, "nginx-json", name, "rps"), rps / med(runs, "haproxy", name, "rps")
+            print(f"| {t} | {name} | {rps:.0f} | {lat:.0f} | {cpu:.1f} | {ratio:.2f} | {vs_rest:.2f} | {nj:.2f} | {hp:.2f} |")
 
 
 def versions_mode(a, procs, binary, tmp, up_port, upstream, otlp, lua):

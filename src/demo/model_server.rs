@@ -36,21 +36,73 @@ fn weights(version: &str) -> Option<[f64; 5]> {
 /// The fixed answer of [`start_fixed`]: a small Open Inference v2 response.
 pub const FIXED_RESPONSE: &str = r#"{"model_name":"churn","model_version":"1","id":"bench","parameters":{"content_type":"np"},"outputs":[{"name":"churn_probability","shape":[1,1],"datatype":"FP64","data":[0.42]}]}"#;
 
-/// Start a stub that answers every request with [`FIXED_RESPONSE`] without reading the body
-/// beyond draining it: the fast upstream of the load comparison.
+/// The same answer as a gRPC `ModelInferResponse`, framed, for gRPC calls to [`start_fixed`].
+fn fixed_grpc_response() -> Bytes {
+    use crate::inspect::grpc_infer::pb;
+    let message = prost::Message::encode_to_vec(&pb::ModelInferResponse {
+        model_name: "churn".into(),
+        model_version: "1".into(),
+        id: "bench".into(),
+        outputs: vec![pb::InferTensor {
+            name: "churn_probability".into(),
+            datatype: "FP64".into(),
+            shape: vec![1, 1],
+            contents: Some(pb::InferTensorContents {
+                fp64_contents: vec![0.42],
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    });
+    let mut framed = vec![0];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
+    framed.extend_from_slice(&message);
+    Bytes::from(framed)
+}
+
+/// A stub answer: a body, then trailers for a gRPC one.
+type Fixed = http_body_util::combinators::WithTrailers<
+    Full<Bytes>,
+    std::future::Ready<Option<Result<http::HeaderMap, Infallible>>>,
+>;
+
+/// Start a stub that answers every request with [`FIXED_RESPONSE`] (a gRPC call with the same
+/// prediction as a `ModelInferResponse` and `grpc-status: 0`) without reading the body beyond
+/// draining it: the fast upstream of the load comparison.
 pub async fn start_fixed(
     addr: SocketAddr,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let svc = tower::service_fn(|req: Request<Incoming>| async move {
-        let _ = req.into_body().collect().await;
-        Ok::<_, Infallible>(reply_text(StatusCode::OK, FIXED_RESPONSE))
+    let grpc_answer = fixed_grpc_response();
+    let svc = tower::service_fn(move |req: Request<Incoming>| {
+        let grpc_answer = grpc_answer.clone();
+        async move {
+            let grpc = (req.headers().get(header::CONTENT_TYPE))
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            let _ = req.into_body().collect().await;
+            let answer: Response<Fixed> = if grpc {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let mut r = Response::new(
+                    Full::new(grpc_answer).with_trailers(std::future::ready(Some(Ok(trailers)))),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/grpc"),
+                );
+                r
+            } else {
+                reply_text(StatusCode::OK, FIXED_RESPONSE)
+                    .map(|b| b.with_trailers(std::future::ready(None)))
+            };
+            Ok::<_, Infallible>(answer)
+        }
     });
     tokio::spawn(serve(
         listener,
-        move |_, _| svc,
+        move |_, _| svc.clone(),
         shutdown,
         Listener {
             name: "stub-model",
@@ -228,6 +280,16 @@ mod tests {
             .map(|f| json!({ "name": f, "datatype": "FP64", "shape": [1, 1], "data": [if *f == "support_calls" { support_calls } else { 0.5 }] }))
             .collect();
         json!({ "id": "r1", "inputs": inputs })
+    }
+
+    #[test]
+    fn the_stubs_grpc_answer_predicts_as_its_rest_one() {
+        use crate::inspect::{Codec, Framing, grpc_infer};
+        let grpc = fixed_grpc_response();
+        let rest = Codec::OpenInference.predicted(FIXED_RESPONSE.as_bytes(), Framing::Whole);
+        let got = Codec::OpenInferenceGrpc.predicted(&grpc, Framing::Whole);
+        assert_eq!(got.unwrap(), rest.unwrap());
+        assert_eq!(grpc_infer::reported_version(&grpc), Ok(Some("1".into())));
     }
 
     #[test]

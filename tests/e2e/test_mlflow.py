@@ -463,6 +463,12 @@ weight = 50
     assert metric(missing.replace('version="2"', 'version="1"')) == 0
     assert metric('modelstamp_inspect_skipped_total{reason="unparseable"}') == 0
     print("gRPC inspection per version:", {v: (rows[v], predicted[v]) for v in rows}, missing, 3)
+    # Shown with `pytest -s`: the gRPC canary's per-version series, as Prometheus scrapes them.
+    shown = ("modelstamp_requests_total{", "modelstamp_inspected_rows_total{", "modelstamp_prediction_count{",
+             "modelstamp_feature_issues_total{", "modelstamp_upstream_errors_total{")
+    for line in http("GET", f"{admin}/metrics")[2].decode().splitlines():
+        if line.startswith(shown) and 'model="churn"' in line and not line.endswith(" 0"):
+            print(line)
     stack.procs.stop("modelstamp-grpc")
 
 

@@ -17,8 +17,8 @@ use super::body::ClientBody;
 use super::ctx::ProxyRequest;
 use super::error::{BodyReadTimeout, ClientFault, ProxyError};
 use super::resolve::BoxFuture;
+use crate::inspect::Codec;
 use crate::inspect::quality::violations;
-use crate::inspect::{Codec, Framing};
 
 /// Violations listed in a 422 body; the total is always given.
 const MAX_LISTED: usize = 100;
@@ -96,7 +96,7 @@ where
             } = &body
             {
                 let profile = &ctx.resolved.served.profile;
-                match codec.features(head, Framing::of(&parts.headers), &profile.names) {
+                match codec.features(head, ctx.framing, &profile.names) {
                     Ok(columns) => {
                         let (listed, total) = violations(&profile.schema, &columns, MAX_LISTED);
                         if total > 0 {

@@ -70,10 +70,10 @@ fn read(buf: &[u8]) -> Option<LeadingFields> {
 /// A split route whose backend shares the route's model server: the chosen version goes into the
 /// message (the REST path gets `/versions/{v}`), so the version that serves is the one stamped.
 /// A message that names a version itself was resolved to it and is not split. A compressed
-/// message is read whole first (at most `limits.max_inspect_bytes`, waiting at most
-/// `limits.body_read_timeout` per frame) and sent inflated with the version set; one larger, or
-/// one whose client stalls, goes as it came, and the version its answer reports shows the
-/// mismatch. A declared `content-length` is moved by as many bytes as the message grew or
+/// message is read whole first (waiting at most `limits.body_read_timeout` per frame) and sent
+/// inflated with the version set, when it is at most `limits.max_inspect_bytes` both compressed
+/// and inflated; one larger, or one whose client stalls, goes as it came, and the version its
+/// answer reports shows the mismatch. A declared `content-length` is moved by as many bytes as the message grew or
 /// shrank.
 pub async fn steer(
     body: ClientBody,
@@ -106,7 +106,8 @@ pub async fn steer(
     else {
         return body;
     };
-    let head = match grpc_infer::with_version(&head, lead, &resolved.served.version) {
+    let max_inflated = limits.max_inspect_bytes;
+    let head = match grpc_infer::with_version(&head, lead, &resolved.served.version, max_inflated) {
         Some(rewritten) => {
             let declared = (headers.get(http::header::CONTENT_LENGTH))
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());

@@ -297,7 +297,10 @@ impl Conn {
             start,
             time,
             grpc,
-            framing: Framing::of(&parts.headers),
+            framing: match grpc {
+                true => Framing::Grpc(snapshot.config.limits.max_inspect_bytes),
+                false => Framing::of(&parts.headers),
+            },
             bytes_in: AtomicU64::new(0),
             body_too_large: AtomicBool::new(false),
             client_fault: std::sync::OnceLock::new(),

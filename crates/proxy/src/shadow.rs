@@ -119,16 +119,10 @@ impl Shadower {
         let upstream = shadow.upstream.as_ref().unwrap_or(&route.route.upstream);
         let grpc = ctx.grpc;
         let (path, body, content_type) = if grpc {
-            // The message names the version; it goes as it came but for that field.
-            let Some(body) = grpc_infer::set_version(&request.bytes, version) else {
-                return self.0.stats.skip(ShadowSkip::NoCopy);
-            };
+            // The message names the version: it is set in the spawned task (a compressed
+            // message is inflated there, off the client's path).
             let content_type = HeaderValue::from_static("application/grpc");
-            (
-                ctx.path.as_str().to_string(),
-                Bytes::from(body),
-                content_type,
-            )
+            (ctx.path.as_str().to_string(), Bytes::new(), content_type)
         } else {
             let path = split::with_version(ctx.path.as_str(), &served.model, version)
                 .unwrap_or_else(|| ctx.path.as_str().to_string());
@@ -153,7 +147,7 @@ impl Shadower {
             req = req.header(crate::inspect::codec::INFERENCE_HEADER_CONTENT_LENGTH, len);
         }
         let req = req.body(Full::new(body));
-        let Ok(req) = req else { return };
+        let Ok(mut req) = req else { return };
         let codec = ctx
             .inspect
             .or_else(|| Codec::choose(route.route.inspect.codec, ctx.path.path()));
@@ -166,8 +160,16 @@ impl Shadower {
         let cap = ctx.snapshot.config.limits.max_inspect_bytes;
         let shared = self.0.clone();
         let tls = route.route.upstream_tls.clone();
+        let shadow_version = version.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            if grpc {
+                // The message goes as it came but for its version (inflated, if compressed).
+                match grpc_infer::set_version(&request.bytes, &shadow_version, cap) {
+                    Some(body) => *req.body_mut() = Full::new(Bytes::from(body)),
+                    None => return shared.stats.skip(ShadowSkip::NoCopy),
+                }
+            }
             let start = Instant::now();
             let answer = tokio::time::timeout(timeout, async {
                 let resp = match (&tls, grpc) {
@@ -178,7 +180,10 @@ impl Shadower {
                 }
                 .map_err(|e| e.to_string())?;
                 let (head, body) = resp.into_parts();
-                let framing = Framing::of(&head.headers);
+                let framing = match grpc {
+                    true => Framing::Grpc(cap),
+                    false => Framing::of(&head.headers),
+                };
                 let collected = Limited::new(body, cap.max(1))
                     .collect()
                     .await

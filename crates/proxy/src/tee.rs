@@ -230,7 +230,11 @@ impl Pending {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
         }
-        self.framing = Framing::of(headers);
+        let cap = self.ctx.snapshot.config.limits.max_inspect_bytes;
+        self.framing = match self.grpc_answer {
+            true => Framing::Grpc(cap),
+            false => Framing::of(headers),
+        };
         let binary = matches!(self.framing, Framing::JsonHead(_));
         let json = binary
             || headers.get(header::CONTENT_TYPE).is_none_or(|v| {
@@ -250,7 +254,6 @@ impl Pending {
         let shadow = super::shadow::Shadower::wanted(&self.ctx) && (json || grpc);
         let grpc_version = grpc && self.reported.is_none();
         if status.is_success() && (oi || openai || inspect || shadow || grpc_version) {
-            let cap = self.ctx.snapshot.config.limits.max_inspect_bytes;
             self.tee = Some(self.inspector.copy(cap));
             self.tee_sse = sse;
             self.tee_grpc = grpc;
@@ -292,9 +295,11 @@ impl Pending {
             return;
         }
         if let Err(why) = copy.push(data) {
-            if self.tee_sse || self.tee_grpc {
-                // The first events (a gRPC answer's first fields) name the model: keep the
-                // prefix, stop copying.
+            let head_first =
+                self.tee_sse || self.tee_grpc || matches!(self.framing, Framing::JsonHead(_));
+            if head_first {
+                // The first events (a gRPC answer's first fields, a binary answer's JSON head)
+                // name the model or version: keep the prefix, stop copying.
                 copy.push_prefix(data);
                 self.tee_truncated = true;
             } else {

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use super::table::{CodecError, Columns};
+use super::table::{CodecError, Columns, MAX_VALUES};
 use super::tensor::{Tensor, flatten_json, raw, tensors, width};
 
 #[derive(Deserialize)]
@@ -47,11 +47,12 @@ fn read(body: &[u8], json_len: usize, inputs: bool) -> Result<Vec<Tensor<'static
     let list = if inputs { head.inputs } else { head.outputs };
     let list = list.ok_or(CodecError::Shape("expected a list of tensors"))?;
     let mut binary = &body[json_len..];
+    let mut room = MAX_VALUES;
     let mut out = Vec::with_capacity(list.len());
     for t in list {
         let mut values = Vec::new();
-        match t.parameters.and_then(|p| p.binary_data_size) {
-            Some(size) => {
+        match (t.parameters.and_then(|p| p.binary_data_size), &t.data) {
+            (Some(size), _) => {
                 let size = usize::try_from(size).unwrap_or(usize::MAX);
                 if size > binary.len() {
                     return Err(CodecError::Shape(
@@ -59,11 +60,14 @@ fn read(body: &[u8], json_len: usize, inputs: bool) -> Result<Vec<Tensor<'static
                     ));
                 }
                 let (bytes, rest) = binary.split_at(size);
-                raw(&t.datatype, bytes, &mut values)?;
+                raw(&t.datatype, bytes, &mut values, room)?;
                 binary = rest;
             }
-            None => flatten_json(t.data.as_ref().unwrap_or(&Json::Null), &mut values),
+            (None, Some(data)) => flatten_json(data, &mut values, room),
+            // Neither (a tensor in shared memory): no values, as the JSON form reads it.
+            (None, None) => {}
         }
+        room -= values.len();
         out.push(Tensor {
             name: t.name.map(Into::into),
             width: width(&t.shape),

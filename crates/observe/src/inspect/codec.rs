@@ -33,6 +33,8 @@ pub enum Framing {
     /// Triton's binary tensor extension: a JSON head of this many bytes
     /// (`Inference-Header-Content-Length`), then raw tensors.
     JsonHead(usize),
+    /// gRPC messages; a compressed one is inflated to at most this many bytes to be read.
+    Grpc(usize),
 }
 
 /// The header that announces Triton's binary tensor extension.
@@ -54,11 +56,19 @@ impl Framing {
         if sse { Self::Sse } else { Self::Whole }
     }
 
+    /// How far a compressed gRPC message is inflated.
+    fn max_inflated(self) -> usize {
+        match self {
+            Self::Grpc(max) => max,
+            _ => grpc_infer::DEFAULT_MAX_INFLATED,
+        }
+    }
+
     /// The JSON part of a body: all of it, or the head of a binary one.
     pub fn json(self, body: &[u8]) -> Result<&[u8], CodecError> {
         match self {
             Self::JsonHead(len) => binary::head(body, len),
-            Self::Whole | Self::Sse => Ok(body),
+            Self::Whole | Self::Sse | Self::Grpc(_) => Ok(body),
         }
     }
 }
@@ -137,7 +147,9 @@ impl Codec {
             (Self::OpenInference, Framing::JsonHead(len)) => {
                 return binary::request_features(body, len, names);
             }
-            (Self::OpenInferenceGrpc, _) => return grpc_infer::request_features(body, names),
+            (Self::OpenInferenceGrpc, _) => {
+                return grpc_infer::request_features(body, names, framing.max_inflated());
+            }
             _ => framing.json(body)?,
         };
         match self {
@@ -159,9 +171,10 @@ impl Codec {
             (Self::OpenInference, _) => {
                 Predicted::Table(open_inference::response_predictions(framing.json(body)?)?)
             }
-            (Self::OpenInferenceGrpc, _) => {
-                Predicted::Table(grpc_infer::response_predictions(body)?)
-            }
+            (Self::OpenInferenceGrpc, _) => Predicted::Table(grpc_infer::response_predictions(
+                body,
+                framing.max_inflated(),
+            )?),
             (Self::KserveV1 | Self::Mlflow, _) => {
                 Predicted::Table(rest::predictions(framing.json(body)?)?)
             }
@@ -302,7 +315,8 @@ mod tests {
             // A split's version is written into a plain message; a compressed one is sent
             // inflated with it.
             for body in [GRPC_REQUEST, GRPC_REQUEST_GZIP] {
-                let steered = grpc_infer::set_version(body, "3").unwrap();
+                let steered =
+                    grpc_infer::set_version(body, "3", grpc_infer::DEFAULT_MAX_INFLATED).unwrap();
                 assert_eq!(steered[0], 0, "sent uncompressed");
                 let grpc_infer::Leading::Read(lead) = grpc_infer::leading(&steered) else {
                     panic!()

@@ -7,7 +7,8 @@
 //! proxy's path they are read from the first bytes of a body, never its tensors. The tensors
 //! are decoded with prost on the inspection worker, from `contents` (by datatype) and from
 //! `raw_*_contents`. A message compressed with gzip or deflate (`grpc-encoding`) is inflated to
-//! read it, at most [`MAX_INFLATED`] bytes; other encodings are not read.
+//! read it, as far as a limit the caller gives (`limits.max_inspect_bytes`); other encodings are
+//! not read.
 
 use std::borrow::Cow;
 use std::io::Read as _;
@@ -21,8 +22,16 @@ pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 /// Bytes before each gRPC message: a compressed flag and a big-endian length.
 const PREFIX: usize = 5;
 
-/// The most a compressed message is inflated to, to read it.
-pub const MAX_INFLATED: usize = 16 << 20;
+/// How far a compressed message is inflated when the caller names no limit (the default of
+/// `limits.max_inspect_bytes`).
+pub const DEFAULT_MAX_INFLATED: usize = 64 << 10;
+
+/// The most tensors (or raw contents) a message may declare to be decoded: prost holds each in
+/// a few hundred bytes however little it took in the message.
+pub const MAX_TENSORS: usize = 4096;
+
+/// The most compressed bytes read ahead for a compressed request's leading fields.
+pub const MAX_COMPRESSED_LEADING: usize = 16 << 10;
 
 /// Why a gRPC body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,56 +42,99 @@ pub enum GrpcError {
     /// The message is compressed with an encoding that is not read (not gzip or deflate).
     #[error("the first gRPC message is compressed with an encoding that is not read")]
     Compressed,
-    /// The message inflates to more than [`MAX_INFLATED`] bytes.
-    #[error("the first gRPC message inflates to more than {MAX_INFLATED} bytes")]
+    /// The message inflates to more than the limit it is read within.
+    #[error("the first gRPC message inflates to more than the inspection limit")]
     TooLarge,
     /// Not the protobuf of a `ModelInfer` message (or a compressed stream that is corrupt).
     #[error("not a ModelInfer message")]
     Unreadable,
 }
 
-/// The first message of a gRPC body, inflated when it is compressed.
-pub fn first_message(body: &[u8]) -> Result<Cow<'_, [u8]>, GrpcError> {
-    let (&flag, rest) = body.split_first().ok_or(GrpcError::Incomplete)?;
-    let len = rest.get(..4).ok_or(GrpcError::Incomplete)?;
-    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    let end = PREFIX.checked_add(len).ok_or(GrpcError::Incomplete)?;
+/// The first message of a gRPC body, inflated (at most `max_inflated` bytes) when it is
+/// compressed.
+pub fn first_message(body: &[u8], max_inflated: usize) -> Result<Cow<'_, [u8]>, GrpcError> {
+    let end = framed_len(body).ok_or(GrpcError::Incomplete)?;
     let payload = body.get(PREFIX..end).ok_or(GrpcError::Incomplete)?;
-    match flag {
+    match body[0] {
         0 => Ok(Cow::Borrowed(payload)),
-        1 => {
-            let (inflated, complete) = inflate(payload, MAX_INFLATED)?;
-            match complete {
-                true => Ok(Cow::Owned(inflated)),
-                false => Err(GrpcError::TooLarge),
-            }
-        }
+        1 => match inflate(payload, max_inflated)? {
+            (inflated, Stop::End) => Ok(Cow::Owned(inflated)),
+            (_, Stop::Limit) => Err(GrpcError::TooLarge),
+            // The whole message is there, but its stream is not: it is corrupt.
+            (_, Stop::Cut) => Err(GrpcError::Unreadable),
+        },
         _ => Err(GrpcError::Unreadable),
     }
 }
 
-/// Inflate a compressed message (gzip, or zlib as gRPC's `deflate` is, told apart by their
-/// headers), up to `limit` bytes. `complete` is false when the output stopped at the limit or
-/// the input was cut: what was inflated so far is still returned (a prefix is enough to read
-/// the leading fields).
-fn inflate(payload: &[u8], limit: usize) -> Result<(Vec<u8>, bool), GrpcError> {
-    let mut reader: Box<dyn std::io::Read + '_> = match sniff(payload)? {
-        Deflated::Gzip => Box::new(flate2::read::GzDecoder::new(payload)),
-        Deflated::Zlib => Box::new(flate2::read::ZlibDecoder::new(payload)),
-    };
+/// Where an inflation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The compressed stream ended (checksum verified), and no bytes follow it.
+    End,
+    /// The input ended first (a prefix of the message).
+    Cut,
+    /// The output reached the limit.
+    Limit,
+}
+
+/// Inflate a compressed message (gzip, every member, or zlib as gRPC's `deflate` is, told apart
+/// by their headers), up to `limit` bytes. Short of the end, what was inflated so far is still
+/// returned (a prefix is enough to read the leading fields). A corrupt stream, or bytes after
+/// it, are an error.
+fn inflate(payload: &[u8], limit: usize) -> Result<(Vec<u8>, Stop), GrpcError> {
+    match sniff(payload)? {
+        Deflated::Gzip => gunzip(payload, limit),
+        Deflated::Zlib => unzlib(payload, limit),
+    }
+}
+
+fn gunzip(payload: &[u8], limit: usize) -> Result<(Vec<u8>, Stop), GrpcError> {
+    // A cut member is an unexpected end (its trailer is missing); a whole one has its CRC
+    // checked; anything but another member after one is an error.
+    let mut decoder = flate2::bufread::MultiGzDecoder::new(payload);
     let mut out = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        match reader.read(&mut chunk) {
-            Ok(0) => return Ok((out, true)),
+        match decoder.read(&mut chunk) {
+            Ok(0) => return Ok((out, Stop::End)),
             Ok(n) if out.len() + n > limit => {
                 out.extend_from_slice(&chunk[..limit - out.len()]);
-                return Ok((out, false));
+                return Ok((out, Stop::Limit));
             }
             Ok(n) => out.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok((out, false)),
-            Err(_) if out.is_empty() => return Err(GrpcError::Unreadable),
-            Err(_) => return Ok((out, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok((out, Stop::Cut)),
+            Err(_) => return Err(GrpcError::Unreadable),
+        }
+    }
+}
+
+fn unzlib(payload: &[u8], limit: usize) -> Result<(Vec<u8>, Stop), GrpcError> {
+    // The low-level API tells a stream's end (its Adler-32 checked) from input running out.
+    let mut decoder = flate2::Decompress::new(true);
+    let mut out = Vec::new();
+    loop {
+        let (before_in, before_out) = (decoder.total_in(), decoder.total_out());
+        out.reserve((limit + 1 - out.len()).min(8192));
+        let consumed = usize::try_from(before_in).unwrap_or(usize::MAX);
+        let input = payload.get(consumed..).unwrap_or_default();
+        let status = decoder
+            .decompress_vec(input, &mut out, flate2::FlushDecompress::None)
+            .map_err(|_| GrpcError::Unreadable)?;
+        if out.len() > limit {
+            out.truncate(limit);
+            return Ok((out, Stop::Limit));
+        }
+        let consumed = usize::try_from(decoder.total_in()).unwrap_or(usize::MAX);
+        match status {
+            flate2::Status::StreamEnd if consumed < payload.len() => {
+                return Err(GrpcError::Unreadable);
+            }
+            flate2::Status::StreamEnd => return Ok((out, Stop::End)),
+            _ if (decoder.total_in(), decoder.total_out()) == (before_in, before_out) => {
+                return Ok((out, Stop::Cut));
+            }
+            _ => {}
         }
     }
 }
@@ -134,7 +186,8 @@ pub enum Leading {
     /// The leading fields were read.
     Read(LeadingFields),
     /// It cannot be read (compressed in an encoding that is not read, not protobuf, fields over
-    /// [`MAX_LEADING`]): forwarded as is.
+    /// [`MAX_LEADING`], or not inflated from the first [`MAX_COMPRESSED_LEADING`] compressed
+    /// bytes): forwarded as is.
     Unreadable,
 }
 
@@ -159,7 +212,9 @@ pub struct LeadingFields {
 /// Read the leading fields 1 and 2 of the first message of a request body's first bytes. Every
 /// protobuf library writes a message's fields in field-number order, so both come before the
 /// tensors: a few dozen bytes are enough, never the whole message. A compressed message is
-/// inflated as far as the fields (its fields are read, but cannot be rewritten in place).
+/// inflated as far as the fields (its fields are read, but cannot be rewritten in place); the
+/// answer never waits on more than [`MAX_LEADING`] bytes of fields or [`MAX_COMPRESSED_LEADING`]
+/// compressed bytes.
 pub fn leading(buf: &[u8]) -> Leading {
     let Some(prefix) = buf.get(..PREFIX) else {
         return Leading::NeedMore;
@@ -170,19 +225,22 @@ pub fn leading(buf: &[u8]) -> Leading {
         1 => {
             let available = &buf[PREFIX..buf.len().min(PREFIX.saturating_add(message_len))];
             let whole = available.len() == message_len;
+            // Past this, a stream that still has not given the fields is not waited on.
+            let given_up = whole || available.len() >= MAX_COMPRESSED_LEADING;
             match inflate(available, MAX_LEADING) {
-                Err(GrpcError::Incomplete) => Leading::NeedMore,
+                Err(GrpcError::Incomplete) if !whole => Leading::NeedMore,
                 Err(_) => Leading::Unreadable,
-                Ok((inflated, complete)) => {
-                    let len = match complete && whole {
-                        true => inflated.len(),
-                        false => usize::MAX - PREFIX,
+                Ok((inflated, stop)) => {
+                    // Its length is known once all of it is inflated (a gzip message may hold
+                    // more members than have arrived).
+                    let len = match (stop, whole) {
+                        (Stop::End, true) => inflated.len(),
+                        _ => usize::MAX - PREFIX,
                     };
                     let mut framed = vec![0; PREFIX];
                     framed.extend_from_slice(&inflated);
                     match fields(&framed, len, true) {
-                        // All of it was inflated as far as the limit: the fields are longer.
-                        Leading::NeedMore if whole => Leading::Unreadable,
+                        Leading::NeedMore if given_up || stop == Stop::Limit => Leading::Unreadable,
                         read => read,
                     }
                 }
@@ -271,12 +329,17 @@ pub fn framed_len(buf: &[u8]) -> Option<usize> {
 /// The body's first bytes with the first message's `model_version` set to `version`: the field
 /// is replaced (or added after `model_name`) and the message's length prefix updated. `buf`
 /// holds the bytes [`leading`] read; the rest of the message follows unchanged. A compressed
-/// message is rewritten whole: `buf` must hold all of it, and it is sent inflated (then what
-/// followed it in `buf`); `None` when it does not.
-pub fn with_version(buf: &[u8], lead: &LeadingFields, version: &str) -> Option<Vec<u8>> {
+/// message is rewritten whole: `buf` must hold all of it, inflating to at most `max_inflated`
+/// bytes, and it is sent inflated (then what followed it in `buf`); `None` when it does not.
+pub fn with_version(
+    buf: &[u8],
+    lead: &LeadingFields,
+    version: &str,
+    max_inflated: usize,
+) -> Option<Vec<u8>> {
     if lead.compressed {
         let end = framed_len(buf)?;
-        let mut out = set_version(buf.get(..end)?, version)?;
+        let mut out = set_version(buf.get(..end)?, version, max_inflated)?;
         out.extend_from_slice(&buf[end..]);
         return Some(out);
     }
@@ -300,10 +363,10 @@ pub fn with_version(buf: &[u8], lead: &LeadingFields, version: &str) -> Option<V
 }
 
 /// A whole request body (one message) with its `model_version` set to `version`: a
-/// compressed message is inflated and sent uncompressed (the per-message flag allows it under
-/// any `grpc-encoding`). `None` when the body cannot be read.
-pub fn set_version(body: &[u8], version: &str) -> Option<Vec<u8>> {
-    let message = first_message(body).ok()?;
+/// compressed message is inflated (at most `max_inflated` bytes) and sent uncompressed (the
+/// per-message flag allows it under any `grpc-encoding`). `None` when the body cannot be read.
+pub fn set_version(body: &[u8], version: &str, max_inflated: usize) -> Option<Vec<u8>> {
+    let message = first_message(body, max_inflated).ok()?;
     let len = u32::try_from(message.len()).ok()?;
     let mut framed = Vec::with_capacity(PREFIX + message.len());
     framed.push(0);
@@ -312,7 +375,7 @@ pub fn set_version(body: &[u8], version: &str) -> Option<Vec<u8>> {
     let Leading::Read(lead) = leading(&framed) else {
         return None;
     };
-    with_version(&framed, &lead, version)
+    with_version(&framed, &lead, version, max_inflated)
 }
 
 /// The Open Inference gRPC messages, as far as they are read (prost skips the other fields:
@@ -406,7 +469,7 @@ pub mod pb {
 }
 
 /// Tensors from their declarations and, when the message uses them, their raw contents (one per
-/// tensor, in order).
+/// tensor, in order); at most [`MAX_VALUES`] values in all.
 fn infer_tensors(
     list: Vec<pb::InferTensor>,
     raw_contents: &[Vec<u8>],
@@ -416,15 +479,22 @@ fn infer_tensors(
             "raw contents do not match the tensors one to one",
         ));
     }
+    let mut room = MAX_VALUES;
     let mut out = Vec::with_capacity(list.len());
     for (i, t) in list.into_iter().enumerate() {
         let mut values = Vec::new();
         match raw_contents.get(i) {
-            Some(bytes) => raw(&t.datatype, bytes, &mut values)?,
-            None => contents(&t.datatype, t.contents.unwrap_or_default(), &mut values)?,
+            Some(bytes) => raw(&t.datatype, bytes, &mut values, room)?,
+            None => contents(
+                &t.datatype,
+                t.contents.unwrap_or_default(),
+                &mut values,
+                room,
+            )?,
         }
+        room -= values.len();
         out.push(Tensor {
-            name: Some(t.name.into()),
+            name: Some(t.name).filter(|n| !n.is_empty()).map(Into::into),
             width: width(&t.shape),
             values,
         });
@@ -432,43 +502,90 @@ fn infer_tensors(
     Ok(out)
 }
 
-/// The values of a tensor's typed `contents`, from the field its datatype uses.
+/// The values of a tensor's typed `contents`, from the field its datatype uses, until `out`
+/// holds `max_len`.
 fn contents(
     datatype: &str,
     c: pb::InferTensorContents,
     out: &mut Vec<Value>,
+    max_len: usize,
 ) -> Result<(), CodecError> {
-    fn put<T>(out: &mut Vec<Value>, values: Vec<T>, value: impl Fn(T) -> Value) {
-        let room = MAX_VALUES.saturating_sub(out.len());
-        out.extend(values.into_iter().take(room).map(value));
-    }
+    let room = max_len.saturating_sub(out.len());
+    let mut put = |values: &mut dyn Iterator<Item = Value>| out.extend(values.take(room));
     let number = |v: f64| Value::Number(v);
     match datatype {
-        "BOOL" => put(out, c.bool_contents, Value::Bool),
-        "INT8" | "INT16" | "INT32" => put(out, c.int_contents, |v| number(f64::from(v))),
-        "INT64" => put(out, c.int64_contents, |v| number(v as f64)),
-        "UINT8" | "UINT16" | "UINT32" => put(out, c.uint_contents, |v| number(f64::from(v))),
-        "UINT64" => put(out, c.uint64_contents, |v| number(v as f64)),
-        "FP32" => put(out, c.fp32_contents, |v| number(f64::from(v))),
-        "FP64" => put(out, c.fp64_contents, number),
-        "BYTES" => put(out, c.bytes_contents, |v| {
-            Value::Text(String::from_utf8_lossy(&v).into_owned())
-        }),
+        "BOOL" => put(&mut c.bool_contents.into_iter().map(Value::Bool)),
+        "INT8" | "INT16" | "INT32" => {
+            put(&mut c.int_contents.into_iter().map(|v| number(f64::from(v))));
+        }
+        "INT64" => put(&mut c.int64_contents.into_iter().map(|v| number(v as f64))),
+        "UINT8" | "UINT16" | "UINT32" => {
+            put(&mut c.uint_contents.into_iter().map(|v| number(f64::from(v))));
+        }
+        "UINT64" => put(&mut c.uint64_contents.into_iter().map(|v| number(v as f64))),
+        "FP32" => put(&mut c.fp32_contents.into_iter().map(|v| number(f64::from(v)))),
+        "FP64" => put(&mut c.fp64_contents.into_iter().map(number)),
+        "BYTES" => put(&mut c
+            .bytes_contents
+            .into_iter()
+            .map(|v| Value::Text(String::from_utf8_lossy(&v).into_owned()))),
         _ => return Err(CodecError::Shape("tensor contents of an unknown datatype")),
     }
     Ok(())
 }
 
-/// The input features of a `ModelInfer` request body.
-pub fn request_features(body: &[u8], names: &[String]) -> Result<Columns, CodecError> {
-    let message = first_message(body)?;
+/// Refuse a message that declares more than [`MAX_TENSORS`] tensors (field 5) or raw contents
+/// (fields 6 and 7) before prost allocates a few hundred bytes for each of them, however few
+/// bytes each took. A message this walk cannot follow is left to prost to refuse.
+fn few_tensors(message: &[u8]) -> Result<(), CodecError> {
+    let mut counts = [0usize; 8];
+    let mut pos = 0;
+    while pos < message.len() {
+        let Some(tag) = varint(message, &mut pos) else {
+            return Ok(());
+        };
+        let skip = match tag & 7 {
+            0 => varint(message, &mut pos).map(|_| 0),
+            1 => Some(8),
+            2 => varint(message, &mut pos).and_then(|n| usize::try_from(n).ok()),
+            5 => Some(4),
+            _ => None,
+        };
+        let Some(next) = skip.and_then(|n| pos.checked_add(n)) else {
+            return Ok(());
+        };
+        pos = next;
+        if let Some(count) = usize::try_from(tag >> 3)
+            .ok()
+            .filter(|f| (5..=7).contains(f))
+        {
+            counts[count] += 1;
+            if counts[count] > MAX_TENSORS {
+                return Err(CodecError::Shape("more tensors than are read (4096)"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The input features of a `ModelInfer` request body, inflated to at most `max_inflated` bytes
+/// when it is compressed.
+pub fn request_features(
+    body: &[u8],
+    names: &[String],
+    max_inflated: usize,
+) -> Result<Columns, CodecError> {
+    let message = first_message(body, max_inflated)?;
+    few_tensors(&message)?;
     let m = <pb::ModelInferRequest as prost::Message>::decode(&*message)?;
     tensors(infer_tensors(m.inputs, &m.raw_input_contents)?, Some(names))
 }
 
-/// The predictions of a `ModelInfer` response body, one column per output (or output position).
-pub fn response_predictions(body: &[u8]) -> Result<Columns, CodecError> {
-    let message = first_message(body)?;
+/// The predictions of a `ModelInfer` response body, one column per output (or output
+/// position), inflated to at most `max_inflated` bytes when it is compressed.
+pub fn response_predictions(body: &[u8], max_inflated: usize) -> Result<Columns, CodecError> {
+    let message = first_message(body, max_inflated)?;
+    few_tensors(&message)?;
     let m = <pb::ModelInferResponse as prost::Message>::decode(&*message)?;
     tensors(infer_tensors(m.outputs, &m.raw_output_contents)?, None)
 }
@@ -533,7 +650,9 @@ mod tests {
         assert_eq!(reported_version(&body[..40]), Ok(Some("2".into())));
         assert_eq!(reported_version(&framed(&response(""))), Ok(None));
         // What prost reads from the whole message.
-        let decoded = <Response as prost::Message>::decode(&*first_message(&body).unwrap());
+        let decoded = <Response as prost::Message>::decode(
+            &*first_message(&body, DEFAULT_MAX_INFLATED).unwrap(),
+        );
         assert_eq!(decoded.map(|r| r.model_version), Ok("2".to_string()));
         // A second message after the first is not read.
         let mut two = body.clone();
@@ -553,13 +672,16 @@ mod tests {
             );
         }
         assert_eq!(
-            first_message(&body[..body.len() - 1]),
+            first_message(&body[..body.len() - 1], DEFAULT_MAX_INFLATED),
             Err(GrpcError::Incomplete)
         );
         let mut compressed = body.clone();
         compressed[0] = 1;
         assert_eq!(reported_version(&compressed), Err(GrpcError::Compressed));
-        assert_eq!(first_message(&compressed), Err(GrpcError::Compressed));
+        assert_eq!(
+            first_message(&compressed, DEFAULT_MAX_INFLATED),
+            Err(GrpcError::Compressed)
+        );
         // Field 1 as a varint: not a string.
         let foreign = [0, 0, 0, 0, 2, 0x08, 0x01];
         assert_eq!(reported_version(&foreign), Err(GrpcError::Unreadable));
@@ -615,9 +737,10 @@ mod tests {
                 panic!("{name} {version}")
             };
             for new in ["3", "", "a-much-longer-version-name-than-before"] {
-                let mut rewritten = with_version(&body[..head_len], &lead, new).unwrap();
+                let mut rewritten =
+                    with_version(&body[..head_len], &lead, new, DEFAULT_MAX_INFLATED).unwrap();
                 rewritten.extend_from_slice(&body[head_len..]);
-                let message = first_message(&rewritten).unwrap();
+                let message = first_message(&rewritten, DEFAULT_MAX_INFLATED).unwrap();
                 assert_eq!(message.len() + 5, rewritten.len(), "the prefix is updated");
                 let decoded = <Request as prost::Message>::decode(&*message).unwrap();
                 let want = Request {
@@ -659,10 +782,13 @@ mod tests {
             assert_eq!(leading(&body[..7]), Leading::NeedMore, "zlib {zlib}");
             // A compressed message is rewritten whole, and sent inflated; cut, it is not.
             assert!(lead.compressed());
-            assert_eq!(with_version(&body[..body.len() - 1], &lead, "3"), None);
+            assert_eq!(
+                with_version(&body[..body.len() - 1], &lead, "3", DEFAULT_MAX_INFLATED),
+                None
+            );
             let mut next = body.clone();
             next.extend_from_slice(b"next");
-            let rewritten = with_version(&next, &lead, "3").unwrap();
+            let rewritten = with_version(&next, &lead, "3", DEFAULT_MAX_INFLATED).unwrap();
             assert!(rewritten.ends_with(b"next"));
             let end = framed_len(&rewritten).unwrap();
             let decoded = <Request as prost::Message>::decode(&rewritten[5..end]).unwrap();
@@ -673,7 +799,10 @@ mod tests {
                     ..request("churn", "7")
                 }
             );
-            assert_eq!(&*first_message(&body).unwrap(), &message[..]);
+            assert_eq!(
+                &*first_message(&body, DEFAULT_MAX_INFLATED).unwrap(),
+                &message[..]
+            );
         }
         let answer = prost::Message::encode_to_vec(&response("4"));
         assert_eq!(
@@ -684,26 +813,77 @@ mod tests {
         let zstd = [1, 0, 0, 0, 6, 0x28, 0xb5, 0x2f, 0xfd, 0, 0];
         assert_eq!(leading(&zstd), Leading::Unreadable);
         assert_eq!(reported_version(&zstd), Err(GrpcError::Compressed));
-        assert_eq!(first_message(&zstd), Err(GrpcError::Compressed));
+        assert_eq!(
+            first_message(&zstd, DEFAULT_MAX_INFLATED),
+            Err(GrpcError::Compressed)
+        );
         // A gzip header over garbage.
         let corrupt = [
             1, 0, 0, 0, 12, 0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff, 0xff,
         ];
-        assert!(first_message(&corrupt).is_err());
+        assert!(first_message(&corrupt, DEFAULT_MAX_INFLATED).is_err());
         assert_eq!(leading(&corrupt), Leading::Unreadable);
     }
 
     #[test]
     fn a_decompression_bomb_stops_at_the_bound() {
-        let bomb = compressed(&vec![0; MAX_INFLATED + 1], false);
-        assert!(bomb.len() < MAX_INFLATED / 100, "a small body");
-        assert_eq!(first_message(&bomb), Err(GrpcError::TooLarge));
+        let bomb = compressed(&vec![0; 64 << 20], false);
+        assert!(bomb.len() < 1 << 20, "a small body");
+        assert_eq!(first_message(&bomb, 1 << 16), Err(GrpcError::TooLarge));
         assert!(matches!(
-            request_features(&bomb, &[]),
+            request_features(&bomb, &[], 1 << 16),
             Err(CodecError::Grpc(GrpcError::TooLarge))
         ));
         // Zeros read as field 0: not a message, found from the first inflated bytes alone.
         assert_eq!(leading(&bomb), Leading::Unreadable);
+        // Many empty tensors, two bytes each: refused before prost allocates them all.
+        let empties = [0x2a, 0].repeat(MAX_TENSORS + 1);
+        let body = compressed(&empties, true);
+        let too_many = "more tensors than are read (4096)";
+        assert!(matches!(
+            request_features(&body, &[], DEFAULT_MAX_INFLATED),
+            Err(CodecError::Shape(m)) if m == too_many
+        ));
+        // As many as are read: decoded (and refused for what they are, tensors of no type).
+        let few = compressed(&[0x2a, 0].repeat(MAX_TENSORS), true);
+        assert!(matches!(
+            request_features(&few, &[], DEFAULT_MAX_INFLATED),
+            Err(CodecError::Shape(m)) if m != too_many
+        ));
+    }
+
+    #[test]
+    fn a_compressed_stream_that_gives_nothing_is_not_waited_on() {
+        // A zlib header, then empty stored blocks: valid deflate that never yields a byte.
+        let mut stream = vec![0x78, 0x01];
+        for _ in 0..(MAX_COMPRESSED_LEADING / 5 + 10) {
+            stream.extend_from_slice(&[0x00, 0x00, 0x00, 0xff, 0xff]);
+        }
+        let mut body = vec![1];
+        body.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        body.extend_from_slice(&stream);
+        assert_eq!(leading(&body[..PREFIX + 4000]), Leading::NeedMore);
+        assert_eq!(leading(&body), Leading::Unreadable);
+        // A complete compressed message of one byte, and a cut or trailing stream.
+        assert_eq!(leading(&[1, 0, 0, 0, 1, 0x78]), Leading::Unreadable);
+        let message = prost::Message::encode_to_vec(&request("churn", "7"));
+        let mut trailing = compressed(&message, true);
+        trailing.push(0);
+        let len = (trailing.len() - PREFIX) as u32;
+        trailing[1..PREFIX].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            first_message(&trailing, DEFAULT_MAX_INFLATED),
+            Err(GrpcError::Unreadable)
+        );
+        let whole = compressed(&message, false);
+        // A gzip stream whose last byte (of its length trailer) is lost, declared as whole.
+        let mut cut = whole[..whole.len() - 1].to_vec();
+        let len = (cut.len() - PREFIX) as u32;
+        cut[1..PREFIX].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            first_message(&cut, DEFAULT_MAX_INFLATED),
+            Err(GrpcError::Unreadable)
+        );
     }
 
     #[test]
@@ -749,7 +929,12 @@ mod tests {
             ],
             ..Default::default()
         };
-        let f = request_features(&framed(&typed), &["p".into(), "q".into()]).unwrap();
+        let f = request_features(
+            &framed(&typed),
+            &["p".into(), "q".into()],
+            DEFAULT_MAX_INFLATED,
+        )
+        .unwrap();
         assert_eq!(
             f.get("a"),
             Some(&[Value::Number(1.0), Value::Number(-2.0)][..])
@@ -765,14 +950,19 @@ mod tests {
             raw_input_contents: vec![[3.0f64, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect()],
             ..Default::default()
         };
-        let f = request_features(&framed(&rows), &["p".into(), "q".into()]).unwrap();
+        let f = request_features(
+            &framed(&rows),
+            &["p".into(), "q".into()],
+            DEFAULT_MAX_INFLATED,
+        )
+        .unwrap();
         assert_eq!(f.get("q"), Some(&[Value::Number(4.0)][..]));
         // Raw contents that do not pair with the tensors, or an unknown datatype: errors.
         let unpaired = Request {
             raw_input_contents: vec![vec![0; 8], vec![0; 8]],
             ..rows.clone()
         };
-        assert!(request_features(&framed(&unpaired), &[]).is_err());
+        assert!(request_features(&framed(&unpaired), &[], DEFAULT_MAX_INFLATED).is_err());
         let unknown = Request {
             inputs: vec![tensor(
                 "x",
@@ -782,10 +972,10 @@ mod tests {
             )],
             ..Default::default()
         };
-        assert!(request_features(&framed(&unknown), &[]).is_err());
+        assert!(request_features(&framed(&unknown), &[], DEFAULT_MAX_INFLATED).is_err());
         // Not protobuf at all.
         assert!(matches!(
-            response_predictions(&[0, 0, 0, 0, 2, 0xff, 0xff]),
+            response_predictions(&[0, 0, 0, 0, 2, 0xff, 0xff], DEFAULT_MAX_INFLATED),
             Err(CodecError::Protobuf(_))
         ));
     }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use serde_json::Value as Json;
 
-use super::table::{CodecError, Columns, MAX_VALUES, Value, positional};
+use super::table::{CodecError, Columns, Value, positional};
 
 /// One tensor as read: its name (when a string), its row width (`shape[1]`, else 1) and its
 /// values, flattened row-major.
@@ -54,27 +54,33 @@ pub(super) fn tensors(
     Ok(out)
 }
 
-/// Append the scalars of a JSON `data` value (flat or nested row-major) to `out`, up to
-/// [`MAX_VALUES`].
-pub(super) fn flatten_json(data: &Json, out: &mut Vec<Value>) {
+/// Append the scalars of a JSON `data` value (flat or nested row-major) to `out`, until it
+/// holds `max_len`.
+pub(super) fn flatten_json(data: &Json, out: &mut Vec<Value>, max_len: usize) {
     match data {
         Json::Array(items) => {
             for item in items {
-                if out.len() >= MAX_VALUES {
+                if out.len() >= max_len {
                     return;
                 }
-                flatten_json(item, out);
+                flatten_json(item, out, max_len);
             }
         }
-        scalar if out.len() < MAX_VALUES => out.push(Value::from_json(scalar)),
+        scalar if out.len() < max_len => out.push(Value::from_json(scalar)),
         _ => {}
     }
 }
 
-/// Append the elements of a raw tensor to `out`, up to [`MAX_VALUES`]: little-endian,
-/// row-major, `BOOL` one byte each, `BYTES` each a 4-byte little-endian length then its bytes
-/// (as the KServe gRPC protocol and Triton's binary extension lay them out).
-pub(super) fn raw(datatype: &str, bytes: &[u8], out: &mut Vec<Value>) -> Result<(), CodecError> {
+/// Append the elements of a raw tensor to `out`, until it holds `max_len` (the rest is checked,
+/// not kept): little-endian, row-major, `BOOL` one byte each, `BYTES` each a 4-byte
+/// little-endian length then its bytes (as the KServe gRPC protocol and Triton's binary
+/// extension lay them out).
+pub(super) fn raw(
+    datatype: &str,
+    bytes: &[u8],
+    out: &mut Vec<Value>,
+    max_len: usize,
+) -> Result<(), CodecError> {
     if datatype == "BYTES" {
         let mut rest = bytes;
         while let Some((len, tail)) = rest.split_first_chunk::<4>() {
@@ -82,7 +88,7 @@ pub(super) fn raw(datatype: &str, bytes: &[u8], out: &mut Vec<Value>) -> Result<
             let element = tail
                 .get(..len)
                 .ok_or(CodecError::Shape("a BYTES element runs past its tensor"))?;
-            if out.len() < MAX_VALUES {
+            if out.len() < max_len {
                 out.push(Value::Text(String::from_utf8_lossy(element).into_owned()));
             }
             rest = &tail[len..];
@@ -103,10 +109,11 @@ pub(super) fn raw(datatype: &str, bytes: &[u8], out: &mut Vec<Value>) -> Result<
         "INT16" => (2, |b| {
             Value::Number(f64::from(i16::from_le_bytes([b[0], b[1]])))
         }),
-        "FP16" => (2, |b| Value::Number(half(u16::from_le_bytes([b[0], b[1]])))),
+        "FP16" => (2, |b| {
+            Value::Number(half::f16::from_le_bytes([b[0], b[1]]).to_f64())
+        }),
         "BF16" => (2, |b| {
-            let bits = u32::from(u16::from_le_bytes([b[0], b[1]])) << 16;
-            Value::Number(f64::from(f32::from_bits(bits)))
+            Value::Number(half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
         }),
         "UINT32" => (4, |b| Value::Number(f64::from(u32::from_le_bytes(word(b))))),
         "INT32" => (4, |b| Value::Number(f64::from(i32::from_le_bytes(word(b))))),
@@ -121,7 +128,7 @@ pub(super) fn raw(datatype: &str, bytes: &[u8], out: &mut Vec<Value>) -> Result<
             "a raw tensor's size is not a whole number of elements",
         ));
     }
-    let room = MAX_VALUES.saturating_sub(out.len());
+    let room = max_len.saturating_sub(out.len());
     out.extend(bytes.chunks_exact(size).take(room).map(read));
     Ok(())
 }
@@ -134,26 +141,14 @@ fn long(b: &[u8]) -> [u8; 8] {
     [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
 }
 
-/// An IEEE 754 half-precision value.
-fn half(bits: u16) -> f64 {
-    let sign = if bits & 0x8000 == 0 { 1.0 } else { -1.0 };
-    let exponent = i32::from((bits >> 10) & 0x1f);
-    let fraction = f64::from(bits & 0x3ff);
-    sign * match exponent {
-        0 => fraction * 2f64.powi(-24),
-        31 if fraction == 0.0 => f64::INFINITY,
-        31 => f64::NAN,
-        e => (1.0 + fraction / 1024.0) * 2f64.powi(e - 15),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inspect::table::MAX_VALUES;
 
     fn decoded(datatype: &str, bytes: &[u8]) -> Result<Vec<Value>, CodecError> {
         let mut out = Vec::new();
-        raw(datatype, bytes, &mut out).map(|()| out)
+        raw(datatype, bytes, &mut out, MAX_VALUES).map(|()| out)
     }
 
     fn numbers(values: &[f64]) -> Vec<Value> {
@@ -220,11 +215,25 @@ mod tests {
     #[test]
     fn raw_work_is_bounded() {
         let mut out = Vec::new();
-        raw("UINT8", &vec![1; MAX_VALUES + 10], &mut out).unwrap();
+        raw("UINT8", &vec![1; MAX_VALUES + 10], &mut out, MAX_VALUES).unwrap();
         assert_eq!(out.len(), MAX_VALUES);
         let mut out = Vec::new();
-        flatten_json(&serde_json::json!([[1, 2], [3, [4, null]]]), &mut out);
+        raw("BYTES", &[1, 0, 0, 0, b'a', 1, 0, 0, 0, b'b'], &mut out, 1).unwrap();
+        assert_eq!(
+            out,
+            [Value::Text("a".into())],
+            "checked to the end, kept to the room"
+        );
+        let mut out = Vec::new();
+        flatten_json(
+            &serde_json::json!([[1, 2], [3, [4, null]]]),
+            &mut out,
+            MAX_VALUES,
+        );
         assert_eq!(out[4], Value::Null);
         assert_eq!(out.len(), 5);
+        let mut out = Vec::new();
+        flatten_json(&serde_json::json!([[1, 2], [3, [4, null]]]), &mut out, 3);
+        assert_eq!(out.len(), 3);
     }
 }
