@@ -74,8 +74,12 @@ impl Drop for Sidecar {
 }
 
 async fn start(routes: &str, extra: &str) -> Sidecar {
+    start_with(REGISTRY, routes, extra).await
+}
+
+async fn start_with(registry: &str, routes: &str, extra: &str) -> Sidecar {
     let dir = temp_dir("explain");
-    std::fs::write(dir.join("registry.yaml"), REGISTRY).unwrap();
+    std::fs::write(dir.join("registry.yaml"), registry).unwrap();
     let (port, admin) = (free_port(), free_port());
     let cfg = dir.join("m.toml");
     std::fs::write(&cfg, config_text_on(&dir, routes, extra, "1h", port, admin)).unwrap();
@@ -331,4 +335,78 @@ async fn a_latency_regression_from_an_environment_change() {
         "{:?}",
         rules(&e)
     );
+}
+
+/// One version whose `tenure` has a training reference (quartiles) and an upstream source.
+const SHIFT_REGISTRY: &str = r#"
+models:
+  churn:
+    aliases: { champion: "2" }
+    versions:
+      "2":
+        code: { commit: "1c2b8e0" }
+        training_data: { name: churn-train, digest: 9a41c07e, upstream_tables: [crm.accounts] }
+        input_schema:
+          - name: tenure
+            type: double
+            min: 0
+            max: 1
+            source: crm.accounts.tenure_months
+            reference: { edges: [0.25, 0.5, 0.75], fractions: [0.25, 0.25, 0.25, 0.25] }
+          - { name: plan_type, type: string, source: crm.accounts.plan_type }
+"#;
+
+async fn tenures(s: &Sidecar, values: impl Iterator<Item = f64>) {
+    for t in values {
+        let body = serde_json::json!({"inputs": [
+            {"name": "tenure", "datatype": "FP64", "shape": [1, 1], "data": [t]},
+            {"name": "plan_type", "datatype": "BYTES", "shape": [1, 1], "data": ["basic"]}]});
+        let req = Request::post(format!("http://127.0.0.1:{}/v2/models/churn/infer", s.port))
+            .header("content-type", "application/json")
+            .body(full(body.to_string()))
+            .unwrap();
+        send(req).await;
+    }
+    traffic(s, 0, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feature_shifting_inside_its_range() {
+    // An upstream unit change moves `tenure` into the top of its range: no value is out of
+    // range, nothing is NULL, no version errs; only its distribution tells.
+    let up = Upstream::start(server("", 0, "", Duration::ZERO, None)).await;
+    let route = format!(
+        "[[routes]]\nname = \"churn\"\nmodel = \"churn\"\nupstream = \"{}\"\nserves = \"@champion\"\nmatch = {{ open_inference = true }}\n",
+        up.addr
+    );
+    let s = start_with(SHIFT_REGISTRY, &route, "").await;
+    // The healthy control: 200 values spread as in training say nothing about drift.
+    tenures(&s, (0..200).map(|i| f64::from(i % 100) / 100.0 + 0.005)).await;
+    let quiet = explain(&s).await;
+    assert!(
+        rules(&quiet).iter().all(|r| !r.contains("drift")),
+        "{quiet:#}"
+    );
+    // Then 300 values inside the range, all in its top quarter.
+    tenures(&s, (0..300).map(|i| 0.8 + f64::from(i % 15) / 100.0)).await;
+    let e = explain(&s).await;
+    let top = &e["causes"][0];
+    assert_eq!(top["rule"], "upstream_drift", "{e:#}");
+    let title = top["title"].as_str().unwrap();
+    assert!(
+        title.starts_with("feature `tenure` moved from its training distribution (PSI 0.8"),
+        "{title}"
+    );
+    assert!(
+        title.ends_with("upstream source crm.accounts.tenure_months"),
+        "{title}"
+    );
+    assert!(
+        !rules(&e)
+            .iter()
+            .any(|r| r == "upstream_data" || r == "version_data"),
+        "in range: no data-quality cause {:?}",
+        rules(&e)
+    );
+    assert!(explain_text(&s).await.contains("feature `tenure` moved"));
 }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, PoisonError};
 
 use super::journal::Journal;
-use super::rules::{Evidence, Explanation, VersionHealth, explain};
+use super::rules::{Evidence, Explanation, FeatureDrift, VersionHealth, explain};
 use crate::inspect::stats as istats;
 use crate::inspect::worker::Shared;
 use crate::routing::{Reloader, route_weights};
@@ -51,9 +51,30 @@ impl Explainer {
             .filter(|s| &*s.profile.model == model)
             .collect();
         let mut psi = std::collections::HashMap::new();
+        let mut features: std::collections::HashMap<String, Vec<FeatureDrift>> =
+            std::collections::HashMap::new();
         for (i, d) in istats::drift(&model_stats, slice) {
-            if d.signal == "prediction" && d.against == "reference" && d.statistic == "psi" {
-                psi.insert(model_stats[i].profile.version.to_string(), d.value);
+            let version = model_stats[i].profile.version.to_string();
+            if d.against != "reference" {
+                continue;
+            }
+            if d.signal == "prediction" && d.statistic == "psi" {
+                // A value chance explains for a window this size is not drift.
+                if d.value > d.noise {
+                    psi.insert(version, d.value);
+                }
+            } else if let Some(feature) = d.signal.strip_prefix("feature:") {
+                // Only what chance does not explain for a window this size.
+                let moved = features.entry(version).or_default();
+                match (d.statistic, moved.iter_mut().find(|m| m.feature == feature)) {
+                    ("psi", None) if d.value > d.noise => moved.push(FeatureDrift {
+                        feature: feature.to_string(),
+                        psi: d.value,
+                        js: None,
+                    }),
+                    ("js", Some(m)) => m.js = Some(d.value),
+                    _ => {}
+                }
             }
         }
         let mut versions: Vec<VersionHealth> = state
@@ -97,6 +118,7 @@ impl Explainer {
                         })
                         .unwrap_or_default(),
                     prediction_psi: psi.get(v).copied(),
+                    feature_drift: features.remove(v).unwrap_or_default(),
                 }
             })
             .collect();

@@ -11,7 +11,9 @@
 //! | `stale_lineage` | a version serving traffic was trained on a dataset that has a newer digest | 0.75 |
 //! | `version_data` | a feature's issue rate is above `max_issue_rate` on some live versions only | 0.55 |
 //! | `latency` | as `environment_latency`, without an environment difference | 0.45 |
-//! | `prediction_drift` | a version's prediction PSI against its reference is at least `psi_alert` | 0.4 + 0.2·min(1, PSI/1) |
+//! | `upstream_drift` | a feature's PSI against its reference is at least `psi_alert` (and past chance) on every live version | 0.55 + 0.3·min(1, PSI/1) |
+//! | `version_feature_drift` | as `upstream_drift`, on some live versions only | 0.5 + 0.2·min(1, PSI/1) |
+//! | `prediction_drift` | a version's prediction PSI against its reference is at least `psi_alert` (the features that moved on it are named) | 0.4 + 0.2·min(1, PSI/1) |
 //! | `registry_outage` | the registry was unreachable in the window | 0.3 |
 //!
 //! A version counts as live with at least `min_requests / 4` requests in the window (and always
@@ -55,8 +57,24 @@ pub struct VersionHealth {
     pub stale: Option<String>,
     /// Windowed issue rates `(feature, issue, rate)`.
     pub issue_rates: Vec<(String, String, f64)>,
-    /// Prediction PSI against the registry's reference.
+    /// Prediction PSI against the registry's reference, when past what chance gives a window
+    /// this size.
     pub prediction_psi: Option<f64>,
+    /// Features whose distribution moved from the registry's reference in the window by more
+    /// than chance explains (drift past its noise bound, `inspect/drift.rs`).
+    #[serde(default)]
+    pub feature_drift: Vec<FeatureDrift>,
+}
+
+/// A feature's distribution against the registry's reference, in the window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeatureDrift {
+    /// The feature.
+    pub feature: String,
+    /// Its PSI against the reference.
+    pub psi: f64,
+    /// Its Jensen–Shannon distance from the reference (when known).
+    pub js: Option<f64>,
 }
 
 impl VersionHealth {
@@ -198,6 +216,7 @@ pub fn explain(ev: &Evidence) -> Explanation {
     data_quality(ev, &live, &t, &mut causes);
     regressions(ev, &live, &t, &mut causes);
     stale(&live, &mut causes);
+    feature_drift(ev, &live, &mut causes);
     drift(ev, &live, &mut causes);
     if let Some(e) = first_event(&ev.events, Kind::RegistryDown, |_| true) {
         causes.push(Cause {
@@ -468,18 +487,111 @@ fn stale(live: &[&VersionHealth], out: &mut Vec<Cause>) {
     }
 }
 
+/// The features of a version that moved at least `alert` from their reference, most first.
+fn moved(v: &VersionHealth, alert: f64) -> Vec<&FeatureDrift> {
+    let mut moved: Vec<&FeatureDrift> = v.feature_drift.iter().filter(|d| d.psi >= alert).collect();
+    moved.sort_by(|a, b| b.psi.total_cmp(&a.psi).then(a.feature.cmp(&b.feature)));
+    moved
+}
+
+/// A feature whose distribution left its training reference (inside its schema's range or not:
+/// a unit or semantics change upstream), named with its upstream source.
+fn feature_drift(ev: &Evidence, live: &[&VersionHealth], out: &mut Vec<Cause>) {
+    let alert = ev.inspect.as_ref().map_or(0.25, |i| i.psi_alert);
+    let mut features: Vec<&str> = live
+        .iter()
+        .flat_map(|v| moved(v, alert))
+        .map(|d| d.feature.as_str())
+        .collect();
+    features.sort_unstable();
+    features.dedup();
+    for feature in features {
+        let on: Vec<(&str, &FeatureDrift)> = live
+            .iter()
+            .filter_map(|v| {
+                let d = moved(v, alert).into_iter().find(|d| d.feature == feature)?;
+                Some((v.version.as_str(), d))
+            })
+            .collect();
+        let max = on.iter().map(|(_, d)| d.psi).fold(0.0, f64::max);
+        let source = ev
+            .sources
+            .iter()
+            .find(|(f, _)| f == feature)
+            .map_or("unknown", |(_, s)| s.as_str());
+        let signal = format!("feature:{feature}");
+        let since = first_event(&ev.events, Kind::Drift, |e| {
+            e.fields.get("signal") == Some(&signal)
+        })
+        .map_or_else(
+            || "in the window".to_string(),
+            |e| format!("since {}", time_of(e)),
+        );
+        let evidence = on
+            .iter()
+            .map(|(v, d)| {
+                let js = d.js.map_or_else(String::new, |js| format!(", JS {js:.3}"));
+                format!(
+                    "version {v}: PSI {:.3}{js} against the training reference (≥ {alert})",
+                    d.psi
+                )
+            })
+            .collect();
+        let (rule, score, whom) = if on.len() == live.len() {
+            let whom = match on.as_slice() {
+                [(only, _)] => format!("on version {only} (the only one with traffic)"),
+                _ => "on all versions".to_string(),
+            };
+            ("upstream_drift", 0.55 + 0.3 * max.min(1.0), whom)
+        } else {
+            let versions: Vec<&str> = on.iter().map(|(v, _)| *v).collect();
+            let whom = format!("on version {}", versions.join(", "));
+            ("version_feature_drift", 0.5 + 0.2 * max.min(1.0), whom)
+        };
+        out.push(Cause {
+            rule: rule.into(),
+            score,
+            title: format!(
+                "feature `{feature}` moved from its training distribution (PSI {max:.2}) {whom} {since}: upstream source {source}"
+            ),
+            evidence,
+            lineage: Vec::new(),
+        });
+    }
+}
+
 fn drift(ev: &Evidence, live: &[&VersionHealth], out: &mut Vec<Cause>) {
     let alert = ev.inspect.as_ref().map_or(0.25, |i| i.psi_alert);
     for v in live {
         if let Some(psi) = v.prediction_psi.filter(|p| *p >= alert) {
-            out.push(Cause {
-                rule: "prediction_drift".into(),
-                score: 0.4 + 0.2 * psi.min(1.0),
-                title: format!(
+            let inputs = moved(v, alert);
+            let title = match inputs.is_empty() {
+                true => format!(
                     "predictions of version {} drifted from its reference: PSI {psi:.2}",
                     v.version
                 ),
-                evidence: vec![format!("PSI {psi:.3} ≥ {alert}")],
+                false => {
+                    let names: Vec<String> =
+                        inputs.iter().map(|d| format!("`{}`", d.feature)).collect();
+                    format!(
+                        "predictions of version {} drifted from its reference (PSI {psi:.2}) as its inputs {} moved",
+                        v.version,
+                        names.join(", ")
+                    )
+                }
+            };
+            let mut evidence = vec![format!("PSI {psi:.3} ≥ {alert}")];
+            evidence.extend(inputs.iter().map(|d| {
+                format!(
+                    "input `{}`: PSI {:.3} against its reference",
+                    d.feature, d.psi
+                )
+            }));
+            out.push(Cause {
+                rule: "prediction_drift".into(),
+                score: 0.4 + 0.2 * psi.min(1.0),
+                title,
+                evidence,
                 lineage: Vec::new(),
             });
         }
@@ -659,5 +771,60 @@ mod tests {
             health("2", 500, 1, 0.01, record("a", "d", "l")),
         ]);
         assert!(explain(&quiet).causes.is_empty());
+    }
+
+    #[test]
+    fn a_feature_that_moved_is_named_with_its_source_and_explains_the_predictions() {
+        let moved = |feature: &str, psi: f64| FeatureDrift {
+            feature: feature.into(),
+            psi,
+            js: Some(0.4),
+        };
+        let mut a = health("1", 400, 0, 0.05, record("97f4", "e5d3", "l1"));
+        let mut b = health("2", 400, 0, 0.05, record("97f4", "e5d3", "l1"));
+        a.feature_drift = vec![moved("tenure", 1.19), moved("plan", 0.02)];
+        b.feature_drift = vec![moved("tenure", 0.9)];
+        a.prediction_psi = Some(0.6);
+        let mut ev = evidence(vec![a.clone(), b.clone()]);
+        ev.sources = vec![("tenure".into(), "crm.accounts.tenure_months".into())];
+        let causes = explain(&ev).causes;
+        let first = &causes[0];
+        assert_eq!(first.rule, "upstream_drift", "{causes:?}");
+        assert!(first.title.contains("feature `tenure`"), "{}", first.title);
+        assert!(first.title.contains("PSI 1.19"), "{}", first.title);
+        assert!(
+            first
+                .title
+                .ends_with("upstream source crm.accounts.tenure_months")
+        );
+        assert!(
+            !causes
+                .iter()
+                .any(|c| c.title.contains("`plan`") && c.rule != "prediction_drift")
+        );
+        let predictions = causes
+            .iter()
+            .find(|c| c.rule == "prediction_drift")
+            .unwrap();
+        assert!(
+            predictions.title.contains("inputs `tenure` moved"),
+            "{}",
+            predictions.title
+        );
+        assert!(predictions.score < first.score);
+        // Moved on one of two live versions: that version's.
+        b.feature_drift.clear();
+        let ev = Evidence {
+            sources: ev.sources.clone(),
+            ..evidence(vec![a.clone(), b.clone()])
+        };
+        let first = explain(&ev).causes.remove(0);
+        assert_eq!(first.rule, "version_feature_drift");
+        assert!(first.title.contains("on version 1 "), "{}", first.title);
+        // The healthy control: under the alert threshold, nothing.
+        a.feature_drift = vec![moved("tenure", 0.2)];
+        a.prediction_psi = Some(0.1);
+        let quiet = explain(&evidence(vec![a, b])).causes;
+        assert!(quiet.iter().all(|c| !c.rule.contains("drift")), "{quiet:?}");
     }
 }

@@ -57,6 +57,33 @@ impl Bins {
     }
 }
 
+/// The standard normal's 99th percentile.
+const Z_99: f64 = 2.326_347_874;
+
+/// Pearson's χ² statistic's 99th percentile with `bins − 1` degrees of freedom (Wilson and
+/// Hilferty's approximation, within 1 % from 2 degrees of freedom up).
+fn chi2_99(bins: usize) -> f64 {
+    let k = bins.saturating_sub(1).max(1) as f64;
+    let c = 2.0 / (9.0 * k);
+    k * (1.0 - c + Z_99 * c.sqrt()).powi(3)
+}
+
+/// The PSI that chance alone stays under 99 % of the time: `samples` values in `bins` bins
+/// drawn from the expected distribution itself. For small differences PSI (a symmetric
+/// Kullback–Leibler divergence) is Pearson's χ² over the sample size, so n·PSI follows χ² with
+/// bins − 1 degrees of freedom. `samples` is the effective size: n for a sample against a
+/// reference, n₁n₂ / (n₁ + n₂) for two samples. A PSI under it is noise whatever the thresholds
+/// say (100 healthy values in 10 bins reach PSI 0.1 one time in three; this bound is 0.22).
+pub fn psi_noise(bins: usize, samples: f64) -> f64 {
+    chi2_99(bins) / samples.max(1.0)
+}
+
+/// The same bound for the Jensen–Shannon distance: the divergence is χ²/(8n) for small
+/// differences (natural log), the distance its square root.
+pub fn js_noise(bins: usize, samples: f64) -> f64 {
+    (chi2_99(bins) / (8.0 * samples.max(1.0))).sqrt()
+}
+
 fn shares(counts: &[f64]) -> Vec<f64> {
     let total: f64 = counts.iter().sum();
     counts
@@ -202,5 +229,39 @@ mod tests {
         w.add(SLICES + 3, 0, 1);
         assert_eq!(w.totals(SLICES + 3), [1, 0]);
         w.add(0, 7, 1);
+    }
+
+    #[test]
+    fn chance_alone_rarely_passes_the_noise_bound() {
+        // χ² 99th percentiles: 21.67 with 9 degrees of freedom, 11.34 with 3.
+        assert!(
+            (psi_noise(10, 100.0) - 0.2167).abs() < 0.003,
+            "{}",
+            psi_noise(10, 100.0)
+        );
+        assert!((psi_noise(4, 1000.0) - 0.01134).abs() < 0.0003);
+        // 2,000 windows of 100 values drawn from the 10-bin reference itself.
+        let reference = [0.1; 10];
+        let mut seed: u64 = 7;
+        let (mut warned, mut past_noise, mut js_past_noise) = (0, 0, 0);
+        for _ in 0..2_000 {
+            let mut counts = [0u64; 10];
+            for _ in 0..100 {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                counts[((seed >> 33) % 10) as usize] += 1;
+            }
+            let actual = as_f64(&counts);
+            let p = psi(&reference, &actual);
+            warned += usize::from(p >= 0.1);
+            past_noise += usize::from(p > psi_noise(10, 100.0));
+            js_past_noise += usize::from(js(&reference, &actual) > js_noise(10, 100.0));
+        }
+        // The warning threshold alone fires on healthy traffic this often; the bound does not.
+        assert!(warned > 400, "{warned}");
+        assert!(past_noise < 60, "{past_noise}");
+        assert!(js_past_noise < 60, "{js_past_noise}");
+        // A real shift of 100 values is far past it.
+        let shifted = as_f64(&[0, 0, 0, 0, 0, 10, 20, 30, 20, 20]);
+        assert!(psi(&reference, &shifted) > 3.0 * psi_noise(10, 100.0));
     }
 }
