@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::rules::{Evidence, FeatureDrift, VersionHealth};
+use super::rules::{Evidence, VersionHealth};
 use crate::canary::prometheus::{PromError, Prometheus, esc};
 
 fn num(s: &Value) -> Option<f64> {
@@ -97,19 +97,6 @@ pub async fn evidence(
         ))
         .await?,
         &mut |h, s| h.prediction_psi = num(s),
-    );
-    // The exported gauges carry no sample counts: chance is not told apart here (the sidecar's
-    // own evidence does so).
-    each(
-        q(format!(
-            "max by (version, signal) (max_over_time(modelstamp_drift{{{m},signal=~\"feature:.*\",against=\"reference\",statistic=\"psi\"}}[{w}]))"
-        ))
-        .await?,
-        &mut |h, s| {
-            if let (Some(feature), Some(psi)) = (label(s, "signal").strip_prefix("feature:"), num(s)) {
-                h.feature_drift.push(FeatureDrift { feature: feature.to_string(), psi, js: None });
-            }
-        },
     );
     each(
         q(format!(

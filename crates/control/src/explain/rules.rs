@@ -12,7 +12,6 @@
 //! | `version_data` | a feature's issue rate is above `max_issue_rate` on some live versions only | 0.55 |
 //! | `latency` | as `environment_latency`, without an environment difference | 0.45 |
 //! | `upstream_drift` | a feature's PSI against its reference is at least `psi_alert` (and past chance) on every live version | 0.55 + 0.3·min(1, PSI/1) |
-//! | `version_feature_drift` | as `upstream_drift`, on some live versions only | 0.5 + 0.2·min(1, PSI/1) |
 //! | `prediction_drift` | a version's prediction PSI against its reference is at least `psi_alert` (the features that moved on it are named) | 0.4 + 0.2·min(1, PSI/1) |
 //! | `registry_outage` | the registry was unreachable in the window | 0.3 |
 //!
@@ -495,7 +494,10 @@ fn moved(v: &VersionHealth, alert: f64) -> Vec<&FeatureDrift> {
 }
 
 /// A feature whose distribution left its training reference (inside its schema's range or not:
-/// a unit or semantics change upstream), named with its upstream source.
+/// a unit or semantics change upstream), named with its upstream source. Every version of a split
+/// is fed from the same upstream: a feature counts as moved when it moved on every live version
+/// (one version alone past the threshold is its share of the traffic, not a cause; its
+/// predictions' drift names it).
 fn feature_drift(ev: &Evidence, live: &[&VersionHealth], out: &mut Vec<Cause>) {
     let alert = ev.inspect.as_ref().map_or(0.25, |i| i.psi_alert);
     let mut features: Vec<&str> = live
@@ -513,6 +515,9 @@ fn feature_drift(ev: &Evidence, live: &[&VersionHealth], out: &mut Vec<Cause>) {
                 Some((v.version.as_str(), d))
             })
             .collect();
+        if on.len() < live.len() {
+            continue;
+        }
         let max = on.iter().map(|(_, d)| d.psi).fold(0.0, f64::max);
         let source = ev
             .sources
@@ -537,20 +542,13 @@ fn feature_drift(ev: &Evidence, live: &[&VersionHealth], out: &mut Vec<Cause>) {
                 )
             })
             .collect();
-        let (rule, score, whom) = if on.len() == live.len() {
-            let whom = match on.as_slice() {
-                [(only, _)] => format!("on version {only} (the only one with traffic)"),
-                _ => "on all versions".to_string(),
-            };
-            ("upstream_drift", 0.55 + 0.3 * max.min(1.0), whom)
-        } else {
-            let versions: Vec<&str> = on.iter().map(|(v, _)| *v).collect();
-            let whom = format!("on version {}", versions.join(", "));
-            ("version_feature_drift", 0.5 + 0.2 * max.min(1.0), whom)
+        let whom = match on.as_slice() {
+            [(only, _)] => format!("on version {only} (the only one with traffic)"),
+            _ => "on all versions".to_string(),
         };
         out.push(Cause {
-            rule: rule.into(),
-            score,
+            rule: "upstream_drift".into(),
+            score: 0.55 + 0.3 * max.min(1.0),
             title: format!(
                 "feature `{feature}` moved from its training distribution (PSI {max:.2}) {whom} {since}: upstream source {source}"
             ),
@@ -812,15 +810,22 @@ mod tests {
             predictions.title
         );
         assert!(predictions.score < first.score);
-        // Moved on one of two live versions: that version's.
+        // Past the threshold on one of two live versions fed by the same upstream: not a cause
+        // of its own; that version's predictions name it.
         b.feature_drift.clear();
         let ev = Evidence {
             sources: ev.sources.clone(),
             ..evidence(vec![a.clone(), b.clone()])
         };
-        let first = explain(&ev).causes.remove(0);
-        assert_eq!(first.rule, "version_feature_drift");
-        assert!(first.title.contains("on version 1 "), "{}", first.title);
+        let causes = explain(&ev).causes;
+        assert!(
+            causes.iter().all(|c| c.rule != "upstream_drift"),
+            "{causes:?}"
+        );
+        assert!(
+            causes[0].title.contains("inputs `tenure` moved"),
+            "{causes:?}"
+        );
         // The healthy control: under the alert threshold, nothing.
         a.feature_drift = vec![moved("tenure", 0.2)];
         a.prediction_psi = Some(0.1);
