@@ -13,6 +13,21 @@ use super::body::ClientBody;
 use crate::inspect::grpc_infer::{self, Leading, LeadingFields};
 use crate::routing::Resolved;
 
+/// What was read ahead, to be replayed in order: the bytes, then the failure or the rest.
+fn buffered(
+    buf: BytesMut,
+    rest: Option<Incoming>,
+    trailers: Option<http::HeaderMap>,
+    failed: Option<hyper::Error>,
+) -> ClientBody {
+    ClientBody::Buffered {
+        head: Some(buf.freeze()).filter(|h| !h.is_empty()),
+        trailers,
+        rest,
+        failed,
+    }
+}
+
 /// Read the body until its first message's leading fields are known, it ends, it fails, it is
 /// unreadable, or it stalls for `stall`. Never fails: whatever happened is replayed to the
 /// forward phase in order (bytes, then the failure or the rest), which judges it as for any body.
@@ -21,12 +36,6 @@ pub async fn read_leading(
     stall: std::time::Duration,
 ) -> (ClientBody, Option<LeadingFields>) {
     let mut buf = BytesMut::new();
-    let buffered = |buf: BytesMut, rest, trailers, failed| ClientBody::Buffered {
-        head: Some(buf.freeze()).filter(|h| !h.is_empty()),
-        trailers,
-        rest,
-        failed,
-    };
     loop {
         let Ok(frame) = tokio::time::timeout(stall, body.frame()).await else {
             // The client stalled: forwarded as is, its body's own timeout applies from here.
@@ -144,12 +153,6 @@ async fn read_message(body: ClientBody, cap: usize, stall: std::time::Duration) 
         return body;
     };
     let mut buf = BytesMut::from(head.unwrap_or_default());
-    let buffered = |buf: BytesMut, rest, trailers, failed| ClientBody::Buffered {
-        head: Some(buf.freeze()).filter(|h| !h.is_empty()),
-        trailers,
-        rest,
-        failed,
-    };
     loop {
         let whole = grpc_infer::framed_len(&buf).is_some_and(|n| buf.len() >= n);
         if whole || buf.len() > cap {
