@@ -38,7 +38,7 @@ fn snapshot() -> Snapshot {
     let raw = config::parse(DEMO_CONFIG, "demo.toml").unwrap();
     let cfg = config::validate(&raw, Path::new("config")).unwrap();
     let reg = parse_registry(DEMO_REGISTRY, "registry.yaml").unwrap();
-    Snapshot::build(1, cfg, reg, &Default::default(), &Metrics::new().0).unwrap()
+    Snapshot::build(1, cfg, reg, Default::default(), &Metrics::new().0).unwrap()
 }
 
 fn client_headers() -> HeaderMap {

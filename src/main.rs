@@ -348,7 +348,7 @@ async fn check(args: RunArgs) -> anyhow::Result<ExitCode> {
             RegistrySource::Mlflow(m) => format!("mlflow:{}", m.uri),
         };
         let routes = config.routes.len();
-        let snap = Snapshot::build(1, config, registry, &Default::default(), &metrics)?;
+        let snap = Snapshot::build(1, config, registry, Default::default(), &metrics)?;
         Ok((
             describe,
             routes,

@@ -36,6 +36,8 @@ pub enum Kind {
     RegistryUp,
     /// A version's dataset got a newer digest.
     Stale,
+    /// A dataset the records read got a new version upstream (a lineage event).
+    DatasetWritten,
     /// A feature's issue rate crossed the threshold.
     DataQuality,
     /// A drift statistic crossed a threshold.
@@ -44,6 +46,10 @@ pub enum Kind {
     VersionMismatch,
     /// A candidate was rolled back automatically.
     AutoRollback,
+    /// A version's symptom (error rate, latency) started: crossed the canary thresholds.
+    Onset,
+    /// A version's symptom ended.
+    Recovery,
 }
 
 /// One journal entry.
@@ -162,15 +168,19 @@ impl Journal {
         out
     }
 
-    /// Events of `model` (and sidecar-wide ones) between two times, oldest first.
+    /// Events of `model` (and sidecar-wide ones) between two times, oldest first (an event
+    /// pushed with its own, earlier time sorts where it happened).
     pub fn between(&self, model: &str, from_ms: i64, to_ms: i64) -> Vec<Event> {
         let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        events
+        let mut out: Vec<Event> = events
             .iter()
             .filter(|e| e.at_ms >= from_ms && e.at_ms <= to_ms)
             .filter(|e| e.model.is_empty() || e.model == model)
             .cloned()
-            .collect()
+            .collect();
+        drop(events);
+        out.sort_by_key(|e| e.at_ms);
+        out
     }
 }
 
@@ -199,6 +209,15 @@ mod tests {
             [Kind::Reload, Kind::AliasMoved, Kind::VersionMismatch]
         );
         assert!(j.between("churn", now_ms() + 10_000, i64::MAX).is_empty());
+        let mut late = all[0].clone();
+        late.at_ms = 5;
+        late.kind = Kind::DatasetWritten;
+        j.push(late);
+        assert_eq!(
+            j.between("churn", 0, i64::MAX)[0].kind,
+            Kind::DatasetWritten,
+            "by time"
+        );
         assert_eq!(
             j.mismatches("churn", 0),
             [("2".to_string(), "1".to_string(), 2)]

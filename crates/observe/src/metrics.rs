@@ -81,6 +81,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LineageEventLabels {
+    source: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -278,6 +284,7 @@ pub struct Metrics {
     registry_up: Gauge,
     registry_staleness: Gauge<f64, std::sync::atomic::AtomicU64>,
     registry_refreshes: Family<ResultLabels, Counter>,
+    lineage_events: Family<LineageEventLabels, Counter>,
     stale: Family<VersionLabels, Gauge>,
     stale_set: Arc<Mutex<Vec<VersionLabels>>>,
     generation: Gauge,
@@ -326,6 +333,7 @@ impl Metrics {
             registry_up: Gauge::default(),
             registry_staleness: Gauge::default(),
             registry_refreshes: Family::default(),
+            lineage_events: Family::default(),
             stale: Family::default(),
             stale_set: Arc::default(),
             generation: Gauge::default(),
@@ -418,6 +426,11 @@ impl Metrics {
             "registry_refreshes",
             "Remote registry reads by result",
             m.registry_refreshes.clone(),
+        );
+        reg.register(
+            "lineage_events",
+            "Dataset versions announced by lineage events, by source (openlineage, dataset_changed) and outcome (matched, unmatched, ignored, rejected)",
+            m.lineage_events.clone(),
         );
         reg.register(
             "model_version_stale",
@@ -687,6 +700,15 @@ impl Metrics {
     pub fn registry_loaded(&self) {
         self.registry_up.set(1);
         self.registry_staleness.set(0.0);
+    }
+
+    /// Count a dataset announced by a lineage event (`source`: `openlineage`, `dataset_changed`;
+    /// `outcome`: `matched`, `unmatched` (nothing in the registry reads it), `ignored` (not a
+    /// completed write), `rejected` (unreadable)).
+    pub fn lineage_event(&self, source: &'static str, outcome: &'static str) {
+        self.lineage_events
+            .get_or_create(&LineageEventLabels { source, outcome })
+            .inc();
     }
 
     /// Record a registry read: up or down, and the age of what is served (`None`: never read).

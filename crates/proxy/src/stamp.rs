@@ -156,7 +156,7 @@ mod tests {
         .unwrap_or_default();
         let cfg = crate::config::validate(&raw, std::path::Path::new("/"))
             .unwrap_or_else(|e| unreachable!("{e}"));
-        let snap = Snapshot::build(1, cfg, reg, &Default::default(), &Metrics::new().0)
+        let snap = Snapshot::build(1, cfg, reg, Default::default(), &Metrics::new().0)
             .unwrap_or_else(|e| unreachable!("{e}"));
         let served = snap.served("churn", Some("2")).0;
         let mut h = HeaderMap::new();

@@ -1,17 +1,20 @@
 //! The admin API, served on its own (loopback by default) listener: `/metrics`, `/healthz`,
 //! `/readyz`, `/versions`, `/lineage/{id}`, `/requests/{id}`, `/canary/{model}`, `/audit`, and
-//! the mutating calls `POST /events/dataset-changed`, `POST /webhooks/mlflow` and the traffic
+//! the mutating calls `POST /api/v1/lineage` (OpenLineage), `POST /events/dataset-changed`,
+//! `POST /webhooks/mlflow` and the traffic
 //! changes (`/routes/{r}/weights`, `/canary/{m}/promote`, `/canary/{m}/rollback`). A plain tower
 //! service, testable without sockets.
 
 mod canary;
 pub mod client;
 pub mod explain;
+pub mod openlineage;
 mod ui;
 mod ui_graph;
 // The canary endpoints: comparison, audit trail, token-guarded traffic changes.
 mod webhook;
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -29,13 +32,17 @@ use serde_json::{Value, json};
 
 pub use webhook::{WebhookError, bearer_ok, constant_time_eq, verify_mlflow};
 
+use crate::codec::time::parse_ms;
 use crate::config::RegistrySource;
 use crate::observe::recent::RecentRequests;
-use crate::registry::DatasetKey;
+use crate::registry::DatasetVersion;
+use crate::routing::Written;
 use crate::routing::{Reloader, Snapshot};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Where OpenLineage clients send events (`OPENLINEAGE_URL` is the admin address).
+const OPENLINEAGE: &str = "/api/v1/lineage";
 /// Largest body a mutating call may send.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -61,7 +68,7 @@ pub struct Admin {
     state: Arc<AdminState>,
 }
 
-/// `POST /events/dataset-changed`.
+/// `POST /events/dataset-changed`: a thin form of an OpenLineage dataset version.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DatasetChanged {
@@ -69,6 +76,9 @@ struct DatasetChanged {
     #[serde(default)]
     source: Option<String>,
     digest: String,
+    /// When it was written (RFC 3339); when it was announced if unset.
+    #[serde(default)]
+    at: Option<String>,
 }
 
 impl Admin {
@@ -95,10 +105,16 @@ impl Admin {
             Method::GET | Method::HEAD => self.get(&parts, &path),
             Method::POST
                 if path == "/events/dataset-changed"
+                    || path == OPENLINEAGE
                     || path == "/webhooks/mlflow"
                     || canary::is_traffic_change(&path) =>
             {
-                let body = match Limited::new(body, MAX_BODY).collect().await {
+                let limit = if path == OPENLINEAGE {
+                    openlineage::MAX_INFLATED
+                } else {
+                    MAX_BODY
+                };
+                let body = match Limited::new(body, limit).collect().await {
                     Ok(b) => b.to_bytes(),
                     Err(e) => {
                         return error(
@@ -109,6 +125,8 @@ impl Admin {
                 };
                 if path == "/webhooks/mlflow" {
                     self.mlflow_webhook(&parts.headers, &body)
+                } else if path == OPENLINEAGE {
+                    self.openlineage(&parts.headers, &body).await
                 } else if canary::is_traffic_change(&path) {
                     self.traffic_change(&path, &parts.headers, &body).await
                 } else {
@@ -235,28 +253,108 @@ impl Admin {
         if !self.authorized(headers) {
             return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
         }
+        let metrics = self.state.reloader.metrics();
         let event: DatasetChanged = match serde_json::from_slice(body) {
             Ok(e) => e,
             Err(e) => {
+                metrics.lineage_event("dataset_changed", "rejected");
                 return error(
                     StatusCode::BAD_REQUEST,
-                    &format!("expected {{\"name\", \"source\", \"digest\"}}: {e}"),
+                    &format!("expected {{\"name\", \"source\", \"digest\", \"at\"}}: {e}"),
                 );
             }
         };
         if event.name.is_empty() || event.digest.is_empty() {
+            metrics.lineage_event("dataset_changed", "rejected");
             return error(StatusCode::BAD_REQUEST, "name and digest must not be empty");
         }
-        let key = DatasetKey {
-            name: event.name,
-            source: event.source,
+        let written_ms = match event.at.as_deref().map(parse_ms) {
+            None => crate::journal::now_ms(),
+            Some(Some(ms)) => ms,
+            Some(None) => {
+                metrics.lineage_event("dataset_changed", "rejected");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "at must be an RFC 3339 time with an offset",
+                );
+            }
         };
-        let flagged = self.state.reloader.dataset_changed(key, event.digest).await;
-        let flagged: Vec<Value> = flagged
-            .into_iter()
-            .map(|(m, v)| json!({ "model": m, "version": v }))
+        // A source URI names one dataset; a bare name may be several sources' (or a table).
+        let names = BTreeSet::from([event.source.clone().unwrap_or(event.name.clone())]);
+        let written = Written {
+            names,
+            version: DatasetVersion {
+                written_ms,
+                digest: event.digest,
+                seen_in: "dataset-changed event".into(),
+                job: None,
+            },
+        };
+        let outcome = self.state.reloader.datasets_written(vec![written]).await;
+        let matched = outcome.matched.first().cloned().unwrap_or_default();
+        metrics.lineage_event(
+            "dataset_changed",
+            if matched.is_empty() {
+                "unmatched"
+            } else {
+                "matched"
+            },
+        );
+        let mut answer = json!({
+            "outcome": if matched.is_empty() { "unmatched" } else { "matched" },
+            "matched": matched.iter().map(|k| json!({ "name": k.name, "source": k.source })).collect::<Vec<_>>(),
+            "stale": stale_json(&outcome.stale),
+        });
+        if matched.is_empty() {
+            answer["why"] = "no lineage record reads this dataset".into();
+        }
+        json_response(StatusCode::OK, &answer)
+    }
+
+    /// `POST /api/v1/lineage`: an OpenLineage event. 201 when it is read, whatever it matched
+    /// (the answer says, per dataset); 400 when it is not an event.
+    async fn openlineage(&self, headers: &http::HeaderMap, body: &[u8]) -> Response<Full<Bytes>> {
+        if !self.authorized(headers) {
+            return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        }
+        let metrics = self.state.reloader.metrics();
+        let encoding = headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        let announced =
+            match openlineage::decode_body(encoding, body).and_then(|b| openlineage::parse(&b)) {
+                Ok(a) => a,
+                Err(e) => {
+                    metrics.lineage_event("openlineage", "rejected");
+                    return error(StatusCode::BAD_REQUEST, &e);
+                }
+            };
+        let writes: Vec<Written> = announced
+            .iter()
+            .filter_map(|a| a.write.as_ref().ok().cloned())
             .collect();
-        json_response(StatusCode::OK, &json!({ "stale": flagged }))
+        let outcome = self.state.reloader.datasets_written(writes).await;
+        let mut matched = outcome.matched.iter();
+        let datasets: Vec<Value> = announced
+            .iter()
+            .map(|a| {
+                let keys = a.write.is_ok().then(|| matched.next()).flatten();
+                let answer = openlineage::answer(a, keys.map(Vec::as_slice));
+                metrics.lineage_event(
+                    "openlineage",
+                    match answer["outcome"].as_str() {
+                        Some("matched") => "matched",
+                        Some("unmatched") => "unmatched",
+                        _ => "ignored",
+                    },
+                );
+                answer
+            })
+            .collect();
+        json_response(
+            StatusCode::CREATED,
+            &json!({ "datasets": datasets, "stale": stale_json(&outcome.stale) }),
+        )
     }
 
     /// An MLflow webhook (alias moved, version created): refresh now rather than at the next poll.
@@ -444,6 +542,13 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
     r
 }
 
+fn stale_json(stale: &[(String, String)]) -> Vec<Value> {
+    stale
+        .iter()
+        .map(|(m, v)| json!({ "model": m, "version": v }))
+        .collect()
+}
+
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_response(status, &json!({ "error": message }))
 }
@@ -474,7 +579,7 @@ mod tests {
     use crate::routing::Source;
     use tower::ServiceExt;
 
-    const REGISTRY: &str = "models:\n  churn:\n    aliases: { champion: 1 }\n    versions:\n      1:\n        code: { commit: abc }\n        training_data: { name: churn-train, source: s3://d/train.parquet, digest: e5d3 }\n";
+    const REGISTRY: &str = "models:\n  churn:\n    aliases: { champion: 1 }\n    versions:\n      1:\n        code: { commit: abc }\n        training_data: { name: churn-train, source: s3://d/train.parquet, digest: e5d3, upstream_tables: [crm.contacts] }\n        created_at: \"2026-10-02T09:14:00Z\"\n";
 
     async fn admin_with(extra: &str) -> (Admin, String, Metrics) {
         let text = format!(
@@ -496,6 +601,7 @@ mod tests {
         let tracing = crate::observe::spans::Tracing::start(&config.traces, &metrics)
             .unwrap_or_else(|e| unreachable!("{e}"));
         let journal = Arc::new(crate::journal::Journal::default());
+        reloader.subscribe(Arc::new(crate::routing::JournalFollower(journal.clone())));
         let inspector = crate::inspect::Inspector::start(&config.inspect, tracing, journal.clone())
             .unwrap_or_else(|e| unreachable!("{e}"));
         let canary = Arc::new(crate::canary::control::Controller::new(
@@ -642,7 +748,7 @@ mod tests {
             .clone()
             .unwrap_or_else(|| unreachable!());
         assert_eq!(
-            (stale.trained_on.as_str(), stale.latest.as_str()),
+            (stale.trained_on.as_str(), stale.latest.digest.as_str()),
             ("e5d3", "9a41")
         );
         let (_, _, text) = get(&a, "/metrics", None).await;
@@ -656,6 +762,112 @@ mod tests {
         )
         .await;
         assert_eq!(status, 400, "digest is required");
+    }
+
+    /// A dbt-style completed run (no `version` facet: the run ID is the version).
+    fn dbt_run(run_id: &str, at: &str, table: &str) -> String {
+        format!(
+            r#"{{"eventType": "COMPLETE", "eventTime": "{at}",
+               "producer": "https://github.com/OpenLineage/OpenLineage/tree/1.40.0/integration/dbt",
+               "run": {{"runId": "{run_id}"}},
+               "job": {{"namespace": "dbt", "name": "jaffle.model.{table}"}},
+               "outputs": [{{"namespace": "duckdb:///w.duckdb", "name": "{table}",
+                             "facets": {{"dataSource": {{"name": "duckdb"}}}}}}]}}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn openlineage_runs_flag_versions_trained_before_an_upstream_rewrite() {
+        let config = "[admin]\ntoken = \"0123456789abcdef\"\n[openlineage]\naliases = { \"warehouse.main.contacts\" = \"crm.contacts\" }";
+        let (a, _, _) = admin_with(config).await;
+        let token = Some("0123456789abcdef");
+        let before = dbt_run("r1", "2026-10-01T00:00:00+02:00", "warehouse.main.contacts");
+        assert_eq!(call(&a, post(OPENLINEAGE, &before, None)).await.0, 401);
+        let (status, _, body) = call(&a, post(OPENLINEAGE, &before, token)).await;
+        assert_eq!(status, 201, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(v["datasets"][0]["outcome"], "matched", "{body}");
+        assert_eq!(v["datasets"][0]["matched"][0]["name"], "crm.contacts");
+        assert_eq!(v["stale"], json!([]), "rewritten before version 1 was made");
+        assert!(a.snapshot().served("churn", Some("1")).0.stale.is_none());
+
+        let after = dbt_run("r2", "2026-12-01T06:00:00Z", "warehouse.main.contacts");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, after.as_bytes()).unwrap_or_default();
+        let req = Request::post(OPENLINEAGE)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_ENCODING, "gzip")
+            .header(header::AUTHORIZATION, "Bearer 0123456789abcdef")
+            .body(Full::new(Bytes::from(gz.finish().unwrap_or_default())))
+            .unwrap_or_default();
+        let (status, _, body) = call(&a, req).await;
+        assert_eq!(status, 201, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(
+            v["stale"][0],
+            json!({"model": "churn", "version": "1"}),
+            "{body}"
+        );
+        let stale = (a.snapshot().served("churn", Some("1")).0.stale.clone())
+            .unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            stale.latest.job.as_ref().map(|j| j.qualified()).as_deref(),
+            Some("dbt/jaffle.model.warehouse.main.contacts")
+        );
+        assert!(
+            stale
+                .describe()
+                .contains("crm.contacts was rewritten at 2026-12-01T06:00:00.000Z"),
+            "{}",
+            stale.describe()
+        );
+        let timeline = a.state.explainer.journal().between("churn", 0, i64::MAX);
+        assert!(
+            timeline
+                .iter()
+                .any(|e| e.kind == crate::journal::Kind::DatasetWritten
+                    && e.fields.get("run_id").map(String::as_str) == Some("r2")),
+            "{timeline:?}"
+        );
+
+        let unknown = dbt_run("r3", "2026-12-01T07:00:00Z", "warehouse.main.orders");
+        let (status, _, body) = call(&a, post(OPENLINEAGE, &unknown, token)).await;
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(
+            (status.as_u16(), &v["datasets"][0]["outcome"]),
+            (201, &json!("unmatched"))
+        );
+        let (status, _, body) = call(&a, post(OPENLINEAGE, "{\"eventTime\": 1}", token)).await;
+        assert_eq!(status, 400, "{body}");
+        let (_, _, text) = get(&a, "/metrics", None).await;
+        for line in [
+            "modelstamp_lineage_events_total{source=\"openlineage\",outcome=\"matched\"} 2",
+            "modelstamp_lineage_events_total{source=\"openlineage\",outcome=\"unmatched\"} 1",
+            "modelstamp_lineage_events_total{source=\"openlineage\",outcome=\"rejected\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_older_snapshot_announced_late_is_not_newer() {
+        let (a, _, _) = admin_with("").await;
+        let old = r#"{"name":"churn-train","source":"s3://d/train.parquet","digest":"0000","at":"2026-09-01T00:00:00Z"}"#;
+        let (status, _, body) = call(&a, post("/events/dataset-changed", old, None)).await;
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(
+            (status.as_u16(), &v["outcome"], &v["stale"]),
+            (200, &json!("matched"), &json!([])),
+            "{body}"
+        );
+        let elsewhere = r#"{"name":"other","digest":"1"}"#;
+        let (_, _, body) = call(&a, post("/events/dataset-changed", elsewhere, None)).await;
+        assert!(body.contains(r#""outcome": "unmatched""#), "{body}");
+        let bad = r#"{"name":"churn-train","digest":"1","at":"yesterday"}"#;
+        assert_eq!(
+            call(&a, post("/events/dataset-changed", bad, None)).await.0,
+            400
+        );
     }
 
     #[tokio::test]

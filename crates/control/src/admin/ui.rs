@@ -140,10 +140,7 @@ impl Admin {
             let _ = write!(
                 f,
                 "<span class=\"flag warn\" title=\"{}\">stale lineage</span>",
-                esc(&format!(
-                    "{} trained on {}, latest {}",
-                    s.dataset.name, s.trained_on, s.latest
-                ))
+                esc(&s.describe())
             );
         }
         let mismatches = self.state.explainer.journal().mismatches(&served.model, 0);

@@ -103,12 +103,7 @@ impl Explainer {
                                 .collect()
                         })
                         .unwrap_or_default(),
-                    stale: served.stale.as_ref().map(|s| {
-                        format!(
-                            "{} trained on {}, latest {} (seen in {})",
-                            s.dataset.name, s.trained_on, s.latest, s.seen_in
-                        )
-                    }),
+                    stale: served.stale.as_ref().map(|s| s.describe()),
                     issue_rates: vs
                         .map(|s| {
                             s.issue_rates(slice)

@@ -7,5 +7,5 @@ mod reload;
 
 pub use reload::{
     JournalFollower, ReloadEvent, Reloader, Source, Subscriber, WeightChange, WeightsError,
-    route_weights,
+    WriteOutcome, Written, route_weights,
 };

@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, Notify, watch};
@@ -21,11 +21,12 @@ use super::Snapshot;
 use crate::config::{
     self, Config, ConfigError, ConfigErrors, MlflowSettings, RegistrySource, raw::RawConfig,
 };
-use crate::journal::{Journal, Kind};
+use crate::journal::{Event, Journal, Kind};
 use crate::observe::metrics::{Metrics, VersionLabels};
 use crate::registry::mlflow::MlflowRegistry;
 use crate::registry::{
-    DatasetKey, FileRegistry, Registry, RegistryData, parse_registry, read_bounded, registry_files,
+    DatasetKey, DatasetVersion, DatasetVersions, FileRegistry, Registry, RegistryData, matching,
+    parse_registry, read_bounded, registry_files,
 };
 use crate::stamp::FileStamp;
 
@@ -198,7 +199,7 @@ async fn build_snapshot(
     generation: u64,
     config: Config,
     registry: RegistryData,
-    events: &BTreeMap<DatasetKey, (i64, String, String)>,
+    events: &Arc<DatasetVersions>,
     metrics: &Metrics,
     previous: Option<Arc<Snapshot>>,
 ) -> Result<Snapshot, ConfigErrors> {
@@ -208,7 +209,7 @@ async fn build_snapshot(
             generation,
             config,
             registry,
-            &events,
+            events,
             &metrics,
             previous.as_deref(),
         )
@@ -222,12 +223,6 @@ fn base_dir(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// A live MLflow client and its settings (rebuilt when a reload changes them).
 struct Remote {
     settings: MlflowSettings,
@@ -239,8 +234,8 @@ struct Remote {
 #[derive(Default)]
 struct State {
     remote: Option<Remote>,
-    /// Dataset digests announced by `POST /events/dataset-changed`.
-    events: BTreeMap<DatasetKey, (i64, String, String)>,
+    /// Dataset versions announced by lineage events (OpenLineage, `dataset-changed`).
+    events: Arc<DatasetVersions>,
     /// Weights set through the admin API, by route; they outlive reloads until the config file
     /// changes that route's weights.
     overrides: BTreeMap<String, Vec<u32>>,
@@ -410,6 +405,48 @@ pub enum ReloadEvent<'a> {
     },
     /// The remote registry answers again.
     RegistryUp,
+    /// A dataset the registry's records read got a new version upstream.
+    DatasetWritten {
+        /// The dataset as the records name it.
+        dataset: &'a DatasetKey,
+        /// The version written.
+        version: &'a DatasetVersion,
+        /// The models whose records read it.
+        models: &'a [String],
+    },
+}
+
+/// A dataset version written upstream, with every name the writer gave it (an OpenLineage
+/// `namespace/name`, its plain name, its symlinks).
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The names to match against the registry's datasets.
+    pub names: std::collections::BTreeSet<String>,
+    /// The version.
+    pub version: DatasetVersion,
+}
+
+/// What [`Reloader::datasets_written`] did.
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    /// Per write, in order: the registry's datasets it matched (empty: nothing reads it).
+    pub matched: Vec<Vec<DatasetKey>>,
+    /// `(model, version)` of every version now stale because of these writes.
+    pub stale: Vec<(String, String)>,
+}
+
+/// The models whose records read a dataset (as training data, upstream table or feature source).
+fn readers(registry: &RegistryData, key: &DatasetKey) -> Vec<String> {
+    let names: std::collections::BTreeSet<String> = [key.source.clone(), Some(key.name.clone())]
+        .into_iter()
+        .flatten()
+        .collect();
+    registry
+        .models
+        .iter()
+        .filter(|(_, m)| matching(m.versions.values().map(|v| &*v.record), &names).contains(key))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// Something that follows the reloader. Called in order, on the control plane (the first
@@ -472,6 +509,38 @@ impl Subscriber for JournalFollower {
                 "the registry answers again".into(),
                 &[],
             ),
+            ReloadEvent::DatasetWritten {
+                dataset,
+                version,
+                models,
+            } => {
+                let mut fields = vec![
+                    ("dataset".to_string(), dataset.name.clone()),
+                    ("digest".to_string(), version.digest.clone()),
+                    ("seen_in".to_string(), version.seen_in.clone()),
+                ];
+                let mut by = String::new();
+                if let Some(job) = &version.job {
+                    by = format!(" by job {}", job.qualified());
+                    fields.push(("job".into(), job.qualified()));
+                    fields.extend(job.run_id.clone().map(|r| ("run_id".to_string(), r)));
+                    fields.extend(job.producer.clone().map(|p| ("producer".to_string(), p)));
+                }
+                // At the time it was written, not when it was heard of: the timeline orders by it.
+                for model in models.iter() {
+                    j.push(Event {
+                        at_ms: version.written_ms,
+                        kind: Kind::DatasetWritten,
+                        model: model.clone(),
+                        version: None,
+                        summary: format!(
+                            "{} got version {}{by} ({})",
+                            dataset.name, version.digest, version.seen_in
+                        ),
+                        fields: fields.iter().cloned().collect(),
+                    });
+                }
+            }
         }
     }
 }
@@ -986,20 +1055,56 @@ impl Reloader {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
     }
 
+    /// The metrics the reloader publishes to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Ask the refresher to fetch now (an MLflow webhook).
     pub fn refresh_soon(&self) {
         self.refresh_now.notify_one();
     }
 
-    /// A dataset got a new digest: versions trained on another digest of it become stale.
-    /// Returns `(model, version)` of every version now stale because of it.
-    pub async fn dataset_changed(&self, key: DatasetKey, digest: String) -> Vec<(String, String)> {
+    /// Dataset versions written upstream (an OpenLineage event, a dataset-changed call). Each is
+    /// matched by its names (and the configured `openlineage.aliases` of them) to the datasets the
+    /// registry's records read; a version nothing reads is not kept. Returns, per write, the
+    /// datasets it matched, and `(model, version)` of every version those writes made stale.
+    pub async fn datasets_written(&self, writes: Vec<Written>) -> WriteOutcome {
         let mut state = self.state.lock().await;
-        state.events.insert(
-            key.clone(),
-            (now_ms(), digest, "dataset-changed event".to_string()),
-        );
         let old = self.current.load_full();
+        let aliases = &old.config.openlineage_aliases;
+        let mut outcome = WriteOutcome::default();
+        let mut learnt = Vec::new();
+        for w in writes {
+            let mut names = w.names;
+            names.extend(
+                names
+                    .iter()
+                    .filter_map(|n| aliases.get(n))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            let keys: Vec<DatasetKey> = matching(old.registry.records(), &names)
+                .into_iter()
+                .collect();
+            for key in &keys {
+                if Arc::make_mut(&mut state.events).record(key.clone(), w.version.clone()) {
+                    learnt.push((key.clone(), w.version.clone()));
+                }
+            }
+            outcome.matched.push(keys);
+        }
+        if learnt.is_empty() {
+            return outcome;
+        }
+        for (key, version) in &learnt {
+            let models = readers(&old.registry, key);
+            self.emit(&ReloadEvent::DatasetWritten {
+                dataset: key,
+                version,
+                models: &models,
+            });
+        }
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         match build_snapshot(
             generation,
@@ -1012,19 +1117,16 @@ impl Reloader {
         .await
         {
             Ok(s) => {
-                let flagged = s
+                outcome.stale = s
                     .stale_versions()
-                    .filter(|(_, st)| st.dataset == key)
+                    .filter(|(_, st)| learnt.iter().any(|(k, _)| *k == st.dataset))
                     .map(|(served, _)| (served.model.to_string(), served.version.to_string()))
                     .collect();
                 self.swap(s);
-                flagged
             }
-            Err(e) => {
-                warn!(error = %e, "Dataset event could not be applied.");
-                Vec::new()
-            }
+            Err(e) => warn!(error = %e, "Dataset event could not be applied."),
         }
+        outcome
     }
 
     /// Reload when a watched file changes or on SIGHUP, and refresh MLflow on its interval or
@@ -1150,9 +1252,11 @@ fn publish(metrics: &Metrics, new: &Snapshot, old: Option<&Snapshot>) {
                 dataset = %st.dataset.name,
                 source = st.dataset.source.as_deref().unwrap_or("-"),
                 trained_on = %st.trained_on,
-                latest = %st.latest,
-                seen_in = %st.seen_in,
-                "Lineage is stale: the training dataset has a newer digest."
+                latest = %st.latest.digest,
+                seen_in = %st.latest.seen_in,
+                job = st.latest.job.as_ref().map_or("-".to_string(), |j| j.qualified()),
+                why = %st.describe(),
+                "Lineage is stale: its training data has a newer version."
             );
         }
     }
@@ -1175,11 +1279,7 @@ fn same_records(a: &RegistryData, b: &RegistryData) -> bool {
             })
             .collect::<Vec<_>>()
     };
-    digest(a) == digest(b)
-        && a.datasets
-            .iter()
-            .map(|(k, v)| (k, &v.1))
-            .eq(b.datasets.iter().map(|(k, v)| (k, &v.1)))
+    digest(a) == digest(b) && a.datasets == b.datasets
 }
 
 /// Record what differs between two snapshots: versions, aliases, stale flags, weights.
@@ -1237,13 +1337,17 @@ fn journal_changes(j: &Journal, old: &Snapshot, new: &Snapshot) {
                 Kind::Stale,
                 &served.model,
                 Some(&served.version),
-                format!(
-                    "dataset {} has a newer digest {} (trained on {}; seen in {})",
-                    st.dataset.name, st.latest, st.trained_on, st.seen_in
-                ),
+                format!("stale lineage: {}", st.describe()),
                 &[
                     ("dataset", st.dataset.name.clone()),
-                    ("latest", st.latest.clone()),
+                    ("latest", st.latest.digest.clone()),
+                    (
+                        "job",
+                        st.latest
+                            .job
+                            .as_ref()
+                            .map_or(String::new(), |j| j.qualified()),
+                    ),
                 ],
             );
         }
@@ -1401,6 +1505,7 @@ mod tests {
                 ReloadEvent::Rejected { errors } => format!("rejected {}", errors.0.len()),
                 ReloadEvent::RegistryDown { .. } => "down".into(),
                 ReloadEvent::RegistryUp => "up".into(),
+                ReloadEvent::DatasetWritten { .. } => "dataset".into(),
             };
             log.lock().unwrap().push(line);
         }));

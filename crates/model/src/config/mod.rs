@@ -126,6 +126,9 @@ pub struct Config {
     pub inspect: Inspect,
     /// Audit log file (weight changes, promotions, rollbacks); `None`: kept in memory only.
     pub audit_path: Option<PathBuf>,
+    /// Lineage event dataset names (an OpenLineage `namespace/name` or plain name) → the name
+    /// the registry's records use for that dataset or table (`[openlineage] aliases`).
+    pub openlineage_aliases: std::collections::BTreeMap<String, String>,
     /// Routes, matched in order.
     pub routes: Vec<Route>,
 }

@@ -30,7 +30,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub audit: RawAudit,
     #[serde(default)]
+    pub openlineage: RawOpenLineage,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// `[openlineage]`: how lineage events' dataset names map to the registry's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenLineage {
+    pub aliases: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `[audit]`: where weight changes, promotions and rollbacks are recorded.

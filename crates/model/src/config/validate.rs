@@ -187,6 +187,15 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
         base_dir,
     );
     let admin_token = secret(&mut errs, "admin.token", raw.admin.token.as_deref());
+    let openlineage_aliases = raw.openlineage.aliases.clone().unwrap_or_default();
+    for (from, to) in &openlineage_aliases {
+        if from.trim().is_empty() || to.trim().is_empty() {
+            errs.push(ConfigError::new(
+                format!("openlineage.aliases.\"{from}\""),
+                "names must not be empty",
+            ));
+        }
+    }
     if errs.is_empty() {
         Ok(Config {
             listen,
@@ -211,6 +220,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             traces,
             inspect,
             audit_path: super::canary::audit_path(raw.audit.path.as_deref(), base_dir),
+            openlineage_aliases,
             routes,
         })
     } else {

@@ -239,7 +239,7 @@ fn merge(
     }
     Ok(RegistryData {
         models,
-        datasets: BTreeMap::new(),
+        datasets: Default::default(),
     })
 }
 
@@ -460,7 +460,7 @@ fn parse_records(text: &str, origin: &str, whole: bool) -> Result<RegistryData, 
     if errs.is_empty() {
         Ok(RegistryData {
             models,
-            datasets: BTreeMap::new(),
+            datasets: Default::default(),
         })
     } else {
         Err(ConfigErrors(errs))

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
 use super::{
-    Code, DatasetKey, Environment, Feature, LineageRecord, ModelRecord, Promotion, Registry,
-    RegistryData, TrainingData, VersionRecord,
+    Code, DatasetKey, DatasetVersion, Environment, Feature, LineageRecord, ModelRecord, Promotion,
+    Registry, RegistryData, TrainingData, VersionRecord,
 };
 use crate::codec::time::rfc3339_ms;
 use crate::config::{ConfigError, ConfigErrors, Credentials, MlflowSettings};
@@ -473,8 +473,9 @@ impl MlflowRegistry {
         Ok(())
     }
 
-    /// The newest digest each (dataset name, source) was logged with in an experiment, so a
-    /// version trained on an older digest can be flagged stale.
+    /// Every digest each (dataset name, source) was logged with in an experiment, at the start
+    /// of the first run that used it, so a version trained on an older digest can be flagged
+    /// stale.
     async fn latest_datasets(
         &self,
         experiment: &str,
@@ -491,13 +492,15 @@ impl MlflowRegistry {
                     name: input.dataset.name.clone(),
                     source: source_uri(input.dataset.source.as_deref()),
                 };
-                let seen = (
-                    run.info.start_time.unwrap_or(0),
-                    digest,
-                    format!("mlflow run {}", run.info.run_id),
+                data.datasets.record(
+                    key,
+                    DatasetVersion {
+                        written_ms: run.info.start_time.unwrap_or(0),
+                        digest,
+                        seen_in: format!("mlflow run {}", run.info.run_id),
+                        job: None,
+                    },
                 );
-                // Runs come newest first; keep the first (newest) digest seen per dataset.
-                data.datasets.entry(key).or_insert(seen);
             }
         }
         Ok(())

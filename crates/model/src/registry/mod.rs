@@ -2,6 +2,7 @@
 //! (models → aliases and versions → lineage records with their lineage IDs); the file backend
 //! is the embedded default, and other backends (MLflow) plug in behind the same trait.
 
+mod datasets;
 mod file;
 pub mod mlflow;
 mod record;
@@ -11,6 +12,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use datasets::{
+    DatasetVersion, DatasetVersions, Job, Stale, VERSIONS_PER_DATASET, matching, staleness,
+};
 pub use file::{FileRegistry, from_yaml, parse_registry, read_bounded, registry_files};
 pub use record::{
     Code, Environment, Feature, LineageRecord, PredictionSpec, Promotion, Reference, TrainingData,
@@ -33,9 +37,8 @@ pub trait Registry: Send + Sync {
 pub struct RegistryData {
     /// Models by name.
     pub models: BTreeMap<String, ModelRecord>,
-    /// The newest digest seen per dataset (for stale-lineage detection), with when (ms since
-    /// the epoch) and where it was seen.
-    pub datasets: BTreeMap<DatasetKey, (i64, String, String)>,
+    /// The dataset versions the registry's own runs used (for stale-lineage detection).
+    pub datasets: DatasetVersions,
 }
 
 /// A dataset as lineage records name it: its name and where it is read from.
@@ -89,6 +92,14 @@ impl RegistryData {
             version_or_alias
         };
         m.versions.get_key_value(version).map(|(k, _)| k.as_str())
+    }
+
+    /// Every version's lineage record.
+    pub fn records(&self) -> impl Iterator<Item = &LineageRecord> {
+        self.models
+            .values()
+            .flat_map(|m| m.versions.values())
+            .map(|v| &*v.record)
     }
 
     /// How many versions in all.

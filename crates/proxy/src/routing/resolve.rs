@@ -302,7 +302,7 @@ match = { open_inference = true }
             validate(&raw, std::path::Path::new("/")).unwrap_or_else(|e| unreachable!("{e}"));
         let registry = parse_registry(reg, "r").unwrap_or_else(|e| unreachable!("{e}"));
         let (metrics, _) = Metrics::new();
-        Snapshot::build(1, config, registry, &Default::default(), &metrics)
+        Snapshot::build(1, config, registry, Default::default(), &metrics)
             .unwrap_or_else(|e| unreachable!("{e}"))
     }
 
@@ -389,7 +389,7 @@ match = { open_inference = true }
             validate(&raw, std::path::Path::new("/")).unwrap_or_else(|e| unreachable!("{e}"));
         let registry = parse_registry("models:\n  churn:\n    versions: { 1: {} }\n", "r")
             .unwrap_or_else(|e| unreachable!("{e}"));
-        let errs = Snapshot::build(1, config, registry, &Default::default(), &Metrics::new().0)
+        let errs = Snapshot::build(1, config, registry, Default::default(), &Metrics::new().0)
             .err()
             .map(|e| e.0)
             .unwrap_or_default();

@@ -8,13 +8,12 @@ use http::HeaderValue;
 use opentelemetry::{KeyValue, StringValue};
 use prometheus_client::metrics::counter::Counter;
 
-use std::collections::BTreeMap;
-
 use crate::config::{Config, ConfigError, ConfigErrors, Inspect, RegistrySource, Route, Serves};
 use crate::inspect::Profile;
 use crate::observe::metrics::{InfoLabels, Metrics, VersionMetrics};
 use crate::observe::spans::SharedAttributes;
-use crate::registry::{DatasetKey, LineageRecord, RegistryData};
+pub use crate::registry::Stale;
+use crate::registry::{DatasetVersions, LineageRecord, RegistryData, staleness};
 use crate::routing::split;
 
 /// The label and header value for anything the registry does not know.
@@ -41,19 +40,6 @@ pub struct Served {
     pub span_attrs: Arc<SharedAttributes>,
     /// What the inspector checks and counts for this version.
     pub profile: Arc<Profile>,
-}
-
-/// Why a version's lineage is stale.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stale {
-    /// The dataset.
-    pub dataset: DatasetKey,
-    /// The digest the version was trained on.
-    pub trained_on: String,
-    /// The newer digest.
-    pub latest: String,
-    /// Where the newer digest was seen (an MLflow run, a dataset-changed event).
-    pub seen_in: String,
 }
 
 impl Served {
@@ -212,18 +198,21 @@ pub struct Snapshot {
     /// `ml.registry.uri`: where the records came from (the same string every version's span
     /// attributes hold).
     pub registry_uri: Arc<str>,
+    /// Dataset versions announced by lineage events (OpenLineage, `dataset-changed`).
+    pub lineage_events: Arc<DatasetVersions>,
 }
 
 impl Snapshot {
     /// Build a snapshot. With a file registry, a route naming a model or alias the registry
     /// lacks is an error (a config mistake); with a remote registry it resolves to `unknown`
-    /// (the record may not be there yet). `events` are dataset digests announced to the admin
-    /// API, which flag versions trained on an older digest as stale.
+    /// (the record may not be there yet). `events` are the dataset versions lineage events
+    /// announced (OpenLineage, `POST /events/dataset-changed`), which flag versions trained on an
+    /// older one as stale.
     pub fn build(
         generation: u64,
         config: Config,
         registry: RegistryData,
-        events: &BTreeMap<DatasetKey, (i64, String, String)>,
+        events: Arc<DatasetVersions>,
         metrics: &Metrics,
     ) -> Result<Self, ConfigErrors> {
         Self::rebuild(generation, config, registry, events, metrics, None)
@@ -237,7 +226,7 @@ impl Snapshot {
         generation: u64,
         config: Config,
         registry: RegistryData,
-        events: &BTreeMap<DatasetKey, (i64, String, String)>,
+        events: Arc<DatasetVersions>,
         metrics: &Metrics,
         previous: Option<&Snapshot>,
     ) -> Result<Self, ConfigErrors> {
@@ -274,7 +263,7 @@ impl Snapshot {
                 .versions
                 .iter()
                 .map(|(v, rec)| {
-                    let stale = stale(&rec.record, &registry, events);
+                    let stale = staleness(&rec.record, &[&registry.datasets, &events]);
                     // The lineage ID is a hash of the whole record, model and version included.
                     if let Some(kept) = before.and_then(|b| b.versions.get(v)).filter(|s| {
                         *s.lineage_id == *rec.lineage_id && s.record.is_some() && s.stale == stale
@@ -371,6 +360,7 @@ impl Snapshot {
             unknown_model,
             no_route: metrics.unresolved("none", "no_route"),
             registry_uri,
+            lineage_events: events,
         })
     }
 
@@ -413,31 +403,6 @@ impl Snapshot {
             None => (m.unknown_version.clone(), Some("unknown_version")),
         }
     }
-}
-
-/// The newest digest known for the version's training dataset, from the registry's own runs or
-/// from events, when it differs from the one the version was trained on.
-fn stale(
-    record: &LineageRecord,
-    registry: &RegistryData,
-    events: &BTreeMap<DatasetKey, (i64, String, String)>,
-) -> Option<Stale> {
-    let data = record.training_data.as_ref()?;
-    let trained_on = data.digest.clone()?;
-    let key = DatasetKey {
-        name: data.name.clone(),
-        source: data.source.clone(),
-    };
-    let newest = [registry.datasets.get(&key), events.get(&key)]
-        .into_iter()
-        .flatten()
-        .max_by_key(|(t, _, _)| *t)?;
-    (newest.1 != trained_on).then(|| Stale {
-        dataset: key,
-        trained_on,
-        latest: newest.1.clone(),
-        seen_in: newest.2.clone(),
-    })
 }
 
 /// Where a backend's unresolvable version is reported: an error with a file registry, a debug
@@ -533,7 +498,7 @@ mod tests {
         let config =
             validate(&raw, std::path::Path::new("/")).unwrap_or_else(|e| unreachable!("{e}"));
         let registry = parse_registry(registry, "r").unwrap_or_else(|e| unreachable!("{e}"));
-        Snapshot::rebuild(2, config, registry, &Default::default(), m, previous)
+        Snapshot::rebuild(2, config, registry, Default::default(), m, previous)
             .unwrap_or_else(|e| unreachable!("{e}"))
     }
 
