@@ -327,6 +327,8 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                     if let Some(x) = same {
                         h.aliases =
                             serde_json::from_value(x["aliases"].clone()).unwrap_or_default();
+                        h.stale_detail =
+                            serde_json::from_value(x["stale_detail"].clone()).unwrap_or_default();
                     }
                     h.record = record(&client, &h.lineage_id).await;
                     for f in h.record.iter().flat_map(|r| r.input_schema.iter()) {

@@ -229,7 +229,7 @@ impl Sidecar {
             explainer: Arc::new(Explainer::new(
                 reloader.clone(),
                 telemetry.inspector.shared().clone(),
-                journal,
+                journal.clone(),
             )),
         });
         let admin = Admin::new(admin_state.clone());
@@ -267,6 +267,9 @@ impl Sidecar {
             control.spawn(watch_certificates(served, shutdown_rx.clone()));
         }
         control.spawn(canary.clone().watch(shutdown_rx.clone()));
+        control.spawn(
+            crate::explain::onset::Watcher::new(reloader.clone(), journal).run(shutdown_rx.clone()),
+        );
         control.spawn(reloader.clone().watch(hup_rx, shutdown_rx));
         info!(%proxy_addr, %admin_addr, "modelstamp started.");
         Ok(Self {

@@ -30,6 +30,8 @@ models:
         code: { commit: "1c2b8e0" }
         training_data: { name: churn-train, digest: 9a41c07e, upstream_tables: [crm.accounts] }
         environment: { lock_digest: "sha256:aaaa1111" }
+        created_at: "2026-11-03T11:40:00Z"
+        promotion: { by: carol, ticket: ML-1502 }
         input_schema:
           - { name: tenure, type: double }
           - { name: plan_type, type: string, source: crm.accounts.plan_type }
@@ -83,7 +85,15 @@ async fn start_with(registry: &str, routes: &str, extra: &str) -> Sidecar {
     let (port, admin) = (free_port(), free_port());
     let cfg = dir.join("m.toml");
     std::fs::write(&cfg, config_text_on(&dir, routes, extra, "1h", port, admin)).unwrap();
-    let child = spawn_run(&cfg);
+    // Every scenario's admin API takes the token (traffic changes need one).
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("MODELSTAMP_ADMIN_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let s = Sidecar { child, port, admin };
     assert!(wait_ready(admin).await, "sidecar ready");
     s
@@ -213,7 +223,7 @@ async fn a_candidate_trained_on_a_changed_dataset() {
         fields.contains(&"training_data.digest") && fields.contains(&"code.commit"),
         "{fields:?}"
     );
-    assert!(explain_text(&s).await.contains(" 1. [0."), "a ranked list");
+    assert!(explain_text(&s).await.contains(" 1. ["), "a ranked list");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,10 +235,12 @@ async fn an_upstream_field_turning_null() {
     let top = &e["causes"][0];
     assert_eq!(top["rule"], "upstream_data", "{e:#}");
     let title = top["title"].as_str().unwrap();
-    assert!(
-        title.starts_with("feature `plan_type` NULL rate 0% → "),
-        "{title}"
+    assert!(title.starts_with("feature `plan_type` NULL on "), "{title}");
+    assert_eq!(
+        (&top["feature"], &top["source"]),
+        (&"plan_type".into(), &"crm.accounts.plan_type".into())
     );
+    assert_eq!(top["action"], "page the owner of crm.accounts.plan_type");
     assert!(
         title.contains("on all versions: upstream source crm.accounts.plan_type"),
         "{title}"
@@ -277,8 +289,27 @@ async fn a_silently_wrong_model_version_on_the_server() {
     assert_eq!(rules(&e).len(), 1, "{:?}", rules(&e));
 }
 
+/// The admin token of every scenario's sidecar (`MODELSTAMP_ADMIN_TOKEN`).
+const TOKEN: &str = "0123456789abcdef";
+
+async fn admin_post(s: &Sidecar, path: &str, body: &str) -> Value {
+    let req = Request::post(format!("http://127.0.0.1:{}{path}", s.admin))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(full(body.to_string()))
+        .unwrap();
+    let (resp, body) = send(req).await;
+    assert!(
+        resp.status().is_success(),
+        "{path}: {} {}",
+        resp.status(),
+        String::from_utf8_lossy(&body)
+    );
+    serde_json::from_slice(&body).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dataset_update_leaves_a_live_version_stale() {
+async fn a_routine_snapshot_with_nothing_wrong_is_a_risk_not_a_cause() {
     let up = Upstream::start(server("", 1, "", Duration::ZERO, None)).await;
     let route = format!(
         "[[routes]]\nname = \"churn\"\nmodel = \"churn\"\nupstream = \"{}\"\nserves = \"2\"\nmatch = {{ open_inference = true }}\n",
@@ -286,28 +317,256 @@ async fn a_dataset_update_leaves_a_live_version_stale() {
     );
     let s = start(&route, "").await;
     traffic(&s, 40, None).await;
-    let req = Request::post(format!(
-        "http://127.0.0.1:{}/events/dataset-changed",
-        s.admin
-    ))
-    .header("content-type", "application/json")
-    .body(full(r#"{"name": "churn-train", "digest": "77aa0000"}"#))
-    .unwrap();
-    let (resp, _) = send(req).await;
-    assert_eq!(resp.status(), 200);
+    // A snapshot older than the one version 2 was trained on (made 2026-11-03), announced late:
+    // not newer for arriving last.
+    let old = admin_post(
+        &s,
+        "/events/dataset-changed",
+        r#"{"name": "churn-train", "digest": "0ld00000", "at": "2026-10-01T00:00:00Z"}"#,
+    )
+    .await;
+    assert_eq!(old["outcome"], "matched");
+    assert!(
+        !old["stale"].to_string().contains(r#""version":"2""#),
+        "version 2 was trained on a later snapshot: {old}"
+    );
+    // Tonight's routine snapshot.
+    let nightly = admin_post(
+        &s,
+        "/events/dataset-changed",
+        r#"{"name": "churn-train", "digest": "77aa0000"}"#,
+    )
+    .await;
+    assert!(
+        nightly["stale"].to_string().contains(r#""version":"2""#),
+        "{nightly}"
+    );
     traffic(&s, 40, None).await;
     let e = explain(&s).await;
-    let top = &e["causes"][0];
-    assert_eq!(top["rule"], "stale_lineage", "{e:#}");
-    let title = top["title"].as_str().unwrap();
-    assert!(title.starts_with("version 2 serves traffic but its training dataset has a newer digest: churn-train trained on 9a41c07e, latest 77aa0000"), "{title}");
+    assert_eq!(rules(&e), Vec::<String>::new(), "nothing is wrong: {e:#}");
+    let risk = &e["risks"][0];
+    assert_eq!(risk["rule"], "stale_lineage", "{e:#}");
+    let title = risk["title"].as_str().unwrap();
+    assert!(title.starts_with("version 2 serves traffic but its training data has a newer version: churn-train trained on 9a41c07e, latest 77aa0000 written at 20"), "{title}");
+    assert_eq!(risk["digests"], serde_json::json!(["9a41c07e", "77aa0000"]));
+    assert_eq!(
+        (&risk["owner"], &risk["ticket"]),
+        (&"carol".into(), &"ML-1502".into())
+    );
     let kinds: Vec<&str> = e["timeline"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| t["kind"].as_str().unwrap())
         .collect();
-    assert!(kinds.contains(&"stale"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"stale") && kinds.contains(&"dataset_written"),
+        "{kinds:?}"
+    );
+    assert!(
+        explain_text(&s)
+            .await
+            .contains("risks (no symptom moves with them):")
+    );
+}
+
+/// Versions 1 and 2 split `weights`, with the admin API open (no token) to change them.
+fn weighted(upstream: std::net::SocketAddr, w1: u32, w2: u32) -> String {
+    format!(
+        "[[routes]]\nname = \"churn\"\nmodel = \"churn\"\nupstream = \"{upstream}\"\nmatch = {{ open_inference = true }}\n\
+         [[routes.backends]]\nversion = \"1\"\nweight = {w1}\n[[routes.backends]]\nversion = \"2\"\nweight = {w2}\n\
+         [routes.canary]\nsticky_header = \"x-user\"\n"
+    )
+}
+
+/// Wait (bounded) until the journal holds an event of `kind`.
+async fn journaled(s: &Sidecar, kind: &str) -> bool {
+    let url = format!("http://127.0.0.1:{}/explain/churn?since=10m", s.admin);
+    let kind = kind.to_string();
+    eventually(Duration::from_secs(10), move || {
+        let (url, kind) = (url.clone(), kind.clone());
+        async move {
+            get_text(&url)
+                .await
+                .contains(&format!("\"kind\": \"{kind}\""))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_changes_with_the_harmless_one_first() {
+    // plan_type arrives NULL (imputed downstream, harmless) from the start, on every version.
+    // Minutes later version 2 is rolled out and fails one call in four. The NULL is the
+    // stronger signal by size; the rollout is what started the errors.
+    let up = Upstream::start(server("2", 4, "", Duration::ZERO, None)).await;
+    let s = start(
+        &weighted(up.addr, 100, 0),
+        "[inspect]\nmin_samples = 20\nwindow = \"20s\"\n",
+    )
+    .await;
+    traffic(&s, 150, Some(0)).await;
+    assert!(journaled(&s, "data_quality").await);
+    let before = explain(&s).await;
+    assert!(
+        !rules(&before).iter().any(|r| r.starts_with("version_")),
+        "{before:#}"
+    );
+    // Onsets are known to a tenth of the window (2 s): the rollout comes well after.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    admin_post(
+        &s,
+        "/routes/churn/weights",
+        r#"{"weights": {"1": 50, "2": 50}, "actor": "dana", "reason": "canary step"}"#,
+    )
+    .await;
+    traffic(&s, 300, Some(0)).await;
+    assert!(journaled(&s, "onset").await, "the error onset is journaled");
+    let e = explain(&s).await;
+    let top = &e["causes"][0];
+    assert_eq!(top["rule"], "version_errors", "{e:#}");
+    assert_eq!(top["version"], "2");
+    assert!(
+        top["action"]
+            .as_str()
+            .unwrap()
+            .starts_with("modelstamp rollback churn"),
+        "{top}"
+    );
+    assert_eq!(top["onset"], e["symptom_onset"], "{e:#}");
+    let null = e["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["rule"] == "upstream_data")
+        .expect("the NULL is still listed");
+    let evidence = null["evidence"].to_string();
+    assert!(evidence.contains("before the symptom began"), "{null:#}");
+    assert!(
+        evidence.contains("also on version 1, which shows no symptom"),
+        "{null:#}"
+    );
+    let text = explain_text(&s).await;
+    assert!(text.contains("symptom began 20"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrained_candidate_that_only_shifts_predictions() {
+    // Version 2 (retrained on another dataset digest) answers 0.2 where version 1 answers 0.1,
+    // on the same inputs; nothing errs, nothing is slow, the inputs are healthy.
+    let up = Upstream::start(server("", 0, "", Duration::ZERO, None)).await;
+    let s = start(&split(up.addr, "2"), "[inspect]\nmin_samples = 20\n").await;
+    traffic(&s, 200, None).await;
+    let e = explain(&s).await;
+    let top = &e["causes"][0];
+    assert_eq!(top["rule"], "candidate_drift", "{e:#}");
+    let title = top["title"].as_str().unwrap();
+    assert!(
+        title.starts_with(
+            "candidate 2 predicts differently from version 1 on the same inputs (PSI "
+        ),
+        "{title}"
+    );
+    assert!(
+        title.ends_with("trained with dataset digest e5d3 → 9a41 and commit 97f4 → 1c2b"),
+        "{title}"
+    );
+    assert_eq!(top["digests"], serde_json::json!(["e5d39153", "9a41c07e"]));
+    assert!(
+        top["action"]
+            .as_str()
+            .unwrap()
+            .starts_with("modelstamp rollback churn"),
+        "{top}"
+    );
+    assert!(
+        !rules(&e)
+            .iter()
+            .any(|r| r == "version_errors" || r.contains("upstream")),
+        "{:?}",
+        rules(&e)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_model_on_both_sides_stays_quiet() {
+    // The healthy control of the scenario above: one prediction for every version.
+    let up = Upstream::start(versioned_server(Versions {
+        default: "2",
+        prediction: Some(0.3),
+        ..Versions::default()
+    }))
+    .await;
+    let s = start(&split(up.addr, "2"), "[inspect]\nmin_samples = 20\n").await;
+    traffic(&s, 200, None).await;
+    let e = explain(&s).await;
+    assert_eq!(rules(&e), Vec::<String>::new(), "{e:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_asked_after_the_window() {
+    // Version 2 errs, is rolled back, and the question comes after the window has moved on.
+    let up = Upstream::start(server("2", 3, "", Duration::ZERO, None)).await;
+    let s = start(&split(up.addr, "2"), "[inspect]\nwindow = \"10s\"\n").await;
+    let start_ms = modelstamp::journal::now_ms();
+    traffic(&s, 300, None).await;
+    assert!(journaled(&s, "onset").await);
+    admin_post(
+        &s,
+        "/routes/churn/weights",
+        r#"{"weights": {"1": 100, "2": 0}, "actor": "dana", "reason": "errors"}"#,
+    )
+    .await;
+    // The window (10 s, the shortest allowed) passes with no traffic.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let e = explain(&s).await;
+    assert!(
+        e["health_source"]
+            .as_str()
+            .unwrap()
+            .contains("rolling window"),
+        "{e:#}"
+    );
+    assert!(
+        e["note"].as_str().unwrap().contains("--prometheus"),
+        "{e:#}"
+    );
+    let top = &e["causes"][0];
+    assert_eq!(
+        (&top["rule"], &top["version"]),
+        (&"past_errors".into(), &"2".into()),
+        "{e:#}"
+    );
+    let title = top["title"].as_str().unwrap();
+    assert!(title.starts_with("errors on version 2 from 20"), "{title}");
+    assert!(
+        title.contains("against version 1 it was trained with dataset digest e5d3 → 9a41"),
+        "{title}"
+    );
+    // --from/--to bound the causes: a window that ends before the incident has none.
+    let admin = format!("http://127.0.0.1:{}", s.admin);
+    let to = (start_ms - 60_000).to_string();
+    let from = (start_ms - 120_000).to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "explain", "--model", "churn", "--from", &from, "--to", &to, "--json", "--admin",
+                &admin,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let before: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rules(&before), Vec::<String>::new(), "{before:#}");
+    assert!(
+        before["health_source"]
+            .as_str()
+            .unwrap()
+            .contains("does not reach"),
+        "{before:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,6 +639,18 @@ async fn a_feature_shifting_inside_its_range() {
         up.addr
     );
     let s = start_with(SHIFT_REGISTRY, &route, "").await;
+    // The nightly Airflow job wrote crm.accounts (OpenLineage, as its integration posts it).
+    let written = admin_post(
+        &s,
+        "/api/v1/lineage",
+        r#"{"eventType": "COMPLETE", "eventTime": "2026-12-08T02:00:00+01:00",
+            "producer": "https://github.com/apache/airflow/tree/providers-openlineage/2.3.0",
+            "run": {"runId": "01938c2e-0000-7000-8000-000000000001"},
+            "job": {"namespace": "airflow-prod", "name": "churn_features"},
+            "outputs": [{"namespace": "postgres://crm-db:5432", "name": "crm.accounts"}]}"#,
+    )
+    .await;
+    assert_eq!(written["datasets"][0]["outcome"], "matched", "{written}");
     // The healthy control: 200 values spread as in training say nothing about drift.
     tenures(&s, (0..200).map(|i| f64::from(i % 100) / 100.0 + 0.005)).await;
     let quiet = explain(&s).await;
@@ -398,8 +669,15 @@ async fn a_feature_shifting_inside_its_range() {
         "{title}"
     );
     assert!(
-        title.ends_with("upstream source crm.accounts.tenure_months"),
+        title.ends_with(
+            "upstream source crm.accounts.tenure_months, last written by job airflow-prod/churn_features"
+        ),
         "{title}"
+    );
+    assert_eq!(top["job"], "airflow-prod/churn_features");
+    assert_eq!(
+        top["action"],
+        "page the owner of crm.accounts.tenure_months (last written by job airflow-prod/churn_features)"
     );
     assert!(
         !rules(&e)

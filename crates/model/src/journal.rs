@@ -168,6 +168,29 @@ impl Journal {
         out
     }
 
+    /// Mismatches of `model` seen between two times: `(expected, reported, responses, first
+    /// seen, last seen)`, times in ms since the epoch.
+    pub fn mismatch_spans(
+        &self,
+        model: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Vec<(String, String, u64, i64, i64)> {
+        let seen = self
+            .mismatches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = seen
+            .iter()
+            .filter(|((m, _, _), (first, last, _))| {
+                m == model && *last >= from_ms && *first <= to_ms
+            })
+            .map(|((_, e, r), (first, last, n))| (e.clone(), r.clone(), *n, *first, *last))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Events of `model` (and sidecar-wide ones) between two times, oldest first (an event
     /// pushed with its own, earlier time sorts where it happened).
     pub fn between(&self, model: &str, from_ms: i64, to_ms: i64) -> Vec<Event> {
@@ -223,5 +246,12 @@ mod tests {
             [("2".to_string(), "1".to_string(), 2)]
         );
         assert!(j.mismatches("fraud", 0).is_empty());
+        let spans = j.mismatch_spans("churn", 0, i64::MAX);
+        assert_eq!((spans.len(), spans[0].2), (1, 2));
+        assert!(spans[0].3 <= spans[0].4);
+        assert!(
+            j.mismatch_spans("churn", 0, spans[0].3 - 1).is_empty(),
+            "began after `to`"
+        );
     }
 }

@@ -211,7 +211,12 @@ impl<C: ?Sized> Sink<C> for Mismatch {
         let Some(label) = ex.mismatch else { return };
         let (model, version) = (&**ex.served.model, &**ex.served.version);
         self.metrics.version_mismatch(model, version, label);
-        self.journal.mismatch(model, version, label);
+        // The journal keeps what the server said (bounded in length; its keys are bounded in
+        // number), so `explain` names version 9, not the metric's `other`.
+        let reported = ex.reported.map_or(label, |r| {
+            r.char_indices().nth(64).map_or(r, |(end, _)| &r[..end])
+        });
+        self.journal.mismatch(model, version, reported);
         warn!(model, expected = version, reported = ex.reported, request_id = ?ex.request_id, "Model server reported another version than resolved.");
     }
 }
@@ -505,7 +510,8 @@ mod tests {
         ));
         assert_eq!(
             journal.mismatches("churn", 0),
-            [("2".to_string(), "other".to_string(), 1)]
+            [("2".to_string(), "9".to_string(), 1)],
+            "the journal names what the server reported"
         );
     }
 

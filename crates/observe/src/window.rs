@@ -134,6 +134,32 @@ impl RollingWindow {
         s.latency[bucket(latency.as_secs_f64())].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Requests and errors per slice, the current slice first, then one slice further back
+    /// each (`SLICES` entries; a slice without traffic is `(0, 0)`), with how long ago the
+    /// current slice started.
+    pub fn by_slice(&self) -> (Vec<(u64, u64)>, Duration) {
+        let at = Instant::now();
+        let now = self.epoch(at);
+        let mut out = vec![(0, 0); SLICES];
+        for s in self.slices.get().into_iter().flat_map(|b| b.iter()) {
+            let e = s.epoch.load(Ordering::Acquire);
+            if e == u64::MAX || e > now || now - e >= SLICES as u64 {
+                continue;
+            }
+            out[(now - e) as usize] = (
+                s.requests.load(Ordering::Relaxed),
+                s.errors.load(Ordering::Relaxed),
+            );
+        }
+        let since = at.saturating_duration_since(self.start).as_nanos() % self.slice.as_nanos();
+        (out, Duration::from_nanos(u64::try_from(since).unwrap_or(0)))
+    }
+
+    /// How long one slice lasts (a tenth of the window).
+    pub fn slice_length(&self) -> Duration {
+        self.slice
+    }
+
     /// Totals over the window ending now.
     pub fn totals(&self) -> WindowTotals {
         let now = self.epoch(Instant::now());
@@ -161,6 +187,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn requests_and_errors_are_read_per_slice_newest_first() {
+        let w = RollingWindow::new(Duration::from_secs(60));
+        w.record(Duration::from_millis(1), true);
+        w.record(Duration::from_millis(1), false);
+        let (slices, into) = w.by_slice();
+        assert_eq!(slices.len(), SLICES);
+        assert_eq!(slices[0], (2, 1), "the current slice comes first");
+        assert!(slices[1..].iter().all(|s| *s == (0, 0)));
+        assert!(into < w.slice_length());
+    }
+
+    #[test]
     fn buckets_grow_by_15_percent_and_quantiles_read_them() {
         assert_eq!(bucket(0.0), 0);
         assert_eq!(bucket(FIRST), 0);
@@ -172,6 +210,7 @@ mod tests {
         }
         let w = RollingWindow::new(Duration::from_secs(60));
         assert_eq!(w.totals().requests, 0);
+        assert_eq!(w.by_slice().0, vec![(0, 0); SLICES]);
         assert!(
             w.slices.get().is_none(),
             "no slices before the first request"

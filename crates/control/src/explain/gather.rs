@@ -5,7 +5,9 @@
 use std::sync::{Arc, PoisonError};
 
 use super::journal::Journal;
-use super::rules::{Evidence, Explanation, FeatureDrift, VersionHealth, explain};
+use super::rules::{
+    Evidence, Explanation, FeatureDrift, MismatchSeen, StaleDetail, VersionHealth, Write, explain,
+};
 use crate::inspect::stats as istats;
 use crate::inspect::worker::Shared;
 use crate::routing::{Reloader, route_weights};
@@ -33,13 +35,33 @@ impl Explainer {
         &self.journal
     }
 
-    /// The evidence about `model` between two times (health covers the rolling window).
+    /// The evidence about `model` between two times. Health covers the rolling window, and
+    /// only when that window reaches into the one asked about; events, mismatches and onsets come
+    /// from the journal, bounded by the window asked about.
     pub fn evidence(&self, model: &str, from_ms: i64, to_ms: i64) -> Option<Evidence> {
         let snap = self.reloader.current().load_full();
         let state = snap.models.get(model)?;
         let record = snap.registry.models.get(model);
         let split = Reloader::find_split(&snap, model);
         let weights = split.map(|i| route_weights(&snap, i)).unwrap_or_default();
+        let baseline = split
+            .and_then(|i| snap.routes.get(i))
+            .and_then(|r| r.backends.get(r.route.canary.baseline))
+            .and_then(|b| b.version.clone());
+        let now = crate::journal::now_ms();
+        let length = snap.config.inspect.window;
+        let window_from = now - i64::try_from(length.as_millis()).unwrap_or(i64::MAX / 2);
+        let covered = to_ms >= window_from && from_ms <= now;
+        let health_source = format!(
+            "the sidecar's rolling window (the last {}s, from {}){}",
+            length.as_secs(),
+            crate::codec::time::rfc3339_ms(window_from),
+            if covered {
+                ""
+            } else {
+                ", which does not reach the window asked about: no health from it"
+            }
+        );
         let slice = self.inspector.slice_now();
         let stats = self
             .inspector
@@ -51,13 +73,21 @@ impl Explainer {
             .filter(|s| &*s.profile.model == model)
             .collect();
         let mut psi = std::collections::HashMap::new();
+        let mut psi_baseline = std::collections::HashMap::new();
         let mut features: std::collections::HashMap<String, Vec<FeatureDrift>> =
             std::collections::HashMap::new();
+        let mut against_baseline: std::collections::HashMap<String, Vec<FeatureDrift>> =
+            std::collections::HashMap::new();
+        let baseline_label = baseline.as_ref().map(|b| format!("version:{b}"));
         for (i, d) in istats::drift(&model_stats, slice) {
             let version = model_stats[i].profile.version.to_string();
-            if d.against != "reference" {
+            let (psi, features) = if d.against == "reference" {
+                (&mut psi, &mut features)
+            } else if Some(&d.against) == baseline_label.as_ref() {
+                (&mut psi_baseline, &mut against_baseline)
+            } else {
                 continue;
-            }
+            };
             if d.signal == "prediction" && d.statistic == "psi" {
                 // A value chance explains for a window this size is not drift.
                 if d.value > d.noise {
@@ -81,7 +111,11 @@ impl Explainer {
             .versions
             .iter()
             .map(|(v, served)| {
-                let t = served.metrics.window.totals();
+                let t = if covered {
+                    served.metrics.window.totals()
+                } else {
+                    crate::observe::window::WindowTotals::default()
+                };
                 let vs = model_stats
                     .iter()
                     .find(|s| &*s.profile.version == v.as_str());
@@ -104,7 +138,15 @@ impl Explainer {
                         })
                         .unwrap_or_default(),
                     stale: served.stale.as_ref().map(|s| s.describe()),
+                    stale_detail: served.stale.as_ref().map(|s| StaleDetail {
+                        dataset: s.dataset.name.clone(),
+                        trained_on: s.trained_on.clone(),
+                        latest: s.latest.digest.clone(),
+                        written_ms: s.latest.written_ms,
+                        job: s.latest.job.as_ref().map(|j| j.qualified()),
+                    }),
                     issue_rates: vs
+                        .filter(|_| covered)
                         .map(|s| {
                             s.issue_rates(slice)
                                 .into_iter()
@@ -112,8 +154,12 @@ impl Explainer {
                                 .collect()
                         })
                         .unwrap_or_default(),
-                    prediction_psi: psi.get(v).copied(),
-                    feature_drift: features.remove(v).unwrap_or_default(),
+                    prediction_psi: psi.get(v).copied().filter(|_| covered),
+                    prediction_psi_baseline: psi_baseline.get(v).copied().filter(|_| covered),
+                    feature_drift: features.remove(v).filter(|_| covered).unwrap_or_default(),
+                    baseline_drift: (against_baseline.remove(v))
+                        .filter(|_| covered)
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -130,14 +176,51 @@ impl Explainer {
                 }
             }
         }
+        let writes = sources
+            .iter()
+            .filter_map(|(_, source)| {
+                let w = snap.lineage_events.last_write_of(source)?;
+                Some((
+                    source.clone(),
+                    Write {
+                        job: w.job.as_ref().map(|j| j.qualified()),
+                        at_ms: w.written_ms,
+                        version: w.digest.clone(),
+                    },
+                ))
+            })
+            .collect();
+        let mismatches = (self
+            .journal
+            .mismatch_spans(model, from_ms, to_ms)
+            .into_iter())
+        .map(
+            |(expected, reported, responses, first, last)| MismatchSeen {
+                expected,
+                reported,
+                responses,
+                first_ms: Some(first),
+                last_ms: Some(last),
+            },
+        )
+        .collect();
         Some(Evidence {
             model: model.to_string(),
             from_ms,
             to_ms,
+            now_ms: now,
+            health_source,
             versions,
             events: self.journal.between(model, from_ms, to_ms),
-            mismatches: self.journal.mismatches(model, from_ms),
+            mismatches,
             sources,
+            writes,
+            route: split
+                .and_then(|i| snap.routes.get(i))
+                .map(|r| r.route.name.clone()),
+            baseline,
+            // Onsets are dated to a window slice.
+            onset_slack_ms: (i64::try_from(length.as_millis()).unwrap_or(0) / 10).max(1_000),
             thresholds: split.map(|i| snap.routes[i].route.canary.thresholds.clone()),
             inspect: Some(snap.config.inspect.clone()),
             serving_alias: snap.routes.iter().find_map(|r| {

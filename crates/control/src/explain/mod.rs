@@ -5,6 +5,7 @@
 pub use modelstamp_model::journal;
 
 pub mod gather;
+pub mod onset;
 pub mod prometheus;
 pub mod render;
 pub mod rules;

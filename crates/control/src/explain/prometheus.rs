@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::rules::{Evidence, VersionHealth};
+use super::rules::{Evidence, MismatchSeen, VersionHealth};
 use crate::canary::prometheus::{PromError, Prometheus, esc};
 
 fn num(s: &Value) -> Option<f64> {
@@ -115,18 +115,22 @@ pub async fn evidence(
     ))
     .await?
     .iter()
-    .map(|s| {
-        (
-            label(s, "expected").to_string(),
-            label(s, "reported").to_string(),
-            num(s).unwrap_or(0.0).round() as u64,
-        )
+    .map(|s| MismatchSeen {
+        expected: label(s, "expected").to_string(),
+        reported: label(s, "reported").to_string(),
+        responses: num(s).unwrap_or(0.0).round() as u64,
+        ..MismatchSeen::default()
     })
     .collect();
     Ok(Evidence {
         model: model.to_string(),
         from_ms,
         to_ms,
+        now_ms: crate::journal::now_ms(),
+        health_source: format!(
+            "Prometheus over {w} to {}",
+            crate::codec::time::rfc3339_ms(to_ms)
+        ),
         versions: versions.into_values().collect(),
         mismatches,
         ..Evidence::default()

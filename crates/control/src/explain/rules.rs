@@ -1,22 +1,33 @@
 //! From evidence to a ranked account of what changed and why a version degraded. Pure: the
 //! same evidence always gives the same ranking, whether it comes from the sidecar or from
-//! Prometheus. Each rule adds at most one cause per subject, with a score in [0, 1]:
+//! Prometheus. Each rule adds at most one cause per subject, with a base score in [0, 1]:
 //!
 //! | rule | fires when | score |
 //! |---|---|---|
-//! | `version_mismatch` | the model server reported another version than the registry resolved | 0.95 |
+//! | `version_mismatch` | the model server reports another version than the registry resolved, still | 0.95 (0.6 once it has stopped) |
 //! | `upstream_data` | a feature's issue rate is above `max_issue_rate` on every live version | 0.6 + 0.4·min(1, rate/0.5) |
 //! | `version_errors` | a version's error rate exceeds the best other live version's by more than `max_error_rate_increase`, p < `alpha` | 0.7 + 0.25·min(1, Δ/0.1) |
+//! | `past_errors` | the journal holds an error onset of a version the window no longer shows (it ended, or was rolled back) | 0.7 |
 //! | `environment_latency` | a version's p99 is above `max_latency_ratio` × the fastest other's (and at least 10 ms above it) and its lineage differs in `environment.*` | 0.6 + 0.2·min(1, (ratio−1)/2) |
-//! | `stale_lineage` | a version serving traffic was trained on a dataset that has a newer digest | 0.75 |
+//! | `stale_lineage` | a live version's training data (or an upstream table of it) got a newer version after training, and a symptom of that version started with or after it | 0.75 |
 //! | `version_data` | a feature's issue rate is above `max_issue_rate` on some live versions only | 0.55 |
 //! | `latency` | as `environment_latency`, without an environment difference | 0.45 |
 //! | `upstream_drift` | a feature's PSI against its reference is at least `psi_alert` (and past chance) on every live version | 0.55 + 0.3·min(1, PSI/1) |
+//! | `candidate_drift` | a candidate's predictions moved from its baseline's (PSI ≥ `max_prediction_psi`, past chance) while its inputs did not: its lineage differs | 0.5 + 0.3·min(1, PSI/1) |
 //! | `prediction_drift` | a version's prediction PSI against its reference is at least `psi_alert` (the features that moved on it are named) | 0.4 + 0.2·min(1, PSI/1) |
 //! | `registry_outage` | the registry was unreachable in the window | 0.3 |
 //!
+//! Then order: when the journal dates the symptom (the first error or latency onset in the
+//! window), a cause that began after it cannot be its cause (score halved), a condition present
+//! before it ranks below one that began with it (×0.7), one that began with it gains 0.05, and
+//! a condition on every version while only some show the symptom does not move with it (×0.6).
+//! "With" allows the precision onsets are known to (a tenth of the sidecar's window). Stale
+//! lineage with no co-moving symptom is a risk, listed apart from the causes.
+//!
 //! A version counts as live with at least `min_requests / 4` requests in the window (and always
 //! when it is the only one with traffic).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +40,11 @@ use crate::registry::LineageRecord;
 
 /// The smallest p99 increase (seconds) reported as a latency regression.
 pub const MIN_LATENCY_REGRESSION: f64 = 0.010;
+/// How far apart two onsets may be and still count as one moment, unless the evidence says
+/// (the sidecar knows an onset to a tenth of its window).
+pub const ONSET_SLACK_MS: i64 = 60 * 1000;
+/// A mismatch seen within this long of the question is ongoing.
+pub const ONGOING_MS: i64 = 30 * 1000;
 
 /// What is known about one version.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -52,17 +68,43 @@ pub struct VersionHealth {
     pub weight: Option<u32>,
     /// Aliases pointing at it.
     pub aliases: Vec<String>,
-    /// `dataset trained_on -> latest (seen in)` when stale.
+    /// Why its lineage is stale, for people.
     pub stale: Option<String>,
+    /// Why its lineage is stale, field by field (from the sidecar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_detail: Option<StaleDetail>,
     /// Windowed issue rates `(feature, issue, rate)`.
     pub issue_rates: Vec<(String, String, f64)>,
     /// Prediction PSI against the registry's reference, when past what chance gives a window
     /// this size.
     pub prediction_psi: Option<f64>,
+    /// Prediction PSI against the baseline version's predictions in the same window (past
+    /// chance), for a candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction_psi_baseline: Option<f64>,
     /// Features whose distribution moved from the registry's reference in the window by more
     /// than chance explains (drift past its noise bound, `inspect/drift.rs`).
     #[serde(default)]
     pub feature_drift: Vec<FeatureDrift>,
+    /// Features whose distribution differs from the baseline version's in the window (past
+    /// chance), for a candidate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baseline_drift: Vec<FeatureDrift>,
+}
+
+/// A version's stale lineage, field by field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StaleDetail {
+    /// The dataset (or upstream table) that has a newer version.
+    pub dataset: String,
+    /// What the version was trained on.
+    pub trained_on: String,
+    /// The newer version.
+    pub latest: String,
+    /// When it was written (ms since the epoch).
+    pub written_ms: i64,
+    /// The job that wrote it (`namespace/name`), when known.
+    pub job: Option<String>,
 }
 
 /// A feature's distribution against the registry's reference, in the window.
@@ -86,33 +128,72 @@ impl VersionHealth {
     }
 }
 
+/// A version mismatch as the journal saw it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MismatchSeen {
+    /// The version resolved.
+    pub expected: String,
+    /// The version the server reported.
+    pub reported: String,
+    /// Responses.
+    pub responses: u64,
+    /// First seen (ms since the epoch), when known.
+    pub first_ms: Option<i64>,
+    /// Last seen, when known.
+    pub last_ms: Option<i64>,
+}
+
+/// The last known write of an upstream source.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Write {
+    /// The job (`namespace/name`), when known.
+    pub job: Option<String>,
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// The version written.
+    pub version: String,
+}
+
 /// Everything `explain` looks at.
 #[derive(Debug, Clone, Default)]
 pub struct Evidence {
     /// Model.
     pub model: String,
-    /// Start of the window (ms since the epoch).
+    /// Start of the window asked about (ms since the epoch).
     pub from_ms: i64,
-    /// End of the window.
+    /// End of it.
     pub to_ms: i64,
+    /// When the question is asked.
+    pub now_ms: i64,
+    /// Where the per-version health comes from, for people (`the sidecar's rolling window
+    /// (5m)`, `Prometheus`); it says when that does not cover the window asked about.
+    pub health_source: String,
     /// Per-version health.
     pub versions: Vec<VersionHealth>,
     /// The journal's events in the window.
     pub events: Vec<Event>,
-    /// Version mismatches `(expected, reported, responses)`.
-    pub mismatches: Vec<(String, String, u64)>,
+    /// Version mismatches in the window.
+    pub mismatches: Vec<MismatchSeen>,
     /// Upstream source per feature (from the lineage records).
     pub sources: Vec<(String, String)>,
+    /// The last write of each upstream source known from lineage events.
+    pub writes: BTreeMap<String, Write>,
     /// Canary thresholds.
     pub thresholds: Option<Thresholds>,
     /// Drift thresholds.
     pub inspect: Option<Inspect>,
     /// The alias a route of this model serves (`champion`), if any.
     pub serving_alias: Option<String>,
+    /// The split route of the model, when it has one (what `modelstamp rollback` takes).
+    pub route: Option<String>,
+    /// The split's baseline version.
+    pub baseline: Option<String>,
+    /// How precisely onsets are known (ms): two within it are one moment (0: [`ONSET_SLACK_MS`]).
+    pub onset_slack_ms: i64,
 }
 
-/// One likely cause.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One likely cause, with the fields a bot needs without reading the title.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cause {
     /// The rule that found it.
     pub rule: String,
@@ -124,28 +205,109 @@ pub struct Cause {
     pub evidence: Vec<String>,
     /// Lineage fields involved.
     pub lineage: Vec<Change>,
+    /// The version it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// That version's lineage ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage_id: Option<String>,
+    /// The feature it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<String>,
+    /// The feature's upstream source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The dataset (or table) it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// Digests involved: `[before, after]` (trained on → latest, baseline → candidate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<String>,
+    /// The pipeline job that wrote the source or dataset last, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// When the condition started (RFC 3339), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onset: Option<String>,
+    /// The same, in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onset_ms: Option<i64>,
+    /// What to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Who promoted the version (from its record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The change ticket of that promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+}
+
+impl Cause {
+    fn new(rule: &str, score: f64, title: String) -> Self {
+        Self {
+            rule: rule.into(),
+            score,
+            title,
+            ..Self::default()
+        }
+    }
+
+    /// About this version: its lineage ID, owner and ticket from the evidence.
+    fn of(mut self, ev: &Evidence, version: &str) -> Self {
+        self.version = Some(version.to_string());
+        if let Some(v) = ev.versions.iter().find(|v| v.version == version) {
+            self.lineage_id = Some(v.lineage_id.clone()).filter(|s| !s.is_empty());
+            if let Some(r) = &v.record {
+                self.owner = r.promotion.by.clone().or_else(|| r.created_by.clone());
+                self.ticket = r.promotion.ticket.clone();
+            }
+        }
+        self
+    }
+
+    fn since(mut self, at_ms: Option<i64>) -> Self {
+        self.onset_ms = at_ms;
+        self.onset = at_ms.map(rfc3339_ms);
+        self
+    }
 }
 
 /// The account `explain` gives.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Explanation {
     /// Model.
     pub model: String,
-    /// Window start (RFC 3339).
+    /// Window start (RFC 3339): events and causes come from `from`..`to`.
     pub from: String,
     /// Window end.
     pub to: String,
+    /// Where the per-version health comes from (and whether it covers the window).
+    #[serde(default)]
+    pub health_source: String,
+    /// When the symptom started (the first error or latency onset in the window), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symptom_onset: Option<String>,
     /// What changed, oldest first.
     pub timeline: Vec<Event>,
     /// Per-version health.
     pub health: Vec<VersionHealth>,
     /// Likely causes, most likely first.
     pub causes: Vec<Cause>,
+    /// Risks with no symptom that moves with them (stale lineage), most likely first.
+    #[serde(default)]
+    pub risks: Vec<Cause>,
+    /// What the answer could not see, and where to look instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A value as people quote it: digests and commits by their first four characters (after an
-/// algorithm prefix such as `sha256:`), other values whole.
+/// algorithm prefix such as `sha256:`), URIs and other values whole.
 fn short(s: &str) -> &str {
+    if s.contains("://") {
+        return s;
+    }
     let s = s.rsplit(':').next().unwrap_or(s);
     if s.len() > 6 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         s.get(..4).unwrap_or(s)
@@ -183,12 +345,76 @@ fn headline(diff: &[Change], prefix: &[&str]) -> String {
     parts.join(" and ")
 }
 
+/// The dataset digests of a diff, `[baseline, candidate]`.
+fn digests(diff: &[Change]) -> Vec<String> {
+    diff.iter()
+        .find(|c| c.field == "training_data.digest")
+        .map(|c| {
+            vec![
+                c.baseline.clone().unwrap_or_default(),
+                c.candidate.clone().unwrap_or_default(),
+            ]
+        })
+        .unwrap_or_default()
+}
+
 fn first_event(events: &[Event], kind: Kind, pred: impl Fn(&Event) -> bool) -> Option<&Event> {
     events.iter().find(|e| e.kind == kind && pred(e))
 }
 
 fn time_of(e: &Event) -> String {
     rfc3339_ms(e.at_ms)
+}
+
+/// `since T` for a known onset, else `fallback`.
+fn since_text(at: Option<i64>, fallback: &str) -> String {
+    at.map_or_else(
+        || fallback.to_string(),
+        |t| format!("since {}", rfc3339_ms(t)),
+    )
+}
+
+/// When a version started taking traffic in the window: a weight change giving it traffic, its
+/// arrival, or an alias moving to it.
+fn rollout_of(ev: &Evidence, version: &str) -> Option<i64> {
+    ev.events
+        .iter()
+        .find(|e| {
+            e.version.as_deref() == Some(version)
+                && matches!(
+                    e.kind,
+                    Kind::WeightsChanged | Kind::VersionAdded | Kind::AliasMoved
+                )
+        })
+        .map(|e| e.at_ms)
+}
+
+/// When a version's symptom (`errors`, `latency`) started, from the journal.
+fn onset_of(ev: &Evidence, version: &str, signal: &str) -> Option<i64> {
+    first_event(&ev.events, Kind::Onset, |e| {
+        e.version.as_deref() == Some(version)
+            && e.fields.get("signal").map(String::as_str) == Some(signal)
+    })
+    .map(|e| e.at_ms)
+}
+
+/// The command that sends a version's traffic back to the baseline, when it is the candidate of
+/// a split.
+fn rollback_action(ev: &Evidence, version: &str) -> Option<String> {
+    let route = ev.route.as_ref()?;
+    let live = ev
+        .versions
+        .iter()
+        .any(|v| v.version == version && v.weight.is_some_and(|w| w > 0));
+    (ev.baseline.as_deref() != Some(version) && live)
+        .then(|| format!("modelstamp rollback {route} --reason \"…\" (sends version {version}'s traffic back to {})", ev.baseline.as_deref().unwrap_or("the baseline")))
+}
+
+fn page_owner(source: &str, job: Option<&str>) -> String {
+    match job {
+        Some(j) => format!("page the owner of {source} (last written by job {j})"),
+        None => format!("page the owner of {source}"),
+    }
 }
 
 /// Rank the likely causes.
@@ -214,29 +440,108 @@ pub fn explain(ev: &Evidence) -> Explanation {
     mismatch(ev, &mut causes);
     data_quality(ev, &live, &t, &mut causes);
     regressions(ev, &live, &t, &mut causes);
-    stale(&live, &mut causes);
+    past_errors(ev, &mut causes);
     feature_drift(ev, &live, &mut causes);
+    candidate_drift(ev, &live, &t, &mut causes);
     drift(ev, &live, &mut causes);
     if let Some(e) = first_event(&ev.events, Kind::RegistryDown, |_| true) {
-        causes.push(Cause {
-            rule: "registry_outage".into(),
-            score: 0.3,
-            title: format!(
-                "the registry was unreachable from {}: lineage may be out of date",
-                time_of(e)
-            ),
-            evidence: vec![e.summary.clone()],
-            lineage: Vec::new(),
-        });
+        causes.push(
+            Cause {
+                evidence: vec![e.summary.clone()],
+                action: Some(
+                    "check the registry (modelstamp_registry_up, the sidecar's log)".into(),
+                ),
+                ..Cause::new(
+                    "registry_outage",
+                    0.3,
+                    format!(
+                        "the registry was unreachable from {}: lineage may be out of date",
+                        time_of(e)
+                    ),
+                )
+            }
+            .since(Some(e.at_ms)),
+        );
     }
-    causes.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let symptom = first_event(&ev.events, Kind::Onset, |_| true).map(|e| e.at_ms);
+    let slack = if ev.onset_slack_ms > 0 {
+        ev.onset_slack_ms
+    } else {
+        ONSET_SLACK_MS
+    };
+    let (stale_causes, risks) = stale(ev, &live, symptom, slack, &causes);
+    causes.extend(stale_causes);
+    if let Some(s) = symptom {
+        // The versions showing the symptom, of those live.
+        let sick: Vec<&str> = ev
+            .events
+            .iter()
+            .filter(|e| e.kind == Kind::Onset)
+            .filter_map(|e| e.version.as_deref())
+            .collect();
+        let healthy: Vec<&str> = live
+            .iter()
+            .map(|v| v.version.as_str())
+            .filter(|v| !sick.contains(v))
+            .collect();
+        for c in &mut causes {
+            order(c, s, slack, &healthy);
+        }
+    }
+    causes.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.rule.cmp(&b.rule)));
+    let note = (live.is_empty()).then(|| {
+        format!(
+            "no traffic in {}: causes come from the journal only; for metric history ask with --prometheus URL",
+            ev.health_source
+        )
+    });
     Explanation {
         model: ev.model.clone(),
         from: rfc3339_ms(ev.from_ms),
         to: rfc3339_ms(ev.to_ms),
+        health_source: ev.health_source.clone(),
+        symptom_onset: symptom.map(rfc3339_ms),
         timeline: ev.events.clone(),
         health: ev.versions.clone(),
         causes,
+        risks,
+        note,
+    }
+}
+
+/// Temporal precedence against the symptom's onset `s`, and co-movement: `healthy` are the
+/// live versions without the symptom.
+fn order(c: &mut Cause, s: i64, slack: i64, healthy: &[&str]) {
+    if c.rule == "registry_outage" {
+        return;
+    }
+    // A condition of every version, while some live ones are fine, does not move with it.
+    let everywhere = matches!(c.rule.as_str(), "upstream_data" | "upstream_drift");
+    if everywhere && !healthy.is_empty() {
+        c.score *= 0.6;
+        c.evidence.push(format!(
+            "also on version {}, which shows no symptom",
+            healthy.join(", ")
+        ));
+    }
+    let Some(at) = c.onset_ms else { return };
+    let (when, symptom) = (rfc3339_ms(at), rfc3339_ms(s));
+    if at > s + slack {
+        c.score *= 0.5;
+        c.evidence.push(format!(
+            "began at {when}, after the symptom began ({symptom}): not what started it"
+        ));
+    } else if at < s - slack && c.rule != "stale_lineage" {
+        // (New upstream data reaches features later than it is written: a stale flag is judged
+        // by whether a symptom of its version followed it, in `stale`.)
+        c.score *= 0.7;
+        c.evidence.push(format!(
+            "present since {when}, before the symptom began ({symptom})"
+        ));
+    } else {
+        c.score = (c.score + 0.05).min(1.0);
+        c.evidence
+            .push(format!("began at {when}, with the symptom ({symptom})"));
     }
 }
 
@@ -249,37 +554,63 @@ fn record_of<'a>(ev: &'a Evidence, version: &str) -> Option<&'a LineageRecord> {
 }
 
 fn mismatch(ev: &Evidence, out: &mut Vec<Cause>) {
-    for (expected, reported, n) in ev.mismatches.iter().filter(|m| m.2 > 0) {
-        let aliases = ev
-            .versions
-            .iter()
-            .find(|v| &v.version == expected)
-            .map(|v| v.aliases.as_slice())
-            .unwrap_or_default();
-        let alias = ev
-            .serving_alias
-            .as_ref()
-            .filter(|a| aliases.contains(a))
-            .or_else(|| aliases.first())
-            .map_or_else(
-                || "the route".to_string(),
-                |a| format!("the registry alias {a}"),
-            );
+    for m in ev.mismatches.iter().filter(|m| m.responses > 0) {
+        let (expected, reported, n) = (&m.expected, &m.reported, m.responses);
+        let ongoing = m.last_ms.is_none_or(|l| l >= ev.now_ms - ONGOING_MS);
         let lineage = match (record_of(ev, expected), record_of(ev, reported)) {
             (Some(a), Some(b)) => lineage_diff(a, b),
             _ => Vec::new(),
         };
-        out.push(Cause {
-            rule: "version_mismatch".into(),
-            score: 0.95,
-            title: format!(
-                "the model server reports version {reported} while {alias} points to {expected}"
-            ),
-            evidence: vec![format!(
-                "{n} responses stamped {expected} reported model_version {reported} (modelstamp_version_mismatch_total)"
-            )],
-            lineage,
-        });
+        let evidence = vec![format!(
+            "{n} responses stamped {expected} reported model_version {reported} (modelstamp_version_mismatch_total)"
+        )];
+        let cause = if ongoing {
+            // Today's alias map names an ongoing mismatch; a past one is told by versions only.
+            let aliases = ev
+                .versions
+                .iter()
+                .find(|v| &v.version == expected)
+                .map(|v| v.aliases.as_slice())
+                .unwrap_or_default();
+            let alias = ev
+                .serving_alias
+                .as_ref()
+                .filter(|a| aliases.contains(a))
+                .or_else(|| aliases.first())
+                .map_or_else(
+                    || "the route".to_string(),
+                    |a| format!("the registry alias {a}"),
+                );
+            Cause::new(
+                "version_mismatch",
+                0.95,
+                format!(
+                    "the model server reports version {reported} while {alias} points to {expected}"
+                ),
+            )
+        } else {
+            let until = m.last_ms.map(rfc3339_ms).unwrap_or_default();
+            Cause::new(
+                "version_mismatch",
+                0.6,
+                format!(
+                    "the model server reported version {reported} where {expected} was resolved, until {until} (stopped)"
+                ),
+            )
+        };
+        out.push(
+            Cause {
+                evidence,
+                digests: digests(&lineage),
+                lineage,
+                action: Some(format!(
+                    "check what the model server loaded: it answers as version {reported}; redeploy it with version {expected}'s artifact or point the route at {reported}"
+                )),
+                ..cause
+            }
+            .of(ev, expected)
+            .since(m.first_ms),
+        );
     }
 }
 
@@ -313,14 +644,12 @@ fn data_quality(ev: &Evidence, live: &[&VersionHealth], t: &Thresholds, out: &mu
             .sources
             .iter()
             .find(|(f, _)| *f == feature)
-            .map_or("unknown", |(_, s)| s.as_str());
-        let since = first_event(&ev.events, Kind::DataQuality, |e| {
+            .map(|(_, s)| s.clone());
+        let crossing = first_event(&ev.events, Kind::DataQuality, |e| {
             e.fields.get("feature") == Some(&feature) && e.fields.get("issue") == Some(&issue)
-        })
-        .map_or_else(
-            || "in the window".to_string(),
-            |e| format!("since {}", time_of(e)),
-        );
+        });
+        let onset = crossing.map(|e| e.at_ms);
+        let since = since_text(onset, "in the window");
         let evidence: Vec<String> = rates
             .iter()
             .map(|(v, r)| format!("version {v}: {issue} on {:.1}% of rows", 100.0 * r))
@@ -331,30 +660,52 @@ fn data_quality(ev: &Evidence, live: &[&VersionHealth], t: &Thresholds, out: &mu
         } else {
             issue.clone()
         };
+        let write = source.as_deref().and_then(|s| ev.writes.get(s));
+        let job = write.and_then(|w| w.job.clone());
+        let shown = source.as_deref().unwrap_or("unknown");
         if over.len() == rates.len() {
-            out.push(Cause {
-                rule: "upstream_data".into(),
-                score: 0.6 + 0.4 * (max / 0.5).min(1.0),
-                title: format!(
-                    "feature `{feature}` {label} rate 0% → {:.0}% {since} on all versions: upstream source {source}",
-                    100.0 * max
-                ),
-                evidence,
-                lineage: Vec::new(),
-            });
+            out.push(
+                Cause {
+                    evidence,
+                    feature: Some(feature.clone()),
+                    source: source.clone(),
+                    job: job.clone(),
+                    action: Some(page_owner(shown, job.as_deref())),
+                    ..Cause::new(
+                        "upstream_data",
+                        0.6 + 0.4 * (max / 0.5).min(1.0),
+                        format!(
+                            "feature `{feature}` {label} on {:.0}% of rows {since} on all versions: upstream source {shown}",
+                            100.0 * max
+                        ),
+                    )
+                }
+                .since(onset),
+            );
         } else {
             let versions: Vec<&str> = over.iter().map(|(v, _)| *v).collect();
-            out.push(Cause {
-                rule: "version_data".into(),
-                score: 0.55,
-                title: format!(
-                    "feature `{feature}` {label} on {:.0}% of rows of version {} only ({since}): how its callers build inputs changed",
-                    100.0 * max,
-                    versions.join(", ")
-                ),
-                evidence,
-                lineage: Vec::new(),
-            });
+            out.push(
+                Cause {
+                    evidence,
+                    feature: Some(feature.clone()),
+                    source: source.clone(),
+                    action: Some(format!(
+                        "check how callers of version {} build `{feature}`",
+                        versions.join(", ")
+                    )),
+                    ..Cause::new(
+                        "version_data",
+                        0.55,
+                        format!(
+                            "feature `{feature}` {label} on {:.0}% of rows of version {} only ({since}): how its callers build inputs changed",
+                            100.0 * max,
+                            versions.join(", ")
+                        ),
+                    )
+                }
+                .of(ev, versions[0])
+                .since(onset),
+            );
         }
     }
 }
@@ -375,15 +726,9 @@ fn regressions(ev: &Evidence, live: &[&VersionHealth], t: &Thresholds, out: &mut
         let delta = v.error_rate() - best.error_rate();
         let p = error_rate_p_value(best.errors, best.requests, v.errors, v.requests);
         if delta > t.max_error_rate_increase && p < t.alpha {
-            let since = first_event(&ev.events, Kind::WeightsChanged, |e| {
-                e.version.as_deref() == Some(&v.version)
-            })
-            .or_else(|| {
-                first_event(&ev.events, Kind::VersionAdded, |e| {
-                    e.version.as_deref() == Some(&v.version)
-                })
-            })
-            .map_or_else(String::new, |e| format!(" since {}", time_of(e)));
+            // The symptom itself: its onset when journaled, else when the version took traffic.
+            let onset = onset_of(ev, &v.version, "errors").or_else(|| rollout_of(ev, &v.version));
+            let since = onset.map_or_else(String::new, |t| format!(" since {}", rfc3339_ms(t)));
             let what = headline(
                 &diff,
                 &[
@@ -398,21 +743,29 @@ fn regressions(ev: &Evidence, live: &[&VersionHealth], t: &Thresholds, out: &mut
             } else {
                 format!(": trained with {what}")
             };
-            out.push(Cause {
-                rule: "version_errors".into(),
-                score: 0.7 + 0.25 * (delta / 0.1).min(1.0),
-                title: format!(
-                    "errors started with version {} (lineage {}){since}{trained}",
-                    v.version, v.lineage_id
-                ),
-                evidence: vec![format!(
-                    "error rate {:.2}% vs {:.2}% on version {} (p = {p:.2e})",
-                    100.0 * v.error_rate(),
-                    100.0 * best.error_rate(),
-                    best.version
-                )],
-                lineage: diff.clone(),
-            });
+            out.push(
+                Cause {
+                    evidence: vec![format!(
+                        "error rate {:.2}% vs {:.2}% on version {} (p = {p:.2e})",
+                        100.0 * v.error_rate(),
+                        100.0 * best.error_rate(),
+                        best.version
+                    )],
+                    digests: digests(&diff),
+                    lineage: diff.clone(),
+                    action: rollback_action(ev, &v.version),
+                    ..Cause::new(
+                        "version_errors",
+                        0.7 + 0.25 * (delta / 0.1).min(1.0),
+                        format!(
+                            "errors started with version {} (lineage {}){since}{trained}",
+                            v.version, v.lineage_id
+                        ),
+                    )
+                }
+                .of(ev, &v.version)
+                .since(onset),
+            );
         }
         let fastest = others
             .iter()
@@ -437,72 +790,198 @@ fn regressions(ev: &Evidence, live: &[&VersionHealth], t: &Thresholds, out: &mut
                     base * 1e3,
                     fast.version
                 )];
-                if env.is_empty() {
-                    out.push(Cause {
-                        rule: "latency".into(),
-                        score: 0.45,
-                        title: format!(
+                let onset =
+                    onset_of(ev, &v.version, "latency").or_else(|| rollout_of(ev, &v.version));
+                let cause = if env.is_empty() {
+                    Cause::new(
+                        "latency",
+                        0.45,
+                        format!(
                             "latency regression with version {} ({ratio:.1}x p99)",
                             v.version
                         ),
-                        evidence,
-                        lineage: Vec::new(),
-                    });
+                    )
                 } else {
-                    out.push(Cause {
-                        rule: "environment_latency".into(),
-                        score: 0.6 + 0.2 * ((ratio - 1.0) / 2.0).min(1.0),
-                        title: format!(
+                    Cause::new(
+                        "environment_latency",
+                        0.6 + 0.2 * ((ratio - 1.0) / 2.0).min(1.0),
+                        format!(
                             "latency regression with version {} ({ratio:.1}x p99) after an environment change: {}",
                             v.version,
                             headline(&env, &["environment."])
                         ),
+                    )
+                };
+                out.push(
+                    Cause {
                         evidence,
                         lineage: env,
-                    });
-                }
+                        action: rollback_action(ev, &v.version),
+                        ..cause
+                    }
+                    .of(ev, &v.version)
+                    .since(onset),
+                );
             }
         }
     }
 }
 
-fn stale(live: &[&VersionHealth], out: &mut Vec<Cause>) {
-    for v in live {
-        if let Some(s) = &v.stale {
-            out.push(Cause {
-                rule: "stale_lineage".into(),
-                score: 0.75,
-                title: format!(
-                    "version {} serves traffic but its training dataset has a newer digest: {s}",
-                    v.version
-                ),
-                evidence: vec![format!(
-                    "{} requests in the window on version {}",
-                    v.requests, v.version
-                )],
-                lineage: Vec::new(),
-            });
+/// Error onsets the journal holds for versions whose errors the window no longer shows: the
+/// question came after the window, or the version was rolled back.
+fn past_errors(ev: &Evidence, out: &mut Vec<Cause>) {
+    let mut seen: Vec<&str> = Vec::new();
+    for e in ev.events.iter().filter(|e| {
+        e.kind == Kind::Onset && e.fields.get("signal").map(String::as_str) == Some("errors")
+    }) {
+        let Some(version) = e.version.as_deref() else {
+            continue;
+        };
+        let shown = out
+            .iter()
+            .any(|c| c.rule == "version_errors" && c.version.as_deref() == Some(version));
+        if shown || seen.contains(&version) {
+            continue;
         }
+        seen.push(version);
+        let after = |kind: Kind| {
+            ev.events.iter().find(|x| {
+                x.kind == kind && x.at_ms >= e.at_ms && x.version.as_deref() == Some(version)
+            })
+        };
+        let ended = after(Kind::AutoRollback)
+            .map(|r| format!(", rolled back at {}", time_of(r)))
+            .or_else(|| after(Kind::Recovery).map(|r| format!(" until {}", time_of(r))))
+            .unwrap_or_default();
+        let baseline = ev
+            .baseline
+            .as_deref()
+            .filter(|b| *b != version)
+            .and_then(|b| Some((b, record_of(ev, b)?)));
+        let diff = match (baseline, record_of(ev, version)) {
+            (Some((_, a)), Some(b)) => lineage_diff(a, b),
+            _ => Vec::new(),
+        };
+        let what = headline(
+            &diff,
+            &["training_data.digest", "code.commit", "environment."],
+        );
+        let trained = match (baseline, what.is_empty()) {
+            (Some((b, _)), false) => format!(": against version {b} it was trained with {what}"),
+            _ => String::new(),
+        };
+        let detail = e.fields.get("detail").cloned().unwrap_or_default();
+        out.push(
+            Cause {
+                evidence: vec![format!("journal: {detail}"), "the rolling window no longer holds these requests".into()],
+                digests: digests(&diff),
+                lineage: diff,
+                action: Some(format!(
+                    "keep version {version} out of traffic until its lineage difference is understood"
+                )),
+                ..Cause::new(
+                    "past_errors",
+                    0.7,
+                    format!("errors on version {version} from {}{ended}{trained}", time_of(e)),
+                )
+            }
+            .of(ev, version)
+            .since(Some(e.at_ms)),
+        );
     }
 }
 
+/// Stale lineage: a cause when a symptom of that version started with or after the dataset's
+/// new version, else a risk. Returns `(causes, risks)`.
+fn stale(
+    ev: &Evidence,
+    live: &[&VersionHealth],
+    symptom: Option<i64>,
+    slack: i64,
+    causes: &[Cause],
+) -> (Vec<Cause>, Vec<Cause>) {
+    let (mut as_causes, mut risks) = (Vec::new(), Vec::new());
+    for v in live {
+        let Some(s) = &v.stale else { continue };
+        let detail = v.stale_detail.as_ref();
+        let written = detail.map(|d| d.written_ms);
+        // A symptom of this very version (errors, latency, drift, data) co-moves with it when it
+        // began after the new data was written.
+        let symptom_here = causes.iter().any(|c| {
+            c.version.as_deref() == Some(v.version.as_str())
+                && matches!(
+                    c.rule.as_str(),
+                    "version_errors"
+                        | "past_errors"
+                        | "latency"
+                        | "environment_latency"
+                        | "prediction_drift"
+                        | "version_data"
+                )
+        });
+        let comoves = symptom_here
+            && match (written, symptom) {
+                (Some(w), Some(s)) => w <= s + slack,
+                _ => true,
+            };
+        let job = detail.and_then(|d| d.job.clone());
+        let cause = Cause {
+            evidence: vec![format!(
+                "{} requests in the window on version {}",
+                v.requests, v.version
+            )],
+            dataset: detail.map(|d| d.dataset.clone()),
+            digests: detail
+                .map(|d| vec![d.trained_on.clone(), d.latest.clone()])
+                .unwrap_or_default(),
+            job: job.clone(),
+            action: Some(match detail {
+                Some(d) => format!(
+                    "retrain version {} on {} {} (or confirm the change is harmless)",
+                    v.version, d.dataset, d.latest
+                ),
+                None => format!("retrain version {} on the newer data", v.version),
+            }),
+            ..Cause::new(
+                "stale_lineage",
+                0.75,
+                format!(
+                    "version {} serves traffic but its training data has a newer version: {s}",
+                    v.version
+                ),
+            )
+        }
+        .of(ev, &v.version)
+        .since(written);
+        if comoves {
+            as_causes.push(cause);
+        } else {
+            risks.push(Cause {
+                score: 0.3,
+                ..cause
+            });
+        }
+    }
+    (as_causes, risks)
+}
+
 /// The features of a version that moved at least `alert` from their reference, most first.
-fn moved(v: &VersionHealth, alert: f64) -> Vec<&FeatureDrift> {
-    let mut moved: Vec<&FeatureDrift> = v.feature_drift.iter().filter(|d| d.psi >= alert).collect();
+fn moved(drifts: &[FeatureDrift], alert: f64) -> Vec<&FeatureDrift> {
+    let mut moved: Vec<&FeatureDrift> = drifts.iter().filter(|d| d.psi >= alert).collect();
     moved.sort_by(|a, b| b.psi.total_cmp(&a.psi).then(a.feature.cmp(&b.feature)));
     moved
 }
 
 /// A feature whose distribution left its training reference (inside its schema's range or not:
-/// a unit or semantics change upstream), named with its upstream source. Every version of a split
-/// is fed from the same upstream: a feature counts as moved when it moved on every live version
-/// (one version alone past the threshold is its share of the traffic, not a cause; its
-/// predictions' drift names it).
+/// a unit or semantics change upstream), named with its upstream source and the job that wrote
+/// it last. Every version of a split is fed from the same upstream: a feature counts as moved
+/// when it moved on every live version (one version alone past the threshold is its share of
+/// the traffic, not a cause; its predictions' drift names it).
 fn feature_drift(ev: &Evidence, live: &[&VersionHealth], out: &mut Vec<Cause>) {
     let alert = ev.inspect.as_ref().map_or(0.25, |i| i.psi_alert);
     let mut features: Vec<&str> = live
         .iter()
-        .flat_map(|v| moved(v, alert))
+        .flat_map(|v| moved(&v.feature_drift, alert))
         .map(|d| d.feature.as_str())
         .collect();
     features.sort_unstable();
@@ -511,7 +990,9 @@ fn feature_drift(ev: &Evidence, live: &[&VersionHealth], out: &mut Vec<Cause>) {
         let on: Vec<(&str, &FeatureDrift)> = live
             .iter()
             .filter_map(|v| {
-                let d = moved(v, alert).into_iter().find(|d| d.feature == feature)?;
+                let d = moved(&v.feature_drift, alert)
+                    .into_iter()
+                    .find(|d| d.feature == feature)?;
                 Some((v.version.as_str(), d))
             })
             .collect();
@@ -523,16 +1004,14 @@ fn feature_drift(ev: &Evidence, live: &[&VersionHealth], out: &mut Vec<Cause>) {
             .sources
             .iter()
             .find(|(f, _)| f == feature)
-            .map_or("unknown", |(_, s)| s.as_str());
+            .map(|(_, s)| s.clone());
         let signal = format!("feature:{feature}");
-        let since = first_event(&ev.events, Kind::Drift, |e| {
+        let onset = first_event(&ev.events, Kind::Drift, |e| {
             e.fields.get("signal") == Some(&signal)
         })
-        .map_or_else(
-            || "in the window".to_string(),
-            |e| format!("since {}", time_of(e)),
-        );
-        let evidence = on
+        .map(|e| e.at_ms);
+        let since = since_text(onset, "in the window");
+        let mut evidence: Vec<String> = on
             .iter()
             .map(|(v, d)| {
                 let js = d.js.map_or_else(String::new, |js| format!(", JS {js:.3}"));
@@ -546,15 +1025,112 @@ fn feature_drift(ev: &Evidence, live: &[&VersionHealth], out: &mut Vec<Cause>) {
             [(only, _)] => format!("on version {only} (the only one with traffic)"),
             _ => "on all versions".to_string(),
         };
-        out.push(Cause {
-            rule: "upstream_drift".into(),
-            score: 0.55 + 0.3 * max.min(1.0),
-            title: format!(
-                "feature `{feature}` moved from its training distribution (PSI {max:.2}) {whom} {since}: upstream source {source}"
-            ),
-            evidence,
-            lineage: Vec::new(),
-        });
+        let shown = source.as_deref().unwrap_or("unknown");
+        let write = source.as_deref().and_then(|s| ev.writes.get(s));
+        let job = write.and_then(|w| w.job.clone());
+        let by = match write {
+            Some(w) => {
+                evidence.push(format!(
+                    "{shown} last written at {}{} (version {})",
+                    rfc3339_ms(w.at_ms),
+                    w.job
+                        .as_ref()
+                        .map(|j| format!(" by job {j}"))
+                        .unwrap_or_default(),
+                    w.version
+                ));
+                w.job
+                    .as_ref()
+                    .map(|j| format!(", last written by job {j}"))
+                    .unwrap_or_default()
+            }
+            None => String::new(),
+        };
+        out.push(
+            Cause {
+                evidence,
+                feature: Some(feature.to_string()),
+                source: source.clone(),
+                job: job.clone(),
+                action: Some(page_owner(shown, job.as_deref())),
+                ..Cause::new(
+                    "upstream_drift",
+                    0.55 + 0.3 * max.min(1.0),
+                    format!(
+                        "feature `{feature}` moved from its training distribution (PSI {max:.2}) {whom} {since}: upstream source {shown}{by}"
+                    ),
+                )
+            }
+            .since(onset.or(write.map(|w| w.at_ms))),
+        );
+    }
+}
+
+/// A candidate whose predictions moved away from its baseline's on the same traffic while its
+/// inputs did not: the model changed, and its lineage diff says how.
+fn candidate_drift(ev: &Evidence, live: &[&VersionHealth], t: &Thresholds, out: &mut Vec<Cause>) {
+    let Some(baseline) = ev.baseline.as_deref() else {
+        return;
+    };
+    let alert = ev.inspect.as_ref().map_or(0.25, |i| i.psi_alert);
+    for v in live.iter().filter(|v| v.version != baseline) {
+        let Some(psi) = v
+            .prediction_psi_baseline
+            .filter(|p| *p >= t.max_prediction_psi)
+        else {
+            continue;
+        };
+        let inputs = moved(&v.baseline_drift, alert);
+        let diff = match (record_of(ev, baseline), v.record.as_ref()) {
+            (Some(a), Some(b)) => lineage_diff(a, b),
+            _ => Vec::new(),
+        };
+        let what = headline(
+            &diff,
+            &[
+                "training_data.digest",
+                "code.commit",
+                "training_data.",
+                "params.",
+            ],
+        );
+        let mut evidence = vec![format!(
+            "prediction PSI {psi:.3} against version {baseline} on the same window (≥ {})",
+            t.max_prediction_psi
+        )];
+        let title = if inputs.is_empty() {
+            let trained = if what.is_empty() {
+                String::new()
+            } else {
+                format!(": trained with {what}")
+            };
+            format!(
+                "candidate {} predicts differently from version {baseline} on the same inputs (PSI {psi:.2}){trained}",
+                v.version
+            )
+        } else {
+            evidence.extend(inputs.iter().map(|d| {
+                format!(
+                    "input `{}`: PSI {:.3} against version {baseline}'s",
+                    d.feature, d.psi
+                )
+            }));
+            format!(
+                "candidate {} predicts differently from version {baseline} (PSI {psi:.2}) and its callers send other inputs",
+                v.version
+            )
+        };
+        out.push(
+            Cause {
+                evidence,
+                digests: digests(&diff),
+                lineage: diff,
+                action: rollback_action(ev, &v.version),
+                ..Cause::new("candidate_drift", 0.5 + 0.3 * psi.min(1.0), title)
+            }
+            .of(ev, &v.version)
+            .since(rollout_of(ev, &v.version)),
+        );
     }
 }
 
@@ -562,7 +1138,7 @@ fn drift(ev: &Evidence, live: &[&VersionHealth], out: &mut Vec<Cause>) {
     let alert = ev.inspect.as_ref().map_or(0.25, |i| i.psi_alert);
     for v in live {
         if let Some(psi) = v.prediction_psi.filter(|p| *p >= alert) {
-            let inputs = moved(v, alert);
+            let inputs = moved(&v.feature_drift, alert);
             let title = match inputs.is_empty() {
                 true => format!(
                     "predictions of version {} drifted from its reference: PSI {psi:.2}",
@@ -585,13 +1161,20 @@ fn drift(ev: &Evidence, live: &[&VersionHealth], out: &mut Vec<Cause>) {
                     d.feature, d.psi
                 )
             }));
-            out.push(Cause {
-                rule: "prediction_drift".into(),
-                score: 0.4 + 0.2 * psi.min(1.0),
-                title,
-                evidence,
-                lineage: Vec::new(),
-            });
+            let onset = first_event(&ev.events, Kind::Drift, |e| {
+                e.version.as_deref() == Some(v.version.as_str())
+                    && e.fields.get("signal").map(String::as_str) == Some("prediction")
+            })
+            .map(|e| e.at_ms);
+            out.push(
+                Cause {
+                    evidence,
+                    feature: inputs.first().map(|d| d.feature.clone()),
+                    ..Cause::new("prediction_drift", 0.4 + 0.2 * psi.min(1.0), title)
+                }
+                .of(ev, &v.version)
+                .since(onset),
+            );
         }
     }
 }
@@ -641,6 +1224,15 @@ mod tests {
         }
     }
 
+    fn seen_mismatch(expected: &str, reported: &str, responses: u64) -> MismatchSeen {
+        MismatchSeen {
+            expected: expected.into(),
+            reported: reported.into(),
+            responses,
+            ..MismatchSeen::default()
+        }
+    }
+
     fn top(ev: &Evidence) -> Cause {
         explain(ev)
             .causes
@@ -674,7 +1266,11 @@ mod tests {
         ev.sources = vec![("plan_type".into(), "crm.accounts".into())];
         let c = top(&ev);
         assert_eq!(c.rule, "upstream_data");
-        assert!(c.title.starts_with("feature `plan_type` NULL rate 0% → 40% in the window on all versions: upstream source crm.accounts"), "{}", c.title);
+        assert!(c.title.starts_with("feature `plan_type` NULL on 40% of rows in the window on all versions: upstream source crm.accounts"), "{}", c.title);
+        assert_eq!(
+            (c.feature.as_deref(), c.source.as_deref()),
+            (Some("plan_type"), Some("crm.accounts"))
+        );
         assert!(
             explain(&ev)
                 .causes
@@ -723,7 +1319,7 @@ mod tests {
                 .starts_with("the registry was unreachable from 1970-01-01T00:00:01")
         );
         // A mismatch outranks all of them.
-        ev.mismatches = vec![("1".into(), "3".into(), 5)];
+        ev.mismatches = vec![seen_mismatch("1", "3", 5)];
         assert_eq!(explain(&ev).causes[0].rule, "version_mismatch");
     }
 
@@ -731,15 +1327,30 @@ mod tests {
     fn mismatch_stale_and_environment_latency_each_win_their_scenario() {
         let mut ev = evidence(vec![health("2", 500, 0, 0.01, record("a", "d", "l"))]);
         ev.versions[0].aliases = vec!["champion".into()];
-        ev.mismatches = vec![("2".into(), "1".into(), 40)];
+        ev.mismatches = vec![seen_mismatch("2", "1", 40)];
         assert_eq!(
             top(&ev).title,
             "the model server reports version 1 while the registry alias champion points to 2"
         );
 
+        // Stale lineage alone is a risk; with a symptom of that version, a cause.
         let mut ev = evidence(vec![health("1", 500, 0, 0.01, record("a", "d", "l"))]);
         ev.versions[0].stale = Some("churn-train trained on e5d3, latest 77aa".into());
-        assert_eq!(top(&ev).rule, "stale_lineage");
+        let e = explain(&ev);
+        assert!(e.causes.is_empty(), "{:?}", e.causes);
+        assert_eq!(e.risks[0].rule, "stale_lineage");
+        let mut ev = evidence(vec![
+            health("1", 1000, 2, 0.01, record("a", "d", "l")),
+            health("2", 1000, 80, 0.01, record("a", "d", "l")),
+        ]);
+        ev.versions[1].stale = Some("churn-train trained on e5d3, latest 77aa".into());
+        let e = explain(&ev);
+        assert!(e.risks.is_empty());
+        assert!(
+            e.causes
+                .iter()
+                .any(|c| c.rule == "stale_lineage" && c.version.as_deref() == Some("2"))
+        );
 
         let ev = evidence(vec![
             health("1", 500, 0, 0.010, record("a", "d", "sha256:aaaa")),
@@ -831,5 +1442,208 @@ mod tests {
         a.prediction_psi = Some(0.1);
         let quiet = explain(&evidence(vec![a, b])).causes;
         assert!(quiet.iter().all(|c| !c.rule.contains("drift")), "{quiet:?}");
+    }
+
+    fn event(at_ms: i64, kind: Kind, version: Option<&str>, fields: &[(&str, &str)]) -> Event {
+        Event {
+            at_ms,
+            kind,
+            model: "churn".into(),
+            version: version.map(Into::into),
+            summary: format!("{kind:?}"),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn overlapping_changes_rank_the_one_that_started_the_symptom_first() {
+        // An imputed NULL on every version since 10:00; version 2 rolled out at 10:20 and its
+        // errors began with it. The NULL is stronger by score alone.
+        let mut a = health("1", 1000, 2, 0.01, record("97f4aaa", "e5d3aaa", "l"));
+        let mut b = health("2", 1000, 60, 0.01, record("1c2baaa", "9a41aaa", "l"));
+        a.issue_rates = vec![("plan_type".into(), "null".into(), 0.45)];
+        b.issue_rates = vec![("plan_type".into(), "null".into(), 0.45)];
+        a.weight = Some(50);
+        b.weight = Some(50);
+        let mut ev = evidence(vec![a, b]);
+        ev.route = Some("churn-split".into());
+        ev.baseline = Some("1".into());
+        ev.sources = vec![("plan_type".into(), "crm.accounts.plan_type".into())];
+        let by_score = explain(&ev);
+        assert_eq!(
+            by_score.causes[0].rule, "upstream_data",
+            "without times: {:?}",
+            by_score.causes
+        );
+        let (t0, t1) = (1_000_000, 1_000_000 + 20 * 60_000);
+        ev.events = vec![
+            event(
+                t0,
+                Kind::DataQuality,
+                None,
+                &[("feature", "plan_type"), ("issue", "null")],
+            ),
+            event(t1, Kind::WeightsChanged, Some("2"), &[]),
+            event(t1 + 4_000, Kind::Onset, Some("2"), &[("signal", "errors")]),
+        ];
+        let e = explain(&ev);
+        let top = &e.causes[0];
+        assert_eq!(top.rule, "version_errors", "{:?}", e.causes);
+        assert_eq!(top.version.as_deref(), Some("2"));
+        assert_eq!(top.onset_ms, Some(t1 + 4_000));
+        assert_eq!(
+            top.digests,
+            vec!["e5d3aaa".to_string(), "9a41aaa".to_string()]
+        );
+        assert!(
+            top.action
+                .as_deref()
+                .is_some_and(|a| a.starts_with("modelstamp rollback churn-split")),
+            "{:?}",
+            top.action
+        );
+        let null = e.causes.iter().find(|c| c.rule == "upstream_data").unwrap();
+        assert!(
+            null.evidence
+                .iter()
+                .any(|x| x.contains("before the symptom began")),
+            "{null:?}"
+        );
+        assert!(
+            null.evidence
+                .iter()
+                .any(|x| x.contains("also on version 1")),
+            "{null:?}"
+        );
+        assert_eq!(e.symptom_onset, Some(rfc3339_ms(t1 + 4_000)));
+        // A change after the symptom began did not start it.
+        ev.events.push(event(
+            t1 + 600_000,
+            Kind::Drift,
+            Some("1"),
+            &[("signal", "prediction")],
+        ));
+        ev.versions[0].prediction_psi = Some(0.9);
+        let late = explain(&ev);
+        let d = late
+            .causes
+            .iter()
+            .find(|c| c.rule == "prediction_drift")
+            .unwrap();
+        assert!(d.score < 0.4, "{d:?}");
+    }
+
+    #[test]
+    fn an_ongoing_mismatch_outranks_one_that_stopped_and_names_no_alias_for_the_past() {
+        let mut ev = evidence(vec![
+            health("2", 500, 0, 0.01, record("a", "d", "l")),
+            health("3", 500, 0, 0.01, record("a", "d", "l")),
+        ]);
+        ev.versions[0].aliases = vec!["champion".into()];
+        ev.now_ms = 10_000_000;
+        ev.mismatches = vec![
+            MismatchSeen {
+                last_ms: Some(ev.now_ms - 60_000),
+                first_ms: Some(ev.now_ms - 600_000),
+                ..seen_mismatch("2", "1", 807)
+            },
+            MismatchSeen {
+                last_ms: Some(ev.now_ms - 1_000),
+                first_ms: Some(ev.now_ms - 30_000),
+                ..seen_mismatch("3", "9", 61)
+            },
+        ];
+        let e = explain(&ev);
+        assert_eq!(
+            e.causes[0].title,
+            "the model server reports version 9 while the route points to 3"
+        );
+        assert_eq!(e.causes[0].version.as_deref(), Some("3"));
+        assert!(
+            e.causes[1].title.ends_with("(stopped)"),
+            "{}",
+            e.causes[1].title
+        );
+        assert!(
+            !e.causes[1].title.contains("champion"),
+            "{}",
+            e.causes[1].title
+        );
+        assert!(e.causes[1].score < e.causes[0].score);
+    }
+
+    #[test]
+    fn errors_the_window_no_longer_holds_come_from_the_journal() {
+        let mut ev = evidence(vec![
+            health("1", 0, 0, 0.01, record("97f4aaa", "e5d3aaa", "l")),
+            health("2", 0, 0, 0.01, record("1c2baaa", "9a41aaa", "l")),
+        ]);
+        ev.baseline = Some("1".into());
+        ev.health_source = "the sidecar's rolling window".into();
+        let quiet = explain(&ev);
+        assert!(quiet.causes.is_empty());
+        assert!(
+            quiet
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("--prometheus"))
+        );
+        ev.events = vec![
+            event(
+                5_000,
+                Kind::Onset,
+                Some("2"),
+                &[("signal", "errors"), ("detail", "error rate 12%")],
+            ),
+            event(9_000, Kind::AutoRollback, Some("2"), &[]),
+        ];
+        let e = explain(&ev);
+        let c = &e.causes[0];
+        assert_eq!(
+            (c.rule.as_str(), c.version.as_deref()),
+            ("past_errors", Some("2"))
+        );
+        assert!(
+            c.title.starts_with("errors on version 2 from 1970-01-01T00:00:05.000Z, rolled back at 1970-01-01T00:00:09.000Z: against version 1 it was trained with dataset digest e5d3 → 9a41"),
+            "{}",
+            c.title
+        );
+    }
+
+    #[test]
+    fn a_candidate_predicting_differently_on_the_same_inputs_names_its_lineage() {
+        let a = health("1", 500, 0, 0.01, record("97f4aaa", "e5d3aaa", "l"));
+        let mut b = health("2", 500, 0, 0.01, record("97f4aaa", "9a41aaa", "l"));
+        b.prediction_psi_baseline = Some(0.6);
+        let mut ev = evidence(vec![a, b.clone()]);
+        ev.baseline = Some("1".into());
+        let c = top(&ev);
+        assert_eq!(c.rule, "candidate_drift");
+        assert!(
+            c.title.ends_with("trained with dataset digest e5d3 → 9a41"),
+            "{}",
+            c.title
+        );
+        // The healthy control: within the threshold, nothing.
+        b.prediction_psi_baseline = Some(0.05);
+        let mut quiet = evidence(vec![
+            health("1", 500, 0, 0.01, record("97f4aaa", "e5d3aaa", "l")),
+            b,
+        ]);
+        quiet.baseline = Some("1".into());
+        assert!(explain(&quiet).causes.is_empty());
+    }
+
+    #[test]
+    fn uris_are_quoted_whole() {
+        assert_eq!(
+            short("s3://ml-data/churn/train.parquet"),
+            "s3://ml-data/churn/train.parquet"
+        );
+        assert_eq!(short("sha256:9c69b58dee292bb1"), "9c69");
+        assert_eq!(short("1c2b8e04a5d7"), "1c2b");
     }
 }
