@@ -473,11 +473,27 @@ pub fn versions(snap: &Snapshot) -> Value {
                 .versions
                 .iter()
                 .map(|(v, rec)| {
+                    let stale = (snap.models.get(name))
+                        .and_then(|m| m.versions.get(v))
+                        .and_then(|s| s.stale.as_ref())
+                        .map(|st| {
+                            json!({
+                                "dataset": st.dataset.name,
+                                "source": st.dataset.source,
+                                "trained_on": st.trained_on,
+                                "latest": st.latest.digest,
+                                "written_at": crate::codec::time::rfc3339_ms(st.latest.written_ms),
+                                "seen_in": st.latest.seen_in,
+                                "job": st.latest.job,
+                                "why": st.describe(),
+                            })
+                        });
                     json!({
                         "version": v,
                         "lineage_id": rec.lineage_id,
                         "git_commit": rec.record.code.commit,
                         "dataset_digest": rec.record.dataset_digest(),
+                        "stale": stale,
                     })
                 })
                 .collect();
@@ -808,6 +824,14 @@ mod tests {
             json!({"model": "churn", "version": "1"}),
             "{body}"
         );
+        let (_, _, versions) = get(&a, "/versions", None).await;
+        let versions: Value = serde_json::from_str(&versions).unwrap_or_default();
+        let flag = &versions["models"][0]["versions"][0]["stale"];
+        assert_eq!(
+            flag["job"]["name"], "jaffle.model.warehouse.main.contacts",
+            "{versions}"
+        );
+        assert_eq!(flag["job"]["run_id"], "r2");
         let stale = (a.snapshot().served("churn", Some("1")).0.stale.clone())
             .unwrap_or_else(|| unreachable!());
         assert_eq!(
