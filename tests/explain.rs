@@ -433,6 +433,18 @@ async fn overlapping_changes_with_the_harmless_one_first() {
             .starts_with("modelstamp rollback churn"),
         "{top}"
     );
+    let rollout = e["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "weights_changed" && t["version"] == "2")
+        .expect("the rollout is on the timeline")["at_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        top["onset_ms"].as_i64().unwrap() >= rollout,
+        "errors cannot begin before version 2 took traffic: {e:#}"
+    );
     assert_eq!(top["onset"], e["symptom_onset"], "{e:#}");
     let null = e["causes"]
         .as_array()
@@ -448,6 +460,7 @@ async fn overlapping_changes_with_the_harmless_one_first() {
     );
     let text = explain_text(&s).await;
     assert!(text.contains("symptom began 20"), "{text}");
+    println!("{}", serde_json::to_string_pretty(&e["causes"]).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -643,7 +656,7 @@ async fn a_feature_shifting_inside_its_range() {
     let written = admin_post(
         &s,
         "/api/v1/lineage",
-        r#"{"eventType": "COMPLETE", "eventTime": "2026-12-08T02:00:00+01:00",
+        r#"{"eventType": "COMPLETE", "eventTime": "2026-12-07T02:00:00+01:00",
             "producer": "https://github.com/apache/airflow/tree/providers-openlineage/2.3.0",
             "run": {"runId": "01938c2e-0000-7000-8000-000000000001"},
             "job": {"namespace": "airflow-prod", "name": "churn_features"},
@@ -687,4 +700,5 @@ async fn a_feature_shifting_inside_its_range() {
         rules(&e)
     );
     assert!(explain_text(&s).await.contains("feature `tenure` moved"));
+    println!("{}", serde_json::to_string_pretty(&e["causes"]).unwrap());
 }

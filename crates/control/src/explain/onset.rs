@@ -29,6 +29,8 @@ pub struct Seen {
     pub slices: Vec<(u64, u64)>,
     /// p99 latency over the window (s).
     pub p99: Option<f64>,
+    /// How long ago its current slice started, and how long a slice lasts (ms).
+    pub slice_ms: (i64, i64),
 }
 
 impl Seen {
@@ -166,8 +168,6 @@ impl Watcher {
                     || crate::config::Canary::defaults().thresholds,
                     |r| r.route.canary.thresholds.clone(),
                 );
-            let mut slice_ms = 0;
-            let mut into_ms = 0;
             let seen: Vec<Seen> = state
                 .versions
                 .iter()
@@ -176,13 +176,12 @@ impl Watcher {
                     if slices.iter().all(|(r, _)| *r == 0) {
                         return None;
                     }
-                    slice_ms = i64::try_from(served.metrics.window.slice_length().as_millis())
-                        .unwrap_or(0);
-                    into_ms = i64::try_from(into.as_millis()).unwrap_or(0);
+                    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(0);
                     Some(Seen {
                         version: v.clone(),
                         slices,
                         p99: served.metrics.window.totals().quantile(0.99),
+                        slice_ms: (ms(into), ms(served.metrics.window.slice_length())),
                     })
                 })
                 .collect();
@@ -194,7 +193,22 @@ impl Watcher {
                     continue;
                 }
                 let back = i64::try_from(s.slices_back.min(SLICES)).unwrap_or(0);
-                let at = now - into_ms - back * slice_ms;
+                let (into_ms, slice_ms) = seen[s.index].slice_ms;
+                // Known to a slice: not before the version took traffic, when that happened in it.
+                let took_traffic = (self
+                    .journal
+                    .between(model, now - (back + 1) * slice_ms, now))
+                .iter()
+                .filter(|e| {
+                    e.version.as_deref() == Some(version.as_str())
+                        && matches!(
+                            e.kind,
+                            Kind::WeightsChanged | Kind::VersionAdded | Kind::AliasMoved
+                        )
+                })
+                .map(|e| e.at_ms)
+                .max();
+                let at = (now - into_ms - back * slice_ms).max(took_traffic.unwrap_or(i64::MIN));
                 self.journal.push(crate::journal::Event {
                     at_ms: at,
                     kind: Kind::Onset,
@@ -241,6 +255,7 @@ mod tests {
             version: version.into(),
             slices: s,
             p99: Some(p99),
+            slice_ms: (0, 1_000),
         }
     }
 

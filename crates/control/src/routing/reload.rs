@@ -1075,7 +1075,10 @@ impl Reloader {
         let aliases = &old.config.openlineage_aliases;
         let mut outcome = WriteOutcome::default();
         let mut learnt = Vec::new();
-        for w in writes {
+        // A producer's clock ahead of ours would make its version the newest for good.
+        let now = crate::journal::now_ms();
+        for mut w in writes {
+            w.version.written_ms = w.version.written_ms.min(now);
             let mut names = w.names;
             names.extend(
                 names
