@@ -524,6 +524,35 @@ async fn a_question_asked_after_the_window() {
     let start_ms = modelstamp::journal::now_ms();
     traffic(&s, 300, None).await;
     assert!(journaled(&s, "onset").await);
+    // --from/--to bound the causes: asked about a window that ended before the incident, while
+    // the errors still fill the rolling window, there are none.
+    let admin = format!("http://127.0.0.1:{}", s.admin);
+    let to = (start_ms - 60_000).to_string();
+    let from = (start_ms - 120_000).to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "explain", "--model", "churn", "--from", &from, "--to", &to, "--json", "--admin",
+                &admin,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let before: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rules(&before), Vec::<String>::new(), "{before:#}");
+    assert!(
+        before["health_source"]
+            .as_str()
+            .unwrap()
+            .contains("does not reach"),
+        "{before:#}"
+    );
+    assert!(
+        rules(&explain(&s).await).contains(&"version_errors".to_string()),
+        "the last 10 minutes hold them"
+    );
     admin_post(
         &s,
         "/routes/churn/weights",
@@ -555,30 +584,6 @@ async fn a_question_asked_after_the_window() {
     assert!(
         title.contains("against version 1 it was trained with dataset digest e5d3 → 9a41"),
         "{title}"
-    );
-    // --from/--to bound the causes: a window that ends before the incident has none.
-    let admin = format!("http://127.0.0.1:{}", s.admin);
-    let to = (start_ms - 60_000).to_string();
-    let from = (start_ms - 120_000).to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args([
-                "explain", "--model", "churn", "--from", &from, "--to", &to, "--json", "--admin",
-                &admin,
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let before: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rules(&before), Vec::<String>::new(), "{before:#}");
-    assert!(
-        before["health_source"]
-            .as_str()
-            .unwrap()
-            .contains("does not reach"),
-        "{before:#}"
     );
 }
 

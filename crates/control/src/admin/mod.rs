@@ -109,6 +109,12 @@ impl Admin {
                     || path == "/webhooks/mlflow"
                     || canary::is_traffic_change(&path) =>
             {
+                // Lineage events are refused before their (up to 4 MiB) body is read.
+                if (path == OPENLINEAGE || path == "/events/dataset-changed")
+                    && !self.authorized(&parts.headers)
+                {
+                    return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+                }
                 let limit = if path == OPENLINEAGE {
                     openlineage::MAX_INFLATED
                 } else {

@@ -17,6 +17,10 @@ use crate::routing::Written;
 
 /// Largest event accepted after gzip is undone (dbt's events carry SQL and schema facets).
 pub const MAX_INFLATED: usize = 4 << 20;
+/// Most outputs one event may write, and symlinks one dataset may have.
+pub const MAX_OUTPUTS: usize = 256;
+/// Longest name, namespace, version, run ID or producer kept (bytes).
+pub const MAX_FIELD: usize = 512;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -112,6 +116,7 @@ pub fn decode_body(encoding: Option<&str>, body: &[u8]) -> Result<Vec<u8>, Strin
 pub fn parse(body: &[u8]) -> Result<Vec<Announced>, String> {
     let event: Event =
         serde_json::from_slice(body).map_err(|e| format!("not an OpenLineage event: {e}"))?;
+    bounded(&event)?;
     let time = event.event_time.as_deref().ok_or("eventTime is required")?;
     let written_ms = parse_ms(time)
         .ok_or_else(|| format!("eventTime {time:?} is not an RFC 3339 time with an offset"))?;
@@ -177,6 +182,53 @@ pub fn parse(body: &[u8]) -> Result<Vec<Announced>, String> {
         return Ok(Vec::new());
     }
     Err("neither a RunEvent (run, job), a DatasetEvent (dataset) nor a JobEvent (job)".into())
+}
+
+/// Refuse what would cost more than an event is worth: too many outputs or symlinks, or fields
+/// longer than any real name.
+fn bounded(e: &Event) -> Result<(), String> {
+    if e.outputs.len() > MAX_OUTPUTS {
+        return Err(format!(
+            "{} outputs, more than {MAX_OUTPUTS} in one event",
+            e.outputs.len()
+        ));
+    }
+    let datasets = e.outputs.iter().chain(e.dataset.as_ref());
+    let mut fields: Vec<(&str, &str)> = Vec::new();
+    for d in datasets {
+        let links = d.facets.symlinks.iter().flat_map(|s| &s.identifiers);
+        if links.clone().count() > MAX_OUTPUTS {
+            return Err(format!(
+                "dataset {:?} has more than {MAX_OUTPUTS} symlinks",
+                d.name
+            ));
+        }
+        fields.extend([
+            ("namespace", d.namespace.as_str()),
+            ("name", d.name.as_str()),
+        ]);
+        fields.extend(links.flat_map(|i| {
+            [
+                ("symlink", i.namespace.as_str()),
+                ("symlink", i.name.as_str()),
+            ]
+        }));
+        if let Some(v) = &d.facets.version {
+            fields.push(("datasetVersion", v.dataset_version.as_str()));
+        }
+    }
+    if let Some(j) = &e.job {
+        fields.extend([
+            ("job.namespace", j.namespace.as_str()),
+            ("job.name", j.name.as_str()),
+        ]);
+    }
+    fields.extend(e.run.iter().map(|r| ("runId", r.run_id.as_str())));
+    fields.extend(e.producer.iter().map(|p| ("producer", p.as_str())));
+    match fields.iter().find(|(_, v)| v.len() > MAX_FIELD) {
+        Some((what, _)) => Err(format!("{what} is longer than {MAX_FIELD} bytes")),
+        None => Ok(()),
+    }
 }
 
 /// Every name a dataset goes by: `namespace/name`, its name alone, and the same for each of its
@@ -301,6 +353,25 @@ mod tests {
         assert!(parse(naive.as_bytes()).is_err_and(|e| e.contains("offset")));
         assert!(parse(b"[]").is_err_and(|e| e.contains("not an OpenLineage event")));
         assert!(parse(b"{\"eventTime\": \"2026-12-08T10:00:00Z\"}").is_err());
+        let job = r#""name": "warehouse.main.contacts", "facets": {"sql""#;
+        assert!(RUN.contains(job));
+        let long = RUN.replace(
+            job,
+            &format!(r#""name": "{}", "facets": {{"sql""#, "x".repeat(600)),
+        );
+        assert!(
+            parse(long.as_bytes()).is_err_and(|e| e.contains("longer than 512")),
+            "a job name"
+        );
+        let many: Vec<String> = (0..300)
+            .map(|i| format!(r#"{{"namespace": "n", "name": "t{i}"}}"#))
+            .collect();
+        let wide = format!(
+            r#"{{"eventType": "COMPLETE", "eventTime": "2026-12-08T10:00:00Z", "run": {{"runId": "r"}},
+                "job": {{"namespace": "a", "name": "b"}}, "outputs": [{}]}}"#,
+            many.join(",")
+        );
+        assert!(parse(wide.as_bytes()).is_err_and(|e| e.contains("300 outputs")));
     }
 
     #[test]

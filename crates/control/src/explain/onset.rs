@@ -84,15 +84,22 @@ pub fn symptoms(seen: &[Seen], t: &Thresholds) -> Vec<Symptom> {
             None => (0.0, errors >= 3),
         };
         if v.rate() - base > t.max_error_rate_increase && significant {
-            // Back through the slices while they stay elevated (or hold no traffic).
+            // The latest run of elevated slices (slices without traffic do not break it; clean
+            // ones at the head, a recovery under way, are stepped over): its oldest slice with
+            // traffic is when the errors began.
             let elevated = |(r, e): &(u64, u64)| {
-                *r == 0 || (*e as f64 / *r as f64) - base > t.max_error_rate_increase
+                *r > 0 && (*e as f64 / *r as f64) - base > t.max_error_rate_increase
             };
-            let run = v.slices.iter().take_while(|s| elevated(s)).count();
-            let slices_back = v.slices[..run.max(1)]
+            let head = v.slices.iter().position(elevated).unwrap_or(0);
+            let run = v.slices[head..]
                 .iter()
-                .rposition(|(r, _)| *r > 0)
-                .unwrap_or(0);
+                .take_while(|s| s.0 == 0 || elevated(s))
+                .count();
+            let slices_back = head
+                + v.slices[head..head + run.max(1)]
+                    .iter()
+                    .rposition(|(r, _)| *r > 0)
+                    .unwrap_or(0);
             out.push(Symptom {
                 index: i,
                 signal: "errors",
@@ -126,12 +133,21 @@ pub fn symptoms(seen: &[Seen], t: &Thresholds) -> Vec<Symptom> {
     out
 }
 
+/// Consecutive looks a symptom must be seen (or missed) before it is journaled as begun (or
+/// ended): a rate hovering at its threshold does not fill the journal.
+const TO_OPEN: u32 = 2;
+const TO_CLOSE: u32 = 5;
+
+type Key = (String, String, &'static str);
+
 /// Journals symptom onsets and recoveries.
 pub struct Watcher {
     reloader: Arc<Reloader>,
     journal: Arc<Journal>,
-    /// (model, version, signal) → when it started.
-    open: HashMap<(String, String, &'static str), i64>,
+    /// Open symptoms → (when it started, consecutive looks it was missed).
+    open: HashMap<Key, (i64, u32)>,
+    /// Symptoms seen but not yet open → consecutive looks seen.
+    pending: HashMap<Key, u32>,
 }
 
 impl Watcher {
@@ -141,6 +157,7 @@ impl Watcher {
             reloader,
             journal,
             open: HashMap::new(),
+            pending: HashMap::new(),
         }
     }
 
@@ -160,7 +177,7 @@ impl Watcher {
     pub fn look(&mut self) {
         let snap = self.reloader.current().load_full();
         let now = now_ms();
-        let mut still = HashMap::new();
+        let mut seen_now: HashMap<Key, i64> = HashMap::new();
         for (model, state) in &snap.models {
             let thresholds = Reloader::find_split(&snap, model)
                 .and_then(|i| snap.routes.get(i))
@@ -186,45 +203,49 @@ impl Watcher {
                 })
                 .collect();
             for s in symptoms(&seen, &thresholds) {
-                let version = seen[s.index].version.clone();
-                let key = (model.clone(), version.clone(), s.signal);
-                if let Some(at) = self.open.remove(&key) {
-                    still.insert(key, at);
+                let v = &seen[s.index];
+                let key = (model.clone(), v.version.clone(), s.signal);
+                if self.open.contains_key(&key) {
+                    seen_now.insert(key, 0);
                     continue;
                 }
-                let back = i64::try_from(s.slices_back.min(SLICES)).unwrap_or(0);
-                let (into_ms, slice_ms) = seen[s.index].slice_ms;
-                // Known to a slice: not before the version took traffic, when that happened in it.
-                let took_traffic = (self
-                    .journal
-                    .between(model, now - (back + 1) * slice_ms, now))
-                .iter()
-                .filter(|e| {
-                    e.version.as_deref() == Some(version.as_str())
-                        && matches!(
-                            e.kind,
-                            Kind::WeightsChanged | Kind::VersionAdded | Kind::AliasMoved
-                        )
-                })
-                .map(|e| e.at_ms)
-                .max();
-                let at = (now - into_ms - back * slice_ms).max(took_traffic.unwrap_or(i64::MIN));
+                let looks = self.pending.entry(key.clone()).or_insert(0);
+                *looks += 1;
+                if *looks < TO_OPEN {
+                    seen_now.insert(key, 0);
+                    continue;
+                }
+                let at = self.dated(model, v, &s, now);
                 self.journal.push(crate::journal::Event {
                     at_ms: at,
                     kind: Kind::Onset,
                     model: model.clone(),
-                    version: Some(version.clone()),
-                    summary: format!("{} rose on version {version}: {}", s.signal, s.detail),
+                    version: Some(v.version.clone()),
+                    summary: format!("{} rose on version {}: {}", s.signal, v.version, s.detail),
                     fields: [
                         ("signal".to_string(), s.signal.to_string()),
                         ("detail".to_string(), s.detail.clone()),
                     ]
                     .into(),
                 });
-                still.insert(key, at);
+                self.open.insert(key.clone(), (at, 0));
+                seen_now.insert(key, at);
             }
         }
-        for ((model, version, signal), since) in self.open.drain() {
+        self.pending.retain(|k, _| seen_now.contains_key(k));
+        let mut closed = Vec::new();
+        for (key, (since, missed)) in &mut self.open {
+            if seen_now.contains_key(key) {
+                *missed = 0;
+                continue;
+            }
+            *missed += 1;
+            if *missed >= TO_CLOSE {
+                closed.push((key.clone(), *since));
+            }
+        }
+        for ((model, version, signal), since) in closed {
+            self.open.remove(&(model.clone(), version.clone(), signal));
             self.journal.record(
                 Kind::Recovery,
                 &model,
@@ -236,7 +257,28 @@ impl Watcher {
                 &[("signal", signal.to_string())],
             );
         }
-        self.open = still;
+    }
+
+    /// When a symptom began: the start of its window slice, or, when the version first took
+    /// traffic inside that slice (a weight from 0, an alias moved to it, its arrival), that
+    /// moment.
+    fn dated(&self, model: &str, v: &Seen, s: &Symptom, now: i64) -> i64 {
+        let back = i64::try_from(s.slices_back.min(SLICES)).unwrap_or(0);
+        let (into_ms, slice_ms) = v.slice_ms;
+        let start = now - into_ms - back * slice_ms;
+        let took_traffic = self
+            .journal
+            .between(model, start, start + slice_ms)
+            .into_iter()
+            .filter(|e| e.version.as_deref() == Some(v.version.as_str()))
+            .filter(|e| match e.kind {
+                Kind::WeightsChanged => e.fields.get("before").map(String::as_str) == Some("0"),
+                Kind::VersionAdded | Kind::AliasMoved => true,
+                _ => false,
+            })
+            .map(|e| e.at_ms)
+            .max();
+        took_traffic.map_or(start, |t| t.max(start))
     }
 }
 
@@ -276,9 +318,17 @@ mod tests {
         );
         let quiet = seen("2", &[(100, 1); 5], 0.01);
         assert!(
-            symptoms(&[one, quiet], &thresholds()).is_empty(),
+            symptoms(&[one.clone(), quiet], &thresholds()).is_empty(),
             "healthy control"
         );
+        // Two clean slices at the head (a recovery under way) do not move the onset forward.
+        let recovering = seen(
+            "2",
+            &[(100, 0), (100, 0), (100, 30), (0, 0), (100, 28), (100, 0)],
+            0.01,
+        );
+        let got = symptoms(&[one, recovering], &thresholds());
+        assert_eq!(got[0].slices_back, 4, "{got:?}");
     }
 
     #[test]

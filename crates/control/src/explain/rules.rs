@@ -9,11 +9,11 @@
 //! | `version_errors` | a version's error rate exceeds the best other live version's by more than `max_error_rate_increase`, p < `alpha` | 0.7 + 0.25·min(1, Δ/0.1) |
 //! | `past_errors` | the journal holds an error onset of a version the window no longer shows (it ended, or was rolled back) | 0.7 |
 //! | `environment_latency` | a version's p99 is above `max_latency_ratio` × the fastest other's (and at least 10 ms above it) and its lineage differs in `environment.*` | 0.6 + 0.2·min(1, (ratio−1)/2) |
-//! | `stale_lineage` | a live version's training data (or an upstream table of it) got a newer version after training, and a symptom of that version started with or after it | 0.75 |
+//! | `stale_lineage` | a live version's training data (or an upstream table of it) got a newer version after training, and a symptom of that version followed it (else a risk, 0.3) | 0.75 |
 //! | `version_data` | a feature's issue rate is above `max_issue_rate` on some live versions only | 0.55 |
 //! | `latency` | as `environment_latency`, without an environment difference | 0.45 |
 //! | `upstream_drift` | a feature's PSI against its reference is at least `psi_alert` (and past chance) on every live version | 0.55 + 0.3·min(1, PSI/1) |
-//! | `candidate_drift` | a candidate's predictions moved from its baseline's (PSI ≥ `max_prediction_psi`, past chance) while its inputs did not: its lineage differs | 0.5 + 0.3·min(1, PSI/1) |
+//! | `candidate_drift` | a candidate's predictions moved from its baseline's on the same window (PSI ≥ `max_prediction_psi`, past chance): named through its lineage diff, or through its inputs when they moved too | 0.5 + 0.3·min(1, PSI/1) |
 //! | `prediction_drift` | a version's prediction PSI against its reference is at least `psi_alert` (the features that moved on it are named) | 0.4 + 0.2·min(1, PSI/1) |
 //! | `registry_outage` | the registry was unreachable in the window | 0.3 |
 //!
@@ -469,7 +469,7 @@ pub fn explain(ev: &Evidence) -> Explanation {
     } else {
         ONSET_SLACK_MS
     };
-    let (stale_causes, risks) = stale(ev, &live, symptom, slack, &causes);
+    let (stale_causes, risks) = stale(ev, &live, slack, &causes);
     causes.extend(stale_causes);
     if let Some(s) = symptom {
         // The versions showing the symptom, of those live.
@@ -531,9 +531,10 @@ fn order(c: &mut Cause, s: i64, slack: i64, healthy: &[&str]) {
         c.evidence.push(format!(
             "began at {when}, after the symptom began ({symptom}): not what started it"
         ));
-    } else if at < s - slack && c.rule != "stale_lineage" {
-        // (New upstream data reaches features later than it is written: a stale flag is judged
-        // by whether a symptom of its version followed it, in `stale`.)
+    } else if c.rule == "stale_lineage" {
+        // New data reaches features later than it is written: a stale flag was judged by
+        // whether a symptom of its own version followed it (`stale`), not by this clock.
+    } else if at < s - slack {
         c.score *= 0.7;
         c.evidence.push(format!(
             "present since {when}, before the symptom began ({symptom})"
@@ -846,7 +847,11 @@ fn past_errors(ev: &Evidence, out: &mut Vec<Cause>) {
         seen.push(version);
         let after = |kind: Kind| {
             ev.events.iter().find(|x| {
-                x.kind == kind && x.at_ms >= e.at_ms && x.version.as_deref() == Some(version)
+                x.kind == kind
+                    && x.at_ms >= e.at_ms
+                    && x.version.as_deref() == Some(version)
+                    && (kind != Kind::Recovery
+                        || x.fields.get("signal").map(String::as_str) == Some("errors"))
             })
         };
         let ended = after(Kind::AutoRollback)
@@ -896,7 +901,6 @@ fn past_errors(ev: &Evidence, out: &mut Vec<Cause>) {
 fn stale(
     ev: &Evidence,
     live: &[&VersionHealth],
-    symptom: Option<i64>,
     slack: i64,
     causes: &[Cause],
 ) -> (Vec<Cause>, Vec<Cause>) {
@@ -905,25 +909,28 @@ fn stale(
         let Some(s) = &v.stale else { continue };
         let detail = v.stale_detail.as_ref();
         let written = detail.map(|d| d.written_ms);
-        // A symptom of this very version (errors, latency, drift, data) co-moves with it when it
-        // began after the new data was written.
-        let symptom_here = causes.iter().any(|c| {
-            c.version.as_deref() == Some(v.version.as_str())
-                && matches!(
-                    c.rule.as_str(),
-                    "version_errors"
-                        | "past_errors"
-                        | "latency"
-                        | "environment_latency"
-                        | "prediction_drift"
-                        | "version_data"
-                )
+        // A symptom of this very version (errors, latency, drift, data) moves with it when it
+        // began after the new data was written; with the symptom's start unknown, when the data
+        // was written inside the window asked about.
+        let comoves = causes.iter().any(|c| {
+            let symptom = matches!(
+                c.rule.as_str(),
+                "version_errors"
+                    | "past_errors"
+                    | "latency"
+                    | "environment_latency"
+                    | "prediction_drift"
+                    | "version_data"
+                    | "candidate_drift"
+            );
+            symptom
+                && c.version.as_deref() == Some(v.version.as_str())
+                && match (written, c.onset_ms) {
+                    (Some(w), Some(began)) => w <= began + slack,
+                    (Some(w), None) => w >= ev.from_ms,
+                    (None, _) => true,
+                }
         });
-        let comoves = symptom_here
-            && match (written, symptom) {
-                (Some(w), Some(s)) => w <= s + slack,
-                _ => true,
-            };
         let job = detail.and_then(|d| d.job.clone());
         let cause = Cause {
             evidence: vec![format!(
@@ -1645,5 +1652,56 @@ mod tests {
         );
         assert_eq!(short("sha256:9c69b58dee292bb1"), "9c69");
         assert_eq!(short("1c2b8e04a5d7"), "1c2b");
+    }
+
+    #[test]
+    fn stale_lineage_is_a_cause_only_when_its_versions_symptom_followed_the_new_data() {
+        let detail = |written_ms: i64| StaleDetail {
+            dataset: "crm.accounts".into(),
+            trained_on: "e5d3".into(),
+            latest: "run-9".into(),
+            written_ms,
+            job: Some("dbt/accounts".into()),
+        };
+        let mut ev = evidence(vec![
+            health("1", 1000, 2, 0.01, record("a", "d", "l")),
+            health("2", 1000, 80, 0.01, record("a", "d", "l")),
+        ]);
+        ev.from_ms = 0;
+        ev.versions[1].stale = Some("crm.accounts rewritten".into());
+        ev.events = vec![event(
+            50_000,
+            Kind::Onset,
+            Some("2"),
+            &[("signal", "errors")],
+        )];
+        // Written before the errors of version 2 began: a cause, with the job.
+        ev.versions[1].stale_detail = Some(detail(40_000));
+        let e = explain(&ev);
+        let c = e.causes.iter().find(|c| c.rule == "stale_lineage").unwrap();
+        assert_eq!(
+            (c.job.as_deref(), c.score),
+            (Some("dbt/accounts"), 0.75),
+            "{c:?}"
+        );
+        assert!(
+            !c.evidence.iter().any(|x| x.contains("with the symptom")),
+            "{c:?}"
+        );
+        // Written after they began: it did not start them; a risk.
+        ev.versions[1].stale_detail = Some(detail(50_000 + 120_000));
+        let e = explain(&ev);
+        assert!(
+            e.causes.iter().all(|c| c.rule != "stale_lineage"),
+            "{:?}",
+            e.causes
+        );
+        assert_eq!(e.risks[0].rule, "stale_lineage");
+        // A symptom on another version does not make version 1's stale lineage a cause.
+        ev.versions[1].stale = None;
+        ev.versions[0].stale = Some("crm.accounts rewritten".into());
+        ev.versions[0].stale_detail = Some(detail(40_000));
+        let e = explain(&ev);
+        assert_eq!(e.risks[0].version.as_deref(), Some("1"), "{:?}", e.causes);
     }
 }

@@ -72,6 +72,8 @@ impl DatasetVersions {
         versions.insert(at, v);
         if versions.len() > VERSIONS_PER_DATASET {
             versions.remove(0);
+            // Older than every version kept: nothing learnt.
+            return at != 0;
         }
         true
     }
@@ -317,6 +319,10 @@ mod tests {
         }
         assert_eq!(known.iter().next().map(|(_, v)| v.len()), Some(16));
         assert_eq!(known.newest(&k).map(|v| v.digest.as_str()), Some("v39"));
+        assert!(
+            !known.record(k.clone(), version(1, "ancient")),
+            "older than all kept"
+        );
     }
 
     #[test]
