@@ -273,11 +273,112 @@ pub struct ExplainArgs {
     /// Take health, data quality, drift and mismatches from a Prometheus server's history.
     #[arg(long)]
     prometheus: Option<String>,
+    /// A history store (SQLite file) to read the events from when the sidecar does not answer
+    /// (default: the config's history.path).
+    #[arg(long)]
+    history: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     admin: AdminArgs,
+}
+
+/// The evidence a history store holds for the window, with the records of the config's registry,
+/// for when no sidecar answers; `None` without a store. No health: that lives in the sidecars
+/// and in Prometheus.
+async fn offline(
+    args: &ExplainArgs,
+    unreachable: &str,
+) -> Result<Option<modelstamp::explain::rules::Evidence>, String> {
+    use modelstamp::explain::rules::{Evidence, VersionHealth};
+    use modelstamp::history::Store as _;
+    let loaded = match &args.admin.config {
+        Some(c) => Some(
+            modelstamp::routing::Source::File(c.clone())
+                .load()
+                .await
+                .map_err(|e| format!("{}: {e}", c.display()))?,
+        ),
+        None => None,
+    };
+    let path = args.history.clone().or_else(|| {
+        let (config, _) = loaded.as_ref()?;
+        Some(config.history.as_ref()?.path.clone())
+    });
+    let Some(path) = path else { return Ok(None) };
+    if !path.is_file() {
+        return Err(format!("history store {} does not exist", path.display()));
+    }
+    let store = modelstamp::history::sqlite::SqliteStore::open(&path).map_err(|e| e.to_string())?;
+    let query = modelstamp::codec::percent::query(
+        [
+            ("since", &args.since),
+            ("from", &args.from),
+            ("to", &args.to),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_deref()?))),
+    );
+    let (from_ms, to_ms) = modelstamp::admin::explain::window(Some(&query))?;
+    let events = store
+        .events(&args.model, from_ms, to_ms, modelstamp::history::MAX_EVENTS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ev = Evidence {
+        model: args.model.clone(),
+        from_ms,
+        to_ms,
+        now_ms: modelstamp::journal::now_ms(),
+        health_source: format!(
+            "no sidecar ({unreachable}): no health; ask with --prometheus URL for metric history"
+        ),
+        events_source: store.describe(),
+        events: events.into_iter().map(|s| s.event).collect(),
+        ..Evidence::default()
+    };
+    if let Some((config, registry)) = &loaded {
+        if let Some(m) = registry.models.get(&args.model) {
+            for (version, v) in &m.versions {
+                ev.versions.push(VersionHealth {
+                    version: version.clone(),
+                    lineage_id: v.lineage_id.clone(),
+                    record: Some((*v.record).clone()),
+                    aliases: (m.aliases.iter())
+                        .filter(|(_, to)| *to == version)
+                        .map(|(a, _)| a.clone())
+                        .collect(),
+                    ..VersionHealth::default()
+                });
+                for f in &v.record.input_schema {
+                    if let Some(s) = v.record.feature_source(f)
+                        && !ev.sources.iter().any(|(n, _)| *n == f.name)
+                    {
+                        ev.sources.push((f.name.clone(), s));
+                    }
+                }
+            }
+        }
+        let split = config
+            .routes
+            .iter()
+            .find(|r| r.model.as_deref() == Some(args.model.as_str()) && !r.backends.is_empty());
+        if let Some(r) = split {
+            ev.route = Some(r.name.clone());
+            ev.thresholds = Some(r.canary.thresholds.clone());
+            ev.baseline = r
+                .backends
+                .get(r.canary.baseline)
+                .and_then(|b| match &b.version {
+                    modelstamp::config::Serves::Version(v) => Some(v.clone()),
+                    modelstamp::config::Serves::Alias(a) => registry
+                        .models
+                        .get(&args.model)
+                        .and_then(|m| m.aliases.get(a).cloned()),
+                });
+        }
+    }
+    Ok(Some(ev))
 }
 
 /// `modelstamp explain`.
@@ -299,7 +400,12 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let explanation: Explanation = match &args.prometheus {
         None => match local {
             Ok(v) => serde_json::from_value(v)?,
-            Err(e) => return fail(e),
+            // No sidecar: the history store and the config's registry can still answer.
+            Err(e) => match offline(&args, &e.to_string()).await {
+                Ok(Some(ev)) => explain(&ev),
+                Ok(None) => return fail(e),
+                Err(why) => return fail(why),
+            },
         },
         Some(url) => {
             let (from, to) = match modelstamp::admin::explain::window(Some(&query)) {
@@ -313,6 +419,26 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
                     Ok(ev) => ev,
                     Err(e) => return fail(e),
                 };
+            // No sidecar: the events and records from the history store and the config.
+            if let Err(e) = &local
+                && let Ok(Some(off)) = offline(&args, &e.to_string()).await
+            {
+                ev.events = off.events;
+                ev.events_source = off.events_source;
+                ev.route = off.route;
+                ev.baseline = off.baseline;
+                for h in &mut ev.versions {
+                    if let Some(o) = off.versions.iter().find(|o| o.version == h.version) {
+                        h.record = o.record.clone();
+                        h.aliases = o.aliases.clone();
+                    }
+                }
+                for s in off.sources {
+                    if !ev.sources.iter().any(|(f, _)| *f == s.0) {
+                        ev.sources.push(s);
+                    }
+                }
+            }
             // The sidecar, when it answers, adds the timeline, aliases and lineage records.
             if let Ok(l) = &local {
                 if let Ok(events) = serde_json::from_value(l["timeline"].clone()) {

@@ -27,7 +27,7 @@
 //! This crate re-exports each layer's modules under the names the CLI and the tests use.
 
 pub use modelstamp_codec as codec;
-pub use modelstamp_control::{admin, canary, explain, routing};
+pub use modelstamp_control::{admin, canary, explain, history, routing};
 pub use modelstamp_model::{config, journal, registry, tls};
 pub use modelstamp_observe as observe;
 pub use modelstamp_observe::inspect;

@@ -62,6 +62,9 @@ pub enum StartError {
     /// The audit log could not be opened (or does not verify).
     #[error(transparent)]
     Audit(crate::canary::audit::AuditError),
+    /// The history store could not be opened.
+    #[error("cannot open the history store: {0}")]
+    History(crate::history::HistoryError),
     /// The inspection worker could not start.
     #[error("cannot start the inspection worker: {0}")]
     Inspector(std::io::Error),
@@ -128,6 +131,18 @@ impl Sidecar {
         .map_err(StartError::AccessLog)?;
         let tracing = Tracing::start(&config.traces, &metrics).map_err(StartError::Tracing)?;
         let journal = Arc::new(Journal::default());
+        // Every journal event also goes to the history store, when one is configured.
+        let history = match &config.history {
+            Some(h) => {
+                let store = crate::history::sqlite::SqliteStore::open(&h.path)
+                    .map_err(StartError::History)?;
+                let (tx, rx) = crate::history::channel(h.queue);
+                journal.set_sink(tx);
+                let store: Arc<dyn crate::history::Store> = Arc::new(store);
+                Some((store, rx, h.clone()))
+            }
+            None => None,
+        };
         reloader.subscribe(Arc::new(JournalFollower(journal.clone())));
         let inspector = Inspector::start(&config.inspect, tracing.clone(), journal.clone())
             .map_err(StartError::Inspector)?;
@@ -226,11 +241,14 @@ impl Sidecar {
             recent: telemetry.access_log.recent.clone(),
             draining: AtomicBool::new(false),
             canary: canary.clone(),
-            explainer: Arc::new(Explainer::new(
-                reloader.clone(),
-                telemetry.inspector.shared().clone(),
-                journal.clone(),
-            )),
+            explainer: Arc::new(
+                Explainer::new(
+                    reloader.clone(),
+                    telemetry.inspector.shared().clone(),
+                    journal.clone(),
+                )
+                .with_history(history.as_ref().map(|(store, _, _)| store.clone())),
+            ),
         });
         let admin = Admin::new(admin_state.clone());
         let admin_limits = snapshots.clone();
@@ -267,6 +285,17 @@ impl Sidecar {
             control.spawn(watch_certificates(served, shutdown_rx.clone()));
         }
         control.spawn(canary.clone().watch(shutdown_rx.clone()));
+        if let Some((store, rx, h)) = history {
+            let writer = crate::history::Writer::new(
+                store,
+                rx,
+                h.instance,
+                reloader.clone(),
+                journal.clone(),
+                h.retention,
+            );
+            control.spawn(writer.run(shutdown_rx.clone()));
+        }
         control.spawn(
             crate::explain::onset::Watcher::new(reloader.clone(), journal).run(shutdown_rx.clone()),
         );

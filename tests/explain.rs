@@ -66,6 +66,7 @@ struct Sidecar {
     child: Child,
     port: u16,
     admin: u16,
+    cfg: std::path::PathBuf,
 }
 
 impl Drop for Sidecar {
@@ -84,17 +85,32 @@ async fn start_with(registry: &str, routes: &str, extra: &str) -> Sidecar {
     std::fs::write(dir.join("registry.yaml"), registry).unwrap();
     let (port, admin) = (free_port(), free_port());
     let cfg = dir.join("m.toml");
-    std::fs::write(&cfg, config_text_on(&dir, routes, extra, "1h", port, admin)).unwrap();
+    let extra = extra.replace("{dir}", &dir.display().to_string());
+    std::fs::write(
+        &cfg,
+        config_text_on(&dir, routes, &extra, "1h", port, admin),
+    )
+    .unwrap();
+    run(&cfg, port, admin).await
+}
+
+/// The sidecar of a config written before (again, after a restart).
+async fn run(cfg: &std::path::Path, port: u16, admin: u16) -> Sidecar {
     // Every scenario's admin API takes the token (traffic changes need one).
     let child = Command::new(BIN)
         .args(["run", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .env("MODELSTAMP_ADMIN_TOKEN", TOKEN)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let s = Sidecar { child, port, admin };
+    let s = Sidecar {
+        child,
+        port,
+        admin,
+        cfg: cfg.to_path_buf(),
+    };
     assert!(wait_ready(admin).await, "sidecar ready");
     s
 }
@@ -706,4 +722,97 @@ async fn a_feature_shifting_inside_its_range() {
     );
     assert!(explain_text(&s).await.contains("feature `tenure` moved"));
     println!("{}", serde_json::to_string_pretty(&e["causes"]).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_asked_after_a_restart_is_answered_from_the_history_store() {
+    // Version 2 errs; the sidecar that saw it restarts (its memory gone); the new process
+    // answers from the SQLite history store.
+    let up = Upstream::start(server("2", 3, "", Duration::ZERO, None)).await;
+    let mut s = start(
+        &split(up.addr, "2"),
+        "[history]\npath = \"{dir}/history.db\"\n",
+    )
+    .await;
+    traffic(&s, 300, None).await;
+    assert!(journaled(&s, "onset").await);
+    let metrics = format!("http://127.0.0.1:{}/metrics", s.admin);
+    let written = eventually(Duration::from_secs(10), || {
+        let metrics = metrics.clone();
+        async move {
+            let text = get_text(&metrics).await;
+            text.contains("modelstamp_history_writes_total{result=\"success\"}")
+                && metric_value(&text, "modelstamp_history_queue_depth") == 0.0
+        }
+    })
+    .await;
+    assert!(written, "the onset reached the store");
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    let (cfg, port, admin) = (s.cfg.clone(), s.port, s.admin);
+    drop(s);
+    let s = run(&cfg, port, admin).await;
+    let e = explain(&s).await;
+    assert!(
+        e["events_source"].as_str().unwrap().contains("sqlite:"),
+        "{e:#}"
+    );
+    let top = &e["causes"][0];
+    assert_eq!(
+        (&top["rule"], &top["version"]),
+        (&"past_errors".into(), &"2".into()),
+        "{e:#}"
+    );
+    assert!(
+        top["title"]
+            .as_str()
+            .unwrap()
+            .contains("against version 1 it was trained with dataset digest e5d3 → 9a41"),
+        "{top}"
+    );
+    assert!(
+        explain_text(&s)
+            .await
+            .contains("events from the journal and sqlite:")
+    );
+    // No sidecar at all: the same answer from the store and the config's registry.
+    drop(s);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "explain", "--model", "churn", "--since", "10m", "--json", "--config",
+            ])
+            .arg(&cfg)
+            .env_remove("MODELSTAMP_ADMIN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        e["health_source"]
+            .as_str()
+            .unwrap()
+            .starts_with("no sidecar"),
+        "{e:#}"
+    );
+    let top = &e["causes"][0];
+    assert_eq!(
+        (&top["rule"], &top["version"]),
+        (&"past_errors".into(), &"2".into()),
+        "{e:#}"
+    );
+    assert!(
+        top["title"]
+            .as_str()
+            .unwrap()
+            .contains("against version 1 it was trained with dataset digest e5d3 → 9a41"),
+        "{top}"
+    );
 }

@@ -11,4 +11,5 @@ pub use modelstamp_proxy as proxy;
 pub mod admin;
 pub mod canary;
 pub mod explain;
+pub mod history;
 pub mod routing;

@@ -15,7 +15,7 @@ const KEPT: usize = 10_000;
 const MISMATCH_KEYS: usize = 1_000;
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// A version appeared in the registry.
@@ -81,6 +81,16 @@ pub fn now_ms() -> i64 {
 pub struct Journal {
     events: Mutex<VecDeque<Event>>,
     mismatches: Mutex<HashMap<MismatchKey, (i64, i64, u64)>>,
+    /// Where every event is also sent to be kept for good (the history store's writer), when
+    /// one is set; a full queue drops the copy, counted, and never blocks the caller.
+    sink: std::sync::OnceLock<Sink>,
+}
+
+/// A bounded queue to the history writer.
+#[derive(Debug)]
+struct Sink {
+    tx: tokio::sync::mpsc::Sender<Event>,
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 /// (model, expected, reported).
@@ -109,8 +119,29 @@ impl Journal {
         });
     }
 
+    /// Send every event from now on to `tx` as well (once; a second call is ignored).
+    pub fn set_sink(&self, tx: tokio::sync::mpsc::Sender<Event>) {
+        let _ = self.sink.set(Sink {
+            tx,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        });
+    }
+
+    /// Events the sink's queue had no room for.
+    pub fn sink_dropped(&self) -> u64 {
+        self.sink
+            .get()
+            .map_or(0, |s| s.dropped.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Record an event with its own time.
     pub fn push(&self, e: Event) {
+        if let Some(sink) = self.sink.get()
+            && sink.tx.try_send(e.clone()).is_err()
+        {
+            sink.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         events.push_back(e);
         while events.len() > KEPT {

@@ -285,6 +285,9 @@ pub struct Metrics {
     registry_staleness: Gauge<f64, std::sync::atomic::AtomicU64>,
     registry_refreshes: Family<ResultLabels, Counter>,
     lineage_events: Family<LineageEventLabels, Counter>,
+    history_depth: Gauge,
+    history_writes: Family<ResultLabels, Counter>,
+    history_dropped: Family<ReasonLabels, Counter>,
     stale: Family<VersionLabels, Gauge>,
     stale_set: Arc<Mutex<Vec<VersionLabels>>>,
     generation: Gauge,
@@ -334,6 +337,9 @@ impl Metrics {
             registry_staleness: Gauge::default(),
             registry_refreshes: Family::default(),
             lineage_events: Family::default(),
+            history_depth: Gauge::default(),
+            history_writes: Family::default(),
+            history_dropped: Family::default(),
             stale: Family::default(),
             stale_set: Arc::default(),
             generation: Gauge::default(),
@@ -426,6 +432,21 @@ impl Metrics {
             "registry_refreshes",
             "Remote registry reads by result",
             m.registry_refreshes.clone(),
+        );
+        reg.register(
+            "history_queue_depth",
+            "Journal events waiting to be written to the history store (queued and spooled)",
+            m.history_depth.clone(),
+        );
+        reg.register(
+            "history_writes",
+            "History store write batches by result",
+            m.history_writes.clone(),
+        );
+        reg.register(
+            "history_dropped",
+            "Journal events not written to the history store, by reason (queue_full, spool_full)",
+            m.history_dropped.clone(),
         );
         reg.register(
             "lineage_events",
@@ -700,6 +721,27 @@ impl Metrics {
     pub fn registry_loaded(&self) {
         self.registry_up.set(1);
         self.registry_staleness.set(0.0);
+    }
+
+    /// Events waiting for the history store.
+    pub fn history_depth(&self, n: i64) {
+        self.history_depth.set(n);
+    }
+
+    /// Count a history write batch.
+    pub fn history_write(&self, ok: bool) {
+        self.history_writes
+            .get_or_create(&ResultLabels {
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// Count events the history store will not get.
+    pub fn history_dropped(&self, reason: &'static str, n: u64) {
+        self.history_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n);
     }
 
     /// Count a dataset announced by a lineage event (`source`: `openlineage`, `dataset_changed`;

@@ -38,12 +38,12 @@ pub fn window(q: Option<&str>) -> Result<(i64, i64), String> {
 
 impl Admin {
     /// `GET /explain/{model}`.
-    pub(super) fn explain(&self, model: &str, q: Option<&str>) -> Response<Full<Bytes>> {
+    pub(super) async fn explain(&self, model: &str, q: Option<&str>) -> Response<Full<Bytes>> {
         let (from, to) = match window(q) {
             Ok(w) => w,
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         };
-        match self.state.explainer.explain(model, from, to) {
+        match self.state.explainer.explain(model, from, to).await {
             Some(e) => json_response(StatusCode::OK, &json!(e)),
             None => error(
                 StatusCode::NOT_FOUND,

@@ -102,6 +102,11 @@ impl Admin {
             return error(StatusCode::FORBIDDEN, why);
         }
         match parts.method {
+            // The one GET that may read a store.
+            Method::GET | Method::HEAD if path.starts_with("/explain/") => {
+                let model = path.trim_start_matches("/explain/");
+                self.explain(model, parts.uri.query()).await
+            }
             Method::GET | Method::HEAD => self.get(&parts, &path),
             Method::POST
                 if path == "/events/dataset-changed"
@@ -162,8 +167,6 @@ impl Admin {
                     self.ui(path, parts.uri.query())
                 } else if let Some(model) = path.strip_prefix("/canary/") {
                     self.canary(model, parts.uri.query())
-                } else if let Some(model) = path.strip_prefix("/explain/") {
-                    self.explain(model, parts.uri.query())
                 } else if let Some(id) = path.strip_prefix("/lineage/") {
                     self.lineage(id)
                 } else if let Some(id) = path.strip_prefix("/requests/") {

@@ -18,6 +18,7 @@ pub struct Explainer {
     reloader: Arc<Reloader>,
     inspector: Arc<Shared>,
     journal: Arc<Journal>,
+    history: Option<Arc<dyn crate::history::Store>>,
 }
 
 impl Explainer {
@@ -27,7 +28,14 @@ impl Explainer {
             reloader,
             inspector,
             journal,
+            history: None,
         }
+    }
+
+    /// Read past events from this store as well as from the journal in memory.
+    pub fn with_history(mut self, history: Option<Arc<dyn crate::history::Store>>) -> Self {
+        self.history = history;
+        self
     }
 
     /// The journal.
@@ -210,6 +218,7 @@ impl Explainer {
             to_ms,
             now_ms: now,
             health_source,
+            events_source: "the journal in memory (its last 10,000 events)".into(),
             versions,
             events: self.journal.between(model, from_ms, to_ms),
             mismatches,
@@ -234,8 +243,26 @@ impl Explainer {
         })
     }
 
-    /// Explain `model` between two times; `None` for a model the registry does not know.
-    pub fn explain(&self, model: &str, from_ms: i64, to_ms: i64) -> Option<Explanation> {
-        self.evidence(model, from_ms, to_ms).map(|e| explain(&e))
+    /// Explain `model` between two times; `None` for a model the registry does not know. With a
+    /// history store, its events for the window join the journal's (a restart, or a window
+    /// older than the journal holds); a store that fails leaves the journal's, and says so.
+    pub async fn explain(&self, model: &str, from_ms: i64, to_ms: i64) -> Option<Explanation> {
+        let mut ev = self.evidence(model, from_ms, to_ms)?;
+        if let Some(store) = &self.history {
+            match store
+                .events(model, from_ms, to_ms, crate::history::MAX_EVENTS)
+                .await
+            {
+                Ok(stored) => {
+                    ev.events = crate::history::merge(std::mem::take(&mut ev.events), stored);
+                    ev.events_source = format!("the journal and {}", store.describe());
+                }
+                Err(e) => {
+                    ev.events_source =
+                        format!("the journal in memory ({} failed: {e})", store.describe());
+                }
+            }
+        }
+        Some(explain(&ev))
     }
 }

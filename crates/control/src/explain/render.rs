@@ -12,6 +12,9 @@ pub fn render(e: &Explanation) -> String {
     if !e.health_source.is_empty() {
         let _ = writeln!(out, "health from {}", e.health_source);
     }
+    if !e.events_source.is_empty() {
+        let _ = writeln!(out, "events from {}", e.events_source);
+    }
     if let Some(s) = &e.symptom_onset {
         let _ = writeln!(out, "symptom began {s}");
     }

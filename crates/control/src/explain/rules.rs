@@ -168,6 +168,8 @@ pub struct Evidence {
     /// Where the per-version health comes from, for people (`the sidecar's rolling window
     /// (5m)`, `Prometheus`); it says when that does not cover the window asked about.
     pub health_source: String,
+    /// Where the events come from (the journal in memory, a history store).
+    pub events_source: String,
     /// Per-version health.
     pub versions: Vec<VersionHealth>,
     /// The journal's events in the window.
@@ -285,6 +287,9 @@ pub struct Explanation {
     /// Where the per-version health comes from (and whether it covers the window).
     #[serde(default)]
     pub health_source: String,
+    /// Where the timeline's events come from.
+    #[serde(default)]
+    pub events_source: String,
     /// When the symptom started (the first error or latency onset in the window), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symptom_onset: Option<String>,
@@ -500,6 +505,7 @@ pub fn explain(ev: &Evidence) -> Explanation {
         from: rfc3339_ms(ev.from_ms),
         to: rfc3339_ms(ev.to_ms),
         health_source: ev.health_source.clone(),
+        events_source: ev.events_source.clone(),
         symptom_onset: symptom.map(rfc3339_ms),
         timeline: ev.events.clone(),
         health: ev.versions.clone(),

@@ -126,11 +126,26 @@ pub struct Config {
     pub inspect: Inspect,
     /// Audit log file (weight changes, promotions, rollbacks); `None`: kept in memory only.
     pub audit_path: Option<PathBuf>,
+    /// The durable event store, when configured.
+    pub history: Option<History>,
     /// Lineage event dataset names (an OpenLineage `namespace/name` or plain name) → the name
     /// the registry's records use for that dataset or table (`[openlineage] aliases`).
     pub openlineage_aliases: std::collections::BTreeMap<String, String>,
     /// Routes, matched in order.
     pub routes: Vec<Route>,
+}
+
+/// `[history]`: where the journal's events are kept for good.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    /// The SQLite file (created, WAL mode).
+    pub path: PathBuf,
+    /// Events older than this are pruned.
+    pub retention: Duration,
+    /// Events queued for the writer at most; beyond, they are dropped and counted.
+    pub queue: usize,
+    /// This sidecar's name on every event: `POD_NAME` (the downward API), else host:pid.
+    pub instance: String,
 }
 
 /// How spans are sampled and exported.

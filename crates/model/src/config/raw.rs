@@ -32,7 +32,19 @@ pub struct RawConfig {
     #[serde(default)]
     pub openlineage: RawOpenLineage,
     #[serde(default)]
+    pub history: RawHistory,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
+}
+
+/// `[history]`: the durable event store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHistory {
+    pub path: Option<String>,
+    pub retention: Option<String>,
+    pub queue: Option<usize>,
+    pub instance: Option<String>,
 }
 
 /// `[openlineage]`: how lineage events' dataset names map to the registry's.

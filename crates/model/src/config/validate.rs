@@ -187,6 +187,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
         base_dir,
     );
     let admin_token = secret(&mut errs, "admin.token", raw.admin.token.as_deref());
+    let history = history(&mut errs, raw, base_dir);
     let openlineage_aliases = raw.openlineage.aliases.clone().unwrap_or_default();
     for (from, to) in &openlineage_aliases {
         if from.trim().is_empty() || to.trim().is_empty() {
@@ -220,6 +221,7 @@ pub fn validate(raw: &RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors
             traces,
             inspect,
             audit_path: super::canary::audit_path(raw.audit.path.as_deref(), base_dir),
+            history,
             openlineage_aliases,
             routes,
         })
@@ -1018,6 +1020,52 @@ fn header(
     }
 }
 
+/// `[history]`: on when `path` is set.
+fn history(
+    errs: &mut Vec<ConfigError>,
+    raw: &RawConfig,
+    base_dir: &Path,
+) -> Option<super::History> {
+    let h = &raw.history;
+    let Some(path) = &h.path else {
+        if h.retention.is_some() || h.queue.is_some() || h.instance.is_some() {
+            errs.push(ConfigError::new(
+                "history.path",
+                "is required for the other history settings to mean anything",
+            ));
+        }
+        return None;
+    };
+    let retention = dur(errs, "history.retention", &h.retention, 30 * 86_400_000);
+    if retention.is_zero() {
+        errs.push(ConfigError::new(
+            "history.retention",
+            "must be greater than 0",
+        ));
+    }
+    let queue = h.queue.unwrap_or(10_000);
+    if queue == 0 {
+        errs.push(ConfigError::new("history.queue", "must be at least 1"));
+    }
+    let instance = h.instance.clone().unwrap_or_else(|| {
+        std::env::var("POD_NAME")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "localhost".into());
+                format!("{host}:{}", std::process::id())
+            })
+    });
+    Some(super::History {
+        path: base_dir.join(path),
+        retention,
+        queue,
+        instance,
+    })
+}
+
 pub(super) fn dur(
     errs: &mut Vec<ConfigError>,
     path: &str,
@@ -1033,7 +1081,7 @@ pub(super) fn dur(
     }
 }
 
-/// Parse `250ms`, `5s`, `2m` or `1h`.
+/// Parse `250ms`, `5s`, `2m`, `1h` or `30d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -1046,7 +1094,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n.checked_mul(1_000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
-        _ => return Err(format!("invalid duration \"{s}\" (units: ms, s, m, h)")),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(format!("invalid duration \"{s}\" (units: ms, s, m, h, d)")),
     };
     ms.map(Duration::from_millis)
         .ok_or_else(|| format!("duration \"{s}\" is too large"))
@@ -1101,7 +1150,7 @@ mod tests {
             errs,
             vec![
                 "server.listen: invalid address \"nope\" (expected ip:port)".to_string(),
-                "upstream.connect_timeout: invalid duration \"3 parsecs\" (units: ms, s, m, h)"
+                "upstream.connect_timeout: invalid duration \"3 parsecs\" (units: ms, s, m, h, d)"
                     .into(),
                 "routes[1].upstream: invalid address \"x:y\" (expected host:port)".into(),
                 "routes[1].model: invalid model name \"b c\"".into(),
@@ -1473,5 +1522,44 @@ mod tests {
     fn a_secret_never_shows_in_debug_output() {
         let c = basic("alice", "hunter2hunter2");
         assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+    }
+
+    #[test]
+    fn history_is_on_with_a_path_and_its_settings_are_checked() {
+        let base = "[[routes]]\nmodel = \"a\"\nupstream = \"127.0.0.1:1\"\n";
+        assert_eq!(check(base).map(|c| c.history).ok(), Some(None));
+        let on = check(&format!(
+            "[history]\npath = \"h.db\"\nretention = \"7d\"\ninstance = \"pod-7\"\n{base}"
+        ))
+        .ok()
+        .and_then(|c| c.history);
+        assert_eq!(
+            on.map(|h| (h.path, h.retention, h.queue, h.instance)),
+            Some((
+                PathBuf::from("/etc/ms/h.db"),
+                Duration::from_secs(7 * 86_400),
+                10_000,
+                "pod-7".to_string()
+            ))
+        );
+        let errs = check(&format!("[history]\nretention = \"0s\"\nqueue = 0\n{base}")).err();
+        assert_eq!(
+            errs,
+            Some(vec![
+                "history.path: is required for the other history settings to mean anything"
+                    .to_string()
+            ])
+        );
+        let errs = check(&format!(
+            "[history]\npath = \"h.db\"\nretention = \"0s\"\nqueue = 0\n{base}"
+        ))
+        .err();
+        assert_eq!(
+            errs,
+            Some(vec![
+                "history.retention: must be greater than 0".to_string(),
+                "history.queue: must be at least 1".to_string()
+            ])
+        );
     }
 }

@@ -1,0 +1,86 @@
+//! History: the journal's events kept for good, so `explain` answers for windows the sidecar's
+//! memory no longer holds, and after a restart. Behind one [`Store`] trait; the embedded backend
+//! is SQLite ([`sqlite::SqliteStore`], one file, WAL mode). Events reach it through a bounded
+//! queue and the [`Writer`], off the request path: a full queue drops (counted), a store outage
+//! spools (bounded, counted when it overflows) and flushes on recovery.
+
+pub mod sqlite;
+mod writer;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use writer::{Writer, channel};
+
+use crate::journal::Event;
+
+/// A boxed future, as the [`Store`] methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One event as kept: the journal's event, which sidecar saw it, and the lineage ID of its
+/// version then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// The event.
+    pub event: Event,
+    /// The sidecar that recorded it (`history.instance`).
+    pub instance: String,
+    /// The lineage ID its version had when it was recorded.
+    pub lineage_id: Option<String>,
+}
+
+/// Why the store could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The database refused or failed.
+    #[error("history store {0}")]
+    Store(String),
+    /// A migration in the repo does not match what the database holds.
+    #[error("history schema: {0}")]
+    Schema(String),
+}
+
+/// Where events are kept.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// A short description for logs (`sqlite:/var/lib/modelstamp/history.db`).
+    fn describe(&self) -> String;
+    /// Keep these events (in one transaction).
+    fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<(), HistoryError>>;
+    /// Events of `model` and sidecar-wide ones between two times (ms since the epoch), oldest
+    /// first, at most `limit`.
+    fn events(
+        &self,
+        model: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<StoredEvent>, HistoryError>>;
+    /// Remove events older than `before_ms`; returns how many.
+    fn prune(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, HistoryError>>;
+}
+
+/// Most events one query returns.
+pub const MAX_EVENTS: usize = 50_000;
+
+/// The journal's events and the store's for one window, without the ones both hold, oldest
+/// first.
+pub fn merge(memory: Vec<Event>, stored: Vec<StoredEvent>) -> Vec<Event> {
+    let key = |e: &Event| {
+        (
+            e.at_ms,
+            e.kind,
+            e.model.clone(),
+            e.version.clone(),
+            e.summary.clone(),
+        )
+    };
+    let mut seen: std::collections::HashSet<_> = memory.iter().map(key).collect();
+    let mut out = memory;
+    for s in stored {
+        if seen.insert(key(&s.event)) {
+            out.push(s.event);
+        }
+    }
+    out.sort_by_key(|e| e.at_ms);
+    out
+}
