@@ -292,7 +292,6 @@ async fn offline(
     unreachable: &str,
 ) -> Result<Option<modelstamp::explain::rules::Evidence>, String> {
     use modelstamp::explain::rules::{Evidence, VersionHealth};
-    use modelstamp::history::Store as _;
     let loaded = match &args.admin.config {
         Some(c) => Some(
             modelstamp::routing::Source::File(c.clone())
@@ -302,15 +301,26 @@ async fn offline(
         ),
         None => None,
     };
-    let path = args.history.clone().or_else(|| {
-        let (config, _) = loaded.as_ref()?;
-        Some(config.history.as_ref()?.path.clone())
-    });
-    let Some(path) = path else { return Ok(None) };
-    if !path.is_file() {
-        return Err(format!("history store {} does not exist", path.display()));
-    }
-    let store = modelstamp::history::sqlite::SqliteStore::open(&path).map_err(|e| e.to_string())?;
+    let configured = loaded.as_ref().and_then(|(c, _)| c.history.clone());
+    let store: std::sync::Arc<dyn modelstamp::history::Store> = match (&args.history, configured) {
+        (Some(path), _) => {
+            if !path.is_file() {
+                return Err(format!("history store {} does not exist", path.display()));
+            }
+            std::sync::Arc::new(
+                modelstamp::history::sqlite::SqliteStore::open(path).map_err(|e| e.to_string())?,
+            )
+        }
+        (None, Some(h)) => {
+            if let modelstamp::config::HistoryStore::Sqlite(path) = &h.store
+                && !path.is_file()
+            {
+                return Err(format!("history store {} does not exist", path.display()));
+            }
+            modelstamp::history::open(&h).map_err(|e| e.to_string())?
+        }
+        (None, None) => return Ok(None),
+    };
     let query = modelstamp::codec::percent::query(
         [
             ("since", &args.since),

@@ -134,11 +134,9 @@ impl Sidecar {
         // Every journal event also goes to the history store, when one is configured.
         let history = match &config.history {
             Some(h) => {
-                let store = crate::history::sqlite::SqliteStore::open(&h.path)
-                    .map_err(StartError::History)?;
+                let store = crate::history::open(h).map_err(StartError::History)?;
                 let (tx, rx) = crate::history::channel(h.queue);
                 journal.set_sink(tx);
-                let store: Arc<dyn crate::history::Store> = Arc::new(store);
                 Some((store, rx, h.clone()))
             }
             None => None,

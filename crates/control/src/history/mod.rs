@@ -4,6 +4,7 @@
 //! queue and the [`Writer`], off the request path: a full queue drops (counted), a store outage
 //! spools (bounded, counted when it overflows) and flushes on recovery.
 
+pub mod postgres;
 pub mod sqlite;
 mod writer;
 
@@ -57,6 +58,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'_, Result<Vec<StoredEvent>, HistoryError>>;
     /// Remove events older than `before_ms`; returns how many.
     fn prune(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, HistoryError>>;
+}
+
+/// The store a config names. SQLite is opened (and migrated) now; PostgreSQL connects when first
+/// used, so a sidecar starts while it is down.
+pub fn open(h: &crate::config::History) -> Result<std::sync::Arc<dyn Store>, HistoryError> {
+    Ok(match &h.store {
+        crate::config::HistoryStore::Sqlite(path) => {
+            std::sync::Arc::new(sqlite::SqliteStore::open(path)?)
+        }
+        crate::config::HistoryStore::Postgres {
+            url,
+            password,
+            schema,
+        } => std::sync::Arc::new(postgres::PostgresStore::new(
+            url,
+            password.as_ref().map(|p| p.0.as_str()),
+            schema,
+        )?),
+    })
 }
 
 /// Most events one query returns.

@@ -237,9 +237,9 @@ mod tests {
         }
     }
 
-    fn dir() -> PathBuf {
+    fn dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(
-            "modelstamp-history-{}-{}",
+            "modelstamp-history-{tag}-{}-{}",
             std::process::id(),
             crate::journal::now_ms()
         ));
@@ -249,7 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_are_kept_queried_by_model_and_window_and_pruned() {
-        let d = dir();
+        let d = dir("window");
         let path = d.join("sub").join("history.db");
         let store = SqliteStore::open(&path).unwrap_or_else(|e| unreachable!("{e}"));
         let batch = vec![
@@ -298,7 +298,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_database_from_a_newer_modelstamp_is_refused_and_garbage_is_an_error() {
-        let d = dir();
+        let d = dir("refused");
         std::fs::create_dir_all(&d).unwrap_or_default();
         let path = d.join("h.db");
         drop(SqliteStore::open(&path).unwrap_or_else(|e| unreachable!("{e}")));

@@ -138,14 +138,30 @@ pub struct Config {
 /// `[history]`: where the journal's events are kept for good.
 #[derive(Debug, Clone, PartialEq)]
 pub struct History {
-    /// The SQLite file (created, WAL mode).
-    pub path: PathBuf,
+    /// Where events are kept.
+    pub store: HistoryStore,
     /// Events older than this are pruned.
     pub retention: Duration,
     /// Events queued for the writer at most; beyond, they are dropped and counted.
     pub queue: usize,
     /// This sidecar's name on every event: `POD_NAME` (the downward API), else host:pid.
     pub instance: String,
+}
+
+/// The history store's backend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HistoryStore {
+    /// One SQLite file (created, WAL mode): a single sidecar.
+    Sqlite(PathBuf),
+    /// PostgreSQL, shared by a fleet.
+    Postgres {
+        /// `postgres://user@host:port/db`.
+        url: String,
+        /// From `history.password_file` or `MODELSTAMP_HISTORY_PASSWORD` (wins over the URL's).
+        password: Option<Secret>,
+        /// The schema the tables live in.
+        schema: String,
+    },
 }
 
 /// How spans are sampled and exported.

@@ -42,6 +42,9 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawHistory {
     pub path: Option<String>,
+    pub url: Option<String>,
+    pub password_file: Option<String>,
+    pub schema: Option<String>,
     pub retention: Option<String>,
     pub queue: Option<usize>,
     pub instance: Option<String>,

@@ -1027,14 +1027,55 @@ fn history(
     base_dir: &Path,
 ) -> Option<super::History> {
     let h = &raw.history;
-    let Some(path) = &h.path else {
-        if h.retention.is_some() || h.queue.is_some() || h.instance.is_some() {
+    let store = match (&h.path, &h.url) {
+        (Some(_), Some(_)) => {
             errs.push(ConfigError::new(
-                "history.path",
-                "is required for the other history settings to mean anything",
+                "history",
+                "path (SQLite) and url (PostgreSQL) are alternatives: set one",
             ));
+            return None;
         }
-        return None;
+        (Some(path), None) => super::HistoryStore::Sqlite(base_dir.join(path)),
+        (None, Some(url)) => {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                errs.push(ConfigError::new("history.url", "must be a postgres:// URL"));
+            }
+            let password = match &h.password_file {
+                Some(f) => match std::fs::read_to_string(base_dir.join(f)) {
+                    Ok(p) => Some(Secret(p.trim_end_matches(['\n', '\r']).to_string())),
+                    Err(e) => {
+                        errs.push(ConfigError::new(
+                            "history.password_file",
+                            format!("cannot read {f}: {e}"),
+                        ));
+                        None
+                    }
+                },
+                None => std::env::var("MODELSTAMP_HISTORY_PASSWORD")
+                    .ok()
+                    .filter(|p| !p.is_empty())
+                    .map(Secret),
+            };
+            super::HistoryStore::Postgres {
+                url: url.clone(),
+                password,
+                schema: h.schema.clone().unwrap_or_else(|| "modelstamp".into()),
+            }
+        }
+        (None, None) => {
+            let set = h.retention.is_some()
+                || h.queue.is_some()
+                || h.instance.is_some()
+                || h.password_file.is_some()
+                || h.schema.is_some();
+            if set {
+                errs.push(ConfigError::new(
+                    "history.path",
+                    "(or history.url) is required for the other history settings to mean anything",
+                ));
+            }
+            return None;
+        }
     };
     let retention = dur(errs, "history.retention", &h.retention, 30 * 86_400_000);
     if retention.is_zero() {
@@ -1059,7 +1100,7 @@ fn history(
             })
     });
     Some(super::History {
-        path: base_dir.join(path),
+        store,
         retention,
         queue,
         instance,
@@ -1534,9 +1575,9 @@ mod tests {
         .ok()
         .and_then(|c| c.history);
         assert_eq!(
-            on.map(|h| (h.path, h.retention, h.queue, h.instance)),
+            on.map(|h| (h.store, h.retention, h.queue, h.instance)),
             Some((
-                PathBuf::from("/etc/ms/h.db"),
+                crate::config::HistoryStore::Sqlite(PathBuf::from("/etc/ms/h.db")),
                 Duration::from_secs(7 * 86_400),
                 10_000,
                 "pod-7".to_string()
@@ -1546,7 +1587,7 @@ mod tests {
         assert_eq!(
             errs,
             Some(vec![
-                "history.path: is required for the other history settings to mean anything"
+                "history.path: (or history.url) is required for the other history settings to mean anything"
                     .to_string()
             ])
         );
