@@ -67,19 +67,107 @@ pub struct ChangeArgs {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Check an audit log file's hash chain; exit 1 at the first edited, removed or reordered entry.
+    /// Check an audit log file's hash chain, or every model's chain in the history store; exit 1
+    /// at the first edited, removed or reordered entry.
     Verify {
-        /// The audit log (JSON lines).
-        file: PathBuf,
+        /// The audit log (JSON lines); without it, the history store's chains.
+        file: Option<PathBuf>,
         /// The head hash a sidecar reports (`GET /audit`): also detects entries cut from the end.
         #[arg(long)]
         head: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Search the history store's audit trail.
+    Search {
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// Only entries this recent (e.g. 30d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this actor.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this ticket.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Print JSON lines (the entries as hashed).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write the history store's audit trail as JSON lines (one model's chain verifies with
+    /// `audit verify FILE`).
+    Export {
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Show a running sidecar's audit trail and its chain status.
     Show {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// Which history store to read.
+#[derive(Args)]
+pub struct StoreArgs {
+    /// A SQLite history store (default: the config's [history]).
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Config whose [history] store to read.
+    #[arg(long, short, env = "MODELSTAMP_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// The history store a file names, else the one a config's `[history]` names.
+fn open_store(
+    history: Option<&std::path::Path>,
+    configured: Option<&modelstamp::config::History>,
+) -> Result<Option<std::sync::Arc<dyn modelstamp::history::Store>>, String> {
+    let missing = |p: &std::path::Path| format!("history store {} does not exist", p.display());
+    Ok(Some(match (history, configured) {
+        (Some(path), _) => {
+            if !path.is_file() {
+                return Err(missing(path));
+            }
+            std::sync::Arc::new(
+                modelstamp::history::sqlite::SqliteStore::open(path).map_err(|e| e.to_string())?,
+            )
+        }
+        (None, Some(h)) => {
+            if let modelstamp::config::HistoryStore::Sqlite(path) = &h.store
+                && !path.is_file()
+            {
+                return Err(missing(path));
+            }
+            modelstamp::history::open(h).map_err(|e| e.to_string())?
+        }
+        (None, None) => return Ok(None),
+    }))
+}
+
+impl StoreArgs {
+    async fn open(&self) -> Result<std::sync::Arc<dyn modelstamp::history::Store>, String> {
+        let configured = match &self.config {
+            Some(c) => {
+                let (config, _) = modelstamp::routing::Source::File(c.clone())
+                    .load()
+                    .await
+                    .map_err(|e| format!("{}: {e}", c.display()))?;
+                config.history
+            }
+            None => None,
+        };
+        open_store(self.history.as_deref(), configured.as_ref())?.ok_or_else(|| {
+            "no history store: give --history FILE or --config with [history]".into()
+        })
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
@@ -199,7 +287,106 @@ pub async fn change(args: ChangeArgs, action: &str) -> anyhow::Result<ExitCode> 
 /// `modelstamp audit`.
 pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCommand::Verify { file, head } => {
+        AuditCommand::Verify {
+            file: None, store, ..
+        } => {
+            let store = match store.open().await {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            let rows = match store.audit(None).await {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            match modelstamp::history::verify_audit(&rows) {
+                Ok(chains) => {
+                    for (model, entries) in &chains {
+                        let head = entries.last().map_or("-", |e| e.hash.as_str());
+                        outln!(
+                            "{model}: {} entries, chain intact, head {head}",
+                            entries.len()
+                        );
+                    }
+                    outln!("{}: {} chains intact", store.describe(), chains.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err((model, b)) => fail(format!("{}: model {model}, entry {b}", store.describe())),
+            }
+        }
+        AuditCommand::Search {
+            model,
+            since,
+            actor,
+            ticket,
+            json,
+            store,
+        } => {
+            let since_ms = match since.as_deref().map(modelstamp::config::parse_duration) {
+                None => i64::MIN,
+                Some(Ok(d)) => {
+                    modelstamp::journal::now_ms() - i64::try_from(d.as_millis()).unwrap_or(0)
+                }
+                Some(Err(e)) => return fail(format!("--since: {e}")),
+            };
+            let store = match store.open().await {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            let rows = match store.audit(model).await {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let found = rows.iter().filter(|r| {
+                r.at_ms >= since_ms
+                    && actor.as_ref().is_none_or(|a| *a == r.actor)
+                    && ticket.as_ref().is_none_or(|t| r.ticket.as_ref() == Some(t))
+            });
+            for r in found {
+                if json {
+                    outln!("{}", r.line);
+                    continue;
+                }
+                let e: modelstamp::canary::audit::Entry = match serde_json::from_str(&r.line) {
+                    Ok(e) => e,
+                    Err(e) => return fail(format!("model {} seq {}: {e}", r.model, r.seq)),
+                };
+                outln!(
+                    "{} #{:<4} {} {:<13} {:<10} route {} {} -> {} by {} on {}: {}",
+                    e.model,
+                    e.seq,
+                    e.time,
+                    e.action,
+                    e.ticket.as_deref().unwrap_or("-"),
+                    e.route,
+                    json!(e.before),
+                    json!(e.after),
+                    e.actor,
+                    r.instance,
+                    e.reason.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export { model, store } => {
+            let store = match store.open().await {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            match store.audit(model).await {
+                Ok(rows) => {
+                    for r in rows {
+                        outln!("{}", r.line);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => fail(e),
+            }
+        }
+        AuditCommand::Verify {
+            file: Some(file),
+            head,
+            ..
+        } => {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
                 Err(e) => return fail(format!("cannot read {}: {e}", file.display())),
@@ -302,24 +489,8 @@ async fn offline(
         None => None,
     };
     let configured = loaded.as_ref().and_then(|(c, _)| c.history.clone());
-    let store: std::sync::Arc<dyn modelstamp::history::Store> = match (&args.history, configured) {
-        (Some(path), _) => {
-            if !path.is_file() {
-                return Err(format!("history store {} does not exist", path.display()));
-            }
-            std::sync::Arc::new(
-                modelstamp::history::sqlite::SqliteStore::open(path).map_err(|e| e.to_string())?,
-            )
-        }
-        (None, Some(h)) => {
-            if let modelstamp::config::HistoryStore::Sqlite(path) = &h.store
-                && !path.is_file()
-            {
-                return Err(format!("history store {} does not exist", path.display()));
-            }
-            modelstamp::history::open(&h).map_err(|e| e.to_string())?
-        }
-        (None, None) => return Ok(None),
+    let Some(store) = open_store(args.history.as_deref(), configured.as_ref())? else {
+        return Ok(None);
     };
     let query = modelstamp::codec::percent::query(
         [

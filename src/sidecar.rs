@@ -131,12 +131,17 @@ impl Sidecar {
         .map_err(StartError::AccessLog)?;
         let tracing = Tracing::start(&config.traces, &metrics).map_err(StartError::Tracing)?;
         let journal = Arc::new(Journal::default());
-        // Every journal event also goes to the history store, when one is configured.
+        // Every journal event (and audit entry) also goes to the history store, when one is
+        // configured.
+        let mut history_audit = None;
         let history = match &config.history {
             Some(h) => {
                 let store = crate::history::open(h).map_err(StartError::History)?;
                 let (tx, rx) = crate::history::channel(h.queue);
                 journal.set_sink(tx);
+                let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(1_000);
+                history_audit = Some(audit_tx);
+                let rx = (rx, audit_rx);
                 Some((store, rx, h.clone()))
             }
             None => None,
@@ -161,6 +166,9 @@ impl Sidecar {
         registry.register_collector(Box::new(ShadowCollector(shadow_stats.clone())));
         let audit =
             Arc::new(AuditLog::open(config.audit_path.as_deref()).map_err(StartError::Audit)?);
+        if let Some(tx) = history_audit {
+            audit.set_store(tx);
+        }
         reloader.subscribe(Arc::new(ReloadAudit(audit.clone())));
         let canary = Arc::new(Controller::new(
             reloader.clone(),
@@ -284,6 +292,7 @@ impl Sidecar {
         }
         control.spawn(canary.clone().watch(shutdown_rx.clone()));
         if let Some((store, rx, h)) = history {
+            let (rx, audit_rx) = rx;
             let writer = crate::history::Writer::new(
                 store,
                 rx,
@@ -291,7 +300,8 @@ impl Sidecar {
                 reloader.clone(),
                 journal.clone(),
                 h.retention,
-            );
+            )
+            .with_audit(audit_rx);
             control.spawn(writer.run(shutdown_rx.clone()));
         }
         control.spawn(

@@ -184,3 +184,22 @@ def test_postgres_stopped_under_load_loses_no_request_and_its_events_arrive_afte
     rows = pg.psql("SELECT summary FROM modelstamp.events WHERE kind = 'weights_changed' AND instance = 'sidecar-b'")
     assert "weight 50 -> 70" in rows and "weight 50 -> 30" in rows, rows
     assert metric(admin, "modelstamp_history_dropped_total") == 0
+
+    # The audit entry of that change is in PostgreSQL too, chained per model: searchable,
+    # verifiable, and an UPDATE in psql is found.
+    cfg = str(procs.tmp / "sidecar-b.toml")
+
+    def cli(*args):
+        return subprocess.run([BIN, "audit", *args, "--config", cfg], capture_output=True, text=True)
+
+    good = cli("verify")
+    assert good.returncode == 0 and "churn: 1 entries, chain intact" in good.stdout, good.stdout + good.stderr
+    found = cli("search", "--model", "churn", "--actor", "dana", "--since", "1d")
+    assert found.returncode == 0 and "by dana on sidecar-b: during the outage" in found.stdout, found.stdout + found.stderr
+    assert cli("search", "--actor", "mallory").stdout == ""
+    exported = cli("export", "--model", "churn")
+    assert exported.stdout.count("\n") == 1 and '"actor":"dana"' in exported.stdout, exported.stdout
+    pg.psql("UPDATE modelstamp.audit SET line = replace(line, 'during the outage', 'routine') WHERE model = 'churn'")
+    bad = cli("verify")
+    assert bad.returncode == 1 and "model churn" in bad.stderr and "edited" in bad.stderr, bad.stdout + bad.stderr
+    print(found.stdout, bad.stderr)

@@ -151,6 +151,63 @@ fn hashed_part(line: &str) -> Option<String> {
     (hex.len() == 64).then(|| format!("{}}}", &line[..i]))
 }
 
+/// An entry to keep in the history store as well: the draft and the time the file's entry got.
+/// The store chains it per model itself (sequence and hashes of its own chain).
+#[derive(Debug, Clone)]
+pub struct AuditItem {
+    /// What was recorded.
+    pub draft: Draft,
+    /// When (RFC 3339, as in the file).
+    pub time: String,
+}
+
+/// The next entry of a model's chain in a store, after `prev` (`None`: the first), sealed:
+/// the entry and its exact line.
+pub fn chain_next(prev: Option<&Entry>, item: &AuditItem) -> (Entry, String) {
+    let d = &item.draft;
+    let mut e = Entry {
+        seq: prev.map_or(1, |p| p.seq + 1),
+        time: item.time.clone(),
+        actor: d.actor.clone(),
+        action: d.action.clone(),
+        route: d.route.clone(),
+        model: d.model.clone(),
+        reason: d.reason.clone(),
+        ticket: d.ticket.clone(),
+        before: d.before.clone(),
+        after: d.after.clone(),
+        comparison: d.comparison.clone(),
+        prev_hash: prev.map_or_else(|| GENESIS.to_string(), |p| p.hash.clone()),
+        hash: String::new(),
+    };
+    let line = sealed_line(&mut e);
+    (e, line)
+}
+
+/// One model's chain as a store holds it: each row's `(seq, actor, ticket, line)`, in `seq`
+/// order. The lines must verify as a log, and the searchable columns must say what the hashed
+/// lines say (an `UPDATE` of either is found).
+pub fn verify_rows(rows: &[(i64, String, Option<String>, String)]) -> Result<Vec<Entry>, Broken> {
+    let text: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
+    let entries = verify(&text.join("\n"))?;
+    for (i, (row, e)) in rows.iter().zip(&entries).enumerate() {
+        let broken = |what: &str| Broken {
+            line: i + 1,
+            reason: format!("the {what} column does not match the hashed entry (edited)"),
+        };
+        if u64::try_from(row.0).ok() != Some(e.seq) {
+            return Err(broken("seq"));
+        }
+        if row.1 != e.actor {
+            return Err(broken("actor"));
+        }
+        if row.2 != e.ticket {
+            return Err(broken("ticket"));
+        }
+    }
+    Ok(entries)
+}
+
 /// Check a whole log; returns its entries.
 pub fn verify(text: &str) -> Result<Vec<Entry>, Broken> {
     let mut prev = GENESIS.to_string();
@@ -228,6 +285,8 @@ impl crate::routing::Subscriber for ReloadAudit {
 pub struct AuditLog {
     path: Option<PathBuf>,
     inner: Mutex<Inner>,
+    /// Where entries are also sent for the history store, when one is set.
+    store: std::sync::OnceLock<tokio::sync::mpsc::Sender<AuditItem>>,
 }
 
 impl AuditLog {
@@ -270,11 +329,18 @@ impl AuditLog {
         Ok(Self {
             path: path.map(Path::to_path_buf),
             inner: Mutex::new(inner),
+            store: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Send every entry from now on to `tx` as well (the history store's writer; once).
+    pub fn set_store(&self, tx: tokio::sync::mpsc::Sender<AuditItem>) {
+        let _ = self.store.set(tx);
     }
 
     /// Append an entry (written and synced before this returns).
     pub fn append(&self, d: Draft) -> Result<Entry, AuditError> {
+        let for_store = self.store.get().map(|tx| (tx, d.clone()));
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let mut e = Entry {
             seq: inner.seq + 1,
@@ -306,6 +372,16 @@ impl AuditLog {
         inner.recent.push_back(e.clone());
         if inner.recent.len() > KEPT {
             inner.recent.pop_front();
+        }
+        drop(inner);
+        if let Some((tx, draft)) = for_store {
+            let item = AuditItem {
+                draft,
+                time: e.time.clone(),
+            };
+            if tx.try_send(item).is_err() {
+                tracing::warn!(model = %e.model, seq = e.seq, "The history store's audit queue is full: this entry is in the audit file only.");
+            }
         }
         Ok(e)
     }

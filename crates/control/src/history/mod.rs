@@ -13,6 +13,7 @@ use std::pin::Pin;
 
 pub use writer::{Writer, channel};
 
+use crate::canary::audit::{AuditItem, Entry};
 use crate::journal::Event;
 
 /// A boxed future, as the [`Store`] methods return.
@@ -56,8 +57,62 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         to_ms: i64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<StoredEvent>, HistoryError>>;
-    /// Remove events older than `before_ms`; returns how many.
+    /// Remove events older than `before_ms`; returns how many. (Audit entries are kept.)
     fn prune(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, HistoryError>>;
+    /// Append an audit entry to its model's chain, in one transaction that serialises every
+    /// appender of that model (sidecars of a fleet included); returns the stored entry.
+    fn append_audit(
+        &self,
+        item: AuditItem,
+        instance: String,
+    ) -> BoxFuture<'_, Result<Entry, HistoryError>>;
+    /// Audit rows, by model then sequence: all, or one model's.
+    fn audit(&self, model: Option<String>) -> BoxFuture<'_, Result<Vec<AuditRow>, HistoryError>>;
+}
+
+/// One stored audit entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    /// Model (its chain).
+    pub model: String,
+    /// Position in the chain.
+    pub seq: i64,
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// The sidecar that recorded it.
+    pub instance: String,
+    /// Who (searchable copy).
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// Ticket (searchable copy).
+    pub ticket: Option<String>,
+    /// The entry exactly as hashed.
+    pub line: String,
+}
+
+/// Each model's verified chain: `(model, entries)`.
+pub type Chains = Vec<(String, Vec<Entry>)>;
+
+/// Check every model's chain in `rows` (by model, then seq): the chains, or the first break
+/// with its model.
+pub fn verify_audit(rows: &[AuditRow]) -> Result<Chains, (String, crate::canary::audit::Broken)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let model = &rows[i].model;
+        let end = i + rows[i..].iter().take_while(|r| &r.model == model).count();
+        let chain: Vec<_> = rows[i..end]
+            .iter()
+            .map(|r| (r.seq, r.actor.clone(), r.ticket.clone(), r.line.clone()))
+            .collect();
+        match crate::canary::audit::verify_rows(&chain) {
+            Ok(entries) => out.push((model.clone(), entries)),
+            Err(b) => return Err((model.clone(), b)),
+        }
+        i = end;
+    }
+    Ok(out)
 }
 
 /// The store a config names. SQLite is opened (and migrated) now; PostgreSQL connects when first

@@ -9,12 +9,15 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
-use super::{BoxFuture, HistoryError, Store, StoredEvent};
+use super::{AuditRow, BoxFuture, HistoryError, Store, StoredEvent};
+use crate::canary::audit::{AuditItem, Entry, chain_next};
 use crate::journal::{Event, Kind};
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/postgres/0001_events.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_events.sql")),
+    (2, include_str!("../../migrations/postgres/0002_audit.sql")),
+];
 /// The advisory lock key migrations are applied under ("msmigr" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6d_73_6d_69_67_72;
 
@@ -114,7 +117,7 @@ impl PostgresStore {
 async fn migrate(client: &Client, schema: &str) -> Result<(), HistoryError> {
     client
         .batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+            "SET client_min_messages TO warning; CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
         ))
         .await
         .map_err(db)?;
@@ -302,6 +305,101 @@ impl Store for PostgresStore {
                 });
             }
             Ok(out)
+        })
+    }
+
+    fn append_audit(
+        &self,
+        item: AuditItem,
+        instance: String,
+    ) -> BoxFuture<'_, Result<Entry, HistoryError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            // Only the writer opens transactions on this connection, one at a time.
+            let done = async {
+                client.batch_execute("BEGIN").await?;
+                // Every appender of this model, in any sidecar, waits here for the one before.
+                client
+                    .execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                        &[&item.draft.model],
+                    )
+                    .await?;
+                let prev = client
+                    .query_opt(
+                        "SELECT line FROM audit WHERE model = $1 ORDER BY seq DESC LIMIT 1",
+                        &[&item.draft.model],
+                    )
+                    .await?
+                    .map(|r| r.get::<_, String>(0));
+                Ok::<_, tokio_postgres::Error>(prev)
+            }
+            .await;
+            let prev = match done {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(self.failed(e).await);
+                }
+            };
+            let prev: Option<Entry> = match prev.map(|l| serde_json::from_str(&l)).transpose() {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(HistoryError::Store(format!("the last audit entry: {e}")));
+                }
+            };
+            let (e, line) = chain_next(prev.as_ref(), &item);
+            let at_ms =
+                crate::codec::time::parse_ms(&e.time).unwrap_or_else(crate::journal::now_ms);
+            let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
+            let written = async {
+                client
+                    .execute(
+                        "INSERT INTO audit (model, seq, at_ms, instance, actor, action, ticket, line) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        &[&e.model, &seq, &at_ms, &instance, &e.actor, &e.action, &e.ticket, &line],
+                    )
+                    .await?;
+                client.batch_execute("COMMIT").await
+            }
+            .await;
+            match written {
+                Ok(()) => Ok(e),
+                Err(err) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    Err(self.failed(err).await)
+                }
+            }
+        })
+    }
+
+    fn audit(&self, model: Option<String>) -> BoxFuture<'_, Result<Vec<AuditRow>, HistoryError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT model, seq, at_ms, instance, actor, action, ticket, line FROM audit \
+                     WHERE $1::text IS NULL OR model = $1 ORDER BY model, seq",
+                    &[&model],
+                )
+                .await;
+            match rows {
+                Ok(rows) => Ok(rows
+                    .iter()
+                    .map(|r| AuditRow {
+                        model: r.get(0),
+                        seq: r.get(1),
+                        at_ms: r.get(2),
+                        instance: r.get(3),
+                        actor: r.get(4),
+                        action: r.get(5),
+                        ticket: r.get(6),
+                        line: r.get(7),
+                    })
+                    .collect()),
+                Err(e) => Err(self.failed(e).await),
+            }
         })
     }
 

@@ -7,11 +7,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{BoxFuture, HistoryError, Store, StoredEvent};
+use super::{AuditRow, BoxFuture, HistoryError, Store, StoredEvent};
+use crate::canary::audit::{AuditItem, Entry, chain_next};
 use crate::journal::{Event, Kind};
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_events.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_events.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_audit.sql")),
+];
 
 /// A SQLite file.
 #[derive(Debug, Clone)]
@@ -205,6 +209,77 @@ impl Store for SqliteStore {
             Ok(u64::try_from(n).unwrap_or(0))
         })
     }
+
+    fn append_audit(
+        &self,
+        item: AuditItem,
+        instance: String,
+    ) -> BoxFuture<'_, Result<Entry, HistoryError>> {
+        self.with(move |c| {
+            // IMMEDIATE: the write lock first, so processes sharing the file append in turn.
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let prev: Option<String> = tx
+                .query_row(
+                    "SELECT line FROM audit WHERE model = ?1 ORDER BY seq DESC LIMIT 1",
+                    params![item.draft.model],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            let prev: Option<Entry> = prev
+                .map(|l| serde_json::from_str(&l))
+                .transpose()
+                .map_err(|e| HistoryError::Store(format!("the last audit entry: {e}")))?;
+            let (e, line) = chain_next(prev.as_ref(), &item);
+            let at_ms =
+                crate::codec::time::parse_ms(&e.time).unwrap_or_else(crate::journal::now_ms);
+            tx.execute(
+                "INSERT INTO audit (model, seq, at_ms, instance, actor, action, ticket, line) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    e.model,
+                    i64::try_from(e.seq).unwrap_or(i64::MAX),
+                    at_ms,
+                    instance,
+                    e.actor,
+                    e.action,
+                    e.ticket,
+                    line
+                ],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(e)
+        })
+    }
+
+    fn audit(&self, model: Option<String>) -> BoxFuture<'_, Result<Vec<AuditRow>, HistoryError>> {
+        self.with(move |c| {
+            let mut q = c
+                .prepare_cached(
+                    "SELECT model, seq, at_ms, instance, actor, action, ticket, line FROM audit \
+                     WHERE ?1 IS NULL OR model = ?1 ORDER BY model, seq",
+                )
+                .map_err(db)?;
+            let rows = q
+                .query_map(params![model], |r| {
+                    Ok(AuditRow {
+                        model: r.get(0)?,
+                        seq: r.get(1)?,
+                        at_ms: r.get(2)?,
+                        instance: r.get(3)?,
+                        actor: r.get(4)?,
+                        action: r.get(5)?,
+                        ticket: r.get(6)?,
+                        line: r.get(7)?,
+                    })
+                })
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
 }
 
 /// The schema version a file is at (for `modelstamp history`-style checks and tests).
@@ -286,7 +361,7 @@ mod tests {
         // Reopened: the same events, the schema applied once.
         drop(store);
         let store = SqliteStore::open(&path).unwrap_or_else(|e| unreachable!("{e}"));
-        assert_eq!(schema_version(&path).ok().flatten(), Some(1));
+        assert_eq!(schema_version(&path).ok().flatten(), Some(2));
         assert_eq!(store.prune(2_500).await.ok(), Some(2));
         let left = store
             .events("churn", 0, 10_000, 100)
@@ -314,6 +389,70 @@ mod tests {
         let junk = d.join("junk.db");
         std::fs::write(&junk, b"not a database at all, not at all, no").unwrap_or_default();
         assert!(SqliteStore::open(&junk).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn audit_chains_per_model_verify_and_an_edited_row_is_found() {
+        let d = dir("audit");
+        let path = d.join("h.db");
+        let store = SqliteStore::open(&path).unwrap_or_else(|e| unreachable!("{e}"));
+        let item = |model: &str, actor: &str| AuditItem {
+            draft: crate::canary::audit::Draft {
+                actor: actor.into(),
+                action: "set_weights".into(),
+                route: model.into(),
+                model: model.into(),
+                ticket: Some("ML-7".into()),
+                ..Default::default()
+            },
+            time: "2026-12-08T01:00:00Z".into(),
+        };
+        for (m, a) in [("churn", "dana"), ("fraud", "eve"), ("churn", "bob")] {
+            store
+                .append_audit(item(m, a), "pod-a".into())
+                .await
+                .unwrap_or_else(|e| unreachable!("{e}"));
+        }
+        let rows = store.audit(None).await.unwrap_or_default();
+        let chains = crate::history::verify_audit(&rows).unwrap_or_default();
+        let lens: Vec<(&str, usize)> = chains.iter().map(|(m, e)| (m.as_str(), e.len())).collect();
+        assert_eq!(lens, [("churn", 2), ("fraud", 1)]);
+        assert_eq!(
+            chains[0].1[1].prev_hash, chains[0].1[0].hash,
+            "chained per model"
+        );
+        assert_eq!(
+            store
+                .audit(Some("fraud".into()))
+                .await
+                .unwrap_or_default()
+                .len(),
+            1
+        );
+        // An UPDATE of the hashed line, or of a searchable copy, is found.
+        let conn = Connection::open(&path).unwrap_or_else(|e| unreachable!("{e}"));
+        conn.execute(
+            "UPDATE audit SET actor = 'mallory' WHERE model = 'churn' AND seq = 2",
+            [],
+        )
+        .unwrap_or_default();
+        let rows = store.audit(None).await.unwrap_or_default();
+        let err = crate::history::verify_audit(&rows)
+            .err()
+            .unwrap_or_else(|| unreachable!());
+        assert_eq!(err.0, "churn");
+        assert!(err.1.reason.contains("actor column"), "{}", err.1);
+        conn.execute(
+            "UPDATE audit SET actor = 'bob', line = replace(line, 'bob', 'mallory') WHERE seq = 2",
+            [],
+        )
+        .unwrap_or_default();
+        let rows = store.audit(None).await.unwrap_or_default();
+        let err = crate::history::verify_audit(&rows)
+            .err()
+            .unwrap_or_else(|| unreachable!());
+        assert!(err.1.reason.contains("edited"), "{}", err.1);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{Store, StoredEvent};
+use crate::canary::audit::AuditItem;
 use crate::journal::{Event, Journal, now_ms};
 use crate::observe::metrics::Metrics;
 use crate::routing::Reloader;
@@ -34,6 +35,9 @@ pub fn channel(capacity: usize) -> (mpsc::Sender<Event>, mpsc::Receiver<Event>) 
 pub struct Writer {
     store: Arc<dyn Store>,
     rx: mpsc::Receiver<Event>,
+    /// Audit entries to chain into the store, and those waiting while it fails.
+    audit_rx: Option<mpsc::Receiver<AuditItem>>,
+    audit_spool: VecDeque<AuditItem>,
     instance: String,
     reloader: Arc<Reloader>,
     journal: Arc<Journal>,
@@ -65,7 +69,15 @@ impl Writer {
             retention,
             spool: VecDeque::new(),
             counted_drops: 0,
+            audit_rx: None,
+            audit_spool: VecDeque::new(),
         }
+    }
+
+    /// Chain the audit entries queued on `rx` into the store as well.
+    pub fn with_audit(mut self, rx: mpsc::Receiver<AuditItem>) -> Self {
+        self.audit_rx = Some(rx);
+        self
     }
 
     /// Write until `shutdown` fires (then flush once more).
@@ -77,7 +89,7 @@ impl Writer {
         let mut failing = false;
         let mut next_prune = Instant::now();
         loop {
-            let wait = if self.spool.is_empty() {
+            let wait = if self.spool.is_empty() && self.audit_spool.is_empty() {
                 PRUNE_EVERY
             } else {
                 next_try.saturating_duration_since(Instant::now())
@@ -90,10 +102,25 @@ impl Writer {
                     }
                     self.take(buf.drain(..));
                 }
+                Some(item) = async {
+                    match self.audit_rx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if self.audit_spool.len() >= SPOOL {
+                        self.audit_spool.pop_front();
+                        self.metrics.history_dropped("audit_spool_full", 1);
+                    }
+                    self.audit_spool.push_back(item);
+                }
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {
                     while let Ok(e) = self.rx.try_recv() {
                         self.take([e]);
+                    }
+                    while let Some(Ok(item)) = self.audit_rx.as_mut().map(|rx| rx.try_recv()) {
+                        self.audit_spool.push_back(item);
                     }
                     self.flush(&mut failing).await;
                     return;
@@ -141,8 +168,26 @@ impl Writer {
         }
     }
 
-    /// Write the spool in batches; `false` when the store failed (what is left stays).
+    /// Write the spools, audit entries first (each its own transaction), events in batches;
+    /// `false` when the store failed (what is left stays).
     async fn flush(&mut self, failing: &mut bool) -> bool {
+        while let Some(item) = self.audit_spool.front().cloned() {
+            match self.store.append_audit(item, self.instance.clone()).await {
+                Ok(_) => {
+                    self.audit_spool.pop_front();
+                    self.metrics.history_write(true);
+                }
+                Err(e) => {
+                    self.metrics.history_write(false);
+                    if !*failing {
+                        *failing = true;
+                        warn!(store = %self.store.describe(), error = %e, spooled = self.audit_spool.len(), "History store failed; audit entries are spooled and retried.");
+                    }
+                    self.publish();
+                    return false;
+                }
+            }
+        }
         while !self.spool.is_empty() {
             let n = self.spool.len().min(BATCH);
             let batch: Vec<StoredEvent> = self.spool.iter().take(n).cloned().collect();
@@ -177,7 +222,7 @@ impl Writer {
                 .history_dropped("queue_full", dropped - self.counted_drops);
             self.counted_drops = dropped;
         }
-        let depth = self.spool.len() + self.rx.len();
+        let depth = self.spool.len() + self.rx.len() + self.audit_spool.len();
         self.metrics
             .history_depth(i64::try_from(depth).unwrap_or(i64::MAX));
     }
@@ -225,6 +270,19 @@ mod tests {
         }
         fn prune(&self, _: i64) -> BoxFuture<'_, Result<u64, HistoryError>> {
             Box::pin(async { Ok(0) })
+        }
+        fn append_audit(
+            &self,
+            _: AuditItem,
+            _: String,
+        ) -> BoxFuture<'_, Result<crate::canary::audit::Entry, HistoryError>> {
+            Box::pin(async { Err(HistoryError::Store("no audit here".into())) })
+        }
+        fn audit(
+            &self,
+            _: Option<String>,
+        ) -> BoxFuture<'_, Result<Vec<crate::history::AuditRow>, HistoryError>> {
+            Box::pin(async { Ok(Vec::new()) })
         }
     }
 
