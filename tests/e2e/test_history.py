@@ -1,6 +1,6 @@
 """[history] A fleet's sidecars share one PostgreSQL (Debian's, started here in a temp dir as the
-`postgres` user): an incident seen by one sidecar is explained by another after the first is
-killed; PostgreSQL stopped under load loses no proxied request, and the events of the outage
+`postgres` user): an incident seen by one of three sidecars is explained by the other two, over
+`--from/--to`, after the first is killed; PostgreSQL stopped under load loses no proxied request, and the events of the outage
 reach it after."""
 
 import glob
@@ -129,8 +129,9 @@ def written(admin):
         and metric(admin, "modelstamp_history_queue_depth") == 0
 
 
-def explain(admin):
-    out = subprocess.run([BIN, "explain", "--model", "churn", "--since", "10m", "--json", "--admin", admin],
+def explain(admin, *window):
+    window = window or ("--since", "10m")
+    out = subprocess.run([BIN, "explain", "--model", "churn", *window, "--json", "--admin", admin],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -141,6 +142,8 @@ def test_the_fleet_explains_an_incident_after_the_sidecar_that_saw_it_is_gone(pr
     procs.start("model", [BIN, "demo-model", "--listen", f"127.0.0.1:{model_port}"])
     a_url, a_admin = sidecar(procs, pg, "sidecar-a", model_port)
     _, b_admin = sidecar(procs, pg, "sidecar-b", model_port)
+    _, c_admin = sidecar(procs, pg, "sidecar-c", model_port)
+    began = time.time()
     # Version 2 fails on high support-call counts: every such request it takes errs, on A only.
     statuses = [infer(a_url, f"u{i}", 2.5) for i in range(300)]
     assert 500 in statuses and 200 in statuses
@@ -150,12 +153,19 @@ def test_the_fleet_explains_an_incident_after_the_sidecar_that_saw_it_is_gone(pr
                    "WHERE kind = 'onset'")
     assert "sidecar-a onset 2" in rows, rows
     procs.stop("sidecar-a")
-    # B never saw a request; its window is empty; the shared store holds A's journal.
-    e = explain(b_admin)
-    assert "postgres://ms@127.0.0.1" in e["events_source"], e["events_source"]
-    top = e["causes"][0]
-    assert (top["rule"], top["version"]) == ("past_errors", "2"), e["causes"]
-    assert "against version 1 it was trained with dataset digest e5d3 → 9a41" in top["title"], top["title"]
+    # B and C never saw a request; their windows are empty; the shared store holds A's journal.
+    ended = time.time() + 1
+    window = ("--from", str(int((began - 5) * 1000)), "--to", str(int(ended * 1000)))
+    for admin in (b_admin, c_admin):
+        e = explain(admin, *window)
+        assert "postgres://ms@127.0.0.1" in e["events_source"], e["events_source"]
+        top = e["causes"][0]
+        assert (top["rule"], top["version"]) == ("past_errors", "2"), e["causes"]
+        assert "against version 1 it was trained with dataset digest e5d3 → 9a41" in top["title"], top["title"]
+        assert any(t["kind"] == "onset" and t["version"] == "2" for t in e["timeline"]), e["timeline"]
+    # A window that ends before the incident holds none of it.
+    before = explain(b_admin, "--from", str(int((began - 600) * 1000)), "--to", str(int((began - 60) * 1000)))
+    assert before["causes"] == [], before["causes"]
 
 
 def test_postgres_stopped_under_load_loses_no_request_and_its_events_arrive_after(procs, pg):
