@@ -137,7 +137,8 @@ fn open_store(
                 return Err(missing(path));
             }
             std::sync::Arc::new(
-                modelstamp::history::sqlite::SqliteStore::open(path).map_err(|e| e.to_string())?,
+                modelstamp::history::sqlite::SqliteStore::open_read_only(path)
+                    .map_err(|e| e.to_string())?,
             )
         }
         (None, Some(h)) => {
@@ -146,7 +147,7 @@ fn open_store(
             {
                 return Err(missing(path));
             }
-            modelstamp::history::open(h).map_err(|e| e.to_string())?
+            modelstamp::history::open_read_only(h).map_err(|e| e.to_string())?
         }
         (None, None) => return Ok(None),
     }))

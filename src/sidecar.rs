@@ -99,6 +99,8 @@ pub struct Sidecar {
     hup: watch::Sender<u64>,
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
+    /// Stops the history writer once nothing can record any more, and its task.
+    history: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     control: ControlPlane,
 }
 
@@ -291,6 +293,7 @@ impl Sidecar {
             control.spawn(watch_certificates(served, shutdown_rx.clone()));
         }
         control.spawn(canary.clone().watch(shutdown_rx.clone()));
+        let mut history_writer = None;
         if let Some((store, rx, h)) = history {
             let (rx, audit_rx) = rx;
             let writer = crate::history::Writer::new(
@@ -302,7 +305,10 @@ impl Sidecar {
                 h.retention,
             )
             .with_audit(audit_rx);
-            control.spawn(writer.run(shutdown_rx.clone()));
+            // It stops after the proxy and the admin API have drained (`wait`): what they
+            // record until then is still written.
+            let (stop, stop_rx) = watch::channel(false);
+            history_writer = Some((stop, control.spawn(writer.run(stop_rx))));
         }
         control.spawn(
             crate::explain::onset::Watcher::new(reloader.clone(), journal).run(shutdown_rx.clone()),
@@ -321,6 +327,7 @@ impl Sidecar {
             hup,
             proxy_task,
             admin_task,
+            history: history_writer,
             control,
         })
     }
@@ -341,6 +348,10 @@ impl Sidecar {
         let _ = self.proxy_task.await;
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin_task.await;
+        if let Some((stop, task)) = self.history {
+            let _ = stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
         self.control.stop().await;
         let telemetry = self.telemetry.clone();
         let _ = tokio::task::spawn_blocking(move || {

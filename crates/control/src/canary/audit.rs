@@ -190,6 +190,12 @@ pub fn chain_next(prev: Option<&Entry>, item: &AuditItem) -> (Entry, String) {
 pub fn verify_rows(rows: &[(i64, String, Option<String>, String)]) -> Result<Vec<Entry>, Broken> {
     let text: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
     let entries = verify(&text.join("\n"))?;
+    if let Some(i) = rows.iter().position(|r| r.3.trim().is_empty()) {
+        return Err(Broken {
+            line: i + 1,
+            reason: "the entry is empty (edited)".into(),
+        });
+    }
     for (i, (row, e)) in rows.iter().zip(&entries).enumerate() {
         let broken = |what: &str| Broken {
             line: i + 1,
@@ -373,16 +379,17 @@ impl AuditLog {
         if inner.recent.len() > KEPT {
             inner.recent.pop_front();
         }
-        drop(inner);
+        // Queued under the lock, so the store gets entries in the file's order.
         if let Some((tx, draft)) = for_store {
             let item = AuditItem {
                 draft,
                 time: e.time.clone(),
             };
             if tx.try_send(item).is_err() {
-                tracing::warn!(model = %e.model, seq = e.seq, "The history store's audit queue is full: this entry is in the audit file only.");
+                tracing::warn!(model = %e.model, seq = e.seq, "The history store's audit queue is full or closed: this entry is in the audit file only.");
             }
         }
+        drop(inner);
         Ok(e)
     }
 

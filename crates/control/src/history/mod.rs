@@ -106,10 +106,31 @@ pub fn verify_audit(rows: &[AuditRow]) -> Result<Chains, (String, crate::canary:
             .iter()
             .map(|r| (r.seq, r.actor.clone(), r.ticket.clone(), r.line.clone()))
             .collect();
-        match crate::canary::audit::verify_rows(&chain) {
-            Ok(entries) => out.push((model.clone(), entries)),
-            Err(b) => return Err((model.clone(), b)),
+        let entries = crate::canary::audit::verify_rows(&chain).map_err(|b| (model.clone(), b))?;
+        // The searchable copies must say what the hashed lines say.
+        for (k, (row, e)) in rows[i..end].iter().zip(&entries).enumerate() {
+            let differs = if row.model != e.model {
+                Some("model")
+            } else if row.action != e.action {
+                Some("action")
+            } else if crate::codec::time::parse_ms(&e.time) != Some(row.at_ms) {
+                Some("at_ms")
+            } else {
+                None
+            };
+            if let Some(what) = differs {
+                return Err((
+                    model.clone(),
+                    crate::canary::audit::Broken {
+                        line: k + 1,
+                        reason: format!(
+                            "the {what} column does not match the hashed entry (edited)"
+                        ),
+                    },
+                ));
+            }
         }
+        out.push((model.clone(), entries));
         i = end;
     }
     Ok(out)
@@ -127,10 +148,29 @@ pub fn open(h: &crate::config::History) -> Result<std::sync::Arc<dyn Store>, His
             password,
             schema,
         } => std::sync::Arc::new(postgres::PostgresStore::new(
-            url,
+            &url.0,
             password.as_ref().map(|p| p.0.as_str()),
             schema,
         )?),
+    })
+}
+
+/// The store a config names, for reading only (the CLI): nothing is migrated or created.
+pub fn open_read_only(
+    h: &crate::config::History,
+) -> Result<std::sync::Arc<dyn Store>, HistoryError> {
+    Ok(match &h.store {
+        crate::config::HistoryStore::Sqlite(path) => {
+            std::sync::Arc::new(sqlite::SqliteStore::open_read_only(path)?)
+        }
+        crate::config::HistoryStore::Postgres {
+            url,
+            password,
+            schema,
+        } => std::sync::Arc::new(
+            postgres::PostgresStore::new(&url.0, password.as_ref().map(|p| p.0.as_str()), schema)?
+                .read_only(),
+        ),
     })
 }
 

@@ -21,12 +21,27 @@ const MIGRATIONS: &[(i64, &str)] = &[
 /// The advisory lock key migrations are applied under ("msmigr" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6d_73_6d_69_67_72;
 
-/// A PostgreSQL database.
+/// How long one call may take (a blackholed network fails here, not hours later).
+const CALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A PostgreSQL database. Writes (the writer's batches, audit transactions, pruning) and reads
+/// (`explain`, `audit verify`) use connections of their own: a read never lands inside an audit
+/// transaction, nor waits behind another sidecar's chain lock.
 pub struct PostgresStore {
     config: tokio_postgres::Config,
     schema: String,
     describe: String,
-    client: Mutex<Option<Arc<Client>>>,
+    /// Whether connecting brings the schema up to date (a sidecar) or only reads it (the CLI).
+    migrate: bool,
+    writer: Mutex<Option<Arc<Client>>>,
+    reader: Mutex<Option<Arc<Client>>>,
+}
+
+/// Which connection a call uses.
+#[derive(Clone, Copy)]
+enum Role {
+    Writer,
+    Reader,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -82,34 +97,82 @@ impl PostgresStore {
             config,
             schema: schema.to_string(),
             describe,
-            client: Mutex::new(None),
+            migrate: true,
+            writer: Mutex::new(None),
+            reader: Mutex::new(None),
         })
     }
 
-    /// The connected client: the one made before while it works, else a new one (schema
-    /// brought up to date).
-    async fn client(&self) -> Result<Arc<Client>, HistoryError> {
-        let mut held = self.client.lock().await;
+    /// The same store for reading only: connecting never migrates the schema (a newer CLI
+    /// does not upgrade a fleet's database under its sidecars).
+    pub fn read_only(mut self) -> Self {
+        self.migrate = false;
+        self
+    }
+
+    fn slot(&self, role: Role) -> &Mutex<Option<Arc<Client>>> {
+        match role {
+            Role::Writer => &self.writer,
+            Role::Reader => &self.reader,
+        }
+    }
+
+    /// The connected client of `role`: the one made before while it works, else a new one
+    /// (schema brought up to date by the writer's).
+    async fn client(&self, role: Role) -> Result<Arc<Client>, HistoryError> {
+        let mut held = self.slot(role).lock().await;
         if let Some(c) = held.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
         *held = None;
-        let (client, connection) = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            self.config.connect(NoTls),
-        )
-        .await
-        .map_err(|_| HistoryError::Store("connecting took longer than 5 s".into()))?
-        .map_err(db)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "History store connection ended.");
+        let connect = async {
+            let (client, connection) = self.config.connect(NoTls).await.map_err(db)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "History store connection ended.");
+                }
+            });
+            if self.migrate && matches!(role, Role::Writer) {
+                migrate(&client, &self.schema).await?;
+            } else {
+                client
+                    .batch_execute(&format!("SET search_path TO {}", self.schema))
+                    .await
+                    .map_err(db)?;
             }
-        });
-        migrate(&client, &self.schema).await?;
+            Ok::<_, HistoryError>(client)
+        };
+        let client = tokio::time::timeout(CALL * 3, connect)
+            .await
+            .map_err(|_| HistoryError::Store("connecting took longer than 30 s".into()))??;
         let client = Arc::new(client);
         *held = Some(client.clone());
         Ok(client)
+    }
+
+    /// Run one call with its client, within [`CALL`]; a call that times out or finds the
+    /// connection closed drops it, so the next call connects again.
+    async fn call<T, F, Fut>(&self, role: Role, f: F) -> Result<T, HistoryError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, HistoryError>>,
+    {
+        let client = self.client(role).await?;
+        let closed = client.clone();
+        match tokio::time::timeout(CALL, f(client)).await {
+            Ok(Err(e)) if closed.is_closed() => {
+                *self.slot(role).lock().await = None;
+                Err(e)
+            }
+            Ok(r) => r,
+            Err(_) => {
+                *self.slot(role).lock().await = None;
+                Err(HistoryError::Store(format!(
+                    "a call took longer than {} s",
+                    CALL.as_secs()
+                )))
+            }
+        }
     }
 }
 
@@ -203,39 +266,28 @@ fn kind_name(k: Kind) -> String {
         .unwrap_or_default()
 }
 
-impl PostgresStore {
-    /// Forget a client whose call failed, so the next call connects again.
-    async fn failed(&self, e: tokio_postgres::Error) -> HistoryError {
-        if e.is_closed() {
-            *self.client.lock().await = None;
-        }
-        db(e)
-    }
-}
-
 impl Store for PostgresStore {
     fn describe(&self) -> String {
         self.describe.clone()
     }
 
     fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<(), HistoryError>> {
-        Box::pin(async move {
-            let client = self.client().await?;
-            let mut c = Columns::default();
-            for s in &events {
-                let e = &s.event;
-                c.at.push(e.at_ms);
-                c.instance.push(s.instance.clone());
-                c.kind.push(kind_name(e.kind));
-                c.model.push(e.model.clone());
-                c.version.push(e.version.clone());
-                c.lineage_id.push(s.lineage_id.clone());
-                c.summary.push(e.summary.clone());
-                c.fields
-                    .push(serde_json::to_string(&e.fields).unwrap_or_else(|_| "{}".into()));
-            }
+        let mut c = Columns::default();
+        for s in &events {
+            let e = &s.event;
+            c.at.push(e.at_ms);
+            c.instance.push(s.instance.clone());
+            c.kind.push(kind_name(e.kind));
+            c.model.push(e.model.clone());
+            c.version.push(e.version.clone());
+            c.lineage_id.push(s.lineage_id.clone());
+            c.summary.push(e.summary.clone());
+            c.fields
+                .push(serde_json::to_string(&e.fields).unwrap_or_else(|_| "{}".into()));
+        }
+        Box::pin(self.call(Role::Writer, move |client| async move {
             // One statement for the batch: atomic without a transaction of its own.
-            let done = client
+            client
                 .execute(
                     "INSERT INTO events (at_ms, instance, kind, model, version, lineage_id, summary, fields) \
                      SELECT a, i, k, m, v, l, s, f::jsonb FROM UNNEST($1::bigint[], $2::text[], $3::text[], \
@@ -251,12 +303,10 @@ impl Store for PostgresStore {
                         &c.fields,
                     ],
                 )
-                .await;
-            match done {
-                Ok(_) => Ok(()),
-                Err(e) => Err(self.failed(e).await),
-            }
-        })
+                .await
+                .map(|_| ())
+                .map_err(db)
+        }))
     }
 
     fn events(
@@ -268,20 +318,16 @@ impl Store for PostgresStore {
     ) -> BoxFuture<'_, Result<Vec<StoredEvent>, HistoryError>> {
         let model = model.to_string();
         let limit = i64::try_from(limit.min(super::MAX_EVENTS)).unwrap_or(i64::MAX);
-        Box::pin(async move {
-            let client = self.client().await?;
+        Box::pin(self.call(Role::Reader, move |client| async move {
             let rows = client
                 .query(
                     "SELECT at_ms, instance, kind, model, version, lineage_id, summary, fields::text FROM events \
                      WHERE (model = $1 OR model = '') AND at_ms >= $2 AND at_ms <= $3 \
-                     ORDER BY at_ms, id LIMIT $4",
+                     ORDER BY at_ms DESC, id DESC LIMIT $4",
                     &[&model, &from_ms, &to_ms, &limit],
                 )
-                .await;
-            let rows = match rows {
-                Ok(r) => r,
-                Err(e) => return Err(self.failed(e).await),
-            };
+                .await
+                .map_err(db)?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 let kind: String = r.get(2);
@@ -304,8 +350,19 @@ impl Store for PostgresStore {
                     lineage_id: r.get(5),
                 });
             }
+            // The newest `limit`, oldest first.
+            out.reverse();
             Ok(out)
-        })
+        }))
+    }
+
+    fn prune(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, HistoryError>> {
+        Box::pin(self.call(Role::Writer, move |client| async move {
+            client
+                .execute("DELETE FROM events WHERE at_ms < $1", &[&before_ms])
+                .await
+                .map_err(db)
+        }))
     }
 
     fn append_audit(
@@ -313,107 +370,77 @@ impl Store for PostgresStore {
         item: AuditItem,
         instance: String,
     ) -> BoxFuture<'_, Result<Entry, HistoryError>> {
-        Box::pin(async move {
-            let client = self.client().await?;
-            // Only the writer opens transactions on this connection, one at a time.
-            let done = async {
-                client.batch_execute("BEGIN").await?;
+        Box::pin(self.call(Role::Writer, move |client| async move {
+            // The writer's own connection: nothing else runs inside this transaction.
+            let result = async {
+                client.batch_execute("BEGIN").await.map_err(db)?;
                 // Every appender of this model, in any sidecar, waits here for the one before.
                 client
                     .execute(
                         "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                         &[&item.draft.model],
                     )
-                    .await?;
+                    .await
+                    .map_err(db)?;
                 let prev = client
                     .query_opt(
                         "SELECT line FROM audit WHERE model = $1 ORDER BY seq DESC LIMIT 1",
                         &[&item.draft.model],
                     )
-                    .await?
+                    .await
+                    .map_err(db)?
                     .map(|r| r.get::<_, String>(0));
-                Ok::<_, tokio_postgres::Error>(prev)
-            }
-            .await;
-            let prev = match done {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                    return Err(self.failed(e).await);
-                }
-            };
-            let prev: Option<Entry> = match prev.map(|l| serde_json::from_str(&l)).transpose() {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                    return Err(HistoryError::Store(format!("the last audit entry: {e}")));
-                }
-            };
-            let (e, line) = chain_next(prev.as_ref(), &item);
-            let at_ms =
-                crate::codec::time::parse_ms(&e.time).unwrap_or_else(crate::journal::now_ms);
-            let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
-            let written = async {
+                let prev: Option<Entry> = prev
+                    .map(|l| serde_json::from_str(&l))
+                    .transpose()
+                    .map_err(|e| HistoryError::Store(format!("the last audit entry: {e}")))?;
+                let (e, line) = chain_next(prev.as_ref(), &item);
+                let at_ms =
+                    crate::codec::time::parse_ms(&e.time).unwrap_or_else(crate::journal::now_ms);
+                let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
                 client
                     .execute(
                         "INSERT INTO audit (model, seq, at_ms, instance, actor, action, ticket, line) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                         &[&e.model, &seq, &at_ms, &instance, &e.actor, &e.action, &e.ticket, &line],
                     )
-                    .await?;
-                client.batch_execute("COMMIT").await
+                    .await
+                    .map_err(db)?;
+                client.batch_execute("COMMIT").await.map_err(db)?;
+                Ok(e)
             }
             .await;
-            match written {
-                Ok(()) => Ok(e),
-                Err(err) => {
-                    let _ = client.batch_execute("ROLLBACK").await;
-                    Err(self.failed(err).await)
-                }
+            if result.is_err() {
+                let _ = client.batch_execute("ROLLBACK").await;
             }
-        })
+            result
+        }))
     }
 
     fn audit(&self, model: Option<String>) -> BoxFuture<'_, Result<Vec<AuditRow>, HistoryError>> {
-        Box::pin(async move {
-            let client = self.client().await?;
+        Box::pin(self.call(Role::Reader, move |client| async move {
             let rows = client
                 .query(
                     "SELECT model, seq, at_ms, instance, actor, action, ticket, line FROM audit \
                      WHERE $1::text IS NULL OR model = $1 ORDER BY model, seq",
                     &[&model],
                 )
-                .await;
-            match rows {
-                Ok(rows) => Ok(rows
-                    .iter()
-                    .map(|r| AuditRow {
-                        model: r.get(0),
-                        seq: r.get(1),
-                        at_ms: r.get(2),
-                        instance: r.get(3),
-                        actor: r.get(4),
-                        action: r.get(5),
-                        ticket: r.get(6),
-                        line: r.get(7),
-                    })
-                    .collect()),
-                Err(e) => Err(self.failed(e).await),
-            }
-        })
-    }
-
-    fn prune(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, HistoryError>> {
-        Box::pin(async move {
-            let client = self.client().await?;
-            match client
-                .execute("DELETE FROM events WHERE at_ms < $1", &[&before_ms])
                 .await
-            {
-                Ok(n) => Ok(n),
-                Err(e) => Err(self.failed(e).await),
-            }
-        })
+                .map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| AuditRow {
+                    model: r.get(0),
+                    seq: r.get(1),
+                    at_ms: r.get(2),
+                    instance: r.get(3),
+                    actor: r.get(4),
+                    action: r.get(5),
+                    ticket: r.get(6),
+                    line: r.get(7),
+                })
+                .collect())
+        }))
     }
 }
 

@@ -36,8 +36,18 @@ impl SqliteStore {
                 HistoryError::Store(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        let new = !path.exists();
         let mut conn = Connection::open(path)
             .map_err(|e| HistoryError::Store(format!("cannot open {}: {e}", path.display())))?;
+        // It holds audit reasons and tickets: readable by its owner only (SQLite gives the WAL
+        // and shared-memory files the same mode).
+        #[cfg(unix)]
+        if new {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| HistoryError::Store(format!("cannot restrict {}: {e}", path.display())),
+            )?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -45,6 +55,31 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
         migrate(&mut conn)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Open an existing file for reading only: no migration, no journal-mode change (a CLI never
+    /// upgrades a sidecar's database under it); a file from a newer modelstamp is refused.
+    pub fn open_read_only(path: &Path) -> Result<Self, HistoryError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| HistoryError::Store(format!("cannot open {}: {e}", path.display())))?;
+        let at: Option<i64> = conn
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| {
+                HistoryError::Store(format!("{} is not a history store: {e}", path.display()))
+            })?;
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        if at.unwrap_or(0) > known {
+            return Err(HistoryError::Schema(format!(
+                "the database is at version {}, this modelstamp knows up to {known}: use a newer modelstamp",
+                at.unwrap_or(0)
+            )));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
@@ -158,7 +193,7 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "SELECT at_ms, instance, kind, model, version, lineage_id, summary, fields FROM events \
                      WHERE (model = ?1 OR model = '') AND at_ms >= ?2 AND at_ms <= ?3 \
-                     ORDER BY at_ms, id LIMIT ?4",
+                     ORDER BY at_ms DESC, id DESC LIMIT ?4",
                 )
                 .map_err(db)?;
             let rows = q
@@ -197,6 +232,8 @@ impl Store for SqliteStore {
                     lineage_id,
                 });
             }
+            // The newest `limit`, oldest first.
+            out.reverse();
             Ok(out)
         })
     }
@@ -358,6 +395,22 @@ mod tests {
                 .len(),
             1
         );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
+            assert_eq!(mode.ok(), Some(0o600));
+        }
+        // Read only: the same events; nothing can be written.
+        let ro = SqliteStore::open_read_only(&path).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(
+            ro.events("churn", 0, 10_000, 100)
+                .await
+                .unwrap_or_default()
+                .len(),
+            3
+        );
+        assert!(ro.append(batch.clone()).await.is_err());
         // Reopened: the same events, the schema applied once.
         drop(store);
         let store = SqliteStore::open(&path).unwrap_or_else(|e| unreachable!("{e}"));

@@ -155,8 +155,8 @@ pub enum HistoryStore {
     Sqlite(PathBuf),
     /// PostgreSQL, shared by a fleet.
     Postgres {
-        /// `postgres://user@host:port/db`.
-        url: String,
+        /// `postgres://user@host:port/db` (a secret: it may hold a password).
+        url: Secret,
         /// From `history.password_file` or `MODELSTAMP_HISTORY_PASSWORD` (wins over the URL's).
         password: Option<Secret>,
         /// The schema the tables live in.

@@ -1057,7 +1057,7 @@ fn history(
                     .map(Secret),
             };
             super::HistoryStore::Postgres {
-                url: url.clone(),
+                url: Secret(url.clone()),
                 password,
                 schema: h.schema.clone().unwrap_or_else(|| "modelstamp".into()),
             }
