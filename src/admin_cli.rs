@@ -493,15 +493,7 @@ async fn offline(
     let Some(store) = open_store(args.history.as_deref(), configured.as_ref())? else {
         return Ok(None);
     };
-    let query = modelstamp::codec::percent::query(
-        [
-            ("since", &args.since),
-            ("from", &args.from),
-            ("to", &args.to),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v.as_deref()?))),
-    );
+    let query = args.window_query();
     let (from_ms, to_ms) = modelstamp::admin::explain::window(Some(&query))?;
     let events = store
         .events(&args.model, from_ms, to_ms, modelstamp::history::MAX_EVENTS)
@@ -563,19 +555,26 @@ async fn offline(
     Ok(Some(ev))
 }
 
+impl ExplainArgs {
+    /// `since`, `from` and `to` as the admin API's query takes them.
+    fn window_query(&self) -> String {
+        modelstamp::codec::percent::query(
+            [
+                ("since", &self.since),
+                ("from", &self.from),
+                ("to", &self.to),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_deref()?))),
+        )
+    }
+}
+
 /// `modelstamp explain`.
 pub async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     use modelstamp::explain::rules::{Explanation, explain};
     let client = args.admin.client().await?;
-    let query = modelstamp::codec::percent::query(
-        [
-            ("since", &args.since),
-            ("from", &args.from),
-            ("to", &args.to),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v.as_deref()?))),
-    );
+    let query = args.window_query();
     let local = client
         .get_json(&format!("/explain/{}?{query}", args.model))
         .await;

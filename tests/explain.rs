@@ -159,13 +159,13 @@ async fn traffic(s: &Sidecar, n: usize, null_from: Option<usize>) {
     assert!(drained, "the inspection worker never caught up");
 }
 
-async fn explain(s: &Sidecar) -> Value {
-    let admin = format!("http://127.0.0.1:{}", s.admin);
+/// `modelstamp explain --model churn` with these arguments (no `MODELSTAMP_ADMIN` inherited).
+async fn explain_cli(args: Vec<String>) -> std::process::Output {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(BIN)
-            .args([
-                "explain", "--model", "churn", "--since", "10m", "--json", "--admin", &admin,
-            ])
+            .args(["explain", "--model", "churn"])
+            .args(&args)
+            .env_remove("MODELSTAMP_ADMIN")
             .output()
             .unwrap()
     })
@@ -176,22 +176,27 @@ async fn explain(s: &Sidecar) -> Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// `explain --json` with these arguments.
+async fn explain_json(args: &[&str]) -> Value {
+    let out = explain_cli(args.iter().map(|a| a.to_string()).collect()).await;
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn admin_url(s: &Sidecar) -> String {
+    format!("http://127.0.0.1:{}", s.admin)
+}
+
+async fn explain(s: &Sidecar) -> Value {
+    explain_json(&["--since", "10m", "--json", "--admin", &admin_url(s)]).await
 }
 
 /// The human-readable explanation (printed, for the CI log and the issue note).
 async fn explain_text(s: &Sidecar) -> String {
-    let admin = format!("http://127.0.0.1:{}", s.admin);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args([
-                "explain", "--model", "churn", "--since", "10m", "--admin", &admin,
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let args = ["--since", "10m", "--admin", &admin_url(s)];
+    let out = explain_cli(args.iter().map(|a| a.to_string()).collect()).await;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.starts_with("explain  churn  from "), "{text}");
     println!("{text}");
@@ -542,21 +547,18 @@ async fn a_question_asked_after_the_window() {
     assert!(journaled(&s, "onset").await);
     // --from/--to bound the causes: asked about a window that ended before the incident, while
     // the errors still fill the rolling window, there are none.
-    let admin = format!("http://127.0.0.1:{}", s.admin);
     let to = (start_ms - 60_000).to_string();
     let from = (start_ms - 120_000).to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args([
-                "explain", "--model", "churn", "--from", &from, "--to", &to, "--json", "--admin",
-                &admin,
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let before: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let before = explain_json(&[
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--json",
+        "--admin",
+        &admin_url(&s),
+    ])
+    .await;
     assert_eq!(rules(&before), Vec::<String>::new(), "{before:#}");
     assert!(
         before["health_source"]
@@ -764,19 +766,7 @@ async fn a_question_asked_after_a_restart_is_answered_from_the_history_store() {
         e["events_source"].as_str().unwrap().contains("sqlite:"),
         "{e:#}"
     );
-    let top = &e["causes"][0];
-    assert_eq!(
-        (&top["rule"], &top["version"]),
-        (&"past_errors".into(), &"2".into()),
-        "{e:#}"
-    );
-    assert!(
-        top["title"]
-            .as_str()
-            .unwrap()
-            .contains("against version 1 it was trained with dataset digest e5d3 → 9a41"),
-        "{top}"
-    );
+    errors_of_version_2_with_their_lineage(&e);
     assert!(
         explain_text(&s)
             .await
@@ -784,24 +774,8 @@ async fn a_question_asked_after_a_restart_is_answered_from_the_history_store() {
     );
     // No sidecar at all: the same answer from the store and the config's registry.
     drop(s);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args([
-                "explain", "--model", "churn", "--since", "10m", "--json", "--config",
-            ])
-            .arg(&cfg)
-            .env_remove("MODELSTAMP_ADMIN")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cfg = cfg.display().to_string();
+    let e = explain_json(&["--since", "10m", "--json", "--config", &cfg]).await;
     assert!(
         e["health_source"]
             .as_str()
@@ -809,6 +783,11 @@ async fn a_question_asked_after_a_restart_is_answered_from_the_history_store() {
             .starts_with("no sidecar"),
         "{e:#}"
     );
+    errors_of_version_2_with_their_lineage(&e);
+}
+
+/// The top cause: version 2's errors, from the journal, with its lineage against version 1.
+fn errors_of_version_2_with_their_lineage(e: &Value) {
     let top = &e["causes"][0];
     assert_eq!(
         (&top["rule"], &top["version"]),

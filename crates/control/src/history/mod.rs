@@ -174,6 +174,19 @@ pub fn open_read_only(
     })
 }
 
+/// A kind as stored (`onset`, `weights_changed`: its serde name).
+fn kind_name(k: crate::journal::Kind) -> String {
+    serde_json::to_value(k)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A stored kind back; `None` for one a newer modelstamp wrote (its row is skipped).
+fn kind_of(name: String) -> Option<crate::journal::Kind> {
+    serde_json::from_value(serde_json::Value::String(name)).ok()
+}
+
 /// Most events one query returns.
 pub const MAX_EVENTS: usize = 50_000;
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
-use super::{AuditRow, BoxFuture, HistoryError, Store, StoredEvent};
+use super::{AuditRow, BoxFuture, HistoryError, Store, StoredEvent, kind_name, kind_of};
 use crate::canary::audit::{AuditItem, Entry, chain_next};
-use crate::journal::{Event, Kind};
+use crate::journal::Event;
 
 /// The migrations, in order: (version, SQL).
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -259,13 +259,6 @@ struct Columns {
     fields: Vec<String>,
 }
 
-fn kind_name(k: Kind) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 impl Store for PostgresStore {
     fn describe(&self) -> String {
         self.describe.clone()
@@ -332,8 +325,7 @@ impl Store for PostgresStore {
             for r in rows {
                 let kind: String = r.get(2);
                 // A kind a newer modelstamp wrote is skipped, not an error.
-                let Ok(kind) = serde_json::from_value::<Kind>(serde_json::Value::String(kind))
-                else {
+                let Some(kind) = kind_of(kind) else {
                     continue;
                 };
                 let fields: String = r.get(7);

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AuditRow, BoxFuture, HistoryError, Store, StoredEvent};
+use super::{AuditRow, BoxFuture, HistoryError, Store, StoredEvent, kind_name, kind_of};
 use crate::canary::audit::{AuditItem, Entry, chain_next};
-use crate::journal::{Event, Kind};
+use crate::journal::Event;
 
 /// The migrations, in order: (version, SQL).
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -136,13 +136,6 @@ fn migrate(conn: &mut Connection) -> Result<(), HistoryError> {
     Ok(())
 }
 
-fn kind_name(k: Kind) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 impl Store for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
@@ -215,8 +208,7 @@ impl Store for SqliteStore {
                 let (at_ms, instance, kind, model, version, lineage_id, summary, fields) =
                     row.map_err(db)?;
                 // A kind a newer modelstamp wrote is skipped, not an error.
-                let Ok(kind) = serde_json::from_value::<Kind>(serde_json::Value::String(kind))
-                else {
+                let Some(kind) = kind_of(kind) else {
                     continue;
                 };
                 out.push(StoredEvent {
@@ -333,6 +325,7 @@ pub fn schema_version(path: &Path) -> Result<Option<i64>, HistoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::Kind;
 
     fn event(at_ms: i64, kind: Kind, model: &str, version: Option<&str>) -> StoredEvent {
         StoredEvent {
